@@ -1,0 +1,135 @@
+"""Config loading and validation against workflow/schemas/config.schema.yaml.
+
+The schema is the one source of truth for keys, types and defaults: the Snakefile validates with it
+(Snakemake's `validate`), and every CLI subcommand validates the config it is handed the same way, so a
+stage run from Snakemake, from dvc.yaml or by hand sees the same resolved values.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .io import PausetuneError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _validator_with_defaults():
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def _one_line(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = sorted(error.schema.get("properties", {}))
+        key = ".".join(filter(None, [path, extra[0] if extra else ""]))
+        hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+        return f"config key '{key}': unknown key{hint}"
+    if error.validator == "required":
+        return f"config key '{path or '<top>'}': {error.message}"
+    expected = {
+        "type": lambda: f"expected {error.validator_value}, got {json.dumps(error.instance)}",
+        "enum": lambda: f"expected one of {error.validator_value}, got {json.dumps(error.instance)}",
+        "const": lambda: f"expected {json.dumps(error.validator_value)}, got {json.dumps(error.instance)}",
+        "pattern": lambda: f"expected a string matching {error.validator_value}, got {json.dumps(error.instance)}",
+    }.get(error.validator, lambda: error.message)()
+    return f"config key '{path or '<top>'}': {expected}"
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Fill defaults in place and validate; raise PausetuneError with one line naming the key."""
+    import jsonschema
+
+    schema = schema or load_schema()
+    cls = _validator_with_defaults()
+    # Defaults are filled during the first pass; validate again so filled values are checked too.
+    list(cls(schema).iter_errors(config))
+    errors = list(cls(schema).iter_errors(config))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        # best_match prefers shallow errors; the deepest one names the key the user got wrong.
+        while error.context:
+            error = jsonschema.exceptions.best_match(error.context)
+        raise PausetuneError(_one_line(error))
+    check_references(config)
+    return config
+
+
+def check_references(config: dict) -> None:
+    """Cross-key checks a JSON schema cannot express: names that refer to other entries."""
+    models = config.get("models", {})
+    sources = config.get("sources", {})
+    for name in config.get("shards", {}).get("models", []):
+        if models and name not in models:
+            raise PausetuneError(f"config key 'shards.models': unknown model '{name}'; known: {sorted(models)}")
+    for name in config.get("shards", {}).get("sources", []):
+        if sources and name not in sources:
+            raise PausetuneError(f"config key 'shards.sources': unknown source '{name}'; known: {sorted(sources)}")
+    for name, entry in models.items():
+        src = entry.get("source", {})
+        if src.get("kind") == "random" and src.get("tokenizer_from") not in models:
+            raise PausetuneError(
+                f"config key 'models.{name}.source.tokenizer_from': unknown model '{src.get('tokenizer_from')}'"
+            )
+    pause = config.get("pause", {})
+    if pause.get("mode") == "reserved" and not pause.get("reserved_token"):
+        raise PausetuneError("config key 'pause.reserved_token': required when pause.mode is 'reserved'")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
+    """Merge YAML files in order (later wins), then a JSON string, then validate."""
+    config: dict[str, Any] = {}
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise PausetuneError(f"{p}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise PausetuneError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise PausetuneError(f"{p}: expected a mapping at the top level")
+        config = deep_merge(config, data)
+    if json_str:
+        try:
+            config = deep_merge(config, json.loads(json_str))
+        except json.JSONDecodeError as e:
+            raise PausetuneError(f"--config-json: not valid JSON ({e.msg})") from None
+    return validate(config)
+
+
+def subset(config: dict, *keys: str) -> str:
+    """JSON of the named top-level keys: what a Snakemake rule hands its CLI call (and reruns on)."""
+    return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)

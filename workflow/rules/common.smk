@@ -1,0 +1,51 @@
+import sys
+
+from pausetune.config import subset, validate as validate_config
+from pausetune.io import PausetuneError
+
+# Snakemake's validate fills the schema's defaults; ours then gives one line naming the key on error.
+try:
+    validate(config, "../schemas/config.schema.yaml")
+    validate_config(config)
+except Exception as e:
+    try:
+        validate_config(config)
+    except PausetuneError as err:
+        sys.exit(f"config error: {err}")
+    raise
+
+
+def cfg(*keys, **extra):
+    """JSON of the config keys a step depends on, for `pausetune --config-json`; passed as params, so they trigger reruns."""
+    import json
+
+    data = json.loads(subset(config, *keys))
+    data.update(extra)
+    return json.dumps(data, sort_keys=True)
+
+
+def model_cfgs(model):
+    """A model's entry, plus the entry it borrows a tokenizer from (random models)."""
+    entry = config["models"][model]
+    names = [model] + ([entry["source"]["tokenizer_from"]] if entry["source"]["kind"] == "random" else [])
+    return {n: config["models"][n] for n in names}
+
+
+SHARD_VARIANTS = ["pause", "plain"]
+
+
+def model_source_inputs(wc):
+    src = config["models"][wc.model]["source"]
+    return [f"data/models/{src['tokenizer_from']}/prepared.json"] if src["kind"] == "random" else []
+
+
+def paused_inputs(wildcards=None):
+    method = config["paragraphs"]["method"]
+    return [f"data/paused/{s}/{method}.parquet" for s in config["shards"]["sources"]]
+
+
+def all_targets():
+    targets = []
+    for model in config["shards"]["models"]:
+        targets += expand("data/shards/{model}/{variant}/manifest.json", model=model, variant=SHARD_VARIANTS)
+    return targets

@@ -1,0 +1,66 @@
+# Data stages: download -> pause -> (prepare-model) -> shards.
+
+
+rule download:
+    output:
+        "data/raw/{source}.parquet",
+    params:
+        cfg=lambda wc: cfg("cache_dir", sources={wc.source: config["sources"][wc.source]}),
+    conda:
+        "../../envs/data.yaml"
+    log:
+        "logs/download/{source}.log",
+    shell:
+        "pausetune download --config-json {params.cfg:q} --source {wildcards.source} --output {output} 2>&1 | tee {log}"
+
+
+rule pause:
+    input:
+        "data/raw/{source}.parquet",
+    output:
+        data="data/paused/{source}/{method}.parquet",
+        stats="data/paused/{source}/{method}.stats.json",
+    params:
+        cfg=lambda wc: cfg("paragraphs", "pause"),
+    conda:
+        "../../envs/data.yaml"
+    log:
+        "logs/pause/{source}/{method}.log",
+    shell:
+        "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input}"
+        " --output {output.data} --stats {output.stats} 2>&1 | tee {log}"
+
+
+rule prepare_model:
+    input:
+        model_source_inputs,
+    output:
+        "data/models/{model}/prepared.json",
+    params:
+        cfg=lambda wc: cfg("cache_dir", "seed", models=model_cfgs(wc.model)),
+    conda:
+        "../../envs/data.yaml"
+    log:
+        "logs/prepare_model/{model}.log",
+    shell:
+        "pausetune prepare-model --config-json {params.cfg:q} --model {wildcards.model} --output data/models/{wildcards.model}"
+        " 2>&1 | tee {log}"
+
+
+rule shards:
+    input:
+        paused=paused_inputs,
+        model="data/models/{model}/prepared.json",
+    output:
+        "data/shards/{model}/{variant}/manifest.json",
+    wildcard_constraints:
+        variant="pause|plain",
+    params:
+        cfg=lambda wc: cfg("seed", "shards", "paragraphs", "pause"),
+    conda:
+        "../../envs/data.yaml"
+    log:
+        "logs/shards/{model}/{variant}.log",
+    shell:
+        "pausetune shards --config-json {params.cfg:q} --inputs {input.paused} --model-dir data/models/{wildcards.model}"
+        " --variant {wildcards.variant} --output data/shards/{wildcards.model}/{wildcards.variant} 2>&1 | tee {log}"
