@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT
 
-PROJECT_FILES = ["Snakefile", "workflow", "config", "tests/configs"]
+PROJECT_FILES = ["Snakefile", "workflow", "config", "envs", "tests/configs"]
 
 
 def make_project(dest: Path) -> Path:
