@@ -1,0 +1,238 @@
+"""Stage `publish`: the results page (markdown) written from results/tables/, never by hand.
+
+Every number on the page is read from the tables the `aggregate` stage wrote (summary.csv, deltas.csv), the
+checkpoint manifests and Snakemake's per-job benchmark files; the "reading" paragraphs are generated from the
+same numbers by fixed rules (an interval that contains 0 is "no detectable effect"), so the page changes
+whenever a cell does, and says nothing the data does not.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+from .io import PausetuneError, atomic_path, read_json, write_text
+
+PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
+VARIANT_ORDER = ["baseline", "pause-prompt", "pause-tuned", "plain-tuned"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        raise PausetuneError(f"{path}: file not found (run the aggregate stage first)")
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def num(x, digits: int = 2) -> str:
+    if x in (None, "", "nan", "NaN"):
+        return "–"
+    return f"{float(x):.{digits}f}"
+
+
+def signed(x, digits: int = 1) -> str:
+    if x in (None, "", "nan", "NaN"):
+        return "–"
+    return f"{float(x):+.{digits}f}"
+
+
+def interval(row: dict, key: str = "pct", digits: int = 1) -> str:
+    return f"{signed(row[key], digits)} [{signed(row[key + '_ci_low'], digits)}, {signed(row[key + '_ci_high'], digits)}]"
+
+
+def verdict(row: dict, what: str) -> str:
+    """One sentence from a paired comparison: the interval decides, not the point estimate."""
+    lo, hi = float(row["pct_ci_low"]), float(row["pct_ci_high"])
+    head = (f"{what}: {interval(row)}% mean score ({num(row['mean_variant'])} vs {num(row['mean_reference'])}, "
+            f"n = {row['n']} matched cells)")
+    if lo > 0:
+        return head + " — an improvement whose 95% interval excludes zero."
+    if hi < 0:
+        return head + " — a degradation whose 95% interval excludes zero."
+    half = (hi - lo) / 2
+    need = ""
+    if half > 0 and abs(float(row["pct"])) > 0:
+        factor = (half / abs(float(row["pct"]))) ** 2
+        need = (f" At this spread, an effect of the observed size would need roughly {factor * int(row['n']):.0f} "
+                f"matched cells to resolve (the interval shrinks as 1/sqrt(n)).")
+    return head + " — no detectable effect: the interval contains zero." + need
+
+
+def band_changes(summary: list[dict], model: str, task: str, variant: str, kind: str, min_diff: float) -> list[str]:
+    rows = {(r["variant"], r["band"]): r for r in summary
+            if r["kind"] == kind and r["model"] == model and r["task"] == task}
+    out = []
+    for (v, band), r in rows.items():
+        base = rows.get(("baseline", band))
+        if v != variant or base is None:
+            continue
+        diff = float(r["mean_score"]) - float(base["mean_score"])
+        if abs(diff) >= min_diff:
+            out.append(f"{band} ({signed(diff)} points, {num(r['mean_score'])} vs {num(base['mean_score'])}, "
+                       f"n = {r['n']}/{base['n']})")
+    return out
+
+
+def stage_times(bench_dir: Path) -> list[tuple[str, int, float]]:
+    """Per rule: jobs and summed wall seconds from Snakemake `benchmark:` files (benchmarks/{rule}/...)."""
+    totals: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for f in sorted(bench_dir.rglob("*.tsv")) if bench_dir.exists() else []:
+        rule = f.relative_to(bench_dir).parts[0]
+        with open(f, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if rows and "s" in rows[0]:
+            totals[rule][0] += 1
+            totals[rule][1] += float(rows[-1]["s"])
+    return [(rule, n, s) for rule, (n, s) in totals.items()]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} cores{mem}{gpu}"
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("pausetune", "torch", "transformers", "peft", "bitsandbytes", "datasets", "snakemake", "dvc",
+                "pandas", "altair"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str], bench_dir: Path,
+           run_info: dict | None, figures_dir: Path, page: Path) -> str:
+    summary = read_csv(tables / "summary.csv")
+    deltas = read_csv(tables / "deltas.csv")
+    overall = [r for r in summary if r["kind"] == "overall"]
+    title = config.get("publish", {}).get("title", "pausetune results")
+    L = [f"# {title}", "",
+         "Written by the pipeline (`pausetune publish`, from `results/tables/`); do not edit by hand. "
+         "Scores are the NIAH 1–10 scale (1 + 9 × recall of the needle's facts); intervals are 95% paired "
+         "bootstrap intervals over matched cells (same model, task, seed, length, depth).", ""]
+
+    L += ["## How this was made", ""]
+    if run_info:
+        L.append(f"- Command: `{run_info.get('command', '?')}` (started {run_info.get('started', '?')})")
+    L += [f"- Config hash: `{config_hash(config)}` (sha256 of the resolved config, first 16 hex digits)",
+          f"- Machine: {machine()}",
+          "- Packages: " + ", ".join(f"{k} {v}" for k, v in versions().items())]
+    times = stage_times(bench_dir)
+    if times:
+        L += ["", "| stage (rule) | jobs | wall time |", "| --- | ---: | ---: |"]
+        L += [f"| {rule} | {n} | {s / 60:.1f} min |" for rule, n, s in times]
+        L.append(f"| **total (sum of jobs)** | {sum(n for _, n, _ in times)} | "
+                 f"{sum(s for _, _, s in times) / 60:.1f} min |")
+    for path in checkpoints:
+        m = read_json(path)
+        L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m.get('final_train_loss'), 3)}, "
+                 f"validation loss {num(m.get('final_validation_loss'), 3)}, {m.get('steps', '?')} steps, "
+                 f"{num(m.get('wall_time_s'), 0)} s")
+    L.append("")
+
+    L += ["## Summary", "",
+          "| model | task | variant | n | mean score | mean recall | exact | % vs baseline [95% CI] |",
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    by_cmp = {(d["model"], d["task"], d["variant"], d["reference"]): d for d in deltas}
+    overall.sort(key=lambda r: (r["model"], r["task"], VARIANT_ORDER.index(r["variant"])
+                                if r["variant"] in VARIANT_ORDER else 99))
+    for r in overall:
+        d = by_cmp.get((r["model"], r["task"], r["variant"], "baseline"))
+        L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {num(r['mean_score'])} | "
+                 f"{num(r['mean_recall'])} | {num(r['exact_rate'])} | {interval(d) + '%' if d else '–'} |")
+    L += ["", f"For reference, the paper reports +{PAPER['3B']}% (Llama-3.2-3B) and +{PAPER['8B']}% (Llama-3.1-8B) "
+          "average single-needle score for pause-tuning over the untuned baseline.", ""]
+    other = [d for d in deltas if d["reference"] != "baseline"]
+    if other:
+        L += ["| model | task | comparison | n | mean | mean (reference) | % change [95% CI] |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        L += [f"| {d['model']} | {d['task']} | {d['variant']} vs {d['reference']} | {d['n']} | "
+              f"{num(d['mean_variant'])} | {num(d['mean_reference'])} | {interval(d)}% |" for d in other]
+        L.append("")
+
+    if figures:
+        figures_dir.mkdir(parents=True, exist_ok=True)
+        L += ["## Figures", ""]
+        for f in figures:
+            src = Path(f)
+            rel = Path(*src.parts[-4:]) if len(src.parts) >= 4 else Path(src.name)
+            name = "_".join(rel.with_suffix("").parts) + ".png"
+            with atomic_path(figures_dir / name) as tmp:
+                shutil.copyfile(src, tmp)
+            link = os.path.relpath(figures_dir / name, page.parent)
+            L += [f"![{' / '.join(rel.with_suffix('').parts)}]({link})", ""]
+
+    L += ["## Reading", ""]
+    for (model, task) in sorted({(r["model"], r["task"]) for r in overall}):
+        L.append(f"**{model} / {task}**")
+        L.append("")
+        for variant, reference, what in [
+            ("pause-prompt", "baseline", "The pause marker alone (pause-prompt vs baseline)"),
+            ("pause-tuned", "baseline", "Pause-tuning (pause-tuned vs baseline)"),
+            ("pause-tuned", "plain-tuned", "Pause-tuning against tuning on the same essays without pauses (pause-tuned vs plain-tuned)"),
+            ("plain-tuned", "baseline", "Tuning on the essays alone (plain-tuned vs baseline)"),
+        ]:
+            d = by_cmp.get((model, task, variant, reference))
+            if d:
+                L.append(f"- {verdict(d, what)}")
+        for variant in ("pause-prompt", "pause-tuned", "plain-tuned"):
+            for kind, label in (("depth_band", "depth bands"), ("length_band", "length bands")):
+                changes = band_changes(summary, model, task, variant, kind, min_diff=1.0)
+                if changes:
+                    L.append(f"- {variant} differs from baseline by at least 1 point in {label}: "
+                             + "; ".join(changes) + ".")
+        L.append("")
+    return "\n".join(L).rstrip() + "\n"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--tables", default="results/tables")
+    p.add_argument("--figures", nargs="*", default=[], help="PNG files to copy next to the page and show")
+    p.add_argument("--checkpoints", nargs="*", default=[], help="checkpoint manifest.json files")
+    p.add_argument("--benchmarks", default="benchmarks", help="folder of Snakemake benchmark files")
+    p.add_argument("--run-info", default="results/run_info.json")
+    p.add_argument("--output", default=None, help="the page (default: config publish.page)")
+
+
+def main(args, config: dict) -> int:
+    page = Path(args.output or config["publish"]["page"])
+    run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
+    text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
+                  Path(config["publish"]["figures_dir"]), page)
+    write_text(page, text)
+    print(f"publish: {page}")
+    return 0
