@@ -1,0 +1,296 @@
+"""Summary math of `pausetune aggregate`, checked against the fixture cells worked out by hand.
+
+Fixture (tests/fixtures/cells/, written by make_fixture.py there): model smollm2, task single, lengths 1000/2000,
+depths 0/50/100, seeds 0/1. Scores (seed 0, seed 1):
+
+                 len1000: d0     d50    d100  | len2000: d0    d50    d100
+    baseline          10,8    4,6    10,8    |          6,8   1,3    4,4     sum 72, n 12, mean 6.00
+    pause-prompt      10,8    3,5    10,8    |          5,7   1,1    4,4     sum 66, n 12, mean 5.50
+    pause-tuned       10,10   7,7    10,8    |          7,7   4,4    4,3     sum 81, n 12, mean 6.75
+    plain-tuned       10,-    5,-    9,-     |          6,-   (none) 5,-     sum 35, n  5, mean 7.00
+
+recall follows the score: 10 -> 1, 7..9 -> 2/3, 4..6 -> 1/3, 1..3 -> 0; exact only at 10.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pausetune.aggregate import (aggregate, cells_frame, deltas, depth_band, find_cells, flatten, length_band,
+                                 load_cells, paired_bootstrap, summarize)
+from pausetune.io import PausetuneError
+
+from conftest import ROOT, run_cli
+
+FIXTURE = ROOT / "tests" / "fixtures" / "cells"
+
+
+def fixture_paths() -> list[str]:
+    return find_cells(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return cells_frame(load_cells(fixture_paths()))
+
+
+@pytest.fixture(scope="module")
+def summary(cells) -> pd.DataFrame:
+    return summarize(cells)
+
+
+@pytest.fixture(scope="module")
+def delta(cells) -> pd.DataFrame:
+    return deltas(cells, b=2000, seed=0)
+
+
+def row(summary, kind, variant, band="all"):
+    sel = summary[(summary["kind"] == kind) & (summary["variant"] == variant) & (summary["band"] == band)]
+    assert len(sel) == 1, (kind, variant, band, sel)
+    return sel.iloc[0]
+
+
+def drow(delta, variant, reference="baseline"):
+    sel = delta[(delta["variant"] == variant) & (delta["reference"] == reference)]
+    assert len(sel) == 1, (variant, reference)
+    return sel.iloc[0]
+
+
+# ------------------------------------------------------------------------------------------- reading / flattening
+
+
+def test_flatten_nested_and_lists():
+    flat = flatten({"a": 1, "timing": {"prefill_s": 0.5, "deep": {"x": 2}}, "pos": [3, 4], "exp": [["a", "b"]],
+                    "empty": {}})
+    assert flat == {"a": 1, "timing.prefill_s": 0.5, "timing.deep.x": 2, "pos": "[3, 4]", "exp": '[["a", "b"]]',
+                    "empty": None}
+
+
+def test_cells_table_one_row_per_cell_all_fields_flat(cells):
+    assert len(cells) == 12 + 12 + 12 + 5 == len(fixture_paths())
+    for col in ["model", "variant", "task", "seed", "length", "depth", "context_tokens", "needle_positions",
+                "depth_actual", "question", "expected", "answer", "score", "recall", "exact", "prompt_sha256",
+                "versions.transformers", "timing.prefill_s", "timing.decode_s", "timing.prompt_tokens",
+                "timing.new_tokens", "path"]:
+        assert col in cells.columns, col
+    one = cells[(cells.variant == "plain-tuned") & (cells.length == 2000) & (cells.depth == 100)].iloc[0]
+    assert json.loads(one["needle_positions"]) == [1800]
+    assert json.loads(one["expected"]) == [["sandwich", "Dolores Park", "sunny"]]
+    assert one["score"] == 5 and one["timing.prefill_s"] == 0.5
+    # sorted by the key, so the table is stable whatever order the files come in
+    assert cells_frame(load_cells(reversed(fixture_paths())))["path"].tolist() == cells["path"].tolist()
+
+
+def test_cells_parquet_round_trip(tmp_path, cells):
+    out = aggregate(fixture_paths(), tmp_path, b=50)
+    back = pd.read_parquet(tmp_path / "cells.parquet")
+    assert len(back) == len(cells) and list(back.columns) == list(out["cells"].columns)
+    assert back["exact"].sum() == cells["exact"].sum()
+
+
+def test_duplicate_and_malformed_cells_are_refused(tmp_path):
+    src = fixture_paths()[0]
+    dup = tmp_path / "copy.json"
+    shutil.copy(src, dup)
+    with pytest.raises(PausetuneError, match="share model/variant/task/seed/length/depth"):
+        cells_frame(load_cells([src, str(dup)]))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": "m", "variant": "baseline"}))
+    with pytest.raises(PausetuneError, match=r"lacks key\(s\) \['task', 'seed', 'length', 'depth', 'score'\]"):
+        load_cells([bad])
+    with pytest.raises(PausetuneError, match="no eval cells"):
+        cells_frame([])
+
+
+def test_fixture_files_match_the_table_in_make_fixture():
+    import runpy
+
+    table = runpy.run_path(str(FIXTURE / "make_fixture.py"))["SCORES"]
+    expected = {(v, s, length, depth): score for v, grid in table.items() for (length, depth), pair in grid.items()
+                for s, score in enumerate(pair) if score is not None}
+    got = {(c["variant"], c["seed"], c["length"], c["depth"]): c["score"] for c in load_cells(fixture_paths())}
+    assert got == expected
+
+
+# ------------------------------------------------------------------------------------------- bands
+
+
+def test_depth_band_edges():
+    assert depth_band(0)[0] == "0-20"
+    assert depth_band(19.99)[0] == "0-20"
+    assert depth_band(20)[0] == "20-40"      # left-closed
+    assert depth_band(50)[0] == "40-60"
+    assert depth_band(80)[0] == "80-100"
+    assert depth_band(100) == ("80-100", 80.0, 100.0)  # 100 lands in the last band
+    with pytest.raises(PausetuneError):
+        depth_band(101)
+
+
+def test_length_band_octaves_from_1k():
+    assert length_band(1000) == ("1K-2K", 1000.0, 2000.0)
+    assert length_band(1999)[0] == "1K-2K"
+    assert length_band(2000)[0] == "2K-4K"
+    assert length_band(16000)[0] == "16K-32K"
+    assert length_band(128000)[0] == "128K-256K"
+    assert length_band(750)[0] == "500-1K"
+    # the paper's doubling grid: one band per length
+    assert len({length_band(1000 * 2**k)[0] for k in range(8)}) == 8
+
+
+# ------------------------------------------------------------------------------------------- summary by hand
+
+
+def test_overall_rows_by_hand(summary):
+    b = row(summary, "overall", "baseline")
+    assert b["n"] == 12
+    assert b["mean_score"] == pytest.approx(72 / 12)                 # 6.0
+    # recall: two 10s (1), three of 7..9 (8,8,8: 2/3), five of 4..6 (4,6,6,4,4: 1/3), two of 1..3 (0)
+    assert b["mean_recall"] == pytest.approx((2 + 3 * 2 / 3 + 5 / 3) / 12)   # 17/36 = 0.4722
+    assert b["exact_rate"] == pytest.approx(2 / 12)
+    # deviations from 6: 4,2,-2,0,4,2,0,2,-5,-3,-2,-2 -> squares sum 90; sd = sqrt(90/11); sem = sd/sqrt(12)
+    assert b["score_sem"] == pytest.approx(math.sqrt(90 / 11) / math.sqrt(12))
+    t = row(summary, "overall", "pause-tuned")
+    assert (t["n"], t["mean_score"]) == (12, pytest.approx(81 / 12))  # 6.75
+    # three 10s, five of 7..9 (7,7,8,7,7), three of 4..6, one 3
+    assert t["mean_recall"] == pytest.approx((3 + 5 * 2 / 3 + 3 / 3) / 12)  # 0.6111
+    assert t["exact_rate"] == pytest.approx(3 / 12)
+    p = row(summary, "overall", "plain-tuned")
+    assert (p["n"], p["mean_score"]) == (5, pytest.approx(35 / 5))   # 7.0, one seed, one cell missing
+    assert row(summary, "overall", "pause-prompt")["mean_score"] == pytest.approx(66 / 12)
+
+
+def test_depth_bands_by_hand(summary):
+    # baseline: depth 0 -> 10,8,6,8 = 32/4; depth 50 -> 4,6,1,3 = 14/4; depth 100 -> 10,8,4,4 = 26/4
+    assert row(summary, "depth_band", "baseline", "0-20")[["n", "mean_score"]].tolist() == [4, 8.0]
+    assert row(summary, "depth_band", "baseline", "40-60")[["n", "mean_score"]].tolist() == [4, 3.5]
+    assert row(summary, "depth_band", "baseline", "80-100")[["n", "mean_score"]].tolist() == [4, 6.5]
+    # pause-tuned middle: 7,7,4,4 = 22/4
+    assert row(summary, "depth_band", "pause-tuned", "40-60")["mean_score"] == 5.5
+    # plain-tuned middle: only len1000 seed0 = 5
+    assert row(summary, "depth_band", "plain-tuned", "40-60")[["n", "mean_score"]].tolist() == [1, 5.0]
+    # empty bands get no row
+    assert summary[(summary.kind == "depth_band") & (summary.band == "20-40")].empty
+
+
+def test_length_bands_by_hand(summary):
+    # baseline len1000: 10+8+4+6+10+8 = 46 / 6; len2000: 6+8+1+3+4+4 = 26 / 6
+    assert row(summary, "length_band", "baseline", "1K-2K")["mean_score"] == pytest.approx(46 / 6)
+    assert row(summary, "length_band", "baseline", "2K-4K")["mean_score"] == pytest.approx(26 / 6)
+    # plain-tuned len2000: 6, 5 -> n 2, mean 5.5
+    assert row(summary, "length_band", "plain-tuned", "2K-4K")[["n", "mean_score"]].tolist() == [2, 5.5]
+    assert (summary["n"] > 0).all()
+
+
+def test_deltas_by_hand(delta):
+    t = drow(delta, "pause-tuned")
+    # 81/12 vs 72/12 on all 12 matched cells: (6.75 - 6) / 6 = +12.5 %
+    assert (t["n"], t["mean_variant"], t["mean_reference"]) == (12, 6.75, 6.0)
+    assert t["pct"] == pytest.approx(12.5) and t["diff"] == pytest.approx(0.75)
+    # pause-prompt: (5.5 - 6) / 6 = -8.333 %
+    assert drow(delta, "pause-prompt")["pct"] == pytest.approx(-50 / 6)
+    # plain-tuned vs baseline on the 5 matched cells (seed 0, no len2000/d50): baseline 10+4+10+6+4 = 34 / 5
+    p = drow(delta, "plain-tuned")
+    assert (p["n"], p["n_variant"], p["n_reference"]) == (5, 5, 12)
+    assert p["mean_reference"] == pytest.approx(6.8) and p["pct"] == pytest.approx((7.0 - 6.8) / 6.8 * 100)
+    # pause-tuned vs plain-tuned on those 5 cells: pause-tuned seed 0 = 10+7+10+7+4 = 38 / 5 = 7.6 vs 7.0
+    v = drow(delta, "pause-tuned", "plain-tuned")
+    assert (v["n"], v["mean_variant"], v["mean_reference"]) == (5, pytest.approx(7.6), pytest.approx(7.0))
+    assert v["pct"] == pytest.approx(0.6 / 7.0 * 100)                 # +8.571 %
+    # pause-tuned vs pause-prompt: 6.75 vs 5.5
+    assert drow(delta, "pause-tuned", "pause-prompt")["pct"] == pytest.approx(1.25 / 5.5 * 100)
+    assert set(zip(delta.variant, delta.reference)) == {
+        ("pause-prompt", "baseline"), ("pause-tuned", "baseline"), ("plain-tuned", "baseline"),
+        ("pause-tuned", "plain-tuned"), ("pause-tuned", "pause-prompt")}
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+
+
+def test_bootstrap_is_deterministic_per_seed():
+    rng = np.random.default_rng(1)
+    b = rng.integers(1, 11, 40).astype(float)
+    v = np.clip(b + rng.integers(-2, 4, 40), 1, 10)
+    one, two = paired_bootstrap(v, b, b=500, seed=7), paired_bootstrap(v, b, b=500, seed=7)
+    assert one == two
+    other = paired_bootstrap(v, b, b=500, seed=8)
+    assert (other["pct_ci_low"], other["pct_ci_high"]) != (one["pct_ci_low"], one["pct_ci_high"])
+    assert other["pct"] == one["pct"]
+
+
+def test_constant_improvement_gives_degenerate_interval():
+    # +1 on every cell: the point difference is exactly 1 in every resample, whatever the baseline.
+    b = np.array([1, 3, 5, 7, 9, 2, 4, 6], dtype=float)
+    res = paired_bootstrap(b + 1, b, b=1000, seed=0)
+    assert res["diff"] == res["diff_ci_low"] == res["diff_ci_high"] == 1.0
+    # a constant baseline of 5 with +1 everywhere: +20 % in every resample
+    flat = np.full(10, 5.0)
+    res = paired_bootstrap(flat + 1, flat, b=1000, seed=0)
+    assert res["pct"] == res["pct_ci_low"] == res["pct_ci_high"] == 20.0
+
+
+def test_interval_contains_point_estimate(delta):
+    for r in delta.itertuples():
+        assert r.pct_ci_low <= r.pct <= r.pct_ci_high, r
+        assert r.diff_ci_low <= r.diff <= r.diff_ci_high, r
+        assert r.pct_ci_low < r.pct_ci_high  # the fixture's differences vary
+    assert (delta["bootstrap_b"] == 2000).all()
+
+
+def test_interval_does_not_depend_on_other_variants(cells, delta):
+    # each comparison has its own generator: dropping pause-prompt leaves pause-tuned vs baseline as it was
+    fewer = deltas(cells[cells.variant != "pause-prompt"], b=2000, seed=0)
+    a, b = drow(delta, "pause-tuned"), drow(fewer, "pause-tuned")
+    assert (a.pct_ci_low, a.pct_ci_high) == (b.pct_ci_low, b.pct_ci_high)
+    c = drow(deltas(cells, b=2000, seed=1), "pause-tuned")
+    assert (c.pct_ci_low, c.pct_ci_high) != (a.pct_ci_low, a.pct_ci_high)
+
+
+# ------------------------------------------------------------------------------------------- files and CLI
+
+
+def test_cli_writes_tables_and_flat_json(tmp_path):
+    out = tmp_path / "tables"
+    proc = run_cli("aggregate", "--cells-dir", str(FIXTURE), "--out-dir", str(out), "--bootstrap", "300")
+    assert "41 cells" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["cells.parquet", "deltas.csv", "summary.csv", "summary.json"]
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["kind"]) == {"overall", "depth_band", "length_band"}
+    assert list(summary.columns[:8]) == ["kind", "model", "variant", "task", "band", "band_lo", "band_hi", "n"]
+    d = pd.read_csv(out / "deltas.csv")
+    assert (d["bootstrap_b"] == 300).all() and (d["bootstrap_seed"] == 0).all()
+    metrics = json.loads((out / "summary.json").read_text())
+    assert all(isinstance(v, (int, float)) or v is None for v in metrics.values())  # flat
+    k = "smollm2/pause-tuned/single"
+    assert metrics[f"{k}/mean_score"] == 6.75 and metrics[f"{k}/n"] == 12
+    assert metrics[f"{k}/pct_vs_baseline"] == 12.5 and metrics[f"{k}/n_matched"] == 12
+    assert metrics[f"{k}/pct_ci_low"] <= 12.5 <= metrics[f"{k}/pct_ci_high"]
+    assert metrics[f"{k}/pct_vs_plain-tuned"] == pytest.approx(8.5714, abs=1e-4)
+    assert metrics[f"{k}/n_matched_vs_plain-tuned"] == 5
+    assert metrics["smollm2/baseline/single/mean_recall"] == pytest.approx(0.4722, abs=1e-4)
+    assert not any(key.startswith("smollm2/baseline/single/pct") for key in metrics)
+
+    # --cells and --cells-from give the same tables; the bootstrap seed comes from the config
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join(fixture_paths()) + "\n")
+    out2, out3 = tmp_path / "t2", tmp_path / "t3"
+    run_cli("aggregate", "--cells-from", str(listed), "--out-dir", str(out2), "--bootstrap", "300")
+    run_cli("aggregate", "--cells", *fixture_paths(), "--out-dir", str(out3), "--bootstrap", "300",
+            "--config-json", '{"seed": 3}')
+    assert (out2 / "summary.csv").read_text() == (out / "summary.csv").read_text()
+    assert (out2 / "deltas.csv").read_text() == (out / "deltas.csv").read_text()
+    assert (pd.read_csv(out3 / "deltas.csv")["bootstrap_seed"] == 3).all()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = run_cli("aggregate", "--cells-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "no eval cells" in proc.stderr
+    proc = run_cli("aggregate", "--cells", str(tmp_path / "nope.json"), "--out-dir", str(tmp_path / "o"),
+                   check=False)
+    assert proc.returncode == 1 and "file not found" in proc.stderr
+    assert not (tmp_path / "o").exists()

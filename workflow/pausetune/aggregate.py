@@ -1,0 +1,401 @@
+"""Stage `aggregate`: eval cells (one JSON each) -> results/tables/.
+
+Outputs (all written atomically into --out-dir):
+
+cells.parquet
+    One row per cell, every field flattened: nested dicts become dotted columns (``timing.prefill_s``,
+    ``versions.transformers``), lists become JSON strings (``needle_positions`` = ``"[812, 1630]"``,
+    ``expected`` = ``'[["sandwich", "Dolores Park"]]'``). A ``path`` column names the source file.
+    Sorted by model, variant, task, seed, length, depth.
+
+summary.csv  (tidy, long; one row per group, ``kind`` says which grouping)
+    columns: kind, model, variant, task, band, band_lo, band_hi, n, mean_score, score_sem, mean_recall, exact_rate
+    - kind ``overall``: one row per model x variant x task over all its cells (band ``all``).
+    - kind ``depth_band``: needle depth in bands [0,20) [20,40) [40,60) [60,80) [80,100]: left-closed, the last
+      band closed on both sides so depth 100 lands in ``80-100`` and depth 20 in ``20-40``.
+    - kind ``length_band``: context length in octaves anchored at 1,000 tokens: [1000*2^k, 1000*2^(k+1)),
+      labelled ``1K-2K``, ``2K-4K`` ... ``128K-256K`` (``500-1K`` below). On the paper's doubling grid
+      (1K, 2K, 4K ... 128K) every length is its own band; a linear grid (1K..16K in 35 steps) gets 4-5 bands.
+    Bands with no cell get no row. ``n`` is the number of scored cells behind the row; ``score_sem`` the
+    standard error of the mean score (cells treated as independent; NaN for n < 2).
+
+deltas.csv  (one row per comparison: variant against a reference variant, per model x task)
+    columns: model, task, variant, reference, n (matched cells), n_variant, n_reference, mean_variant,
+    mean_reference, diff, diff_ci_low, diff_ci_high, pct, pct_ci_low, pct_ci_high, bootstrap_b, bootstrap_seed
+    Comparisons: every variant against ``baseline`` (the paper's headline: average improvement in percent), and
+    ``pause-tuned`` against ``plain-tuned`` and against ``pause-prompt`` (what tuning on pauses adds beyond
+    tuning on the essays / beyond the markers alone). A comparison is made only when both variants have cells.
+    Cells are matched on (model, task, seed, length, depth); only matched cells enter the means.
+    ``pct`` = (mean_variant - mean_reference) / mean_reference x 100 on score; ``diff`` the same in score points.
+    Intervals: paired percentile bootstrap, 95%: resample the matched cells with replacement ``B`` times
+    (default 2000), recompute pct and diff each time, take the 2.5% and 97.5% quantiles. The generator of each
+    comparison is seeded with (config seed, CRC32 of "model/task/variant/reference"), so an interval does not
+    change when other variants or models are added to the grid.
+
+summary.json  (flat keys for DVC metrics; floats rounded to 4 decimals, NaN written as null)
+    {model}/{variant}/{task}/mean_score | mean_recall | exact_rate | n
+    {model}/{variant}/{task}/pct_vs_baseline | pct_ci_low | pct_ci_high | diff_vs_baseline | n_matched
+    {model}/{variant}/{task}/pct_vs_{reference} | pct_vs_{reference}_ci_low | pct_vs_{reference}_ci_high
+        | diff_vs_{reference} | n_matched_vs_{reference}      (for the non-baseline references)
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import zlib
+from pathlib import Path
+from typing import Iterable
+
+from .io import PausetuneError, read_json, write_json, write_parquet, write_text
+
+KEY = ["model", "variant", "task", "seed", "length", "depth"]
+MATCH = ["model", "task", "seed", "length", "depth"]
+REQUIRED = KEY + ["score"]
+VARIANTS = ["baseline", "pause-prompt", "pause-tuned", "plain-tuned"]
+# (variant, reference): every variant against baseline, then the tuning controls.
+COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
+    ("pause-tuned", "plain-tuned"),
+    ("pause-tuned", "pause-prompt"),
+]
+DEPTH_EDGES = [0, 20, 40, 60, 80, 100]
+LENGTH_ANCHOR = 1000
+DEFAULT_BOOTSTRAP = 2000
+TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def flatten(obj: dict, prefix: str = "") -> dict:
+    """Nested dicts -> dotted keys; lists -> JSON strings (parquet-safe, round-trips with json.loads)."""
+    out = {}
+    for k, v in obj.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            if v:
+                out.update(flatten(v, name + "."))
+            else:
+                out[name] = None
+        elif isinstance(v, (list, tuple)):
+            out[name] = json.dumps(list(v), ensure_ascii=False)
+        else:
+            out[name] = v
+    return out
+
+
+def find_cells(cells_dir: str | os.PathLike) -> list[str]:
+    root = Path(cells_dir)
+    if not root.is_dir():
+        raise PausetuneError(f"--cells-dir {cells_dir}: not a folder")
+    return sorted(glob.glob(str(root / "**" / "*.json"), recursive=True))
+
+
+def load_cells(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    cells = []
+    for p in paths:
+        cell = read_json(p)
+        if not isinstance(cell, dict):
+            raise PausetuneError(f"{p}: an eval cell must be a JSON object")
+        missing = [k for k in REQUIRED if k not in cell]
+        if missing:
+            raise PausetuneError(f"{p}: eval cell lacks key(s) {missing}")
+        cell = flatten(cell)
+        cell["path"] = str(p)
+        cells.append(cell)
+    return cells
+
+
+def cells_frame(cells: list[dict]):
+    """The cells.parquet table: one row per cell, typed key columns, sorted, duplicates refused."""
+    import pandas as pd
+
+    if not cells:
+        raise PausetuneError("no eval cells given (--cells / --cells-dir / --cells-from matched nothing)")
+    df = pd.DataFrame(cells)
+    for col in ("model", "variant", "task"):
+        df[col] = df[col].astype(str)
+    try:
+        df["seed"] = df["seed"].astype("int64")
+        df["length"] = df["length"].astype("int64")
+        df["depth"] = df["depth"].astype("float64")
+        df["score"] = pd.to_numeric(df["score"], errors="raise").astype("float64")
+    except (TypeError, ValueError) as e:
+        raise PausetuneError(f"eval cells: a key field is not numeric ({e})") from None
+    for col in ("recall",):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    if "exact" in df:
+        df["exact"] = df["exact"].map(lambda x: None if x is None or (isinstance(x, float) and math.isnan(x))
+                                      else bool(x)).astype("boolean")
+    dup = df[df.duplicated(KEY, keep=False)]
+    if len(dup):
+        first = dup.sort_values(KEY).head(2)["path"].tolist()
+        raise PausetuneError(f"two eval cells share model/variant/task/seed/length/depth: {first[0]} and {first[1]}")
+    # Columns of mixed types (int in one cell, str in another) would not go into parquet: store them as JSON.
+    for col in df.columns:
+        if df[col].dtype == object:
+            kinds = {type(x) for x in df[col] if x is not None and not (isinstance(x, float) and math.isnan(x))}
+            if len(kinds) > 1:
+                df[col] = df[col].map(lambda x: None if x is None else (x if isinstance(x, str) else json.dumps(x)))
+    front = [c for c in KEY + ["score", "recall", "exact"] if c in df]
+    df = df[front + [c for c in df.columns if c not in front]]
+    return df.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------- bands
+
+
+def fmt_tokens(n: float) -> str:
+    """1000 -> '1K', 1500 -> '1.5K', 128000 -> '128K', 512 -> '512'."""
+    n = float(n)
+    if n >= 1000:
+        return f"{n / 1000:.3g}K"
+    return f"{n:.3g}"
+
+
+def depth_band(depth: float) -> tuple[str, float, float]:
+    """[0,20) [20,40) [40,60) [60,80) [80,100]: label, low, high."""
+    d = float(depth)
+    if not 0 <= d <= 100:
+        raise PausetuneError(f"needle depth {depth}: expected 0..100 %")
+    i = min(int(d // 20), 4)
+    lo, hi = DEPTH_EDGES[i], DEPTH_EDGES[i + 1]
+    return f"{lo}-{hi}", float(lo), float(hi)
+
+
+def length_band(length: int) -> tuple[str, float, float]:
+    """Octaves anchored at 1,000 tokens: [1000*2^k, 1000*2^(k+1)): label, low, high."""
+    if length < 1:
+        raise PausetuneError(f"context length {length}: expected a positive number of tokens")
+    k = math.floor(math.log2(length / LENGTH_ANCHOR))
+    lo, hi = LENGTH_ANCHOR * 2.0**k, LENGTH_ANCHOR * 2.0 ** (k + 1)
+    # log2 rounding at exact powers: keep lo <= length < hi
+    if length < lo:
+        lo, hi = lo / 2, lo
+    elif length >= hi:
+        lo, hi = hi, hi * 2
+    return f"{fmt_tokens(lo)}-{fmt_tokens(hi)}", lo, hi
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+SUMMARY_COLUMNS = ["kind", "model", "variant", "task", "band", "band_lo", "band_hi", "n", "mean_score",
+                   "score_sem", "mean_recall", "exact_rate"]
+DELTA_COLUMNS = ["model", "task", "variant", "reference", "n", "n_variant", "n_reference", "mean_variant",
+                 "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high",
+                 "bootstrap_b", "bootstrap_seed"]
+
+
+def _group_stats(g) -> dict:
+    import numpy as np
+
+    s = g["score"].dropna()
+    n = int(len(s))
+    rec = g["recall"].dropna() if "recall" in g else []
+    ex = g["exact"].dropna() if "exact" in g else []
+    return {
+        "n": n,
+        "mean_score": float(s.mean()) if n else math.nan,
+        "score_sem": float(s.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan,
+        "mean_recall": float(np.mean(rec)) if len(rec) else math.nan,
+        "exact_rate": float(np.mean(ex.astype(float))) if len(ex) else math.nan,
+    }
+
+
+def summarize(df):
+    """summary.csv as a DataFrame (see the module docstring)."""
+    import pandas as pd
+
+    df = df[df["score"].notna()].copy()
+    df["_depth_band"] = [depth_band(d) for d in df["depth"]]
+    df["_length_band"] = [length_band(n) for n in df["length"]]
+    rows = []
+    for (model, variant, task), g in df.groupby(["model", "variant", "task"], sort=True):
+        rows.append({"kind": "overall", "model": model, "variant": variant, "task": task, "band": "all",
+                     "band_lo": math.nan, "band_hi": math.nan, **_group_stats(g)})
+        for kind, col in (("depth_band", "_depth_band"), ("length_band", "_length_band")):
+            for band, gb in sorted(g.groupby(col, sort=False), key=lambda kv: kv[0][1]):
+                rows.append({"kind": kind, "model": model, "variant": variant, "task": task, "band": band[0],
+                             "band_lo": band[1], "band_hi": band[2], **_group_stats(gb)})
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    order = {"overall": 0, "depth_band": 1, "length_band": 2}
+    out["_k"] = out["kind"].map(order)
+    out["_v"] = out["variant"].map(lambda v: VARIANTS.index(v) if v in VARIANTS else len(VARIANTS))
+    out = out.sort_values(["model", "task", "_k", "_v", "variant", "band_lo"], kind="stable", na_position="first")
+    return out.drop(columns=["_k", "_v"]).reset_index(drop=True)
+
+
+def comparison_seed(seed: int, model: str, task: str, variant: str, reference: str) -> list[int]:
+    return [int(seed), zlib.crc32(f"{model}/{task}/{variant}/{reference}".encode())]
+
+
+def paired_bootstrap(variant_scores, reference_scores, b: int = DEFAULT_BOOTSTRAP, seed=0) -> dict:
+    """Percent and point improvement of paired means, with 95% paired percentile-bootstrap intervals.
+
+    variant_scores[i] and reference_scores[i] are the scores of matched cell i. Each of the `b` resamples
+    draws n indices with replacement (the same indices for both arms: paired), from numpy's default_rng(seed).
+    """
+    import numpy as np
+
+    v = np.asarray(variant_scores, dtype=float)
+    r = np.asarray(reference_scores, dtype=float)
+    if v.shape != r.shape or v.ndim != 1:
+        raise ValueError("paired_bootstrap: need two 1-D arrays of the same length")
+    n = len(v)
+    if n == 0:
+        return {k: math.nan for k in ("diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high")}
+
+    def pct(mv, mr):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(mr != 0, (mv - mr) * 100.0 / mr, np.nan)
+
+    mv, mr = v.mean(), r.mean()
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(b, 2_000_000 // n))
+    diffs, pcts = [], []
+    done = 0
+    while done < b:
+        k = min(chunk, b - done)
+        idx = rng.integers(0, n, size=(k, n))
+        bv, br = v[idx].mean(axis=1), r[idx].mean(axis=1)
+        diffs.append(bv - br)
+        pcts.append(pct(bv, br))
+        done += k
+    diffs, pcts = np.concatenate(diffs), np.concatenate(pcts)
+    d_lo, d_hi = np.quantile(diffs, [0.025, 0.975])
+    if np.isnan(pcts).any():
+        p_lo = p_hi = math.nan
+    else:
+        p_lo, p_hi = np.quantile(pcts, [0.025, 0.975])
+    return {"diff": float(mv - mr), "diff_ci_low": float(d_lo), "diff_ci_high": float(d_hi),
+            "pct": float(pct(mv, mr)), "pct_ci_low": float(p_lo), "pct_ci_high": float(p_hi)}
+
+
+def matched(df, model: str, task: str, variant: str, reference: str):
+    """Matched cells of two variants: a frame with MATCH columns + score_v, score_r (sorted, deterministic)."""
+    sel = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
+    a = sel[sel["variant"] == variant][MATCH + ["score"]]
+    r = sel[sel["variant"] == reference][MATCH + ["score"]]
+    m = a.merge(r, on=MATCH, suffixes=("_v", "_r"), how="inner")
+    return m.sort_values(MATCH, kind="stable").reset_index(drop=True), len(a), len(r)
+
+
+def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+    """deltas.csv as a DataFrame (see the module docstring)."""
+    import pandas as pd
+
+    rows = []
+    present = df[df["score"].notna()].groupby(["model", "task"])["variant"].agg(set)
+    for (model, task), variants in present.items():
+        for variant, reference in COMPARISONS:
+            if variant not in variants or reference not in variants:
+                continue
+            m, n_v, n_r = matched(df, model, task, variant, reference)
+            cseed = comparison_seed(seed, model, task, variant, reference)
+            stats = paired_bootstrap(m["score_v"].to_numpy(), m["score_r"].to_numpy(), b=b, seed=cseed)
+            rows.append({"model": model, "task": task, "variant": variant, "reference": reference, "n": len(m),
+                         "n_variant": n_v, "n_reference": n_r,
+                         "mean_variant": float(m["score_v"].mean()) if len(m) else math.nan,
+                         "mean_reference": float(m["score_r"].mean()) if len(m) else math.nan,
+                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed)})
+    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+
+
+def _num(x):
+    if x is None:
+        return None
+    if isinstance(x, (bool,)):
+        return x
+    if isinstance(x, int):
+        return x
+    x = float(x)
+    if math.isnan(x) or math.isinf(x):
+        return None
+    return round(x, 4)
+
+
+def summary_json(summary, deltas_df) -> dict:
+    """Flat, human-readable keys for DVC metrics (see the module docstring)."""
+    out = {}
+    for r in summary[summary["kind"] == "overall"].itertuples(index=False):
+        base = f"{r.model}/{r.variant}/{r.task}"
+        out[f"{base}/mean_score"] = _num(r.mean_score)
+        out[f"{base}/mean_recall"] = _num(r.mean_recall)
+        out[f"{base}/exact_rate"] = _num(r.exact_rate)
+        out[f"{base}/n"] = int(r.n)
+    for r in deltas_df.itertuples(index=False):
+        base = f"{r.model}/{r.variant}/{r.task}"
+        if r.reference == "baseline":
+            out[f"{base}/pct_vs_baseline"] = _num(r.pct)
+            out[f"{base}/pct_ci_low"] = _num(r.pct_ci_low)
+            out[f"{base}/pct_ci_high"] = _num(r.pct_ci_high)
+            out[f"{base}/diff_vs_baseline"] = _num(r.diff)
+            out[f"{base}/n_matched"] = int(r.n)
+        else:
+            tag = f"vs_{r.reference}"
+            out[f"{base}/pct_{tag}"] = _num(r.pct)
+            out[f"{base}/pct_{tag}_ci_low"] = _num(r.pct_ci_low)
+            out[f"{base}/pct_{tag}_ci_high"] = _num(r.pct_ci_high)
+            out[f"{base}/diff_{tag}"] = _num(r.diff)
+            out[f"{base}/n_matched_{tag}"] = int(r.n)
+    return out
+
+
+def _csv(df) -> str:
+    return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
+    """Read the cells, write the four tables into out_dir; return {name: DataFrame or dict}."""
+    if b < 1:
+        raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
+    df = cells_frame(load_cells(paths))
+    summary = summarize(df)
+    delta = deltas(df, b=b, seed=seed)
+    metrics = summary_json(summary, delta)
+    out = Path(out_dir)
+    write_parquet(out / "cells.parquet", df)
+    write_text(out / "summary.csv", _csv(summary))
+    write_text(out / "deltas.csv", _csv(delta))
+    write_json(out / "summary.json", metrics)
+    return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics}
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cells", nargs="+", metavar="FILE", help="eval cell JSON files")
+    src.add_argument("--cells-dir", metavar="DIR", help="take every *.json under DIR (recursively)")
+    src.add_argument("--cells-from", metavar="FILE",
+                     help="a text file listing cell paths, one a line (for grids too long for a command line)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="folder for cells.parquet, summary.csv, deltas.csv, summary.json")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
+                        help=f"bootstrap resamples (default: config report.bootstrap, else {DEFAULT_BOOTSTRAP})")
+    parser.add_argument("--bootstrap-seed", type=int, default=None, metavar="SEED",
+                        help="bootstrap seed (default: config seed)")
+
+
+def main(args, config: dict) -> int:
+    if args.cells:
+        paths = list(args.cells)
+    elif args.cells_dir:
+        paths = find_cells(args.cells_dir)
+    else:
+        try:
+            with open(args.cells_from, encoding="utf-8") as f:
+                paths = [line.strip() for line in f if line.strip()]
+        except FileNotFoundError:
+            raise PausetuneError(f"--cells-from {args.cells_from}: file not found") from None
+    b = args.bootstrap if args.bootstrap is not None else (config.get("report") or {}).get("bootstrap",
+                                                                                            DEFAULT_BOOTSTRAP)
+    seed = args.bootstrap_seed if args.bootstrap_seed is not None else config.get("seed", 0)
+    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed))
+    n_delta = len(res["deltas"])
+    print(f"aggregate: {len(res['cells'])} cells -> {args.out_dir} "
+          f"({len(res['summary'])} summary rows, {n_delta} comparisons, B={b}, seed={seed})")
+    return 0
