@@ -189,7 +189,8 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
         L += ["## Figures", ""]
         for f in figures:
             src = Path(f)
-            rel = Path(*src.parts[-4:]) if len(src.parts) >= 4 else Path(src.name)
+            parts = src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]
+            rel = Path(*parts)
             name = "_".join(rel.with_suffix("").parts) + ".png"
             with atomic_path(figures_dir / name) as tmp:
                 shutil.copyfile(src, tmp)

@@ -45,7 +45,17 @@ def paused_inputs(wildcards=None):
 
 
 def all_targets():
+    """Everything the default target builds: shards, checkpoints, eval cells, tables, figures, the results page."""
+    from pausetune.figures import report_targets
+    from pausetune.grid import eval_targets
+
     targets = []
     for model in config["shards"]["models"]:
         targets += expand("data/shards/{model}/{variant}/manifest.json", model=model, variant=SHARD_VARIANTS)
+    targets += expand("results/checkpoints/{model}/{variant}/manifest.json", model=config["train"]["models"],
+                      variant=SHARD_VARIANTS)
+    cells = eval_targets(config)
+    targets += cells
+    if cells:
+        targets += report_targets(config) + [config["publish"]["page"]]
     return targets

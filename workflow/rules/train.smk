@@ -1,0 +1,35 @@
+# Training: shards -> LoRA / QLoRA checkpoints, results/checkpoints/{model}/{variant}/ (variant pause | plain).
+# The folder is written atomically by `pausetune train`; its manifest.json is the declared output. A resumable
+# training state lives beside it in results/checkpoints/{model}/{variant}.state/ (not an output, so a failed or
+# killed job keeps it and the rerun continues from the last saved step).
+# params: only what changes the adapter; the model list, scheduler hints and thread count are no rerun triggers.
+
+
+rule train:
+    input:
+        shards="data/shards/{model}/{variant}/manifest.json",
+        model="data/models/{model}/prepared.json",
+    output:
+        "results/checkpoints/{model}/{variant}/manifest.json",
+    wildcard_constraints:
+        variant="pause|plain",
+    params:
+        cfg=lambda wc: cfg(
+            "seed",
+            "pause",
+            train={k: v for k, v in config["train"].items() if k not in ("models", "resources", "threads")},
+            models=model_cfgs(wc.model),
+        ),
+    threads: config["train"]["threads"] or workflow.cores
+    resources:
+        mem_mb=config["train"]["resources"]["mem_mb"],
+        runtime=config["train"]["resources"]["runtime"],
+        gpu=config["train"]["resources"]["gpu"],
+    conda:
+        "../../envs/train.yaml"
+    log:
+        "logs/train/{model}/{variant}.log",
+    shell:
+        "pausetune train --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
+        " --model-dir data/models/{wildcards.model} --shards data/shards/{wildcards.model}/{wildcards.variant}"
+        " --output results/checkpoints/{wildcards.model}/{wildcards.variant} --threads {threads} 2>&1 | tee {log}"

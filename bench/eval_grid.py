@@ -1,0 +1,209 @@
+"""Eval-engine benchmark: our engine (prefix-KV reuse, split-causal attention, batched greedy decode) against a
+naive per-cell `model.generate(do_sample=False)` loop, measured in the same run on the same prompts.
+
+Prints cells/s and prompt tokens/s for both, the ratio, the prefill FLOP count (with and without reuse) and the
+achieved TFLOP/s, and checks the greedy answers are equal (exit 1 if not, unless --allow-mismatch).
+
+Real model, real haystack (CPU):
+    python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \\
+        --lengths 1000,2000,4000 --depths 0,25,50,75,100
+Random weights of a real shape (timing only; answers are noise, equality is reported, not required):
+    python bench/eval_grid.py data/models/smollm2 --random-shape llama-3.2-3b --device cuda \\
+        --lengths 16000,32000 --depths 0,50,100
+    python bench/eval_grid.py data/models/smollm2 --random-shape tiny --lengths 600,1200   # CPU smoke test
+The model dir gives the tokenizer (and, without --random-shape, the weights). Without --haystack the haystack is
+random ordinary tokens with a period every ~20 (only for --random-shape).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SHAPES = {
+    "llama-3.2-3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0,
+                         max_position_embeddings=131072, tie_word_embeddings=True),
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, rope_theta=500000.0,
+                         max_position_embeddings=131072, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=49152, max_position_embeddings=16384,
+                 tie_word_embeddings=True),
+}
+
+
+def prefill_flops(cfg, start: int, end: int) -> float:
+    """Forward FLOPs of positions start..end-1 on top of a cache of `start`: 2 x non-embedding params per token
+    plus 4 x layers x (heads x head_dim) per token per attended position (QK^T and PV), causal."""
+    cfg = cfg.get_text_config(decoder=True)
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    h, kv, layers, inter = cfg.hidden_size, cfg.num_key_value_heads, cfg.num_hidden_layers, cfg.intermediate_size
+    per_layer = h * cfg.num_attention_heads * hd * 2 + h * kv * hd * 2 + 3 * h * inter
+    n = end - start
+    attended = (start + 1 + end) * n / 2  # sum over t in [start, end) of (t + 1)
+    return 2 * per_layer * layers * n + 4 * layers * cfg.num_attention_heads * hd * attended
+
+
+def build_prompts(args, tok):
+    sys.path.insert(0, str(ROOT / "workflow"))
+    from pausetune.config import load_config
+    from pausetune.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.needles import build_task
+
+    config = load_config([str(ROOT / "config" / "config.yaml")], json.dumps({
+        "models": {"bench": {"source": {"kind": "path", "path": str(args.model_dir)}, "chat_template": True}},
+        "eval": {"max_new_tokens": args.max_new_tokens, "buffer": args.buffer}}))
+    need = max(args.lengths)
+    if args.haystack:
+        essays = dict(load_essays(args.haystack))
+        stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), args.seed), need, None)
+    else:
+        rng = random.Random(args.seed)
+        period = tok.encode(".", add_special_tokens=False)[0]
+        stream = [period if rng.random() < 0.05 else rng.randrange(1000, 20000) for _ in range(need)]
+    builder = PromptBuilder(tok, config, "bench")
+    cells = []
+    for n in args.lengths:
+        for d in args.depths:
+            task = build_task(args.task, config["tasks"][args.task], 0, args.seed, n, d)
+            cp = builder.build(stream, n, d, task.needles, task.question)
+            cells.append(((n, d), cp, task))
+    return cells
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model_dir", help="a prepared model folder (data/models/{model}): tokenizer, and weights")
+    p.add_argument("--haystack", nargs="*", default=None, help="paused parquet(s); default: random tokens")
+    p.add_argument("--lengths", default="1000,2000,4000")
+    p.add_argument("--depths", default="0,25,50,75,100")
+    p.add_argument("--task", default="single")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--buffer", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--random-shape", choices=sorted(SHAPES), default=None)
+    p.add_argument("--skip-naive", action="store_true", help="engine only (no equality check, no ratio)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also: engine with stock SDPA for chunks on a cache, and engine without reuse")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run engine and naive alternately this many times; report the fastest of each (robust "
+                        "on a shared machine)")
+    p.add_argument("--allow-mismatch", action="store_true")
+    p.add_argument("--json", default=None, help="write the figures here")
+    args = p.parse_args(argv)
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.depths = [float(x) for x in args.depths.split(",")]
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "workflow"))
+    from pausetune.engine import Engine, Request, eos_ids_of, generate_reference
+    from pausetune.models import load_model, load_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
+                                                           else torch.float32)
+    tok = load_tokenizer(args.model_dir)
+    if args.random_shape:
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        torch.manual_seed(0)
+        cfg = LlamaConfig(**SHAPES[args.random_shape], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+        with torch.device(args.device):  # random weights of the real shape, built in place in bf16 (no download)
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
+    else:
+        model = load_model(args.model_dir, str(dtype).replace("torch.", ""), args.device)
+    cells = build_prompts(args, tok)
+    eos = eos_ids_of(model, tok)
+    prompt_tokens = sum(len(cp.ids) for _, cp, _ in cells)
+    out = {"model": args.random_shape or str(args.model_dir), "device": args.device, "dtype": str(dtype),
+           "threads": torch.get_num_threads(), "lengths": args.lengths, "depths": args.depths,
+           "cells": len(cells), "prompt_tokens": prompt_tokens, "max_new_tokens": args.max_new_tokens,
+           "batch_size": args.batch_size}
+
+    def run_engine(label, **kw):
+        eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size), **kw)
+        reqs = [Request(key, cp.ids, cp.shareable) for key, cp, _ in cells]
+        t0 = time.perf_counter()
+        res = {r.key: r for r in eng.run(reqs)}
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        if label in out and out[label]["wall_s"] <= wall:  # --repeat: keep the fastest run
+            print(f"{label:>14}: {wall:8.2f} s  (slower repeat, not kept)", flush=True)
+            return {k: r.new_ids for k, r in res.items()}
+        trunk = max(r.timing.get("trunk_prefill_s", 0.0) for r in res.values())
+        prefill = trunk + sum(r.timing["prefill_s"] for r in res.values())
+        lens = {key: len(cp.ids) for key, cp, _ in cells}
+        keep = {k: r.timing["shared_prefix_tokens"] for k, r in res.items()}
+        trunk_len = max(cp.shareable for _, cp, _ in cells) if eng.reuse else 0
+        flops = (prefill_flops(model.config, 0, trunk_len) if trunk_len else 0.0) + sum(
+            prefill_flops(model.config, keep[k], lens[k]) for k in lens)
+        computed = trunk_len + sum(lens[k] - keep[k] for k in lens)
+        out[label] = {"wall_s": round(wall, 3), "cells_per_s": round(len(cells) / wall, 4),
+                      "prompt_tokens_per_s": round(prompt_tokens / wall, 1), "prefill_s": round(prefill, 3),
+                      "prefill_tokens_computed": computed, "prefill_tflop": round(flops / 1e12, 4),
+                      "prefill_flop": flops,
+                      "prefill_tflops_per_s": round(flops / prefill / 1e12, 4) if prefill else None}
+        print(f"{label:>14}: {wall:8.2f} s  {len(cells) / wall:7.3f} cells/s  {prompt_tokens / wall:9.1f} prompt tok/s"
+              f"  prefill {prefill:7.2f} s for {computed} tokens ({flops / 1e12:.3f} TFLOP,"
+              f" {flops / max(prefill, 1e-9) / 1e12:.3f} TFLOP/s)", flush=True)
+        return {k: r.new_ids for k, r in res.items()}
+
+    print(f"{out['model']} on {args.device} ({dtype}, {out['threads']} threads): {len(cells)} cells, "
+          f"{prompt_tokens} prompt tokens, lengths {args.lengths} x depths {args.depths}", flush=True)
+    for rep in range(max(1, args.repeat)):
+        got = run_engine("engine")
+        if args.ablations:
+            run_engine("engine_stock", attn="sdpa")
+            run_engine("engine_noreuse", reuse_prefix=False, batch_size=1)
+        if args.skip_naive:
+            continue
+        t0 = time.perf_counter()
+        ref = {}
+        for key, cp, _ in cells:
+            ref[key], _ = generate_reference(model, cp.ids, args.max_new_tokens, eos)
+        wall = time.perf_counter() - t0
+        flops = sum(prefill_flops(model.config, 0, len(cp.ids)) for _, cp, _ in cells)
+        if "naive" not in out or wall < out["naive"]["wall_s"]:
+            out["naive"] = {"wall_s": round(wall, 3), "cells_per_s": round(len(cells) / wall, 4),
+                            "prompt_tokens_per_s": round(prompt_tokens / wall, 1),
+                            "prefill_tflop": round(flops / 1e12, 4), "prefill_flop": flops,
+                            "prefill_tokens_computed": prompt_tokens}
+        print(f"{'naive generate':>14}: {wall:8.2f} s  {len(cells) / wall:7.3f} cells/s  "
+              f"{prompt_tokens / wall:9.1f} prompt tok/s  prefill {prompt_tokens} tokens ({flops / 1e12:.3f} TFLOP)",
+              flush=True)
+    out["repeat"] = max(1, args.repeat)
+    if not args.skip_naive:
+        equal = sum(got[k] == ref[k] for k in ref)  # the last repeat of each (all repeats are deterministic)
+        out["answers_equal"] = f"{equal}/{len(ref)}"
+        out["speedup"] = round(out["naive"]["wall_s"] / out["engine"]["wall_s"], 3)
+        out["flop_bound"] = round(out["naive"]["prefill_flop"] / out["engine"]["prefill_flop"], 3)
+        print(f"speedup engine vs naive: {out['speedup']:.2f}x (prefill FLOP ratio {out['flop_bound']:.2f}x); "
+              f"answers equal {equal}/{len(ref)}")
+        if tok is not None and not args.random_shape:
+            for (key, cp, task) in cells:
+                ans = tok.decode(got[key], skip_special_tokens=True).strip().replace("\n", " ")
+                print(f"  len{key[0]} depth{key[1]:g}: {ans[:90]!r}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    if not args.skip_naive and equal != len(cells) and not (args.allow_mismatch or args.random_shape):
+        print("answers differ between engine and naive generate", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

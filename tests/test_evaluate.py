@@ -1,0 +1,328 @@
+"""Stage `eval` end to end on the tiny model: cells, determinism, skip/cache, variants, errors, OOM, judge, Snakemake.
+
+Most runs call the CLI in-process (`pausetune.cli.main`, the same code path, without paying for a fresh import
+of torch each time); one block runs as a real subprocess, and one test drives the real `snakemake`.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
+
+torch = pytest.importorskip("torch")
+
+CFG = ["--config", str(DEFAULT_CONFIG), str(TINY_CONFIG)]
+SMALL = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 50, 100]}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # see tests/test_engine.py: 2 threads on a shared 2-core machine spin
+    yield
+    torch.set_num_threads(old)
+
+
+def cli(*args, config_json=None) -> tuple[int, str]:
+    """Run `pausetune ...` in-process; (rc, stderr)."""
+    import contextlib
+    import io
+
+    from pausetune.cli import main
+
+    err = io.StringIO()
+    argv = [*args[:1], *CFG, *(["--config-json", json.dumps(config_json)] if config_json else []), *args[1:]]
+    with contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, err.getvalue()
+
+
+def eval_args(tiny_dir, pg_paused, results, variant="baseline", lengths=("600",), depths=("0", "50", "100"),
+              task="single", extra=()):
+    return ["eval", "--model", "tiny", "--variant", variant, "--tasks", task, "--seed", "0", "--lengths", *lengths,
+            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paused),
+            "--results", str(results), "--device", "cpu", "--threads", "1", *extra]
+
+
+def cells_of(results: Path) -> dict[str, dict]:
+    return {str(p.relative_to(results)): json.loads(p.read_text()) for p in sorted((results / "eval").rglob("*.json"))}
+
+
+def no_timing(cell: dict) -> str:
+    from pausetune.io import dumps_json
+
+    return dumps_json({k: v for k, v in cell.items() if k != "timing"})
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory, tiny_dir, pg_paused):
+    """One block (tiny, baseline, single, seed 0, len 600, depths 0/50/100) through the real CLI subprocess."""
+    results = tmp_path_factory.mktemp("results")
+    proc = run_cli(*eval_args(tiny_dir, pg_paused, results)[:1], *CFG, "--config-json", json.dumps(SMALL),
+                   *eval_args(tiny_dir, pg_paused, results)[1:])
+    return results, proc
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_dir, tiny_shards):
+    out = tmp_path_factory.mktemp("ckpt")
+    fast = {"train": {"models": ["tiny"], "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "grad_accum": 1,
+                      "eval_rows": 2, "save_every": 100}}
+    ckpts = {}
+    for v in ("pause", "plain"):
+        ckpts[v] = out / "tiny" / v
+        rc, err = cli("train", "--model", "tiny", "--variant", v, "--model-dir", str(tiny_dir), "--shards",
+                      str(tiny_shards[v]), "--output", str(ckpts[v]), "--device", "cpu", "--threads", "1",
+                      "--no-progress", config_json=fast)
+        assert rc == 0, err
+    return ckpts
+
+
+def test_cli_block_writes_complete_cells(baseline_run, tiny_dir):
+    results, proc = baseline_run
+    cells = cells_of(results)
+    assert sorted(cells) == [f"eval/tiny/baseline/single/seed0/len600/depth{d}.json" for d in (0, 100, 50)]
+    c = cells["eval/tiny/baseline/single/seed0/len600/depth50.json"]
+    for key in ("model", "variant", "task", "seed", "length", "depth", "context_tokens", "haystack_tokens",
+                "needle_positions", "depth_actual", "question", "expected", "answer", "score", "recall", "exact",
+                "prompt_sha256", "haystack", "adapter_sha256", "versions", "timing", "cell_id"):
+        assert key in c, key
+    assert (c["model"], c["variant"], c["task"], c["seed"], c["length"], c["depth"]) == \
+        ("tiny", "baseline", "single", 0, 600, 50)
+    assert c["context_tokens"] <= 600 - 32 and c["haystack_tokens"] == 600 - 200 - c["needle_tokens"]
+    assert 1 <= c["score"] <= 10 and 0 <= c["recall"] <= 1 and c["adapter_sha256"] is None
+    assert set(c["versions"]) == {"torch", "transformers", "peft", "pausetune"}
+    assert set(c["timing"]) >= {"prefill_s", "decode_s", "prompt_tokens", "new_tokens", "shared_prefix_tokens"}
+    assert c["haystack"]["paused"] is False and c["haystack"]["paragraph_method"] == "heuristic"
+    assert cells["eval/tiny/baseline/single/seed0/len600/depth0.json"]["needle_positions"][0] < c["needle_positions"][0]
+    # the three cells shared the haystack prefix: two of them reused a cache from another cell
+    reused = [x["timing"]["shared_prefix_tokens"] for x in cells.values()]
+    assert sorted(reused)[1] > 100
+    assert "3 computed" in proc.stderr
+
+
+def test_rerun_is_byte_identical_except_timing(baseline_run, tiny_dir, pg_paused, tmp_path):
+    results, _ = baseline_run
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, extra=["--batch-size", "1"]), config_json=SMALL)
+    assert rc == 0, err
+    a, b = cells_of(results), cells_of(tmp_path)
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert no_timing(a[k]) == no_timing(b[k])
+
+
+def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
+    results, _ = baseline_run
+    target = results / "eval/tiny/baseline/single/seed0/len600/depth50.json"
+    before = target.read_bytes()
+    target.unlink()  # what Snakemake does to a failed job's outputs
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, results), config_json=SMALL)
+    assert rc == 0 and "nothing to do (2 done, 1 from the cell cache)" in err, err
+    assert target.read_bytes() == before
+    # a change that alters answers (max_new_tokens) is a different cell: recomputed, not taken from the cache
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, results, depths=("50",)),
+                  config_json={"eval": {**SMALL["eval"], "max_new_tokens": 8}})
+    assert rc == 0 and "1 computed" in err, err
+    assert json.loads(target.read_text())["answer_tokens"] <= 8
+
+
+def test_pause_prompt_variant(tiny_dir, pg_paused, tmp_path, baseline_run):
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-prompt", depths=("50",)), config_json=SMALL)
+    assert rc == 0, err
+    c = cells_of(tmp_path)["eval/tiny/pause-prompt/single/seed0/len600/depth50.json"]
+    base = cells_of(baseline_run[0])["eval/tiny/baseline/single/seed0/len600/depth50.json"]
+    assert c["haystack"]["paused"] is True and c["haystack"]["pause_mode"] == "special"
+    assert c["haystack"]["pause_ids"] == [49152] and c["prompt_sha256"] != base["prompt_sha256"]
+    assert c["haystack"]["order_sha256"] == base["haystack"]["order_sha256"]  # same essays, same order
+
+
+def test_tuned_variants(tiny_dir, pg_paused, tmp_path, checkpoints, tiny_shards):
+    from pausetune.train import checkpoint_adapter_hash
+
+    for variant, v in (("pause-tuned", "pause"), ("plain-tuned", "plain")):
+        extra = ["--checkpoint", str(checkpoints[v]), "--shard-manifest", str(tiny_shards[v] / "manifest.json")]
+        rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant=variant, depths=("50",), extra=extra),
+                      config_json=SMALL)
+        assert rc == 0, err
+        c = cells_of(tmp_path)[f"eval/tiny/{variant}/single/seed0/len600/depth50.json"]
+        assert c["adapter_sha256"] == checkpoint_adapter_hash(checkpoints[v])
+        assert c["haystack"]["paused"] is (v == "pause")
+    # a tuned variant without its checkpoint, or with the other one: one line each
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-tuned", depths=("0",)), config_json=SMALL)
+    assert rc == 1 and "--checkpoint" in err and err.count("\n") == 1
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-tuned", depths=("0",),
+                             extra=["--checkpoint", str(checkpoints["plain"])]), config_json=SMALL)
+    assert rc == 1 and "a 'plain' checkpoint" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variant": "tuned"}, "unknown variant 'tuned'"),
+    ({"depths": ("150",)}, "config key 'eval.depths': depth 150 is outside 0-100"),
+    ({"lengths": ("4090",)}, "config key 'eval.lengths': length 4090 + eval.max_new_tokens 32 exceeds"),
+    ({"task": "nope"}, "config key 'eval.tasks': unknown task 'nope'"),
+    ({"lengths": ("220",)}, "config key 'eval.lengths': length 220 leaves no haystack"),
+])
+def test_bad_inputs_one_line(tiny_dir, pg_paused, tmp_path, change, message):
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, **change), config_json=SMALL)
+    assert rc == 1 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_oom_fails_block_naming_length_and_keeps_done_cells(tiny_dir, pg_paused, tmp_path, monkeypatch):
+    from pausetune import engine
+    from pausetune.config import load_config
+    from pausetune.evaluate import run_block
+    from pausetune.io import PausetuneError
+
+    real_run = engine.Engine.run
+
+    def run(self, requests):
+        for res in real_run(self, requests):
+            if len(res.key) and any(r.key == res.key and len(r.ids) > 700 for r in requests):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            yield res
+
+    monkeypatch.setattr(engine.Engine, "run", run)
+    config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps(SMALL))
+    with pytest.raises(PausetuneError) as e:
+        run_block(config, model="tiny", variant="baseline", tasks=["single"], seed=0, lengths=[600, 1200],
+                  depths=[0], model_dir=tiny_dir, haystack=[str(pg_paused)], results=str(tmp_path),
+                  device="cpu", log=lambda m: None)
+    msg = str(e.value)
+    assert msg.startswith("out of memory at length 1200 (eval.batch_size 4") and "\n" not in msg
+    done = cells_of(tmp_path)
+    assert {c["length"] for c in done.values()} <= {600} and len(done) >= 1
+    assert len(list((tmp_path / ".cells").glob("*.json"))) == len(done)
+
+
+class _Judge(http.server.BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Judge.seen.append((self.headers.get("Authorization"), body))
+        out = json.dumps({"choices": [{"message": {"content": "Score: 7"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_openai_judge_key_never_in_cell(tiny_dir, pg_paused, tmp_path, monkeypatch):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("PT_JUDGE_KEY", secret)
+    judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+             "api_key_env": "PT_JUDGE_KEY"}
+    try:
+        rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("50",)),
+                      config_json={"eval": {**SMALL["eval"], "judge": judge}})
+    finally:
+        server.shutdown()
+    assert rc == 0, err
+    path = tmp_path / "eval/tiny/baseline/single/seed0/len600/depth50.json"
+    c = json.loads(path.read_text())
+    assert c["judge"]["score"] == 7 and c["score"] == 7.0 and c["score_rule"] == "judge"
+    assert c["score_recall"] == 1 + 9 * c["recall"]
+    auth, body = _Judge.seen[-1]
+    assert auth == f"Bearer {secret}" and body["temperature"] == 0 and body["model"] == "grader"
+    assert "Reference: The best thing" in body["messages"][1]["content"]
+    assert secret not in path.read_text() and secret not in err
+    assert not any(secret in p.read_text() for p in (tmp_path / ".cells").glob("*.json"))
+    monkeypatch.delenv("PT_JUDGE_KEY")
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("0",)),
+                  config_json={"eval": {**SMALL["eval"], "judge": judge}})
+    assert rc == 1 and "environment variable PT_JUDGE_KEY is not set" in err
+
+
+def test_local_judge_tiny(tiny_dir, pg_paused, tmp_path):
+    from pausetune.models import load_model, load_tokenizer
+    from pausetune.scoring import LocalJudge, judge_messages
+
+    j = LocalJudge(load_model(tiny_dir, "float32", "cpu"), load_tokenizer(tiny_dir))
+    text = j.tok.decode(j.prompt_ids(judge_messages("Q?", "REF", "ANS")))
+    assert "Reference: REF" in text and "Answer: ANS" in text and text.endswith("<|im_start|>assistant\n")
+    assert isinstance(j(judge_messages("Q?", "REF", "ANS")), str)
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("50",),
+                             extra=["--judge-model-dir", str(tiny_dir)]),
+                  config_json={"eval": {**SMALL["eval"], "judge": {"kind": "local", "model": "tiny"}}})
+    assert rc == 0, err
+    c = json.loads((tmp_path / "eval/tiny/baseline/single/seed0/len600/depth50.json").read_text())
+    assert c["judge"]["kind"] == "local" and c["score_rule"] == ("judge" if c["judge"]["parsed"] else "recall")
+
+
+def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_dir, smollm2_dir):
+    """block: length builds a whole block; --config eval='{block: cell}' then rebuilds one cell, nothing else."""
+    import yaml
+
+    from pausetune.config import deep_merge
+
+    work = tmp_path / "wf"
+    (work / "config").mkdir(parents=True)
+    # Upstream outputs from the session fixtures: the parquets copied with their mtimes (raw older than paused,
+    # so nothing is rerun), the model folders linked (prepared.json is read through the link, with its own mtime).
+    for src, dst in ((pg_raw, "data/raw/paul_graham.parquet"), (pg_paused, "data/paused/paul_graham/heuristic.parquet"),
+                     (pg_paused.with_suffix(".stats.json"), "data/paused/paul_graham/heuristic.stats.json")):
+        (work / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, work / dst)
+    (work / "data/models").mkdir(parents=True)
+    os.symlink(smollm2_dir, work / "data/models/smollm2")
+    os.symlink(tiny_dir, work / "data/models/tiny")
+    cfg = deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(TINY_CONFIG.read_text()))
+    cfg["eval"] = {"models": ["tiny"], "variants": ["baseline"], "tasks": ["single"], "lengths": [600],
+                   "depths": [0, 50, 100], "seeds": [0], "threads": 1}
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cell = "results/eval/tiny/baseline/single/seed0/len600/depth{}.json"
+    smk = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "-c1"]
+
+    def run(*args):
+        p = subprocess.run([*smk, *args], capture_output=True, text=True, cwd=work)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout + p.stderr
+
+    out = run(cell.format(50))
+    assert re.search(r"\b1 of 1 steps", out), out
+    assert all((work / cell.format(d)).exists() for d in (0, 50, 100))  # the length block: all its depths
+    (work / cell.format(50)).unlink()
+    stamps = {d: (work / cell.format(d)).stat().st_mtime_ns for d in (0, 100)}
+    out = run(cell.format(50), "--config", "eval={block: cell}")
+    assert re.search(r"\b1 of 1 steps", out), out
+    assert "1 from the cell cache" in (work / "logs/eval/tiny/baseline/single/seed0/len600/depth50.log").read_text()
+    assert {d: (work / cell.format(d)).stat().st_mtime_ns for d in (0, 100)} == stamps
+    assert (work / cell.format(50)).exists()
+    # and a config error is one line at DAG time
+    (work / "long.yaml").write_text("eval: {lengths: [9000]}\n")
+    p = subprocess.run([*smk, "-n", "--configfile", "config/config.yaml", "long.yaml"], capture_output=True, text=True,
+                       cwd=work)
+    assert p.returncode != 0 and "config error: config key 'eval.lengths': length 9000" in p.stderr
+
+
+def test_holdout_check_catches_a_trained_haystack_essay(tmp_path, tiny_shards, pg_paused):
+    from pausetune.config import load_config
+    from pausetune.evaluate import _check_holdout
+    from pausetune.haystack import haystack_ids, load_essays
+    from pausetune.io import PausetuneError
+
+    config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)])
+    hay = haystack_ids([e for e, _ in load_essays([str(pg_paused)])], config)
+    _check_holdout(hay, str(tiny_shards["pause"] / "manifest.json"), config)  # the real split: disjoint
+    m = json.loads((tiny_shards["pause"] / "manifest.json").read_text())
+    m["splits"]["train"]["order"].append(hay[0])
+    bad = tmp_path / "manifest.json"
+    bad.write_text(json.dumps(m))
+    with pytest.raises(PausetuneError, match=f"haystack essay '{hay[0]}' was used in training"):
+        _check_holdout(hay, str(bad), config)

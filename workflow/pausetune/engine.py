@@ -1,0 +1,431 @@
+"""Batched greedy generation with prefix-KV reuse: the eval engine.
+
+A block of NIAH cells shares its haystack: every cell's prompt is `head + stream[:p] + needle + ...` with the
+same `head` (chat template, system line) and the same token `stream` (one per seed and paused/plain), so the KV
+cache of `head + stream[:P]` serves every cell whose first needle sits at or after `P`. The engine
+
+1. prefills one *trunk* (the longest shareable prefix of the block) once;
+2. takes the cells in decreasing order of the prefix they share with what the cache holds, and for each one
+   crops the cache to the longest common token prefix (never to more than its prompt minus one token), runs
+   only the rest of its prompt (needle + rest of haystack + question) on top, and takes the first answer token
+   from the last logits;
+3. greedy-decodes up to `max_new_tokens` (stopping at EOS), batched over `batch_size` cells: each cell's cache
+   is copied, left-padded, into one batch buffer and all rows step together (per-row position ids, a padding
+   mask). With `batch_size` 1 the decode runs on the shared cache itself and is cropped back afterwards.
+
+Reuse is decided on token ids alone (longest common prefix with the cached ids), so it is correct by
+construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
+
+Two things make the CPU path faster than stock HF:
+- The cache is a preallocated buffer (`BufferLayer`): appending writes in place and cropping moves a length,
+  instead of `torch.cat` copying the whole cache on every forward (which costs as much as a decode step on a CPU).
+- A chunk of `q` new tokens on top of `past` cached ones needs a lower-right causal mask. HF builds it as an
+  explicit `q x (past+q)` boolean mask, and SDPA with an explicit mask runs a kernel that computes every masked
+  score (measured: 2K new on a 2K cache cost more than a fresh 4K causal prefill). The `pausetune` attention
+  function instead splits the keys: the cached part needs no mask at all, the new part is plain upper-left
+  causal (`is_causal=True`), and the two flash-attention outputs are merged exactly through their log-sum-exp.
+  On CUDA it passes `torch.nn.attention.bias.causal_lower_right`, which the flash kernels take natively.
+  Every other case (the trunk prefill, q = 1 decode steps, padded batches) goes to the stock SDPA function, so
+  numerics there are exactly those of `model.generate`.
+
+Equality with `model.generate(do_sample=False)` is tested (tests/test_engine.py) on the real SmolLM2 and the
+tiny random model in fp32 on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicLayer
+
+ATTN_NAME = "pausetune"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def _split_lower_right_cpu(query, key, value, scaling):
+    """Lower-right causal attention of q new tokens over past+q keys, via two mask-free flash calls."""
+    b, h, q_len, d = query.shape
+    kvh = key.shape[1]
+    g = h // kvh
+    past = key.shape[2] - q_len
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    # Cached keys: every new query sees all of them. Fold the GQA group into the query axis (no K/V copy).
+    q_fold = query.reshape(b, kvh, g * q_len, d)
+    o1, l1 = flash(q_fold, key[:, :, :past], value[:, :, :past], scale=scaling)[:2]
+    o1 = o1.reshape(b, h, q_len, d)
+    l1 = l1.reshape(b, h, q_len)
+    # New keys: plain causal among the new tokens (upper-left alignment is right when q == kv).
+    k2, v2 = key[:, :, past:], value[:, :, past:]
+    if g > 1:
+        k2 = k2.repeat_interleave(g, dim=1)
+        v2 = v2.repeat_interleave(g, dim=1)
+    o2, l2 = flash(query, k2, v2, is_causal=True, scale=scaling)[:2]
+    m = torch.maximum(l1, l2)
+    w1 = torch.exp(l1 - m).unsqueeze(-1)
+    w2 = torch.exp(l2 - m).unsqueeze(-1)
+    out = (o1.float() * w1 + o2.float() * w2) / (w1 + w2)
+    return out.to(query.dtype)
+
+
+def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
+        if query.device.type == "cpu":
+            out = _split_lower_right_cpu(query, key, value, scaling)
+        else:
+            from torch.nn.attention.bias import causal_lower_right
+
+            g = query.shape[1] // key.shape[1]
+            if g > 1:
+                key = key.repeat_interleave(g, dim=1)
+                value = value.repeat_interleave(g, dim=1)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(q_len, kv_len),
+                                                 scale=scaling)
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    # Deliberately NOT registered in AttentionMaskInterface: HF then builds no mask (None), except a 4D mask we
+    # pass ourselves (padded batch decode), which HF hands through unchanged.
+    AttentionInterface.register(ATTN_NAME, pausetune_attention)
+
+
+@contextlib.contextmanager
+def attention_impl(model, name: str):
+    old = model.config._attn_implementation
+    if name != old:
+        model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        if name != old:
+            model.set_attn_implementation(old)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cache
+
+
+class BufferLayer(DynamicLayer):
+    """A DynamicLayer backed by a preallocated buffer: in-place appends, O(1) crops, views as keys/values."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = int(capacity)
+        self.length = 0
+        self._k = self._v = None
+
+    def allocate(self, batch: int, heads: int, head_dim: int, v_dim: int, dtype, device) -> None:
+        self._k = torch.empty((batch, heads, self.capacity, head_dim), dtype=dtype, device=device)
+        self._v = torch.empty((batch, heads, self.capacity, v_dim), dtype=dtype, device=device)
+        self.device = device
+        self.is_initialized = True
+        self._set_length(0)
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        b, h, _, d = key_states.shape
+        self.allocate(b, h, d, value_states.shape[-1], key_states.dtype, key_states.device)
+
+    def _set_length(self, n: int) -> None:
+        self.length = n
+        self.keys = self._k[:, :, :n]
+        self.values = self._v[:, :, :n]
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, self.capacity * 2)
+        k, v = self._k, self._v
+        self._k = torch.empty((*k.shape[:2], cap, k.shape[3]), dtype=k.dtype, device=k.device)
+        self._v = torch.empty((*v.shape[:2], cap, v.shape[3]), dtype=v.dtype, device=v.device)
+        self._k[:, :, :self.length] = k[:, :, :self.length]
+        self._v[:, :, :self.length] = v[:, :, :self.length]
+        self.capacity = cap
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        end = self.length + n
+        if end > self.capacity:
+            self._grow(end)
+        self._k[:, :, self.length:end] = key_states
+        self._v[:, :, self.length:end] = value_states
+        self._set_length(end)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:  # HF 5.x convention: negative = remove that many
+            tokens_to_remove = -(self.length - tokens_to_remove)
+        if self.is_initialized:
+            self._set_length(max(0, self.length + tokens_to_remove))
+
+    def truncate(self, n: int) -> None:
+        if self.is_initialized:
+            self._set_length(min(n, self.length))
+
+
+class BufferCache(Cache):
+    def __init__(self, num_layers: int, capacity: int):
+        super().__init__(layers=[BufferLayer(capacity) for _ in range(num_layers)])
+
+    def truncate(self, n: int) -> None:
+        for layer in self.layers:
+            layer.truncate(n)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx].get_seq_length() if self.layers else 0
+
+
+def _num_layers(model) -> int:
+    cfg = model.config.get_text_config(decoder=True)
+    return int(cfg.num_hidden_layers)
+
+
+def supports_buffer_cache(model) -> bool:
+    """Full-attention decoders only (no sliding-window or linear-attention layers)."""
+    cfg = model.config.get_text_config(decoder=True)
+    types = getattr(cfg, "layer_types", None)
+    if types and any(t != "full_attention" for t in types):
+        return False
+    return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Engine
+
+
+@dataclass
+class Request:
+    key: Any
+    ids: list[int]
+    shareable: int = 0  # hint: length of the prefix this prompt likely shares with others (first needle position)
+
+
+@dataclass
+class Result:
+    key: Any
+    new_ids: list[int]
+    timing: dict = field(default_factory=dict)
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    ids = set()
+    gen = getattr(model, "generation_config", None)
+    for src in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if src is None:
+            continue
+        ids.update([src] if isinstance(src, int) else list(src))
+    return sorted(ids)
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    ta = torch.as_tensor(a[:n])
+    tb = torch.as_tensor(b[:n])
+    diff = (ta != tb).nonzero()
+    return int(diff[0, 0]) if len(diff) else n
+
+
+class Engine:
+    """Greedy answers for many prompts with one model, reusing KV across shared prefixes."""
+
+    def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, batch_size: int = 1,
+                 reuse_prefix: bool = True, prefill_chunk: int | None = None, attn: str = ATTN_NAME):
+        self.model = model
+        self.attn = attn  # "sdpa": stock attention for chunks on a cache too (the bench's ablation)
+        self.eos = sorted(set(int(i) for i in eos_ids))
+        self.max_new = int(max_new_tokens)
+        self.batch_size = max(1, int(batch_size))
+        self.reuse = bool(reuse_prefix) and supports_buffer_cache(model)
+        self.chunk = prefill_chunk
+        self.device = next(model.parameters()).device
+        register_attention()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    # -- low level ------------------------------------------------------------------------------------
+    def _forward(self, ids: list[int], cache: Cache, start: int):
+        """Run ids at positions start.. on top of the cache (which holds exactly `start` tokens); last logits."""
+        logits = None
+        step = self.chunk or len(ids)
+        for s in range(0, len(ids), step):
+            chunk = ids[s:s + step]
+            x = torch.tensor([chunk], dtype=torch.long, device=self.device)
+            pos = torch.arange(start + s, start + s + len(chunk), device=self.device).unsqueeze(0)
+            out = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1]
+        return logits
+
+    def _decode(self, first: torch.Tensor, cache: Cache, lengths: list[int], mask_valid: torch.Tensor | None):
+        """Greedy loop. first: [b] first answer tokens; lengths: prompt length per row (positions)."""
+        b = first.shape[0]
+        out = torch.full((b, self.max_new), -1, dtype=torch.long, device=self.device)
+        out[:, 0] = first
+        eos = torch.tensor(self.eos or [-1], device=self.device)
+        done = torch.isin(first, eos)
+        pos = torch.tensor(lengths, device=self.device).unsqueeze(1)
+        cur = first.unsqueeze(1)
+        kv_len = cache.get_seq_length()
+        n = 1
+        while n < self.max_new and not bool(done.all()):
+            mask = None
+            if mask_valid is not None:
+                mask_valid[:, kv_len] = True
+                mask = mask_valid[:, None, None, :kv_len + 1]
+            logits = self.model(input_ids=cur, position_ids=pos, cache=cache, use_cache=True,
+                                attention_mask=mask, logits_to_keep=1).logits[:, -1]
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, -1), nxt)
+            out[:, n] = nxt
+            done = done | torch.isin(nxt, eos)
+            cur = nxt.clamp_min(0).unsqueeze(1)
+            pos = pos + 1
+            kv_len += 1
+            n += 1
+        rows = []
+        for row in out[:, :n].tolist():
+            ans = []
+            for t in row:
+                if t < 0:
+                    break
+                ans.append(t)
+                if t in self.eos:
+                    break
+            rows.append(ans)
+        return rows
+
+    # -- public ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, requests: list[Request]) -> Iterator[Result]:
+        if not requests:
+            return
+        if not self.reuse:
+            yield from self._run_plain(requests)
+            return
+        with attention_impl(self.model, self.attn):
+            yield from self._run_reuse(requests)
+
+    def _run_plain(self, requests):
+        """No reuse: each prompt prefilled from scratch (the reference path), decoded alone."""
+        for r in requests:
+            from transformers import DynamicCache
+
+            t0 = self._now()
+            cache = DynamicCache(config=self.model.config)
+            logits = self._forward(r.ids, cache, 0)
+            t1 = self._now()
+            ans = self._decode(logits.argmax(-1), cache, [len(r.ids)], None)[0]
+            t2 = self._now()
+            yield Result(r.key, ans, {"prefill_s": t1 - t0, "decode_s": t2 - t1, "prompt_tokens": len(r.ids),
+                                      "new_tokens": len(ans), "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0,
+                                      "batch": 1})
+
+    def _run_reuse(self, requests):
+        trunk_req = max(requests, key=lambda r: (r.shareable, -requests.index(r)))
+        trunk = trunk_req.ids[:min(trunk_req.shareable, len(trunk_req.ids) - 1)]
+        cap = max(len(r.ids) for r in requests) + self.max_new + 1
+        cache = BufferCache(_num_layers(self.model), cap)
+        cached: list[int] = []
+        t0 = self._now()
+        if trunk:
+            self._forward(trunk, cache, 0)
+            cached = list(trunk)
+        trunk_s = self._now() - t0
+        order = sorted(range(len(requests)), key=lambda i: (-_lcp(trunk, requests[i].ids), i))
+        for g in range(0, len(order), self.batch_size):
+            group = [requests[i] for i in order[g:g + self.batch_size]]
+            lengths = [len(r.ids) for r in group]
+            batch = None
+            firsts, timings = [], []
+            for row, r in enumerate(group):
+                keep = min(_lcp(cached, r.ids), len(r.ids) - 1)
+                cache.truncate(keep)
+                t1 = self._now()
+                logits = self._forward(r.ids[keep:], cache, keep)
+                firsts.append(logits.argmax(-1))
+                t2 = self._now()
+                cached = list(r.ids)
+                timings.append({"prefill_s": t2 - t1, "prompt_tokens": len(r.ids), "shared_prefix_tokens": keep,
+                                "trunk_prefill_s": trunk_s, "batch": len(group)})
+                if len(group) > 1:
+                    batch = batch or self._batch_cache(cache, lengths)
+                    off = batch[1] - len(r.ids)
+                    for src, dst in zip(cache.layers, batch[0].layers):
+                        dst._k[row, :, off:batch[1]] = src.keys[0]
+                        dst._v[row, :, off:batch[1]] = src.values[0]
+            t3 = self._now()
+            if len(group) == 1:
+                answers = self._decode(firsts[0], cache, lengths, None)
+                cache.truncate(lengths[0])
+            else:
+                answers = self._decode(torch.cat(firsts), batch[0], lengths, batch[2])
+                del batch
+            dec = self._now() - t3
+            for r, ans, tm in zip(group, answers, timings):
+                tm.update({"decode_s": dec, "new_tokens": len(ans)})
+                yield Result(r.key, ans, tm)
+
+    def _batch_cache(self, like: BufferCache, lengths: list[int]):
+        """A left-padded batch buffer for decoding len(lengths) cells together, and its validity mask."""
+        n_max, b = max(lengths), len(lengths)
+        cap = n_max + self.max_new + 1
+        bc = BufferCache(len(like.layers), cap)
+        for src, dst in zip(like.layers, bc.layers):
+            dst.allocate(b, src._k.shape[1], src._k.shape[3], src._v.shape[3], src._k.dtype, src._k.device)
+            dst._k.zero_()
+            dst._v.zero_()
+            dst._set_length(n_max)
+        valid = torch.zeros((b, cap), dtype=torch.bool, device=self.device)
+        for row, n in enumerate(lengths):
+            valid[row, n_max - n:n_max] = True
+        return bc, n_max, valid
+
+
+def _sync_now(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def generate_reference(model, ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> tuple[list[int], float]:
+    """The naive per-cell baseline: HF `generate`, greedy, stock attention. Returns new ids (through EOS)."""
+    from transformers import GenerationConfig
+
+    x = torch.tensor([ids], device=next(model.parameters()).device)
+    gc = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_ids,
+                          pad_token_id=eos_ids[0] if eos_ids else None)
+    t0 = _sync_now(x.device)
+    with torch.inference_mode():
+        out = model.generate(x, attention_mask=torch.ones_like(x), generation_config=gc)
+    dt = _sync_now(x.device) - t0
+    new = out[0, len(ids):].tolist()
+    ans = []
+    for t in new:
+        ans.append(t)
+        if t in eos_ids:
+            break
+    return ans, dt

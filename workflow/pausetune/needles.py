@@ -1,0 +1,109 @@
+"""Needle tasks: what goes into a cell's haystack, what is asked, and which facts the answer must contain.
+
+Tasks are config (`tasks:` name -> spec); this module only instantiates them for one cell. Kinds:
+
+- `single`: one needle (`needles[0]`) at the cell's depth; `expected[0]` lists the facts the answer must hold
+  (the NIAH harness's San Francisco needle by default).
+- `multi`: the harness's multi-needle test: all `needles`, the first at the depth and the rest spread evenly from
+  there to the end of the haystack; `expected[i]` are the facts of needle i (every fact of every needle counts).
+- RULER-style key-value retrieval (Hsieh et al. 2024), needles from `template` ("One of the special magic
+  numbers for {key} is: {value}."), keys from `key_words` (two distinct words joined by "-", e.g.
+  "quiet-harbor"), values random `value_digits`-digit numbers (default 7), all drawn from a random generator
+  seeded by (root seed, task name, cell seed, length, depth), so every cell has its own keys, reproducibly:
+  - `multikey`: `num_keys` needles with distinct keys; the first (placed at the depth) is asked about
+    (`question` with `{key}`), the others are distractors spread after it. One fact: its value.
+  - `multivalue`: `num_values` needles for one key with distinct values; `question` (`{key}`) asks for all.
+  - `multiquery`: `num_keys` needles with distinct keys; `num_queries` of them (a seeded choice) are asked
+    for at once (`question` with `{keys}`, joined "a, b and c"). One fact per asked key.
+  Needles of every multi-needle kind are placed like `multi`.
+
+A fact may list alternatives separated by "|" ("figs|fig"); see pausetune.scoring.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+from .io import PausetuneError
+
+
+@dataclass
+class TaskInstance:
+    name: str
+    kind: str
+    needles: list[str]
+    question: str
+    facts: list[str]
+    reference: str
+    keys: dict = field(default_factory=dict)  # RULER: key -> values, and which keys were asked
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "needles": self.needles, "question": self.question,
+                "facts": self.facts, "reference": self.reference, **({"keys": self.keys} if self.keys else {})}
+
+
+def cell_rng(root_seed: int, task: str, seed: int, length: int, depth: float) -> random.Random:
+    from .grid import format_depth
+
+    text = f"pausetune-task|{root_seed}|{task}|{seed}|{int(length)}|{format_depth(depth)}"
+    return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+
+
+def _keys(rng: random.Random, words: list[str], n: int) -> list[str]:
+    words = sorted(set(words))
+    space = len(words) * (len(words) - 1)
+    if n > space:
+        raise PausetuneError(f"config key 'key_words': {len(words)} words make only {space} keys, {n} needed")
+    out: list[str] = []
+    while len(out) < n:
+        a, b = rng.sample(words, 2)
+        k = f"{a}-{b}"
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def _values(rng: random.Random, digits: int, n: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        v = str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, depth: float) -> TaskInstance:
+    from .grid import check_task
+
+    check_task(name, spec)
+    kind = spec["kind"]
+    if kind in ("single", "multi"):
+        facts = [f for per_needle in spec["expected"] for f in per_needle]
+        return TaskInstance(name, kind, list(spec["needles"]), spec["question"], facts, " ".join(spec["needles"]))
+    rng = cell_rng(root_seed, name, seed, length, depth)
+    digits = int(spec.get("value_digits", 7))
+    tpl = spec["template"]
+    if kind == "multivalue":
+        key = _keys(rng, spec["key_words"], 1)[0]
+        values = _values(rng, digits, spec["num_values"])
+        needles = [tpl.format(key=key, value=v) for v in values]
+        return TaskInstance(name, kind, needles, spec["question"].format(key=key), values, " ".join(needles),
+                            {"values": {key: values}, "asked": [key]})
+    n = spec["num_keys"]
+    keys = _keys(rng, spec["key_words"], n)
+    values = _values(rng, digits, n)
+    needles = [tpl.format(key=k, value=v) for k, v in zip(keys, values)]
+    if kind == "multikey":
+        asked = [0]
+        question = spec["question"].format(key=keys[0])
+    else:
+        asked = sorted(rng.sample(range(n), spec["num_queries"]))
+        question = spec["question"].format(keys=_join([keys[i] for i in asked]))
+    return TaskInstance(name, kind, needles, question, [values[i] for i in asked],
+                        " ".join(needles[i] for i in asked),
+                        {"values": {k: [v] for k, v in zip(keys, values)}, "asked": [keys[i] for i in asked]})

@@ -1,0 +1,676 @@
+"""Stage `train`: LoRA / QLoRA pause-tuning of one (model, variant) checkpoint.
+
+results/checkpoints/{model}/{variant}/ holds
+- `adapter/`: the peft LoRA adapter (safetensors; in the `pause` variant with the trained pause-token row),
+- `tokenizer/`: the tokenizer the shards were made with (pause token included): eval loads exactly it,
+- `train_log.jsonl`: one line per optimizer step (loss, lr, grad norm, tokens/s, peak memory) and one per
+  validation pass (`val_loss`),
+- `manifest.json`: resolved train config, shard hashes, seed, package versions, wall time, final losses, counts.
+The folder is written with `atomic_dir`: it appears complete or not at all.
+
+The recipe (every value from config `train`): peft LoRA on the configured projections of a frozen base,
+AdamW (torch) with decoupled weight decay on the LoRA weights, clipped gradients, a linear (or cosine /
+constant) schedule with warmup, `grad_accum` micro-batches of `batch_size` packed rows per optimizer step. The
+data order is stateless: global row g is row `perm(epoch)[g % N]` with `perm(epoch)` a permutation seeded by
+(seed, epoch), so epochs are reshuffled and a resumed run reads exactly the rows an uninterrupted run would.
+
+Pause token: in `special` (and `reserved`) mode with a single pause id, the embedding row of the pause token
+is trained through peft's `trainable_token_indices` (one row, no full-embedding copy, base weights frozen).
+On models with tied input/output embeddings peft wraps the head with the same trainable row, so the output row
+follows (tests/test_train.py shows it); on untied models the head's pause row is trained as well, since the
+loss predicts the pause token after every paragraph. The row is kept out of weight decay (an embedding).
+
+QLoRA (`quantization: nf4`): the base loads in 4-bit NF4 with double quantization and bf16 compute. We do NOT
+call peft's `prepare_model_for_kbit_training`: it upcasts every non-quantized weight (norms, embeddings, head)
+to fp32, which turns the residual stream fp32 and keeps SDPA off its flash kernel (ENVIRONMENT.md: 1.6x the
+memory of bf16 LoRA, OOM at 2x8192). Here the base is frozen, stays bf16, the LoRA weights are fp32 (peft's
+adapter autocast) and their output is cast back to bf16, gradient checkpointing is non-reentrant.
+
+Resumable: every `save_every` steps the training state (trainable weights, optimizer, scheduler, RNG, step)
+goes atomically into `{output}.state/` (beside the output, so Snakemake does not delete it on failure). A job
+killed at any point and started again continues from the last saved step and reaches bitwise the same adapter
+on the CPU (same seed, fp32, same thread count). A state from a different run (config or inputs changed) is
+discarded. After a successful finish the state folder is removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .io import PausetuneError, atomic_dir, read_json, sha256_file, write_json
+
+VARIANTS = ("pause", "plain")
+STATE_VERSION = 1
+# config keys of `train` that do not change the trained adapter (the run key ignores them)
+_NON_RECIPE_KEYS = ("models", "threads", "resources", "save_every")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def _load_shard_tokenizer(shard_dir: Path):
+    from transformers import AutoTokenizer
+
+    tok_dir = shard_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        raise PausetuneError(f"{tok_dir}: missing (expected the tokenizer the shards were made with)")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir: str | Path, config: dict) -> dict:
+    """Every check that can fail before a model is loaded; one-line PausetuneError naming the file or key.
+
+    Returns {"entry", "shard_manifest", "tokenizer" (the shards' own), "pause_ids", "max_context"}.
+    """
+    from .models import load_tokenizer, max_context, model_entry
+    from .tokens import setup_pause, tokenizer_fingerprint
+
+    if variant not in VARIANTS:
+        raise PausetuneError(f"train variant '{variant}': expected one of {VARIANTS}")
+    entry = model_entry(config, model_name)
+    model_dir, shard_dir = Path(model_dir), Path(shard_dir)
+    if not (model_dir / "prepared.json").exists():
+        raise PausetuneError(f"{model_dir}/prepared.json: missing (run `pausetune prepare-model --model {model_name}`)")
+    mpath = shard_dir / "manifest.json"
+    if not mpath.exists():
+        raise PausetuneError(f"{mpath}: missing (expected a shard folder made by `pausetune shards`)")
+    manifest = read_json(mpath)
+    made_as = manifest.get("variant")
+    if made_as != variant:
+        extra = " and have no pause token" if variant == "pause" else ""
+        raise PausetuneError(f"{mpath}: shards were made for variant '{made_as}'{extra}; "
+                             f"train --variant {variant} needs shards of variant '{variant}'")
+    tok = _load_shard_tokenizer(shard_dir)
+    fp = manifest.get("tokenizer_fingerprint")
+    pause_ids = [int(i) for i in manifest.get("pause_ids") or []]
+    if variant == "pause":
+        spause = manifest.get("pause") or {}
+        if not pause_ids:
+            raise PausetuneError(f"{mpath}: variant 'pause' but 'pause_ids' is empty (no pause token in these shards)")
+        if spause.get("mode") in ("special", "reserved"):
+            token = spause.get("token") if spause.get("mode") == "special" else spause.get("reserved_token")
+            if token not in tok.get_vocab() or tok.convert_tokens_to_ids(token) != pause_ids[0]:
+                raise PausetuneError(f"{shard_dir}/tokenizer: pause token '{token}' missing or not id {pause_ids[0]} "
+                                     f"(manifest pause_ids); rebuild the shards")
+        cpause = config.get("pause", {})
+        for key in ("mode", "token"):
+            if key in cpause and key in spause and cpause[key] != spause[key]:
+                raise PausetuneError(f"{mpath}: shards were made with pause.{key}={spause[key]!r}, "
+                                     f"config says pause.{key}={cpause[key]!r}; rebuild the shards")
+    if tokenizer_fingerprint(tok) != fp:
+        raise PausetuneError(f"{shard_dir}/tokenizer: fingerprint {tokenizer_fingerprint(tok)} does not match "
+                             f"the shard manifest's {fp} (a damaged shard folder); rebuild the shards")
+    base_tok = load_tokenizer(model_dir)
+    if variant == "pause":
+        setup_pause(base_tok, manifest.get("pause") or config.get("pause", {}))
+    if tokenizer_fingerprint(base_tok) != fp:
+        raise PausetuneError(
+            f"{mpath}: shards were made with another tokenizer (fingerprint {fp}) than model '{model_name}' "
+            f"in {model_dir} ({tokenizer_fingerprint(base_tok)} with the shards' pause token added); "
+            f"rebuild the shards for this model")
+    window = max_context(model_dir, entry)
+    if int(manifest["seq_len"]) > window:
+        raise PausetuneError(f"{mpath}: seq_len {manifest['seq_len']} exceeds the maximum context {window} of "
+                             f"model '{model_name}' (config key 'shards.seq_len' or 'models.{model_name}.max_context')")
+    if not manifest.get("splits", {}).get("train", {}).get("rows"):
+        raise PausetuneError(f"{mpath}: no training rows")
+    check_target_modules(meta_model(model_dir), config.get("train", {}).get("lora", {}).get("target_modules") or [])
+    return {"entry": entry, "shard_manifest": manifest, "tokenizer": tok, "pause_ids": pause_ids,
+            "max_context": window}
+
+
+# ------------------------------------------------------------------------------------------------ model
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the model's linear layers (nn.Linear, bnb Linear4bit/8bit, GPT-2's Conv1D)."""
+    import torch.nn as nn
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for name, mod in model.named_modules():
+        if name and isinstance(mod, (nn.Linear, Conv1D)):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def meta_model(model_dir):
+    """The model's module structure without weights (meta device): for checks before the real load."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .models import resolve_path
+
+    path, info = resolve_path(model_dir)
+    remote = info.get("trust_remote_code", False)
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(cfg, trust_remote_code=remote)
+
+
+def check_target_modules(model, targets: list[str]) -> list[str]:
+    """One-line error when a configured LoRA target is not a linear module of `model`; returns the names."""
+    available = linear_module_names(model)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise PausetuneError(
+            f"config key 'train.lora.target_modules': {missing} not in this model "
+            f"({type(model).__name__}); its linear modules are: {', '.join(available)}")
+    return available
+
+
+def _leaf_name(model, module) -> str | None:
+    if module is None:
+        return None
+    for name, mod in model.named_modules():
+        if mod is module:
+            return name.rsplit(".", 1)[-1]
+    return None
+
+
+def _ties_embeddings(model) -> bool:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    out = model.get_output_embeddings()
+    return bool(getattr(cfg, "tie_word_embeddings", False)) or (
+        out is not None and out.weight is model.get_input_embeddings().weight)
+
+
+def prepare_peft(model, train_cfg: dict, pause_ids: list[int] | None = None, pause_mode: str | None = None):
+    """Freeze `model`, wrap it with LoRA (and the trainable pause row); return (peft_model, info dict)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    lcfg = train_cfg.get("lora", {})
+    targets = list(lcfg.get("target_modules") or [])
+    available = check_target_modules(model, targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if getattr(model.config, "use_cache", None) is not None:
+        model.config.use_cache = False
+    quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+    for mod in model.modules():
+        # bitsandbytes on an AVX512-BF16 CPU repacks 4-bit weights for an inference kernel on the first no-grad
+        # eval forward (our validation pass); that kernel has no autograd, so the next training backward through
+        # the frozen base would be wrong (torch warns "autograd kernel was not registered"). Training keeps the
+        # standard layout.
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+    if train_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
+    kwargs = dict(r=int(lcfg.get("r", 16)), lora_alpha=float(lcfg.get("alpha", 16)),
+                  lora_dropout=float(lcfg.get("dropout", 0.0)), target_modules=targets, bias="none",
+                  task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
+    tied = _ties_embeddings(model)
+    train_row = bool(pause_ids) and len(pause_ids) == 1 and pause_mode in ("special", "reserved") \
+        and train_cfg.get("train_pause_embedding", True)
+    token_layers: dict[str, list[int]] = {}
+    if train_row:
+        if "trainable_token_indices" not in LoraConfig.__dataclass_fields__:
+            import peft
+
+            raise PausetuneError(f"peft {peft.__version__} has no LoraConfig(trainable_token_indices=...) "
+                                 f"(needs peft >= 0.15; pyproject pins 0.21); or set train.train_pause_embedding: false")
+        emb_name = _leaf_name(model, model.get_input_embeddings())
+        token_layers[emb_name] = list(pause_ids)
+        out_name = _leaf_name(model, model.get_output_embeddings())
+        if not tied and out_name and out_name not in targets:
+            token_layers[out_name] = list(pause_ids)
+        kwargs["trainable_token_indices"] = token_layers
+    peft_model = get_peft_model(model, LoraConfig(**kwargs))
+    base = peft_model.get_base_model()
+    out_follows = bool(train_row) and type(base.get_output_embeddings()).__name__ == "TrainableTokensWrapper"
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    n_total = sum(p.numel() for p in peft_model.parameters())
+    info = {
+        "trainable_params": int(n_train),
+        "total_params": int(n_total),
+        "quantized": quantized,
+        "kbit_preparation": "bf16 base, fp32 LoRA weights, no fp32 upcast of norms/embeddings" if quantized else None,
+        "tied_embeddings": tied,
+        "pause_row": {"trained": bool(train_row), "ids": list(pause_ids or []),
+                      "layers": sorted(token_layers), "output_row_trained": out_follows,
+                      "method": "peft trainable_token_indices" if train_row else None},
+        "target_modules": targets,
+        "linear_modules": available,
+        "gradient_checkpointing": bool(train_cfg.get("gradient_checkpointing")),
+        "dtype": str(next(p for p in base.parameters() if p.is_floating_point()).dtype).replace("torch.", ""),
+    }
+    return peft_model, info
+
+
+def build_model(model_dir, tokenizer, train_cfg: dict, pause_ids=None, pause_mode=None, device: str | None = None):
+    """Load the base from a prepared model dir, fit its embeddings to `tokenizer`, wrap with LoRA."""
+    from .models import default_device, load_model
+    from .tokens import fit_embeddings
+
+    device = device or default_device()
+    quant = train_cfg.get("quantization", "none")
+    if quant == "nf4":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise PausetuneError("config key 'train.quantization': nf4 needs the bitsandbytes package") from None
+    base = load_model(model_dir, train_cfg.get("dtype", "auto"), device, quant)
+    if tokenizer is not None:
+        fit_embeddings(base, tokenizer)
+    return prepare_peft(base, train_cfg, pause_ids, pause_mode)
+
+
+def make_optimizer(model, train_cfg: dict):
+    """AdamW (torch): weight decay on LoRA weights, none on the trained token rows; scheduler with warmup."""
+    import torch
+    from transformers import get_scheduler
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if "trainable_tokens" in name or p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": float(train_cfg.get("weight_decay", 0.01))}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=float(train_cfg.get("lr", 2e-4)), betas=(0.9, 0.999), eps=1e-8)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[train_cfg.get("scheduler", "linear")]
+    sched = get_scheduler(name, opt, num_warmup_steps=int(train_cfg.get("warmup_steps", 0)),
+                          num_training_steps=int(train_cfg.get("max_steps", 1)))
+    return opt, sched
+
+
+def train_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float | None):
+    """One optimizer step over `micro_batches` (LongTensors [B, T] of packed rows, all of the same shape).
+
+    The loss of each micro-batch is the mean over its B*(T-1) predicted tokens; since every row has the same
+    length, the average of the micro-batch losses is the exact mean over the whole step. Returns
+    (loss, grad_norm, lr) where lr is the rate this step used.
+    """
+    import torch
+
+    model.train()
+    total = None
+    n = len(micro_batches)
+    for ids in micro_batches:
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        (out.loss / n).backward()
+        total = out.loss.detach() if total is None else total + out.loss.detach()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(total) / n, float(norm), float(lr)
+
+
+def validation_loss(model, rows, batch_size: int, device) -> float | None:
+    """Mean token loss over `rows` (a LongTensor [N, T]); None when there are none."""
+    import torch
+
+    if rows is None or len(rows) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            ids = rows[i:i + batch_size].to(device)
+            out = model(input_ids=ids, labels=ids, use_cache=False)
+            total += float(out.loss) * len(ids)
+            count += len(ids)
+    model.train(was_training)
+    return total / count
+
+
+class DataOrder:
+    """Global row g -> training row perm(epoch)[g % n], perm(epoch) seeded by (seed, epoch): stateless, resumable."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, []
+
+    def perm(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            order = list(range(self.n))
+            random.Random(f"{self.seed}:train-order:{epoch}").shuffle(order)
+            self._epoch, self._perm = epoch, order
+        return self._perm
+
+    def rows(self, start: int, count: int) -> list[int]:
+        return [self.perm(g // self.n)[g % self.n] for g in range(start, start + count)]
+
+
+# ------------------------------------------------------------------------------------------------ state
+def state_dir_for(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".state")
+
+
+def _rng_state() -> dict:
+    import torch
+
+    st = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    import torch
+
+    torch.set_rng_state(st["torch"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_state(state_dir: Path, model, optimizer, scheduler, step: int, run_key: str, log: list[dict],
+               extra: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic_dir(state_dir) as tmp:
+        trainable = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state()}, tmp / "optim.pt")
+        write_json(tmp / "state.json", {"version": STATE_VERSION, "step": step, "run_key": run_key,
+                                        "log": log, **extra})
+
+
+def load_state(state_dir: Path, run_key: str) -> dict | None:
+    """The saved state if it belongs to this run, else None (a state of another run is removed)."""
+    meta_path = state_dir / "state.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        meta = {}
+    if meta.get("run_key") != run_key or meta.get("version") != STATE_VERSION:
+        print(f"train: ignoring {state_dir} (saved by a run with another config or inputs)", file=sys.stderr)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return None
+    return meta
+
+
+def restore_state(state_dir: Path, model, optimizer, scheduler) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(state_dir / "trainable.safetensors"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise PausetuneError(f"{state_dir}: saved trainable weights do not match the model; delete the folder")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+    blob = torch.load(state_dir / "optim.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    _set_rng_state(blob["rng"])
+
+
+def _clean_stale_tmp(path: Path) -> None:
+    """Temp folders atomic_dir left behind when a job was SIGKILLed (`.{name}.*.tmp`)."""
+    if not path.parent.is_dir():
+        return
+    for p in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("pausetune", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets",
+                "safetensors", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+def _recipe(train_cfg: dict) -> dict:
+    return {k: v for k, v in train_cfg.items() if k not in _NON_RECIPE_KEYS}
+
+
+def _dir_hashes(d: Path) -> dict:
+    return {str(p.relative_to(d)): sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def checkpoint_adapter_hash(ckpt_dir: str | Path) -> str:
+    """sha256 of the checkpoint's adapter weights (adapter/adapter_model.safetensors), for eval provenance."""
+    path = Path(ckpt_dir) / "adapter" / "adapter_model.safetensors"
+    if not path.exists():
+        raise PausetuneError(f"{path}: missing (not a finished pausetune checkpoint)")
+    return sha256_file(path)
+
+
+# ------------------------------------------------------------------------------------------------- train
+def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str | Path, output: str | Path,
+          config: dict, device: str | None = None, threads: int | None = None, progress: bool = True,
+          return_model: bool = False):
+    """Train one checkpoint into `output` (atomically); return its manifest (and the peft model if asked)."""
+    t_start = time.time()
+    import torch
+
+    from .models import default_device, resolve_path
+    from .shards import load_shards
+
+    train_cfg = dict(config["train"])
+    threads = threads or train_cfg.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed = int(config.get("seed", 0))
+    device = device or default_device()
+    output, shard_dir, model_dir = Path(output), Path(shard_dir), Path(model_dir)
+    checked = check_inputs(model_name, variant, model_dir, shard_dir, config)
+    smanifest, tok, pause_ids = checked["shard_manifest"], checked["tokenizer"], checked["pause_ids"]
+    pause_mode = (smanifest.get("pause") or {}).get("mode")
+    dd, _ = load_shards(str(shard_dir))
+    train_rows = dd["train"].with_format("torch")
+    if variant == "pause":
+        import numpy as np
+
+        col = dd["train"].with_format("numpy")["input_ids"]
+        if not np.isin(np.asarray(col), pause_ids).any():
+            raise PausetuneError(f"{shard_dir}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
+    n_val = len(dd["validation"]) if "validation" in dd else 0
+    eval_rows = train_cfg.get("eval_rows")
+    n_val = min(n_val, eval_rows) if eval_rows else n_val
+    val_rows = dd["validation"].with_format("torch")[:n_val]["input_ids"].long() if n_val else None
+
+    _, prepared = resolve_path(model_dir)
+    run_key = hashlib.sha256(json.dumps({
+        "recipe": _recipe(train_cfg), "seed": seed, "variant": variant, "model": model_name,
+        "shards": sha256_file(shard_dir / "manifest.json"), "prepared": sha256_file(model_dir / "prepared.json"),
+        "device": str(device).split(":")[0],
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model, info = build_model(model_dir, tok, train_cfg, pause_ids, pause_mode, device)
+    optimizer, scheduler = make_optimizer(model, train_cfg)
+
+    state_dir = state_dir_for(output)
+    _clean_stale_tmp(state_dir)
+    _clean_stale_tmp(output)
+    log: list[dict] = []
+    step, resumed_from, prior_train_s = 0, [], 0.0
+    meta = load_state(state_dir, run_key)
+    if meta is not None:
+        restore_state(state_dir, model, optimizer, scheduler)
+        step, log = int(meta["step"]), list(meta["log"])
+        resumed_from = list(meta.get("resumed_from", [])) + [step]
+        prior_train_s = float(meta.get("train_time_s", 0.0))
+        print(f"train {model_name}/{variant}: resuming from step {step} ({state_dir})", file=sys.stderr)
+
+    bs, accum = int(train_cfg["batch_size"]), int(train_cfg["grad_accum"])
+    max_steps, save_every = int(train_cfg["max_steps"]), int(train_cfg.get("save_every") or 0)
+    eval_every = int(train_cfg.get("eval_every") or 0)
+    seq_len = int(smanifest["seq_len"])
+    order = DataOrder(len(train_rows), seed)
+    tokens_per_step = bs * accum * seq_len
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_steps, initial=step, desc=f"train {model_name}/{variant}", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    t_loop = time.time()
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    while step < max_steps:
+        t0 = time.time()
+        first = step * accum * bs
+        micro = [train_rows[order.rows(first + k * bs, bs)]["input_ids"].long().to(device) for k in range(accum)]
+        loss, gnorm, lr = train_step(model, micro, optimizer, scheduler, train_cfg.get("max_grad_norm"))
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        step += 1
+        mem, mem_kind = peak_memory_mb(device)
+        rec = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": step * tokens_per_step,
+               "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "step_time_s": dt,
+               "peak_mem_mb": round(mem, 1), "mem_kind": mem_kind}
+        log.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        if eval_every and step % eval_every == 0 and step < max_steps and val_rows is not None:
+            v = validation_loss(model, val_rows, bs, device)
+            log.append({"step": step, "val_loss": v, "val_rows": n_val})
+            bar.write(f"step {step}: validation loss {v:.4f} ({n_val} rows)", file=sys.stderr)
+        if save_every and step % save_every == 0 and step < max_steps:
+            save_state(state_dir, model, optimizer, scheduler, step, run_key, log,
+                       {"resumed_from": resumed_from, "train_time_s": prior_train_s + time.time() - t_loop})
+    bar.close()
+    train_s = prior_train_s + time.time() - t_loop
+    val = validation_loss(model, val_rows, bs, device) if val_rows is not None else None
+    if val is not None:
+        log.append({"step": step, "val_loss": val, "val_rows": n_val})
+    final_train = next((r["loss"] for r in reversed(log) if "loss" in r), None)
+    mem, mem_kind = peak_memory_mb(device)
+
+    with atomic_dir(output) as tmp:
+        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in log))
+        manifest = {
+            "model": model_name,
+            "variant": variant,
+            "seed": seed,
+            "train": train_cfg,
+            "pause": config.get("pause"),
+            "model_entry": checked["entry"],
+            "base_model": {k: prepared.get(k) for k in ("name", "kind", "source", "commit", "gguf_sha256")},
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "shards": {
+                "path": str(shard_dir),
+                "manifest_sha256": sha256_file(shard_dir / "manifest.json"),
+                "dataset_sha256": _dir_hashes(shard_dir / "dataset"),
+                "tokenizer_fingerprint": smanifest.get("tokenizer_fingerprint"),
+                "seq_len": seq_len,
+                "train_rows": len(train_rows),
+                "validation_rows_used": n_val,
+            },
+            "pause_ids": pause_ids,
+            "steps": step,
+            "tokens_seen": step * tokens_per_step,
+            "epochs_seen": step * bs * accum / len(train_rows),
+            "final_train_loss": final_train,
+            "final_val_loss": val,
+            "first_train_loss": next((r["loss"] for r in log if "loss" in r), None),
+            "peak_mem_mb": round(mem, 1),
+            "mem_kind": mem_kind,
+            "train_time_s": round(train_s, 3),
+            "wall_time_s": round(time.time() - t_start, 3),
+            "resumed_from": resumed_from,
+            "run_key": run_key,
+            "adapter_sha256": sha256_file(tmp / "adapter" / "adapter_model.safetensors"),
+            "packages": package_versions(),
+            **info,
+        }
+        manifest["wall_time_s"] = round(time.time() - t_start, 3)
+        write_json(tmp / "manifest.json", manifest)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return (manifest, model) if return_model else manifest
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None = None,
+                    quantization: str = "none", merge: bool = True):
+    """Base model + trained adapter for evaluation: returns (model, tokenizer, manifest), model in eval mode.
+
+    The base comes from `model_dir` (a prepared model folder), the tokenizer from `ckpt_dir/tokenizer` (pause
+    token included), the embeddings are grown to it exactly as in training (`fit_embeddings`), then the adapter
+    is loaded. Unquantized (and `merge=True`, the default) the LoRA weights and the trained pause row are merged
+    into the base weights (`merge_and_unload`), so eval runs at the base model's speed and the returned model is
+    a plain transformers model; with `quantization='nf4'` the adapter stays a separate peft module (4-bit
+    weights cannot take a merge without a requantisation error).
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from .models import default_device, load_model
+    from .tokens import fit_embeddings, tokenizer_fingerprint
+
+    ckpt_dir = Path(ckpt_dir)
+    mpath = ckpt_dir / "manifest.json"
+    if not mpath.exists():
+        raise PausetuneError(f"{mpath}: missing (not a finished pausetune checkpoint)")
+    manifest = read_json(mpath)
+    for sub in ("adapter", "tokenizer"):
+        if not (ckpt_dir / sub).is_dir():
+            raise PausetuneError(f"{ckpt_dir / sub}: missing (not a finished pausetune checkpoint)")
+    tok = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    fp = manifest.get("shards", {}).get("tokenizer_fingerprint")
+    if fp and tokenizer_fingerprint(tok) != fp:
+        raise PausetuneError(f"{ckpt_dir}/tokenizer: fingerprint does not match the checkpoint manifest")
+    device = device or default_device()
+    base = load_model(model_dir, dtype, device, quantization)
+    fit_embeddings(base, tok)
+    model = PeftModel.from_pretrained(base, str(ckpt_dir / "adapter"), is_trainable=False)
+    if quantization == "none" and merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, tok, manifest
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="name of an entry of config 'models'")
+    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--model-dir", required=True, help="data/models/{model}")
+    p.add_argument("--shards", required=True, help="data/shards/{model}/{variant}")
+    p.add_argument("--output", required=True, help="results/checkpoints/{model}/{variant}")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (overrides config train.threads)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def main(args, config: dict) -> int:
+    m = train(args.model, args.variant, args.model_dir, args.shards, args.output, config, device=args.device,
+              threads=args.threads, progress=not args.no_progress)
+    val = f"{m['final_val_loss']:.4f}" if m["final_val_loss"] is not None else "n/a"
+    print(f"train {args.model}/{args.variant}: {m['steps']} steps, {m['tokens_seen']} tokens, "
+          f"loss {m['first_train_loss']:.4f} -> {m['final_train_loss']:.4f}, validation loss {val}, "
+          f"{m['trainable_params']} trainable params, {m['train_time_s']:.0f} s -> {args.output}")
+    return 0

@@ -1,0 +1,108 @@
+# Eval: needle-in-a-haystack cells, results/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json.
+# One job evaluates a block of cells with one loaded model (config eval.block: cell | length | seed, see
+# pausetune/grid.py); every cell is its own file and its own target. One cell alone:
+#   snakemake results/eval/smollm2/baseline/single/seed0/len1000/depth50.json --config eval='{block: cell}'
+# Finished cells are also kept in results/.cells/ (not an output), so a failed block's rerun redoes only the rest.
+# The grid is checked here, while the DAG is built (one line naming the config key): pausetune.grid.check_eval.
+import os
+
+from pausetune.evaluate import EVAL_RESULT_KEYS
+from pausetune.grid import CELL_PATTERN, CHECKPOINT, PAUSED, VARIANTS, check_eval, eval_targets, grid_axes, format_depth
+
+try:
+    check_eval(config)
+except PausetuneError as e:
+    sys.exit(f"config error: {e}")
+
+EVAL_AXES = grid_axes(config)
+EVAL_BLOCK = config["eval"]["block"]
+EVAL_DEPTHS = [format_depth(d) for d in EVAL_AXES["depths"]]
+EVAL_CELL = f"results/{CELL_PATTERN}"
+
+
+def eval_haystack(wc=None):
+    method = config["paragraphs"]["method"]
+    return [f"data/paused/{s}/{method}.parquet" for s in config["eval"]["haystack_sources"]]
+
+
+def eval_inputs(wc):
+    inputs = {"model": f"data/models/{wc.model}/prepared.json", "haystack": eval_haystack()}
+    if wc.variant in CHECKPOINT:
+        v = CHECKPOINT[wc.variant]
+        inputs["checkpoint"] = f"results/checkpoints/{wc.model}/{v}/manifest.json"
+        inputs["shards"] = f"data/shards/{wc.model}/{v}/manifest.json"  # holdout check: no haystack essay trained
+    judge = config["eval"].get("judge")
+    if judge and judge["kind"] == "local":
+        inputs["judge"] = f"data/models/{judge['model']}/prepared.json"
+    return inputs
+
+
+def eval_tasks(wc):
+    return [wc.task] if EVAL_BLOCK != "seed" else EVAL_AXES["tasks"]
+
+
+def eval_params(wc):
+    """Only what changes a cell's answer: runtime knobs (batch size, reuse, threads, device) are passed apart."""
+    ev = {k: config["eval"][k] for k in EVAL_RESULT_KEYS}
+    names = [wc.model]
+    judge = config["eval"].get("judge")
+    if judge and judge["kind"] == "local":
+        names.append(judge["model"])
+    for name in list(names):  # a random model's entry names the model its tokenizer comes from
+        src = config["models"][name]["source"]
+        if src["kind"] == "random":
+            names.append(src["tokenizer_from"])
+    models = {name: config["models"][name] for name in names}
+    extra = {"pause": config["pause"]} if PAUSED[wc.variant] else {}
+    return cfg("seed", "prompt", eval=ev, models=models, tasks={t: config["tasks"][t] for t in eval_tasks(wc)},
+               shards={k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}, **extra)
+
+
+def eval_extra_args(wc, input):
+    args = []
+    if "checkpoint" in input.keys():
+        args += ["--checkpoint", os.path.dirname(input.checkpoint), "--shard-manifest", input.shards]
+    if "judge" in input.keys():
+        args += ["--judge-model-dir", os.path.dirname(input.judge)]
+    return " ".join(args)
+
+
+def eval_runtime_args():
+    # Read at parse time, not params: changing them must not rerun finished cells.
+    ev = config["eval"]
+    args = [f"--batch-size {ev['batch_size']}", f"--prefill-chunk {ev['prefill_chunk'] or 0}"]
+    if not ev["reuse_prefix"]:
+        args.append("--no-reuse")
+    if ev.get("device"):
+        args.append(f"--device {ev['device']}")
+    return " ".join(args)
+
+
+def eval_resource(key):
+    return lambda wc: config["eval"].get("resources", {}).get(key, {"mem_mb": 8000, "runtime": 60, "gpu": 0}[key])
+
+
+if EVAL_BLOCK == "cell":
+    EVAL_OUT = EVAL_CELL
+    EVAL_LOG = "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.log"
+    EVAL_ARGS = "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"
+elif EVAL_BLOCK == "length":
+    EVAL_OUT = expand(EVAL_CELL, depth=EVAL_DEPTHS, allow_missing=True)
+    EVAL_LOG = "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}.log"
+    EVAL_ARGS = f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(EVAL_DEPTHS)}"
+else:  # seed: all tasks x lengths x depths of one (model, variant, seed)
+    EVAL_OUT = expand(EVAL_CELL, task=EVAL_AXES["tasks"], length=EVAL_AXES["lengths"], depth=EVAL_DEPTHS,
+                      allow_missing=True)
+    EVAL_LOG = "logs/eval/{model}/{variant}/seed{seed}.log"
+    EVAL_ARGS = (f"--tasks {' '.join(EVAL_AXES['tasks'])} --lengths {' '.join(map(str, EVAL_AXES['lengths']))}"
+                 f" --depths {' '.join(EVAL_DEPTHS)}")
+
+
+
+EVAL_WILDCARDS = dict(model="[^/]+", variant="|".join(VARIANTS), task="[^/]+", seed="-?[0-9]+", length="[0-9]+",
+                      depth="[0-9]+(\\.[0-9]+)?")
+EVAL_SHELL = (
+    "pausetune eval --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
+    f" --seed {{wildcards.seed}} {EVAL_ARGS} --model-dir data/models/{{wildcards.model}}"
+    f" --haystack {{input.haystack}} {{params.extra}} --threads {{threads}} {eval_runtime_args()} 2>&1 | tee {{log}}"
+)

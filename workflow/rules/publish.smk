@@ -1,0 +1,24 @@
+# Publish: the results page (config publish.page), generated from results/tables/ and the figures, never by hand.
+from pausetune.figures import report_targets
+
+
+
+rule publish:
+    input:
+        tables=["results/tables/summary.csv", "results/tables/deltas.csv"],
+        figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
+        checkpoints=lambda wc: expand("results/checkpoints/{model}/{variant}/manifest.json",
+                                      model=config["train"]["models"], variant=SHARD_VARIANTS)
+        if any(v.endswith("-tuned") for v in config["eval"]["variants"]) else [],
+    output:
+        config["publish"]["page"],
+    params:
+        cfg=lambda wc: cfg("seed", "publish", "eval", "train", "shards", "paragraphs", "pause", "models", "tasks"),
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "logs/publish/publish.log",
+    shell:
+        "pausetune publish --config-json {params.cfg:q} --tables results/tables --figures {input.figures}"
+        " --checkpoints {input.checkpoints} --benchmarks benchmarks --run-info results/run_info.json"
+        " --output {output} 2>&1 | tee {log}"
