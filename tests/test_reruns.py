@@ -1,0 +1,132 @@
+"""Partial reruns by target: real Snakemake runs in one project copy on the tiny config.
+
+One eval cell, one checkpoint and one figure can each be requested alone and build only what they need;
+touching the raw essays reruns exactly their dependants; `--forcerun` of one rule reruns it and what follows.
+The tests build on each other in file order (one project, outputs accumulating), as a user's session would.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow import _job_counts, make_project
+
+OVERLAY = {
+    "train": {"models": ["tiny"], "max_steps": 2, "warmup_steps": 0, "save_every": 1},
+    # two variants keep it short: an untuned one (no checkpoint) and a tuned one (one checkpoint)
+    "eval": {"models": ["tiny"], "variants": ["baseline", "pause-tuned"], "tasks": ["single"], "lengths": [1000],
+             "depths": [0, 100], "seeds": [0]},
+}
+CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "reruns.yaml"]
+CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
+CHECKPOINT = "results/checkpoints/tiny/pause/manifest.json"
+FIGURE = "results/figures/heatmap/tiny/single/pause-tuned.png"
+RAW = "data/raw/paul_graham.parquet"
+
+
+def smk(project: Path, *args: str, configs=CONFIGS) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *configs, *args],
+                          cwd=project, capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def plan(project: Path, *targets: str, extra=(), configs=CONFIGS) -> dict[str, int]:
+    """Jobs per rule that `snakemake -n` would run for these targets."""
+    proc = smk(project, "-n", *extra, "--", *targets, configs=configs)
+    return _job_counts(proc.stdout + proc.stderr)
+
+
+def build(project: Path, *targets: str, configs=CONFIGS) -> dict[str, int]:
+    """Run Snakemake for these targets; the jobs per rule it ran (its own job table)."""
+    proc = smk(project, "--", *targets, configs=configs)
+    return _job_counts(proc.stdout + proc.stderr)
+
+
+def built(project: Path, top: str) -> set[str]:
+    root = project / top
+    return {str(p.relative_to(project)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("reruns"))
+    (p / "reruns.yaml").write_text(yaml.safe_dump(OVERLAY))
+    (p / "block_cell.yaml").write_text(yaml.safe_dump({"eval": {"block": "cell"}}))
+    return p
+
+
+def test_one_cell_alone(project):
+    # Its block (all depths of its length: one model load) and what that needs: no shards, no training.
+    assert plan(project, CELL) == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}
+    # With eval.block = cell the job is that one cell. Build it.
+    t0 = time.time()
+    ran = build(project, CELL, configs=CONFIGS + ["block_cell.yaml"])
+    assert ran == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}, ran
+    assert built(project, "results/eval") == {CELL}
+    assert not (project / "data" / "shards").exists() and not (project / "results" / "checkpoints").exists()
+    print(f"\none cell alone: {time.time() - t0:.0f}s")
+
+
+def test_one_checkpoint_alone(project):
+    # The data stages are done: the pause shards and one training job, not the plain ones.
+    t0 = time.time()
+    assert build(project, CHECKPOINT) == {"shards": 1, "train": 1}
+    assert (project / CHECKPOINT).exists()
+    assert not (project / "results/checkpoints/tiny/plain").exists()
+    assert not (project / "data/shards/tiny/plain").exists()
+    assert built(project, "results/eval") == {CELL}
+    print(f"\none checkpoint alone: {time.time() - t0:.0f}s")
+
+
+def test_one_figure_alone(project):
+    # A figure reads the cells table, which is built from every cell of the grid: so the whole grid (both
+    # blocks: the lone cell built above is not a whole block), the table, and this one figure; no other figure.
+    t0 = time.time()
+    ran = build(project, FIGURE)
+    assert ran == {"eval": 2, "aggregate": 1, "figure_heatmap": 1}, ran
+    stem = FIGURE[: -len(".png")]
+    assert built(project, "results/figures") == {f"{stem}.{ext}" for ext in ("html", "png", "svg")}
+    assert (project / "results/tables/cells.parquet").exists()
+    print(f"\none figure alone: {time.time() - t0:.0f}s")
+
+
+def test_forcerun_one_rule(project):
+    # Forcing the shards reruns them, the training on them, the tuned block, the table and the figure; the
+    # baseline block reads no shard and stays.
+    counts = plan(project, FIGURE, extra=["--forcerun", "shards"])
+    assert counts == {"shards": 1, "train": 1, "eval": 1, "aggregate": 1, "figure_heatmap": 1}, counts
+    # --forcerun of the eval rule: every block of the grid, then the table and the figure; nothing upstream.
+    counts = plan(project, FIGURE, extra=["--forcerun", "eval"])
+    assert counts == {"eval": 2, "aggregate": 1, "figure_heatmap": 1}, counts
+
+
+def test_touching_the_raw_essays_reruns_their_dependants(project):
+    raw = project / RAW
+    # A bare touch changes nothing: Snakemake 9 compares checksums of inputs under --max-checksum-file-size
+    # (1 MB; the raw essays are ~0.4 MB) before it believes a newer mtime.
+    later = time.time() + 5
+    os.utime(raw, (later, later))
+    assert plan(project, FIGURE) == {}
+    # An edited essay: everything made from the essays reruns: paragraphs, shards, training, every cell (the
+    # haystack is paused essays), the table, the figure. Not the download, not the models.
+    import pandas as pd
+
+    from pausetune.io import sha256_text
+
+    df = pd.read_parquet(raw)
+    df.loc[0, "text"] = df.loc[0, "text"] + "\n\nOne more paragraph, added by a test to see what reruns."
+    df.loc[0, "sha256"] = sha256_text(df.loc[0, "text"])
+    df.to_parquet(raw, index=False)
+    counts = plan(project, FIGURE)
+    assert counts == {"pause": 1, "shards": 1, "train": 1, "eval": 2, "aggregate": 1, "figure_heatmap": 1}, counts
+    # Really rerun the data part of it: the paragraphs and the shards, nothing upstream.
+    assert build(project, "data/shards/tiny/pause/manifest.json") == {"pause": 1, "shards": 1}
+    assert plan(project, CHECKPOINT) == {"train": 1}  # its shards are new now
