@@ -69,6 +69,8 @@ def parse(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--pause-row", action="store_true",
+                   help="also train one embedding row (the pause token's, here the last id), as variant pause does")
     p.add_argument("--target-modules", nargs="*", default=None, help="default: config train.lora.target_modules")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rounds", type=int, default=1, help="alternate ours/trainer this many times; keep each one's best")
@@ -147,8 +149,8 @@ def run_one(args, impl: str) -> dict:
     cfg = train_cfg(args)
     t0 = time.perf_counter()
     base = load_base(args, device)
-    model, info = prepare_peft(base, cfg)
     vocab = base.get_input_embeddings().weight.shape[0]
+    model, info = prepare_peft(base, cfg, [vocab - 1] if args.pause_row else None, "special")
     g = torch.Generator().manual_seed(0)
     n_rows = args.batch * args.grad_accum * (args.warmup + args.steps)
     rows = torch.randint(0, vocab, (n_rows, args.seq_len), generator=g)
@@ -241,7 +243,7 @@ def main(argv=None) -> int:
     what = args.model_dir or f"random {args.random_shape}"
     print(f"model {what}, {o['device']}, {o['dtype']}, quantization {args.quantization}, "
           f"batch {args.batch} x accum {args.grad_accum} x seq {args.seq_len}, {o['threads']} threads, "
-          f"grad-ckpt {args.gradient_checkpointing}, {o['trainable_params']} trainable, "
+          f"grad-ckpt {args.gradient_checkpointing}, pause row {args.pause_row}, {o['trainable_params']} trainable, "
           f"{args.steps} timed steps after {args.warmup}, best of {args.rounds} round(s)")
     for r in (o, t):
         print(f"  {r['impl']:8s} step {r['step_s_median']:.3f} s median, {r['step_s_min']:.3f} s min  "

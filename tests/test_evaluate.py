@@ -195,8 +195,8 @@ def test_oom_fails_block_naming_length_and_keeps_done_cells(tiny_dir, pg_paused,
     monkeypatch.setattr(engine.Engine, "run", run)
     config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps(SMALL))
     with pytest.raises(PausetuneError) as e:
-        run_block(config, model="tiny", variant="baseline", tasks=["single"], seed=0, lengths=[600, 1200],
-                  depths=[0], model_dir=tiny_dir, haystack=[str(pg_paused)], results=str(tmp_path),
+        run_block(config, model="tiny", variant="baseline", cells=[("single", 600, 0.0), ("single", 1200, 0.0)],
+                  seed=0, model_dir=tiny_dir, haystack=[str(pg_paused)], results=str(tmp_path),
                   device="cpu", log=lambda m: None)
     msg = str(e.value)
     assert msg.startswith("out of memory at length 1200 (eval.batch_size 4") and "\n" not in msg

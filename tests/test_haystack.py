@@ -258,7 +258,35 @@ def test_blocks_by_mode(config):
     check_eval(cfg, prepared_root=None)
     paths = eval_targets(cfg)
     assert len(paths) == len(set(paths)) == n_cells
-    assert Block("m", "baseline", ("single",), 0, (600,), (12.5,)).paths()[0].endswith("len600/depth12.5.json")
+    assert Block("m", "baseline", 0, (("single", (600,), (12.5,)),)).paths()[0].endswith("len600/depth12.5.json")
+
+
+def test_task_grid(config):
+    """A task's own lengths/depths (eval.task_grid): multi on a coarser grid than single."""
+    cfg = copy.deepcopy(config)
+    cfg["eval"].update(models=["tiny"], variants=["baseline"], tasks=["single", "multi"], lengths=[600, 1200],
+                       depths={"num": 5}, seeds=[0, 1], block="seed",
+                       task_grid={"multi": {"lengths": [1200], "depths": [0, 50]}})
+    check_eval(cfg, prepared_root=None)
+    bl = blocks(cfg)
+    assert [b.grid for b in bl][0] == (("single", (600, 1200), (0, 25, 50, 75, 100)), ("multi", (1200,), (0, 50)))
+    paths = eval_targets(cfg)
+    assert len(paths) == 2 * (2 * 5 + 2) and "results/eval/tiny/baseline/multi/seed1/len1200/depth50.json" in paths
+    assert not any("multi/seed0/len600" in p or "multi/seed0/len1200/depth25" in p for p in paths)
+    cfg["eval"]["block"] = "cell"
+    assert sorted(eval_targets(cfg)) == sorted(paths)
+    cfg["eval"]["block"] = "length"  # one depth list per length block: a clear error, not a wrong DAG
+    with pytest.raises(PausetuneError, match="^config key 'eval.task_grid': tasks with different depths"):
+        check_eval(cfg, prepared_root=None)
+    cfg["eval"]["task_grid"] = {"multi": {"lengths": [1200]}}
+    check_eval(cfg, prepared_root=None)
+    assert len(blocks(cfg)) == 2 * (2 + 1)
+    cfg["eval"]["task_grid"] = {"multy": {"lengths": [1200]}}
+    with pytest.raises(PausetuneError, match="^config key 'eval.task_grid.multy': unknown task"):
+        check_eval(cfg, prepared_root=None)
+    cfg["eval"]["task_grid"] = {"multi": {"depths": [0, 150]}}
+    with pytest.raises(PausetuneError, match="^config key 'eval.task_grid.multi.depths': depth 150"):
+        check_eval(cfg, prepared_root=None)
 
 
 @pytest.mark.parametrize("change, key", [

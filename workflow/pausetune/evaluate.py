@@ -158,11 +158,11 @@ def _judge(config: dict, judge_model_dir, dtype: str, device: str):
     return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir))
 
 
-def run_block(config: dict, *, model: str, variant: str, tasks: list[str], seed: int, lengths: list[int],
-              depths: list[float], model_dir, haystack: list[str], checkpoint=None, shard_manifest=None,
+def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, int, float]], seed: int,
+              model_dir, haystack: list[str], checkpoint=None, shard_manifest=None,
               judge_model_dir=None, results: str = "results", cells_cache: str | None = None,
               device: str | None = None, force: bool = False, log=print) -> dict:
-    """Evaluate one block; returns counts {computed, cached, skipped}."""
+    """Evaluate one block, cells (task, length, depth) of one haystack seed; returns {computed, cached, skipped}."""
     import torch
 
     from .engine import Engine, Request, eos_ids_of
@@ -173,7 +173,8 @@ def run_block(config: dict, *, model: str, variant: str, tasks: list[str], seed:
     from .scoring import judge_score, score_answer
 
     ev = config["eval"]
-    check_block(config, model, variant, tasks, lengths, depths)
+    tasks = list(dict.fromkeys(t for t, _, _ in cells))
+    check_block(config, model, variant, tasks, sorted({n for _, n, _ in cells}), sorted({d for _, _, d in cells}))
     device = device or ev.get("device") or default_device()
     dname = ev.get("dtype", "auto")
     if dname == "auto":
@@ -195,29 +196,27 @@ def run_block(config: dict, *, model: str, variant: str, tasks: list[str], seed:
 
     # 1. What is already done.
     todo, counts = [], {"computed": 0, "cached": 0, "skipped": 0}
-    for t in tasks:
-        for n in lengths:
-            for d in depths:
-                cid = cell_id(ident, config["tasks"][t], t, seed, n, d)
-                out = Path(cell_path(model, variant, t, seed, n, d, results))
-                cached = cache_root / f"{cid}.json"
-                if not force and out.exists():
-                    try:
-                        if json.loads(out.read_text()).get("cell_id") == cid:
-                            counts["skipped"] += 1
-                            continue
-                    except (json.JSONDecodeError, OSError):
-                        pass
-                if not force and cached.exists():
-                    try:
-                        data = read_json(cached)
-                        if data.get("cell_id") == cid:
-                            write_json(out, data)
-                            counts["cached"] += 1
-                            continue
-                    except PausetuneError:
-                        pass
-                todo.append((t, n, d, cid, out))
+    for t, n, d in cells:
+        cid = cell_id(ident, config["tasks"][t], t, seed, n, d)
+        out = Path(cell_path(model, variant, t, seed, n, d, results))
+        cached = cache_root / f"{cid}.json"
+        if not force and out.exists():
+            try:
+                if json.loads(out.read_text()).get("cell_id") == cid:
+                    counts["skipped"] += 1
+                    continue
+            except (json.JSONDecodeError, OSError):
+                pass
+        if not force and cached.exists():
+            try:
+                data = read_json(cached)
+                if data.get("cell_id") == cid:
+                    write_json(out, data)
+                    counts["cached"] += 1
+                    continue
+            except PausetuneError:
+                pass
+        todo.append((t, n, d, cid, out))
     if not todo:
         log(f"eval {model}/{variant} seed{seed}: nothing to do ({counts['skipped']} done, {counts['cached']} "
             f"from the cell cache)")
@@ -226,8 +225,10 @@ def run_block(config: dict, *, model: str, variant: str, tasks: list[str], seed:
     # 2. Sizes first (tokenizer only: one-line errors before any weights load), then model and haystack.
     from .models import load_tokenizer
 
-    check_budgets(config | {"eval": {**ev, "lengths": list(lengths), "depths": list(depths), "tasks": list(tasks),
-                                     "seeds": [seed]}}, model, model_dir, tokenizer=load_tokenizer(model_dir))
+    mine = {t: {"lengths": sorted({n for t2, n, *_ in todo if t2 == t}),
+                "depths": sorted({d for t2, _, d, *_ in todo if t2 == t})} for t in dict.fromkeys(t for t, *_ in todo)}
+    check_budgets(config | {"eval": {**ev, "tasks": list(mine), "task_grid": mine, "seeds": [seed]}}, model,
+                  model_dir, tokenizer=load_tokenizer(model_dir))
     essays = load_essays(haystack)
     hay_ids = haystack_ids([e for e, _ in essays], config)
     _check_holdout(hay_ids, shard_manifest, config)
@@ -316,14 +317,20 @@ def run_block(config: dict, *, model: str, variant: str, tasks: list[str], seed:
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--variant", required=True, help="baseline | pause-prompt | pause-tuned | plain-tuned")
-    p.add_argument("--tasks", nargs="+", required=True, help="names of config 'tasks' entries")
     p.add_argument("--seed", type=int, required=True, help="haystack seed (essay order)")
-    p.add_argument("--lengths", nargs="+", type=int, required=True, help="context lengths in tokens")
-    p.add_argument("--depths", nargs="+", required=True, help="needle depths in percent, as in the cell paths")
-    p.add_argument("--model-dir", required=True, help="data/models/{model}")
-    p.add_argument("--haystack", nargs="+", required=True, help="data/paused/{source}/{method}.parquet files")
-    p.add_argument("--checkpoint", default=None, help="results/checkpoints/{model}/{pause|plain} (tuned variants)")
-    p.add_argument("--shard-manifest", default=None, help="data/shards/{model}/{v}/manifest.json: holdout check")
+    p.add_argument("--tasks", nargs="+", default=None, help="names of config 'tasks' entries (default: eval.tasks)")
+    p.add_argument("--lengths", nargs="+", type=int, default=None,
+                   help="context lengths in tokens (default: each task's grid from config eval)")
+    p.add_argument("--depths", nargs="+", default=None,
+                   help="needle depths in percent, as in the cell paths (default: each task's grid from config)")
+    p.add_argument("--model-dir", default=None, help="default data/models/{model}")
+    p.add_argument("--haystack", nargs="+", default=None,
+                   help="paused parquet(s) (default: data/paused/{source}/{paragraphs.method}.parquet of "
+                        "eval.haystack_sources)")
+    p.add_argument("--checkpoint", default=None,
+                   help="tuned variants (default results/checkpoints/{model}/{pause|plain})")
+    p.add_argument("--shard-manifest", default=None,
+                   help="holdout check (default, tuned variants: data/shards/{model}/{pause|plain}/manifest.json)")
     p.add_argument("--judge-model-dir", default=None, help="data/models/{judge} (eval.judge kind local)")
     p.add_argument("--results", default="results", help="results root (cells go to RESULTS/eval/...)")
     p.add_argument("--cells-cache", default=None, help="finished-cell cache (default RESULTS/.cells)")
@@ -336,8 +343,23 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="recompute cells that are done or cached")
 
 
+def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depths: list[str] | None) -> list:
+    """The cells a CLI call evaluates: the given lengths x depths, or each task's configured grid."""
+    from .grid import parse_depth, task_axes
+
+    out = []
+    for t in tasks:
+        if t not in config.get("tasks", {}):
+            raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {sorted(config.get('tasks', {}))}")
+        ls, ds = task_axes(config, t) if lengths is None or depths is None else (None, None)
+        ls = lengths if lengths is not None else ls
+        ds = [parse_depth(d) for d in depths] if depths is not None else ds
+        out += [(t, int(n), float(d)) for n in ls for d in ds]
+    return out
+
+
 def main(args, config: dict) -> int:
-    from .grid import parse_depth
+    from .grid import CHECKPOINT
 
     ev = config["eval"]
     if args.threads:
@@ -348,10 +370,24 @@ def main(args, config: dict) -> int:
         ev["prefill_chunk"] = args.prefill_chunk or None
     if args.no_reuse:
         ev["reuse_prefix"] = False
-    run_block(config, model=args.model, variant=args.variant, tasks=args.tasks, seed=args.seed,
-              lengths=args.lengths, depths=[parse_depth(d) for d in args.depths], model_dir=args.model_dir,
-              haystack=args.haystack, checkpoint=args.checkpoint, shard_manifest=args.shard_manifest,
-              judge_model_dir=args.judge_model_dir, results=args.results, cells_cache=args.cells_cache,
-              device=args.device, force=args.force, log=lambda m: print(m, file=sys.stderr, flush=True))
+    m, v = args.model, args.variant
+    haystack = args.haystack or [f"data/paused/{s}/{config['paragraphs']['method']}.parquet"
+                                 for s in ev["haystack_sources"]]
+    checkpoint, shard_manifest = args.checkpoint, args.shard_manifest
+    if v in CHECKPOINT:
+        if not checkpoint:
+            checkpoint = f"results/checkpoints/{m}/{CHECKPOINT[v]}"
+            if not (Path(checkpoint) / "manifest.json").exists():
+                raise PausetuneError(f"eval {v}: no checkpoint at {checkpoint} (train it first, or pass --checkpoint DIR)")
+        default_shards = Path(f"data/shards/{m}/{CHECKPOINT[v]}/manifest.json")
+        shard_manifest = shard_manifest or (str(default_shards) if default_shards.exists() else None)
+    judge = ev.get("judge")
+    judge_dir = args.judge_model_dir or (f"data/models/{judge['model']}" if judge and judge["kind"] == "local"
+                                         else None)
+    run_block(config, model=m, variant=v, cells=block_cells(config, args.tasks or ev["tasks"], args.lengths,
+                                                            args.depths), seed=args.seed,
+              model_dir=args.model_dir or f"data/models/{m}", haystack=haystack, checkpoint=checkpoint,
+              shard_manifest=shard_manifest, judge_model_dir=judge_dir, results=args.results,
+              cells_cache=args.cells_cache, device=args.device, force=args.force,
+              log=lambda msg: print(msg, file=sys.stderr, flush=True))
     return 0
-

@@ -105,24 +105,43 @@ def cell_path(model: str, variant: str, task: str, seed: int, length: int, depth
 
 @dataclass(frozen=True)
 class Block:
+    """Cells one job evaluates with one loaded model: per task, its lengths x depths (one shared haystack seed)."""
     model: str
     variant: str
-    tasks: tuple[str, ...]
     seed: int
-    lengths: tuple[int, ...]
-    depths: tuple[float, ...]
+    grid: tuple[tuple[str, tuple[int, ...], tuple[float, ...]], ...]  # (task, lengths, depths)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t for t, _, _ in self.grid)
 
     def cells(self) -> list[tuple[str, int, float]]:
-        return [(t, n, d) for t in self.tasks for n in self.lengths for d in self.depths]
+        return [(t, n, d) for t, ls, ds in self.grid for n in ls for d in ds]
 
     def paths(self, root: str = "results") -> list[str]:
         return [cell_path(self.model, self.variant, t, self.seed, n, d, root) for t, n, d in self.cells()]
 
 
-def grid_axes(config: dict) -> dict:
+def task_axes(config: dict, task: str) -> tuple[list[int], list[float]]:
+    """(lengths, depths) of one task: `eval.task_grid.<task>` where it sets them, else eval.lengths/depths."""
     ev = config["eval"]
+    over = (ev.get("task_grid") or {}).get(task) or {}
+    try:
+        return expand_lengths(over.get("lengths", ev["lengths"])), expand_depths(over.get("depths", ev["depths"]))
+    except PausetuneError as e:
+        if not over:
+            raise
+        raise PausetuneError(str(e).replace("'eval.", f"'eval.task_grid.{task}.")) from None
+
+
+def grid_axes(config: dict) -> dict:
+    """The grid's axes; `lengths`/`depths` are the union over tasks, `per_task` each task's own."""
+    ev = config["eval"]
+    per_task = {t: task_axes(config, t) for t in ev["tasks"]}
     return {"models": list(ev["models"]), "variants": list(ev["variants"]), "tasks": list(ev["tasks"]),
-            "seeds": list(ev["seeds"]), "lengths": expand_lengths(ev["lengths"]), "depths": expand_depths(ev["depths"])}
+            "seeds": list(ev["seeds"]), "per_task": per_task,
+            "lengths": sorted({n for ls, _ in per_task.values() for n in ls}),
+            "depths": sorted({d for _, ds in per_task.values() for d in ds})}
 
 
 def blocks(config: dict) -> list[Block]:
@@ -132,15 +151,16 @@ def blocks(config: dict) -> list[Block]:
     for m in ax["models"]:
         for v in ax["variants"]:
             for s in ax["seeds"]:
+                grid = tuple((t, tuple(ls), tuple(ds)) for t, (ls, ds) in ax["per_task"].items())
                 if mode == "seed":
-                    out.append(Block(m, v, tuple(ax["tasks"]), s, tuple(ax["lengths"]), tuple(ax["depths"])))
+                    out.append(Block(m, v, s, grid))
                     continue
-                for t in ax["tasks"]:
-                    for n in ax["lengths"]:
+                for t, ls, ds in grid:
+                    for n in ls:
                         if mode == "length":
-                            out.append(Block(m, v, (t,), s, (n,), tuple(ax["depths"])))
+                            out.append(Block(m, v, s, ((t, (n,), ds),)))
                         else:
-                            out.extend(Block(m, v, (t,), s, (n,), (d,)) for d in ax["depths"])
+                            out.extend(Block(m, v, s, ((t, (n,), (d,)),)) for d in ds)
     return out
 
 
@@ -212,8 +232,16 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
     for s in ev.get("haystack_sources", []):
         if config.get("sources") and s not in config["sources"]:
             raise PausetuneError(f"config key 'eval.haystack_sources': unknown source '{s}'")
-    lengths = expand_lengths(ev.get("lengths", [1000]))
-    expand_depths(ev.get("depths", [0]))
+    for t in ev.get("task_grid") or {}:
+        if t not in tasks:
+            raise PausetuneError(f"config key 'eval.task_grid.{t}': unknown task '{t}'; known: {sorted(tasks)}")
+    ev = {"lengths": [1000], "depths": [0], **ev}
+    per_task = {t: task_axes({"eval": ev}, t) for t in ev.get("tasks", [])}
+    lengths = sorted({n for ls, _ in per_task.values() for n in ls}) or expand_lengths(ev["lengths"])
+    expand_depths(ev["depths"])
+    if ev.get("block", "length") == "length" and len({tuple(ds) for _, ds in per_task.values()}) > 1:
+        raise PausetuneError("config key 'eval.task_grid': tasks with different depths need eval.block seed or cell "
+                             "(a length block's outputs are one depth list)")
     judge = ev.get("judge")
     if judge and judge.get("kind") == "local" and judge.get("model") not in models:
         raise PausetuneError(f"config key 'eval.judge.model': unknown model '{judge.get('model')}'")
@@ -275,15 +303,15 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
             _TOKENIZERS[key] = load_tokenizer(model_dir)
         tokenizer = _TOKENIZERS[key]
     limit = max_context(model_dir, config["models"][model])
-    lengths = expand_lengths(ev["lengths"])
-    for n in lengths:
+    per_task = {t: task_axes(config, t) for t in ev["tasks"]}
+    for n in sorted({n for ls, _ in per_task.values() for n in ls}):
         if n + ev["max_new_tokens"] > limit:
             raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
                                  f"{ev['max_new_tokens']} exceeds the context window of model '{model}' ({limit})")
     builder = PromptBuilder(tokenizer, config, model, boundaries=False)
-    depths = expand_depths(ev["depths"])
     for t in ev["tasks"]:
         spec = config["tasks"][t]
+        lengths, depths = per_task[t]
         fixed = spec["kind"] in ("single", "multi")  # the same needles in every cell: count them once
         for s in ev["seeds"][:1] if fixed else ev["seeds"]:
             for n in lengths:

@@ -134,8 +134,23 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def essays_used(shard_manifests: list[str]) -> list[str]:
+    """Which essays trained each checkpoint and which formed the haystack: the memorisation control."""
+    out = []
+    for path in shard_manifests:
+        m = read_json(path)
+        train, val, hay = (set(m.get(k) or []) for k in ("train_essays", "validation_essays", "haystack_essays"))
+        overlap = sorted(hay & (train | val))
+        held = m.get("holdout_haystack", bool(hay) and not overlap)
+        out.append(f"- Shards `{Path(path).parent}`: {len(train)} training and {len(val)} validation essays; "
+                   f"haystack {len(hay)} essays, {len(overlap)} of them also trained on"
+                   f"{' (holdout on)' if held else ' (holdout off: the tuned model has seen the haystack)'}. "
+                   f"Haystack: {', '.join(sorted(hay)) or '–'}. Training: {', '.join(sorted(train)) or '–'}.")
+    return out
+
+
 def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str], bench_dir: Path,
-           run_info: dict | None, figures_dir: Path, page: Path) -> str:
+           run_info: dict | None, figures_dir: Path, page: Path, shard_manifests: list[str] = ()) -> str:
     summary = read_csv(tables / "summary.csv")
     deltas = read_csv(tables / "deltas.csv")
     overall = [r for r in summary if r["kind"] == "overall"]
@@ -157,6 +172,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
         L += [f"| {rule} | {n} | {s / 60:.1f} min |" for rule, n, s in times]
         L.append(f"| **total (sum of jobs)** | {sum(n for _, n, _ in times)} | "
                  f"{sum(s for _, _, s in times) / 60:.1f} min |")
+    L += essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
         L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m.get('final_train_loss'), 3)}, "
@@ -224,6 +240,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tables", default="results/tables")
     p.add_argument("--figures", nargs="*", default=[], help="PNG files to copy next to the page and show")
     p.add_argument("--checkpoints", nargs="*", default=[], help="checkpoint manifest.json files")
+    p.add_argument("--shards", nargs="*", default=[], help="shard manifest.json files (which essays trained)")
     p.add_argument("--benchmarks", default="benchmarks", help="folder of Snakemake benchmark files")
     p.add_argument("--run-info", default="results/run_info.json")
     p.add_argument("--output", default=None, help="the page (default: config publish.page)")
@@ -233,7 +250,7 @@ def main(args, config: dict) -> int:
     page = Path(args.output or config["publish"]["page"])
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
-                  Path(config["publish"]["figures_dir"]), page)
+                  Path(config["publish"]["figures_dir"]), page, args.shards)
     write_text(page, text)
     print(f"publish: {page}")
     return 0

@@ -99,7 +99,10 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
         "tokenizer_fingerprint": tokenizer_fingerprint(tok),
         "vocab_size": len(tok),
         "splits": counts,
+        "holdout_haystack": bool(cfg.get("holdout_haystack", True)),
         "haystack_essays": split["haystack"],
+        "train_essays": split["train"],
+        "validation_essays": split["validation"],
         "sources": {p: sha256_file(p) for p in paused_files},
     }
     with atomic_dir(out_dir) as tmp:

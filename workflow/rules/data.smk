@@ -10,6 +10,8 @@ rule download:
         "../../envs/data.yaml"
     log:
         "logs/download/{source}.log",
+    benchmark:
+        "benchmarks/download/{source}.tsv",
     shell:
         "pausetune download --config-json {params.cfg:q} --source {wildcards.source} --output {output} 2>&1 | tee {log}"
 
@@ -26,6 +28,8 @@ rule pause:
         "../../envs/data.yaml"
     log:
         "logs/pause/{source}/{method}.log",
+    benchmark:
+        "benchmarks/pause/{source}/{method}.tsv",
     shell:
         "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input}"
         " --output {output.data} --stats {output.stats} 2>&1 | tee {log}"
@@ -42,6 +46,8 @@ rule prepare_model:
         "../../envs/data.yaml"
     log:
         "logs/prepare_model/{model}.log",
+    benchmark:
+        "benchmarks/prepare_model/{model}.tsv",
     shell:
         "pausetune prepare-model --config-json {params.cfg:q} --model {wildcards.model} --output data/models/{wildcards.model}"
         " 2>&1 | tee {log}"
@@ -61,6 +67,8 @@ rule shards:
         "../../envs/data.yaml"
     log:
         "logs/shards/{model}/{variant}.log",
+    benchmark:
+        "benchmarks/shards/{model}/{variant}.tsv",
     shell:
         "pausetune shards --config-json {params.cfg:q} --inputs {input.paused} --model-dir data/models/{wildcards.model}"
         " --variant {wildcards.variant} --output data/shards/{wildcards.model}/{wildcards.variant} 2>&1 | tee {log}"

@@ -20,5 +20,7 @@ rule eval:
         "../../envs/eval.yaml"
     log:
         EVAL_LOG,
+    benchmark:
+        EVAL_LOG.replace("logs/", "benchmarks/", 1).replace(".log", ".tsv"),
     shell:
         EVAL_SHELL

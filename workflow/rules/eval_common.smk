@@ -44,6 +44,9 @@ def eval_tasks(wc):
 def eval_params(wc):
     """Only what changes a cell's answer: runtime knobs (batch size, reuse, threads, device) are passed apart."""
     ev = {k: config["eval"][k] for k in EVAL_RESULT_KEYS}
+    if EVAL_BLOCK == "seed":  # the job reads each task's grid from its config (no --lengths/--depths)
+        ev.update(tasks=EVAL_AXES["tasks"], task_grid={t: {"lengths": ls, "depths": ds}
+                                                       for t, (ls, ds) in EVAL_AXES["per_task"].items()})
     names = [wc.model]
     judge = config["eval"].get("judge")
     if judge and judge["kind"] == "local":
@@ -90,12 +93,11 @@ elif EVAL_BLOCK == "length":
     EVAL_OUT = expand(EVAL_CELL, depth=EVAL_DEPTHS, allow_missing=True)
     EVAL_LOG = "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}.log"
     EVAL_ARGS = f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(EVAL_DEPTHS)}"
-else:  # seed: all tasks x lengths x depths of one (model, variant, seed)
-    EVAL_OUT = expand(EVAL_CELL, task=EVAL_AXES["tasks"], length=EVAL_AXES["lengths"], depth=EVAL_DEPTHS,
-                      allow_missing=True)
+else:  # seed: every task's lengths x depths (eval.task_grid) of one (model, variant, seed)
+    EVAL_OUT = [p for t, (ls, ds) in EVAL_AXES["per_task"].items()
+                for p in expand(EVAL_CELL, task=t, length=ls, depth=[format_depth(d) for d in ds], allow_missing=True)]
     EVAL_LOG = "logs/eval/{model}/{variant}/seed{seed}.log"
-    EVAL_ARGS = (f"--tasks {' '.join(EVAL_AXES['tasks'])} --lengths {' '.join(map(str, EVAL_AXES['lengths']))}"
-                 f" --depths {' '.join(EVAL_DEPTHS)}")
+    EVAL_ARGS = f"--tasks {' '.join(EVAL_AXES['tasks'])}"
 
 
 

@@ -10,6 +10,9 @@ rule publish:
         checkpoints=lambda wc: expand("results/checkpoints/{model}/{variant}/manifest.json",
                                       model=config["train"]["models"], variant=SHARD_VARIANTS)
         if any(v.endswith("-tuned") for v in config["eval"]["variants"]) else [],
+        shards=lambda wc: expand("data/shards/{model}/{variant}/manifest.json", model=config["train"]["models"],
+                                 variant=SHARD_VARIANTS)
+        if any(v.endswith("-tuned") for v in config["eval"]["variants"]) else [],
     output:
         config["publish"]["page"],
     params:
@@ -18,7 +21,9 @@ rule publish:
         "../../envs/report.yaml"
     log:
         "logs/publish/publish.log",
+    benchmark:
+        "benchmarks/publish/publish.tsv",
     shell:
         "pausetune publish --config-json {params.cfg:q} --tables results/tables --figures {input.figures}"
-        " --checkpoints {input.checkpoints} --benchmarks benchmarks --run-info results/run_info.json"
+        " --checkpoints {input.checkpoints} --shards {input.shards} --benchmarks benchmarks --run-info results/run_info.json"
         " --output {output} 2>&1 | tee {log}"

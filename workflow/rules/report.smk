@@ -23,6 +23,8 @@ rule aggregate:
         "../../envs/report.yaml"
     log:
         "logs/aggregate/aggregate.log",
+    benchmark:
+        "benchmarks/aggregate/aggregate.tsv",
     # The cell list goes through a file written by bash's printf builtin (no exec, so no ARG_MAX): a paper-size
     # grid has tens of thousands of paths; Snakemake itself moves a command that long into a script file.
     shell:
@@ -54,6 +56,8 @@ rule figure_heatmap:
         "../../envs/report.yaml"
     log:
         "logs/figures/heatmap/{model}/{task}/{variant}.log",
+    benchmark:
+        "benchmarks/figures/heatmap/{model}/{task}/{variant}.tsv",
     shell:
         "pausetune figures --cells-table {input} --kind heatmap --model {wildcards.model:q} --task {wildcards.task:q}"
         " --variant {wildcards.variant} --output {params.stem:q} 2>&1 | tee {log}"
@@ -82,6 +86,8 @@ rule figure_delta:
         "../../envs/report.yaml"
     log:
         "logs/figures/delta/{model}/{task}/{variant}.log",
+    benchmark:
+        "benchmarks/figures/delta/{model}/{task}/{variant}.tsv",
     shell:
         "pausetune figures --cells-table {input} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
         " --variant {wildcards.variant} --reference baseline --output {params.stem:q} 2>&1 | tee {log}"
@@ -111,6 +117,8 @@ rule figure_delta_vs:
         "../../envs/report.yaml"
     log:
         "logs/figures/delta/{model}/{task}/{variant}_vs_{reference}.log",
+    benchmark:
+        "benchmarks/figures/delta/{model}/{task}/{variant}_vs_{reference}.tsv",
     shell:
         "pausetune figures --cells-table {input} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
         " --variant {wildcards.variant} --reference {wildcards.reference} --output {params.stem:q} 2>&1 | tee {log}"
@@ -139,6 +147,8 @@ rule figure_profile:
         "../../envs/report.yaml"
     log:
         "logs/figures/{profile}/{model}/{task}.log",
+    benchmark:
+        "benchmarks/figures/{profile}/{model}/{task}.tsv",
     shell:
         "pausetune figures --cells-table {input} --kind {wildcards.profile} --model {wildcards.model:q}"
         " --task {wildcards.task:q} --output {params.stem:q} 2>&1 | tee {log}"

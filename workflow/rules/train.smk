@@ -29,6 +29,8 @@ rule train:
         "../../envs/train.yaml"
     log:
         "logs/train/{model}/{variant}.log",
+    benchmark:
+        "benchmarks/train/{model}/{variant}.tsv",
     shell:
         "pausetune train --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
         " --model-dir data/models/{wildcards.model} --shards data/shards/{wildcards.model}/{wildcards.variant}"
