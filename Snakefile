@@ -6,6 +6,15 @@ min_version("9.0")
 
 configfile: "config/config.yaml"
 
+# Every rule's `pausetune <step>` runs this checkout's code (workflow/pausetune), with whichever Python the rule's
+# environment puts first on PATH: the project venv, or a conda env from envs/ (dependencies only) under
+# --software-deployment-method conda. So there is no installed copy to fall out of step with the Snakefile.
+# (Snakemake formats the prefix like a command: literal braces are doubled.)
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    'pausetune() {{ python -m pausetune.cli "$@"; }}; '
+)
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

@@ -257,7 +257,17 @@ def test_cli_writes_tables_and_flat_json(tmp_path):
     out = tmp_path / "tables"
     proc = run_cli("aggregate", "--cells-dir", str(FIXTURE), "--out-dir", str(out), "--bootstrap", "300")
     assert "41 cells" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["cells.parquet", "deltas.csv", "summary.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cells.parquet", "deltas.csv", "depth_profile.csv",
+                                                      "length_profile.csv", "summary.csv", "summary.json"]
+    import pandas as pd
+
+    prof = pd.read_csv(out / "depth_profile.csv")
+    cells = pd.read_parquet(out / "cells.parquet")
+    want = cells.groupby(["model", "task", "variant", "depth"])["score"].mean()
+    got = prof.set_index(["model", "task", "variant", "depth"])["mean_score"]
+    assert list(prof.columns[:2]) == ["panel", "series"] and (prof["series"] == prof["variant"]).all()
+    assert got.to_dict() == pytest.approx(want.to_dict())
+    assert set(pd.read_csv(out / "length_profile.csv")["length"]) == set(cells["length"])
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["kind"]) == {"overall", "depth_band", "length_band"}
     assert list(summary.columns[:8]) == ["kind", "model", "variant", "task", "band", "band_lo", "band_hi", "n"]

@@ -7,6 +7,9 @@
   stages that read it and their dependants.
 - `dvc push`, then `dvc pull` into a fresh `git clone`, restores data and checkpoints byte for byte, and that
   clone has nothing left to reproduce.
+- DVC-native results: `dvc metrics show` reads the headline numbers and the final training losses, `dvc plots
+  show` renders the profiles and loss curves, and `dvc exp run -S` of one eval parameter reruns only what reads
+  it, with `dvc exp show` reporting the changed metric.
 DVC reads its parameters from config/config.yaml only, so each project copy writes its own config/config.yaml:
 the default config with tests/configs/tiny.yaml and this file's overlay merged in.
 """
@@ -29,8 +32,8 @@ from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG
 from pausetune.config import deep_merge
 from test_workflow import make_project
 
-DVC_FILES = ["dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
-# Everything on the tiny model, a small grid: one length, one depth, one task (DVC runs a stage per cell).
+DVC_FILES = ["dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots/panels.json"]
+# Everything on the tiny model, a small grid: one length, one depth, one task, one seed (one block per variant).
 DVC_OVERLAY = {
     "train": {"models": ["tiny"], "max_steps": 2, "warmup_steps": 0, "save_every": 1},
     "eval": {"models": ["tiny"], "tasks": ["single"], "lengths": [1000], "depths": [50], "seeds": [0]},
@@ -113,11 +116,6 @@ def stage_rule(stage: str) -> str:
     return {"eval_tuned": "eval"}.get(base, base)
 
 
-# DVC outputs Snakemake's rules write without declaring them (so Snakemake cannot list them): allowed to hold none
-# of Snakemake's files. Declaring it in the rule (directory(config["publish"]["figures_dir"])) closes the gap.
-UNDECLARED_IN_SNAKEMAKE = {"results/results_figures": "publish"}
-
-
 def assert_same_dag(smk: dict[str, str], outs: dict[str, list[str]]) -> None:
     owner = {}  # DVC out -> stage
     for stage, paths in outs.items():
@@ -135,7 +133,7 @@ def assert_same_dag(smk: dict[str, str], outs: dict[str, list[str]]) -> None:
         if stage_rule(owner[hit]) != rule:
             problems.append(f"{f}: Snakemake rule {rule}, DVC stage {owner[hit]}")
     problems += [f"DVC output {o} (stage {owner[o]}) holds none of Snakemake's files" for o, fs in covered.items()
-                 if not fs and UNDECLARED_IN_SNAKEMAKE.get(o) != owner[o]]
+                 if not fs]
     assert not problems, "\n".join(problems)
 
 
@@ -150,6 +148,20 @@ def test_dag_matches_snakemake_default_config(tmp_path):
 def test_dag_matches_snakemake_tiny_config(tmp_path):
     project = dvc_project(tmp_path / "p", tiny_config())
     assert_same_dag(snakemake_outputs(project), dvc_outs(project))
+
+
+def test_dag_matches_snakemake_study_config(tmp_path):
+    """The study through DVC: `pausetune config` writes config/study.yaml merged into config/config.yaml."""
+    project = dvc_project(tmp_path / "p", None)
+    smk_study = snakemake_outputs(project, "config/config.yaml", "config/study.yaml")
+    run([sys.executable, "-m", "pausetune.cli", "config", "--config", "config/config.yaml", "config/study.yaml",
+         "--output", "config/config.yaml"], project)
+    smk = snakemake_outputs(project)
+    assert smk == smk_study  # the merged file is the same config
+    assert "results/eval/smollm2/plain-tuned/multi/seed1/len8000/depth50.json" in smk
+    assert not any("/multi/" in f and "/len1000/" in f for f in smk)  # multi's own, coarser grid
+    assert "docs/results.md" in smk
+    assert_same_dag(smk, dvc_outs(project))
 
 
 # ------------------------------------------------------------------------------------------ real runs
@@ -250,3 +262,77 @@ def test_push_then_pull_into_fresh_clone(repro):
     assert "up to date" in status.stdout, status.stdout
     assert not ran_stages(dvc(clone, "repro", "--dry").stdout)
     print(f"\ndvc pull into a fresh clone: {time.time() - t0:.1f}s, {len(got)} files")
+
+
+# ------------------------------------------------------------------------------------------ metrics, plots, experiments
+
+def test_metrics_show(repro):
+    project = repro["project"]
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    files = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
+    summary = files["results/tables/summary.json"]["data"]
+    cells = json.loads((project / "results/tables/summary.json").read_text())
+    assert summary == cells  # DVC shows exactly what aggregate wrote
+    for v in ("baseline", "pause-prompt", "pause-tuned", "plain-tuned"):
+        assert isinstance(summary[f"tiny/{v}/single/mean_score"], (int, float))
+        assert summary[f"tiny/{v}/single/n"] == 1
+    for key in ("pct_vs_baseline", "pct_ci_low", "pct_ci_high", "pct_vs_plain-tuned", "pct_vs_plain-tuned_ci_low"):
+        assert f"tiny/pause-tuned/single/{key}" in summary, key
+    for v in ("pause", "plain"):
+        m = files[f"results/metrics/train/tiny/{v}.json"]["data"]
+        manifest = json.loads((project / f"results/checkpoints/tiny/{v}/manifest.json").read_text())
+        assert m["steps"] == 2 and m["final_train_loss"] == pytest.approx(manifest["final_train_loss"], abs=1e-6)
+
+
+def test_plots_show(repro, tmp_path):
+    project = repro["project"]
+    shown = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
+    want = {"results/tables/depth_profile.csv", "results/tables/length_profile.csv",
+            "results/metrics/train/tiny/pause_loss.csv", "results/metrics/train/tiny/plain_loss.csv"}
+    assert want <= set(shown), sorted(shown)
+    depth = shown["results/tables/depth_profile.csv"][0]["content"]
+    assert depth["spec"]["encoding"]["x"]["field"] == "depth" and depth["facet"]["column"]["field"] == "panel"
+    rows = depth["data"]["values"]
+    assert {r["series"] for r in rows} == {"baseline", "pause-prompt", "pause-tuned", "plain-tuned"}
+    loss = shown["results/metrics/train/tiny/pause_loss.csv"][0]["content"]["data"]["values"]
+    assert [r["series"] for r in loss].count("train") == 2 and [r["series"] for r in loss].count("validation") == 1
+    out = tmp_path / "plots"
+    dvc(project, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    assert "depth_profile.csv" in html and "pause_loss.csv" in html
+
+
+def test_experiment_one_param(repro):
+    """`dvc exp run -S` of train.max_steps: training and what follows rerun, the data stages and untuned evals not."""
+    project = repro["project"]
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-q", "--allow-empty", "-m", "before the experiment"], project)
+    outs = dvc_outs(project)
+    exp = dvc(project, "exp", "run", "-n", "three-steps", "-S", "config/config.yaml:train.max_steps=3")
+    ran = ran_stages(exp.stdout)
+    readers = {s for s in outs if stage_rule(s) in ("train", "aggregate", "figure_heatmap", "figure_delta",
+                                                    "figure_delta_vs", "figure_profile", "publish")
+               or s.startswith("eval_tuned")}
+    assert ran == readers, (sorted(ran ^ readers), exp.stdout[-3000:])
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+
+    def find(node, name):
+        """The experiment's record (DVC 3 nests commit -> experiments -> revs)."""
+        if isinstance(node, dict):
+            if node.get("name") == name and "data" in node:
+                return node
+            return next((r for v in node.values() if (r := find(v, name))), None)
+        if isinstance(node, list):
+            return next((r for v in node if (r := find(v, name))), None)
+        return None
+
+    rec = find(shown, "three-steps")
+    assert rec is not None, text[:3000]
+    assert rec["data"]["params"]["config/config.yaml"]["data"]["train"]["max_steps"] == 3
+    metrics = rec["data"]["metrics"]
+    assert metrics["results/metrics/train/tiny/pause.json"]["data"]["steps"] == 3  # the changed metric
+    committed = next(e for e in shown if e.get("rev") != "workspace")  # the commit the experiment started from
+    before = committed["data"]["metrics"]["results/metrics/train/tiny/pause.json"]["data"]
+    assert before["steps"] == 2 and before["final_train_loss"] != metrics[
+        "results/metrics/train/tiny/pause.json"]["data"]["final_train_loss"]

@@ -83,9 +83,23 @@ def checkpoints(tmp_path_factory, tiny_dir, tiny_shards):
         ckpts[v] = out / "tiny" / v
         rc, err = cli("train", "--model", "tiny", "--variant", v, "--model-dir", str(tiny_dir), "--shards",
                       str(tiny_shards[v]), "--output", str(ckpts[v]), "--device", "cpu", "--threads", "1",
-                      "--no-progress", config_json=fast)
+                      "--no-progress", "--metrics", str(out / "metrics" / f"{v}.json"),
+                      "--loss-curve", str(out / "metrics" / f"{v}_loss.csv"), config_json=fast)
         assert rc == 0, err
     return ckpts
+
+
+def test_train_writes_dvc_metrics_and_loss_curve(checkpoints):
+    """`train --metrics/--loss-curve`: flat final losses and the per-step curve, read back from the checkpoint."""
+    for v, ck in checkpoints.items():
+        manifest = json.loads((ck / "manifest.json").read_text())
+        metrics = json.loads((ck.parent.parent / "metrics" / f"{v}.json").read_text())
+        assert metrics["steps"] == 2 and metrics["final_train_loss"] == pytest.approx(manifest["final_train_loss"])
+        assert metrics["final_val_loss"] == pytest.approx(manifest["final_val_loss"])
+        log = [json.loads(line) for line in (ck / "train_log.jsonl").read_text().splitlines()]
+        lines = (ck.parent.parent / "metrics" / f"{v}_loss.csv").read_text().splitlines()
+        assert lines[0] == "panel,series,step,loss" and len(lines) == 1 + len(log)
+        assert lines[1].startswith(f"tiny/{v},train,1,") and lines[-1].startswith(f"tiny/{v},validation,2,")
 
 
 def test_cli_block_writes_complete_cells(baseline_run, tiny_dir):

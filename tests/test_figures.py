@@ -3,10 +3,7 @@ the report rules (aggregate, figures, --report) in a temp project whose eval cel
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +14,7 @@ from pausetune.figures import build_chart, delta_data, heatmap_data, profile_dat
 from pausetune.io import PausetuneError
 
 from conftest import ROOT, run_cli
+from test_workflow import snakemake
 
 FIXTURE = ROOT / "tests" / "fixtures" / "cells"
 M, T = "smollm2", "single"
@@ -225,15 +223,6 @@ def make_report_project(dest: Path) -> Path:
     (dest / "Snakefile").write_text(SNAKEFILE)
     shutil.copytree(FIXTURE, dest / "results" / "eval", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return dest
-
-
-def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=project,
-                          capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
 
 
 def job_counts(text: str) -> dict[str, int]:

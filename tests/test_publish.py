@@ -65,3 +65,46 @@ def test_verdict_rules():
     assert "degradation" in verdict({**base, "pct": "-20", "pct_ci_low": "-35", "pct_ci_high": "-5"}, "x")
     v = verdict({**base, "pct": "10", "pct_ci_low": "-10", "pct_ci_high": "30"}, "x")
     assert "no detectable effect" in v and "160 matched cells" in v  # (20/10)^2 * 40
+
+
+def test_stage_times_and_essays(tmp_path):
+    """Wall and CPU time per stage from Snakemake's benchmark files; which essays trained and which were haystack."""
+    from pausetune.publish import essays_used, stage_times
+
+    bench = tmp_path / "benchmarks"
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, s, rss, cpu in (("eval/m/baseline/seed0.tsv", 100.5, 2048, 190.0), ("eval/m/baseline/seed1.tsv", 99.5,
+                             1024, 180.0), ("train/m/pause.tsv", 60.0, 3072, 110.0), ("download/pg.tsv", 1.0, 100, 0.5)):
+        (bench / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bench / rel).write_text(head + f"{s}\t0:01:40\t{rss}\t0\t0\t0\t0\t0\t0\t{cpu}\n")
+    assert stage_times(bench) == [("download", 1, 1.0, 0.5, 100.0), ("train", 1, 60.0, 110.0, 3072.0),
+                                  ("eval", 2, 200.0, 370.0, 2048.0)]
+    m = tmp_path / "manifest.json"
+    m.write_text(json.dumps({"holdout_haystack": True, "train_essays": ["pg/a", "pg/b"], "validation_essays": ["pg/c"],
+                             "haystack_essays": ["pg/d"]}))
+    line, = essays_used([str(m)])
+    assert "2 training and 1 validation essays; haystack 1 essays, 0 of them also trained on (holdout on)" in line
+    assert "Haystack: pg/d." in line and "Training: pg/a, pg/b." in line
+    m.write_text(json.dumps({"holdout_haystack": False, "train_essays": ["pg/a", "pg/d"], "validation_essays": [],
+                             "haystack_essays": ["pg/a", "pg/d"]}))
+    assert "2 of them also trained on (holdout off" in essays_used([str(m)])[0]
+
+
+def test_where_the_baseline_fails(tmp_path):
+    """The lost-in-the-middle line: the (length, depth) points the baseline misses, each variant's mean there."""
+    import pandas as pd
+
+    cells = tmp_path / "cells"
+    shutil.copytree(FIXTURE, cells)
+    for f in cells.rglob("baseline/*/*/*/depth*.json"):
+        cell = json.loads(f.read_text())
+        if cell["depth"] != 50:
+            cell["score"], cell["recall"], cell["exact"] = 10.0, 1.0, True
+            f.write_text(json.dumps(cell))
+    text, tables = publish(tmp_path, cells, "hard")
+    line = next(l for l in text.splitlines() if l.startswith("- Where the baseline misses"))
+    assert "(2 of 6 length x depth points; 1000 tokens: depths 50; 2000 tokens: depths 50)" in line, line
+    df = pd.read_parquet(tables / "cells.parquet")
+    mid = df[df["depth"] == 50].groupby("variant")["score"].mean()
+    for v in ("baseline", "pause-prompt", "pause-tuned"):
+        assert f"{v} {mid[v]:.2f}" in line, (v, line)

@@ -6,6 +6,7 @@ The tests build on each other in file order (one project, outputs accumulating),
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -130,3 +131,21 @@ def test_touching_the_raw_essays_reruns_their_dependants(project):
     # Really rerun the data part of it: the paragraphs and the shards, nothing upstream.
     assert build(project, "data/shards/tiny/pause/manifest.json") == {"pause": 1, "shards": 1}
     assert plan(project, CHECKPOINT) == {"train": 1}  # its shards are new now
+
+
+def test_seed_block_with_a_task_grid(project):
+    """eval.block seed with eval.task_grid: one job per (model, variant, seed) writes each task's own grid."""
+    (project / "seed_block.yaml").write_text(yaml.safe_dump({"eval": {
+        "block": "seed", "tasks": ["single", "multi"], "task_grid": {"multi": {"lengths": [1000], "depths": [0]}}}}))
+    configs = CONFIGS + ["seed_block.yaml"]
+    multi = "results/eval/tiny/baseline/multi/seed0/len1000/depth0.json"
+    assert plan(project, multi, configs=configs) == {"eval": 1}
+    ran = build(project, multi, configs=configs)
+    assert ran == {"eval": 1}, ran
+    assert built(project, "results/eval/tiny/baseline") == {
+        multi, CELL, "results/eval/tiny/baseline/single/seed0/len1000/depth100.json"}
+    cell = json.loads((project / multi).read_text())
+    assert cell["task"] == "multi" and len(cell["needle_positions"]) == 3
+    # the whole grid: one job per variant and seed
+    counts = plan(project, "results/tables/cells.parquet", configs=configs, extra=["--forcerun", "eval"])
+    assert counts == {"eval": 2, "aggregate": 1}, counts

@@ -32,6 +32,11 @@ deltas.csv  (one row per comparison: variant against a reference variant, per mo
     comparison is seeded with (config seed, CRC32 of "model/task/variant/reference"), so an interval does not
     change when other variants or models are added to the grid.
 
+depth_profile.csv, length_profile.csv  (long; for `dvc plots`, template .dvc/plots/panels.json)
+    columns: panel ("{model}/{task}"), series (the variant), model, task, variant, depth | length, n, mean_score,
+    mean_recall
+    One row per exact depth (over all lengths and seeds) or per exact length (over all depths and seeds).
+
 summary.json  (flat keys for DVC metrics; floats rounded to 4 decimals, NaN written as null)
     {model}/{variant}/{task}/mean_score | mean_recall | exact_rate | n
     {model}/{variant}/{task}/pct_vs_baseline | pct_ci_low | pct_ci_high | diff_vs_baseline | n_matched
@@ -62,7 +67,7 @@ COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
 DEPTH_EDGES = [0, 20, 40, 60, 80, 100]
 LENGTH_ANCHOR = 1000
 DEFAULT_BOOTSTRAP = 2000
-TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
+TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv"]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -227,6 +232,18 @@ def summarize(df):
     return out.drop(columns=["_k", "_v"]).reset_index(drop=True)
 
 
+def profile(df, axis: str):
+    """Mean score per model x task x variant x exact depth (or length): the curves `dvc plots` draws."""
+    import pandas as pd
+
+    df = df[df["score"].notna()]
+    rows = []
+    for (model, task, variant, x), g in df.groupby(["model", "task", "variant", axis], sort=True):
+        rows.append({"panel": f"{model}/{task}", "series": variant, "model": model, "task": task, "variant": variant, axis: x,
+                     "n": len(g), "mean_score": float(g["score"].mean()), "mean_recall": float(g["recall"].mean())})
+    return pd.DataFrame(rows, columns=["panel", "series", "model", "task", "variant", axis, "n", "mean_score", "mean_recall"])
+
+
 def comparison_seed(seed: int, model: str, task: str, variant: str, reference: str) -> list[int]:
     return [int(seed), zlib.crc32(f"{model}/{task}/{variant}/{reference}".encode())]
 
@@ -360,6 +377,8 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_text(out / "summary.csv", _csv(summary))
     write_text(out / "deltas.csv", _csv(delta))
     write_json(out / "summary.json", metrics)
+    for axis in ("depth", "length"):
+        write_text(out / f"{axis}_profile.csv", _csv(profile(df, axis)))
     return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics}
 
 
@@ -373,7 +392,7 @@ def add_arguments(parser) -> None:
     src.add_argument("--cells-from", metavar="FILE",
                      help="a text file listing cell paths, one a line (for grids too long for a command line)")
     parser.add_argument("--out-dir", required=True, metavar="DIR",
-                        help="folder for cells.parquet, summary.csv, deltas.csv, summary.json")
+                        help="folder for cells.parquet, summary.csv, deltas.csv, summary.json, *_profile.csv")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
                         help=f"bootstrap resamples (default: config report.bootstrap, else {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--bootstrap-seed", type=int, default=None, metavar="SEED",

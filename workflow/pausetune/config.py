@@ -133,3 +133,24 @@ def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
 def subset(config: dict, *keys: str) -> str:
     """JSON of the named top-level keys: what a Snakemake rule hands its CLI call (and reruns on)."""
     return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI `pausetune config`: DVC reads its params from config/config.yaml only, so running an overlay such as
+# config/study.yaml through `dvc repro` means writing the merged config there first.
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--output", required=True, help="where to write the merged config (e.g. config/config.yaml)")
+
+
+def main(args, config: dict) -> int:
+    from .io import write_text
+
+    sources = " + ".join(args.config) or "the schema defaults"
+    header = (f"# Written by `pausetune config` from {sources}{' + --config-json' if args.config_json else ''}:\n"
+              "# every key resolved (schema defaults filled in), so DVC sees each parameter. The original files are\n"
+              "# the ones to edit; `git checkout config/config.yaml` restores the default.\n")
+    write_text(args.output, header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120))
+    print(f"config: {sources} -> {args.output}")
+    return 0

@@ -20,12 +20,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-from .io import PausetuneError, sha256_file, sha256_text, write_parquet
-
-
-def cache_dir(config: dict | None = None) -> Path:
-    configured = (config or {}).get("cache_dir")
-    return Path(configured or os.environ.get("PAUSETUNE_CACHE") or Path.home() / ".cache" / "pausetune")
+from .io import PausetuneError, cache_dir, sha256_file, sha256_text, write_parquet
 
 
 def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:

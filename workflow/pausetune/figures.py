@@ -371,7 +371,7 @@ def js_bundle(config: dict | None = None) -> str:
     """
     import vl_convert as vlc
 
-    from .download import cache_dir
+    from .io import cache_dir
 
     vl = _vl_version()
     path = cache_dir(config) / "vl-convert" / f"bundle-{vlc.__version__}-vl{vl}.js"

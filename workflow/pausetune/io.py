@@ -119,3 +119,10 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
     if missing:
         raise PausetuneError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
     return df
+
+
+def cache_dir(config: dict | None = None) -> Path:
+    """Downloads and conversions shared by every project on the machine: config cache_dir, $PAUSETUNE_CACHE,
+    else ~/.cache/pausetune."""
+    configured = (config or {}).get("cache_dir")
+    return Path(configured or os.environ.get("PAUSETUNE_CACHE") or Path.home() / ".cache" / "pausetune")

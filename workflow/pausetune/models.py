@@ -81,7 +81,7 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .download import cache_dir
+    from .io import cache_dir
 
     entry = model_entry(config, name)
     src = entry["source"]

@@ -78,17 +78,23 @@ def band_changes(summary: list[dict], model: str, task: str, variant: str, kind:
     return out
 
 
-def stage_times(bench_dir: Path) -> list[tuple[str, int, float]]:
-    """Per rule: jobs and summed wall seconds from Snakemake `benchmark:` files (benchmarks/{rule}/...)."""
-    totals: dict[str, list] = defaultdict(lambda: [0, 0.0])
+def stage_times(bench_dir: Path) -> list[tuple[str, int, float, float, float]]:
+    """Per rule: (rule, jobs, summed wall s, summed CPU s, peak RSS MB) from Snakemake `benchmark:` files
+    (benchmarks/{rule}/...), in pipeline order."""
+    totals: dict[str, list] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for f in sorted(bench_dir.rglob("*.tsv")) if bench_dir.exists() else []:
         rule = f.relative_to(bench_dir).parts[0]
         with open(f, newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         if rows and "s" in rows[0]:
-            totals[rule][0] += 1
-            totals[rule][1] += float(rows[-1]["s"])
-    return [(rule, n, s) for rule, (n, s) in totals.items()]
+            t = totals[rule]
+            t[0] += 1
+            t[1] += float(rows[-1]["s"])
+            t[2] += float(rows[-1].get("cpu_time") or 0)
+            t[3] = max(t[3], float(rows[-1].get("max_rss") or 0))
+    order = ["download", "pause", "prepare_model", "shards", "train", "eval", "aggregate", "figures", "publish"]
+    rank = {r: i for i, r in enumerate(order)}
+    return [(rule, *totals[rule]) for rule in sorted(totals, key=lambda r: (rank.get(r, len(order)), r))]
 
 
 def machine() -> str:
@@ -149,6 +155,34 @@ def essays_used(shard_manifests: list[str]) -> list[str]:
     return out
 
 
+def where_baseline_fails(tables: Path, model: str, task: str) -> str | None:
+    """The lost-in-the-middle region: (length, depth) points where the baseline misses in some seed, and every
+    variant's mean score there. Selected on the baseline's misses, so it favours any other variant (regression
+    to the mean); the page says so."""
+    path = tables / "cells.parquet"
+    if not path.exists():
+        return None
+    from .io import read_parquet
+
+    df = read_parquet(path, columns=["model", "task", "variant", "seed", "length", "depth", "score"])
+    df = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
+    base = df[df["variant"] == "baseline"].groupby(["length", "depth"])["score"].min()
+    hard = base[base < 10].index
+    if len(hard) == 0 or len(hard) == len(base):
+        return None
+    pts = df.set_index(["length", "depth"]).loc[lambda d: d.index.isin(hard)].reset_index()
+    means = pts.groupby("variant")["score"].agg(["mean", "size"])
+    order = [v for v in VARIANT_ORDER if v in means.index]
+    by_len: dict[int, list[str]] = defaultdict(list)
+    for n, d in sorted(hard):
+        by_len[int(n)].append(f"{float(d):g}")
+    where = "; ".join(f"{n} tokens: depths {', '.join(ds)}" for n, ds in sorted(by_len.items()))
+    vals = ", ".join(f"{v} {num(means.loc[v, 'mean'])} (n = {int(means.loc[v, 'size'])})" for v in order)
+    return (f"- Where the baseline misses the needle in at least one seed ({len(hard)} of {len(base)} length x depth "
+            f"points; {where}), mean score: {vals}. These points are chosen by the baseline's misses, so this "
+            "comparison leans toward the other variants; the paired intervals above are the unbiased test.")
+
+
 def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str], bench_dir: Path,
            run_info: dict | None, figures_dir: Path, page: Path, shard_manifests: list[str] = ()) -> str:
     summary = read_csv(tables / "summary.csv")
@@ -168,10 +202,12 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
           "- Packages: " + ", ".join(f"{k} {v}" for k, v in versions().items())]
     times = stage_times(bench_dir)
     if times:
-        L += ["", "| stage (rule) | jobs | wall time |", "| --- | ---: | ---: |"]
-        L += [f"| {rule} | {n} | {s / 60:.1f} min |" for rule, n, s in times]
-        L.append(f"| **total (sum of jobs)** | {sum(n for _, n, _ in times)} | "
-                 f"{sum(s for _, _, s in times) / 60:.1f} min |")
+        L += ["", "Measured wall time per stage (Snakemake `benchmark:` files, summed over the stage's jobs):", "",
+              "| stage (rule) | jobs | wall time | CPU time | peak RSS |", "| --- | ---: | ---: | ---: | ---: |"]
+        L += [f"| {rule} | {n} | {s / 60:.1f} min | {c / 60:.1f} min | {rss / 1024:.1f} GiB |"
+              for rule, n, s, c, rss in times]
+        L.append(f"| **total (sum of jobs)** | {sum(t[1] for t in times)} | {sum(t[2] for t in times) / 60:.1f} min | "
+                 f"{sum(t[3] for t in times) / 60:.1f} min | |")
     L += essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
@@ -190,7 +226,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
         d = by_cmp.get((r["model"], r["task"], r["variant"], "baseline"))
         L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {num(r['mean_score'])} | "
                  f"{num(r['mean_recall'])} | {num(r['exact_rate'])} | {interval(d) + '%' if d else '–'} |")
-    L += ["", f"For reference, the paper reports +{PAPER['3B']}% (Llama-3.2-3B) and +{PAPER['8B']}% (Llama-3.1-8B) "
+    L += ["", f"For reference (not the same model, data or grid), the paper reports +{PAPER['3B']}% (Llama-3.2-3B) and +{PAPER['8B']}% (Llama-3.1-8B) "
           "average single-needle score for pause-tuning over the untuned baseline.", ""]
     other = [d for d in deltas if d["reference"] != "baseline"]
     if other:
@@ -226,6 +262,9 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
             d = by_cmp.get((model, task, variant, reference))
             if d:
                 L.append(f"- {verdict(d, what)}")
+        hard = where_baseline_fails(tables, model, task)
+        if hard:
+            L.append(hard)
         for variant in ("pause-prompt", "pause-tuned", "plain-tuned"):
             for kind, label in (("depth_band", "depth bands"), ("length_band", "length bands")):
                 changes = band_changes(summary, model, task, variant, kind, min_diff=1.0)
@@ -251,6 +290,7 @@ def main(args, config: dict) -> int:
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
+    Path(config["publish"]["figures_dir"]).mkdir(parents=True, exist_ok=True)  # a declared output, even if empty
     write_text(page, text)
     print(f"publish: {page}")
     return 0

@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from .io import PausetuneError, atomic_dir, read_json, sha256_file, write_json
+from .io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
 
 VARIANTS = ("pause", "plain")
 STATE_VERSION = 1
@@ -655,6 +655,33 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
 
 
 # --------------------------------------------------------------------------------------------------- CLI
+def training_metrics(checkpoint_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(flat metrics, loss curve rows) of a finished checkpoint, for `dvc metrics` and `dvc plots`."""
+    ck = Path(checkpoint_dir)
+    m = read_json(ck / "manifest.json")
+    name = f"{m.get('model')}/{m.get('variant')}"
+    metrics = {k: (round(m[k], 6) if isinstance(m.get(k), float) else m.get(k))
+               for k in ("final_train_loss", "final_val_loss", "first_train_loss", "steps", "tokens_seen",
+                         "train_time_s", "trainable_params")}
+    curve = []
+    for line in (ck / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            curve.append({"panel": name, "series": "train", "step": r["step"], "loss": round(r["loss"], 6)})
+        elif "val_loss" in r:
+            curve.append({"panel": name, "series": "validation", "step": r["step"], "loss": round(r["val_loss"], 6)})
+    return metrics, curve
+
+
+def write_metrics(checkpoint_dir, metrics_path, curve_path) -> None:
+    metrics, curve = training_metrics(checkpoint_dir)
+    if metrics_path:
+        write_json(metrics_path, metrics)
+    if curve_path:
+        lines = ["panel,series,step,loss"] + [f"{r['panel']},{r['series']},{r['step']},{r['loss']}" for r in curve]
+        write_text(curve_path, "\n".join(lines) + "\n")
+
+
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--variant", required=True, choices=VARIANTS)
@@ -664,11 +691,14 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (overrides config train.threads)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--metrics", default=None, help="also write the final losses here (flat JSON, for dvc metrics)")
+    p.add_argument("--loss-curve", default=None, help="also write the loss per step here (CSV, for dvc plots)")
 
 
 def main(args, config: dict) -> int:
     m = train(args.model, args.variant, args.model_dir, args.shards, args.output, config, device=args.device,
               threads=args.threads, progress=not args.no_progress)
+    write_metrics(args.output, args.metrics, args.loss_curve)
     val = f"{m['final_val_loss']:.4f}" if m["final_val_loss"] is not None else "n/a"
     print(f"train {args.model}/{args.variant}: {m['steps']} steps, {m['tokens_seen']} tokens, "
           f"loss {m['first_train_loss']:.4f} -> {m['final_train_loss']:.4f}, validation loss {val}, "

@@ -10,7 +10,9 @@ from pausetune.evaluate import EVAL_RESULT_KEYS
 from pausetune.grid import CELL_PATTERN, CHECKPOINT, PAUSED, VARIANTS, check_eval, eval_targets, grid_axes, format_depth
 
 try:
-    check_eval(config)
+    # The tokenizer-level budget checks cost seconds; job steps (SLURM, --cores N subprocesses) re-parse this file
+    # for every job, and the main process has already checked: they keep only the cheap config-level checks.
+    check_eval(config, prepared_root="data/models" if workflow.is_main_process else None)
 except PausetuneError as e:
     sys.exit(f"config error: {e}")
 

@@ -14,7 +14,8 @@ rule publish:
                                  variant=SHARD_VARIANTS)
         if any(v.endswith("-tuned") for v in config["eval"]["variants"]) else [],
     output:
-        config["publish"]["page"],
+        page=config["publish"]["page"],
+        figures=directory(config["publish"]["figures_dir"]),  # the PNG copies the page links to
     params:
         cfg=lambda wc: cfg("seed", "publish", "eval", "train", "shards", "paragraphs", "pause", "models", "tasks"),
     conda:
@@ -26,4 +27,4 @@ rule publish:
     shell:
         "pausetune publish --config-json {params.cfg:q} --tables results/tables --figures {input.figures}"
         " --checkpoints {input.checkpoints} --shards {input.shards} --benchmarks benchmarks --run-info results/run_info.json"
-        " --output {output} 2>&1 | tee {log}"
+        " --output {output.page} 2>&1 | tee {log}"

@@ -16,6 +16,8 @@ rule aggregate:
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
         deltas=report("results/tables/deltas.csv", caption="../report/deltas.rst", category="Tables"),
         metrics="results/tables/summary.json",
+        depth_profile="results/tables/depth_profile.csv",
+        length_profile="results/tables/length_profile.csv",
     params:
         cfg=lambda wc: cfg("seed", "report"),
         cells_list="logs/aggregate/cells.txt",

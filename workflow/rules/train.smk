@@ -10,7 +10,9 @@ rule train:
         shards="data/shards/{model}/{variant}/manifest.json",
         model="data/models/{model}/prepared.json",
     output:
-        "results/checkpoints/{model}/{variant}/manifest.json",
+        manifest="results/checkpoints/{model}/{variant}/manifest.json",
+        metrics="results/metrics/train/{model}/{variant}.json",
+        loss_curve="results/metrics/train/{model}/{variant}_loss.csv",
     wildcard_constraints:
         variant="pause|plain",
     params:
@@ -34,4 +36,5 @@ rule train:
     shell:
         "pausetune train --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
         " --model-dir data/models/{wildcards.model} --shards data/shards/{wildcards.model}/{wildcards.variant}"
-        " --output results/checkpoints/{wildcards.model}/{wildcards.variant} --threads {threads} 2>&1 | tee {log}"
+        " --output results/checkpoints/{wildcards.model}/{wildcards.variant} --threads {threads}"
+        " --metrics {output.metrics} --loss-curve {output.loss_curve} 2>&1 | tee {log}"
