@@ -108,3 +108,17 @@ def test_where_the_baseline_fails(tmp_path):
     mid = df[df["depth"] == 50].groupby("variant")["score"].mean()
     for v in ("baseline", "pause-prompt", "pause-tuned"):
         assert f"{v} {mid[v]:.2f}" in line, (v, line)
+
+
+def test_reading_says_when_tuning_itself_hurts(tmp_path):
+    cells = tmp_path / "cells"
+    shutil.copytree(FIXTURE, cells)
+    for f in cells.rglob("depth*.json"):
+        cell = json.loads(f.read_text())
+        tuned = cell["variant"] in ("pause-tuned", "plain-tuned")
+        cell["score"], cell["recall"], cell["exact"] = (1.0, 0.0, False) if tuned else (10.0, 1.0, True)
+        f.write_text(json.dumps(cell))
+    text, _ = publish(tmp_path, cells, "tuning_hurts")
+    assert "- Both tuned variants score below the untuned baseline" in text
+    before, _ = publish(tmp_path, FIXTURE, "fixture")
+    assert "Both tuned variants score below" not in before

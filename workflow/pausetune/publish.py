@@ -142,13 +142,16 @@ def config_hash(config: dict) -> str:
 
 def essays_used(shard_manifests: list[str]) -> list[str]:
     """Which essays trained each checkpoint and which formed the haystack: the memorisation control."""
-    out = []
+    groups: dict[tuple, list[str]] = {}
     for path in shard_manifests:
         m = read_json(path)
-        train, val, hay = (set(m.get(k) or []) for k in ("train_essays", "validation_essays", "haystack_essays"))
+        sets = tuple(frozenset(m.get(k) or []) for k in ("train_essays", "validation_essays", "haystack_essays"))
+        groups.setdefault((sets, m.get("holdout_haystack")), []).append(f"`{Path(path).parent}`")
+    out = []
+    for ((train, val, hay), holdout), names in groups.items():
         overlap = sorted(hay & (train | val))
-        held = m.get("holdout_haystack", bool(hay) and not overlap)
-        out.append(f"- Shards `{Path(path).parent}`: {len(train)} training and {len(val)} validation essays; "
+        held = holdout if holdout is not None else bool(hay) and not overlap
+        out.append(f"- Shards {' and '.join(names)}: {len(train)} training and {len(val)} validation essays; "
                    f"haystack {len(hay)} essays, {len(overlap)} of them also trained on"
                    f"{' (holdout on)' if held else ' (holdout off: the tuned model has seen the haystack)'}. "
                    f"Haystack: {', '.join(sorted(hay)) or '–'}. Training: {', '.join(sorted(train)) or '–'}.")
@@ -208,11 +211,12 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
               for rule, n, s, c, rss in times]
         L.append(f"| **total (sum of jobs)** | {sum(t[1] for t in times)} | {sum(t[2] for t in times) / 60:.1f} min | "
                  f"{sum(t[3] for t in times) / 60:.1f} min | |")
-    L += essays_used(list(shard_manifests))
+    L += [""] + essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
+        val = m.get("final_val_loss", m.get("final_validation_loss"))
         L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m.get('final_train_loss'), 3)}, "
-                 f"validation loss {num(m.get('final_validation_loss'), 3)}, {m.get('steps', '?')} steps, "
+                 f"validation loss {num(val, 3)}, {m.get('steps', '?')} steps, "
                  f"{num(m.get('wall_time_s'), 0)} s")
     L.append("")
 
@@ -253,6 +257,10 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     for (model, task) in sorted({(r["model"], r["task"]) for r in overall}):
         L.append(f"**{model} / {task}**")
         L.append("")
+        rows = [r for r in overall if r["model"] == model and r["task"] == task]
+        if rows and all(float(r["mean_recall"]) == 0 for r in rows):
+            L.append(f"- Every variant recalls none of the facts in any cell (score 1 throughout): at these lengths the "
+                     f"task is beyond the model (a floor effect), so it cannot show a difference either way.")
         for variant, reference, what in [
             ("pause-prompt", "baseline", "The pause marker alone (pause-prompt vs baseline)"),
             ("pause-tuned", "baseline", "Pause-tuning (pause-tuned vs baseline)"),
@@ -262,6 +270,11 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
             d = by_cmp.get((model, task, variant, reference))
             if d:
                 L.append(f"- {verdict(d, what)}")
+        tuned = [by_cmp.get((model, task, v, "baseline")) for v in ("pause-tuned", "plain-tuned")]
+        if all(tuned) and all(float(d["pct_ci_high"]) < 0 for d in tuned):
+            L.append("- Both tuned variants score below the untuned baseline, each interval excluding zero: tuning on "
+                     "the essays itself costs retrieval here, so pause-tuned vs plain-tuned (same essays, same recipe, "
+                     "with and without the markers) is the comparison that isolates the pauses.")
         hard = where_baseline_fails(tables, model, task)
         if hard:
             L.append(hard)
