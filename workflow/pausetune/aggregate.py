@@ -240,7 +240,8 @@ def profile(df, axis: str):
     rows = []
     for (model, task, variant, x), g in df.groupby(["model", "task", "variant", axis], sort=True):
         rows.append({"panel": f"{model}/{task}", "series": variant, "model": model, "task": task, "variant": variant, axis: x,
-                     "n": len(g), "mean_score": float(g["score"].mean()), "mean_recall": float(g["recall"].mean())})
+                     "n": len(g), "mean_score": float(g["score"].mean()),
+                     "mean_recall": float(g["recall"].mean()) if "recall" in g else math.nan})
     return pd.DataFrame(rows, columns=["panel", "series", "model", "task", "variant", axis, "n", "mean_score", "mean_recall"])
 
 
