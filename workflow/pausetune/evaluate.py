@@ -225,8 +225,12 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     # 2. Sizes first (tokenizer only: one-line errors before any weights load), then model and haystack.
     from .models import load_tokenizer
 
-    mine = {t: {"lengths": sorted({n for t2, n, *_ in todo if t2 == t}),
-                "depths": sorted({d for t2, _, d, *_ in todo if t2 == t})} for t in dict.fromkeys(t for t, *_ in todo)}
+    mine: dict[str, dict] = {}  # this block's pending grid, per task
+    for t, n, d, _, _ in todo:
+        g = mine.setdefault(t, {"lengths": set(), "depths": set()})
+        g["lengths"].add(n)
+        g["depths"].add(d)
+    mine = {t: {k: sorted(v) for k, v in g.items()} for t, g in mine.items()}
     check_budgets(config | {"eval": {**ev, "tasks": list(mine), "task_grid": mine, "seeds": [seed]}}, model,
                   model_dir, tokenizer=load_tokenizer(model_dir))
     essays = load_essays(haystack)
@@ -348,9 +352,7 @@ def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depth
     from .grid import parse_depth, task_axes
 
     out = []
-    for t in tasks:
-        if t not in config.get("tasks", {}):
-            raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {sorted(config.get('tasks', {}))}")
+    for t in tasks:  # unknown task names: run_block's check_block says so
         ls, ds = task_axes(config, t) if lengths is None or depths is None else (None, None)
         ls = lengths if lengths is not None else ls
         ds = [parse_depth(d) for d in depths] if depths is not None else ds
