@@ -2,17 +2,19 @@
 from pausetune.figures import report_targets
 
 
+def tuned_manifests(pattern):
+    """The checkpoint or shard manifests the page reports, when the grid has a tuned variant."""
+    if not any(v.endswith("-tuned") for v in config["eval"]["variants"]):
+        return []
+    return expand(pattern, model=config["train"]["models"], variant=SHARD_VARIANTS)
+
 
 rule publish:
     input:
         tables=["results/tables/summary.csv", "results/tables/deltas.csv"],
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
-        checkpoints=lambda wc: expand("results/checkpoints/{model}/{variant}/manifest.json",
-                                      model=config["train"]["models"], variant=SHARD_VARIANTS)
-        if any(v.endswith("-tuned") for v in config["eval"]["variants"]) else [],
-        shards=lambda wc: expand("data/shards/{model}/{variant}/manifest.json", model=config["train"]["models"],
-                                 variant=SHARD_VARIANTS)
-        if any(v.endswith("-tuned") for v in config["eval"]["variants"]) else [],
+        checkpoints=lambda wc: tuned_manifests("results/checkpoints/{model}/{variant}/manifest.json"),
+        shards=lambda wc: tuned_manifests("data/shards/{model}/{variant}/manifest.json"),
     output:
         page=config["publish"]["page"],
         figures=directory(config["publish"]["figures_dir"]),  # the PNG copies the page links to
