@@ -59,3 +59,10 @@ def all_targets():
     if cells:
         targets += report_targets(config) + [config["publish"]["page"]]
     return targets
+
+
+def tuned_manifests(pattern):
+    """The checkpoint or shard manifests the page reports, when the grid has a tuned variant."""
+    if not any(v.endswith("-tuned") for v in config["eval"]["variants"]):
+        return []
+    return expand(pattern, model=config["train"]["models"], variant=SHARD_VARIANTS)

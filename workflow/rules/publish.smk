@@ -2,13 +2,6 @@
 from pausetune.figures import report_targets
 
 
-def tuned_manifests(pattern):
-    """The checkpoint or shard manifests the page reports, when the grid has a tuned variant."""
-    if not any(v.endswith("-tuned") for v in config["eval"]["variants"]):
-        return []
-    return expand(pattern, model=config["train"]["models"], variant=SHARD_VARIANTS)
-
-
 rule publish:
     input:
         tables=["results/tables/summary.csv", "results/tables/deltas.csv"],
