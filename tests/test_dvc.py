@@ -185,9 +185,17 @@ def data_files(project: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
-    """A tiny project, `dvc repro`-ed once; timings kept for the report."""
+    """A tiny project, `dvc repro`-ed once; timings kept for the report.
+
+    Its page and figures sit where the study's do, in docs/ and committed to git (DVC must not cache them)."""
     base = tmp_path_factory.mktemp("dvc")
-    project = dvc_project(base / "project", tiny_config(), remote=base / "remote")
+    page = {"publish": {"page": "docs/results.md", "figures_dir": "docs/figures"}}
+    project = dvc_project(base / "project", tiny_config(**page), remote=base / "remote")
+    (project / "docs" / "figures").mkdir(parents=True, exist_ok=True)
+    (project / "docs" / "results.md").write_text("# an earlier page\n")
+    (project / "docs" / "figures" / "old.png").write_bytes(b"not a png")
+    run([*GIT, "add", "-A"], project)
+    run([*GIT, "commit", "-q", "-m", "an earlier page"], project)
     t0 = time.time()
     first = dvc(project, "repro")
     return {"project": project, "base": base, "first": first, "first_s": time.time() - t0}
@@ -206,6 +214,10 @@ def test_repro_runs_everything_then_nothing(repro):
     assert "Data and pipelines are up to date" in again.stdout, again.stdout
     status = dvc(project, "status")
     assert "up to date" in status.stdout, status.stdout
+    page = (project / "docs" / "results.md").read_text()
+    assert page.startswith("# pausetune results") and "an earlier page" not in page, page[:300]
+    assert not (project / "docs" / "figures" / "old.png").exists()  # the figures directory is the run's
+    assert sorted(p.name for p in (project / "docs" / "figures").glob("*.png")), "no figures published"
     print(f"\ndvc repro: first {repro['first_s']:.0f}s ({len(outs)} stages), second {time.time() - t0:.1f}s")
 
 

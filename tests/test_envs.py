@@ -28,7 +28,7 @@ GROUPS = {
     "data": ["cli", "download", "paragraphs", "models", "shards"],
     "train": ["cli", "train"],
     "eval": ["cli", "evaluate"],
-    "report": ["cli", "aggregate", "figures", "publish"],
+    "report": ["cli", "aggregate", "figures", "publish", "compare"],  # compare: no rule, the report env runs it
 }
 RULES = {"data": ["download", "pause", "prepare_model", "shards"], "train": ["train"], "eval": ["eval"],
          "report": ["aggregate", "figure_heatmap", "figure_delta", "figure_delta_vs", "figure_profile", "publish"]}

@@ -310,6 +310,11 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_adapter(tiny_config, ti
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bitwise: same seed, CPU, fp32, same thread count
     assert m2["adapter_sha256"] == m["adapter_sha256"]
+    # the whole adapter folder repeats, byte for byte, across processes (peft's set of target modules, sorted)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (ref / "adapter" / name).read_bytes() == (out / "adapter" / name).read_bytes(), name
+    targets = json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets) and len(targets) == 7, targets
     assert m2["final_train_loss"] == m["final_train_loss"] and m2["final_val_loss"] == m["final_val_loss"]
     ref_log = [json.loads(line) for line in (ref / "train_log.jsonl").read_text().splitlines()]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ COMMANDS = {
     "aggregate": ("pausetune.aggregate", "collect eval cells into results/tables"),
     "figures": ("pausetune.figures", "draw the Altair figures from the tables"),
     "publish": ("pausetune.publish", "write docs/results.md from the tables and figures"),
+    "compare": ("pausetune.compare", "two runs' results/tables: the same numbers? (exit 1 when not)"),
     "config": ("pausetune.config", "write the merged, validated config (e.g. config/config.yaml + an overlay, for DVC)"),
 }
 

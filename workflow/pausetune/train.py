@@ -368,6 +368,15 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def canonical_adapter_config(path: Path) -> None:
+    """peft writes target_modules from a set, in an order that changes with PYTHONHASHSEED: sort it, so the same
+    weights give the same adapter folder byte for byte (peft's own format: indent 2, sorted keys)."""
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
 def save_state(state_dir: Path, model, optimizer, scheduler, step: int, run_key: str, log: list[dict],
                extra: dict) -> None:
     import torch
@@ -568,6 +577,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
 
     with atomic_dir(output) as tmp:
         model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
+        canonical_adapter_config(tmp / "adapter" / "adapter_config.json")
         tok.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in log))
         manifest = {
