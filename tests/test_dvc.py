@@ -178,7 +178,9 @@ def data_files(project: Path) -> dict[str, str]:
     files = {}
     for top in ("data", "results"):
         for p in sorted((project / top).rglob("*")):
-            if p.is_file() and not any(part == ".cells" or part.endswith(".state") for part in p.parts):
+            skip = any(part == ".cells" or part.endswith(".state") for part in p.parts) or \
+                p.relative_to(project).parts[:2] == ("results", "timing")  # measurements, not DVC outputs
+            if p.is_file() and not skip:
                 files[str(p.relative_to(project))] = md5(p)
     return files
 

@@ -58,10 +58,9 @@ def cells_of(results: Path) -> dict[str, dict]:
     return {str(p.relative_to(results)): json.loads(p.read_text()) for p in sorted((results / "eval").rglob("*.json"))}
 
 
-def no_timing(cell: dict) -> str:
-    from pausetune.io import dumps_json
-
-    return dumps_json({k: v for k, v in cell.items() if k != "timing"})
+def timings_of(results: Path) -> dict[str, dict]:
+    return {str(p.relative_to(results / "timing")): json.loads(p.read_text())
+            for p in sorted((results / "timing").rglob("*.json"))}
 
 
 @pytest.fixture(scope="module")
@@ -109,30 +108,38 @@ def test_cli_block_writes_complete_cells(baseline_run, tiny_dir):
     c = cells["eval/tiny/baseline/single/seed0/len600/depth50.json"]
     for key in ("model", "variant", "task", "seed", "length", "depth", "context_tokens", "haystack_tokens",
                 "needle_positions", "depth_actual", "question", "expected", "answer", "score", "recall", "exact",
-                "prompt_sha256", "haystack", "adapter_sha256", "versions", "timing", "cell_id"):
+                "prompt_sha256", "haystack", "adapter_sha256", "versions", "cell_id"):
         assert key in c, key
+    assert "timing" not in c  # what the run measured lies beside the cell, in results/timing
     assert (c["model"], c["variant"], c["task"], c["seed"], c["length"], c["depth"]) == \
         ("tiny", "baseline", "single", 0, 600, 50)
     assert c["context_tokens"] <= 600 - 32 and c["haystack_tokens"] == 600 - 200 - c["needle_tokens"]
     assert 1 <= c["score"] <= 10 and 0 <= c["recall"] <= 1 and c["adapter_sha256"] is None
     assert set(c["versions"]) == {"torch", "transformers", "peft", "pausetune"}
-    assert set(c["timing"]) >= {"prefill_s", "decode_s", "prompt_tokens", "new_tokens", "shared_prefix_tokens"}
+    timings = timings_of(results)
+    assert sorted(timings) == [f"tiny/baseline/single/seed0/len600/depth{d}.json" for d in (0, 100, 50)]
+    tm = timings["tiny/baseline/single/seed0/len600/depth50.json"]
+    assert set(tm) >= {"cell_id", "device", "prefill_s", "decode_s", "prompt_tokens", "new_tokens",
+                       "shared_prefix_tokens"} and tm["cell_id"] == c["cell_id"] and tm["device"] == "cpu"
     assert c["haystack"]["paused"] is False and c["haystack"]["paragraph_method"] == "heuristic"
     assert cells["eval/tiny/baseline/single/seed0/len600/depth0.json"]["needle_positions"][0] < c["needle_positions"][0]
     # the three cells shared the haystack prefix: two of them reused a cache from another cell
-    reused = [x["timing"]["shared_prefix_tokens"] for x in cells.values()]
+    reused = [x["shared_prefix_tokens"] for x in timings.values()]
     assert sorted(reused)[1] > 100
     assert "3 computed" in proc.stderr
 
 
-def test_rerun_is_byte_identical_except_timing(baseline_run, tiny_dir, pg_paused, tmp_path):
+def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paused, tmp_path):
+    """Another process, another batch size: the same cell files, byte for byte; only the timings differ."""
     results, _ = baseline_run
     rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, extra=["--batch-size", "1"]), config_json=SMALL)
     assert rc == 0, err
-    a, b = cells_of(results), cells_of(tmp_path)
-    assert sorted(a) == sorted(b)
-    for k in a:
-        assert no_timing(a[k]) == no_timing(b[k])
+    a = sorted((results / "eval").rglob("*.json"))
+    b = sorted((tmp_path / "eval").rglob("*.json"))
+    assert [p.relative_to(results) for p in a] == [p.relative_to(tmp_path) for p in b] and len(a) == 3
+    for x, y in zip(a, b):
+        assert x.read_bytes() == y.read_bytes(), x.name
+    assert timings_of(results).keys() == timings_of(tmp_path).keys()
 
 
 def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
@@ -143,6 +150,12 @@ def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
     rc, err = cli(*eval_args(tiny_dir, pg_paused, results), config_json=SMALL)
     assert rc == 0 and "nothing to do (2 done, 1 from the cell cache)" in err, err
     assert target.read_bytes() == before
+    # a cache entry written by a version that kept timings in the cell restores without them
+    cached = results / ".cells" / f"{json.loads(before)['cell_id']}.json"
+    cached.write_text(json.dumps({**json.loads(cached.read_text()), "timing": {"prefill_s": 1.0}}))
+    target.unlink()
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, results), config_json=SMALL)
+    assert rc == 0 and "1 from the cell cache" in err and target.read_bytes() == before, err
     # a change that alters answers (max_new_tokens) is a different cell: recomputed, not taken from the cache
     rc, err = cli(*eval_args(tiny_dir, pg_paused, results, depths=("50",)),
                   config_json={"eval": {**SMALL["eval"], "max_new_tokens": 8}})

@@ -3,7 +3,7 @@
 Outputs (all written atomically into --out-dir):
 
 cells.parquet
-    One row per cell, every field flattened: nested dicts become dotted columns (``timing.prefill_s``,
+    One row per cell, every field flattened: nested dicts become dotted columns (``haystack.order_sha256``,
     ``versions.transformers``), lists become JSON strings (``needle_positions`` = ``"[812, 1630]"``,
     ``expected`` = ``'[["sandwich", "Dolores Park"]]'``). A ``path`` column names the source file.
     Sorted by model, variant, task, seed, length, depth.

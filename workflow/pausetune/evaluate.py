@@ -13,7 +13,9 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (tas
   files' sha256, dtype, device type, package versions). Snakemake deletes a failed job's outputs; the rerun
   finds the finished cells in that cache and computes only the rest. A cell file already in place with the same
   cell_id is skipped (`--force` recomputes).
-- Everything but `timing` is deterministic: two runs of a cell give byte-identical files apart from `timing`.
+- A cell is deterministic: two runs of it give byte-identical files. What a run measures (prefill and decode
+  seconds, tokens reused from another cell's prefix, batch) depends on the machine and on which cells shared the
+  job, so it goes to `results/timing/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json`, never into the cell.
 - Out of memory at some length fails the block with one line naming the length and batch size; the cells done
   before stay (files and cache).
 """
@@ -158,6 +160,11 @@ def _judge(config: dict, judge_model_dir, dtype: str, device: str):
     return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir))
 
 
+def timing_path(cell: Path, results: str) -> Path:
+    """results/eval/<cell> -> results/timing/<cell>: the run's measurements, beside the results, not in them."""
+    return Path(results) / "timing" / Path(cell).relative_to(Path(results) / "eval")
+
+
 def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, int, float]], seed: int,
               model_dir, haystack: list[str], checkpoint=None, shard_manifest=None,
               judge_model_dir=None, results: str = "results", cells_cache: str | None = None,
@@ -211,6 +218,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             try:
                 data = read_json(cached)
                 if data.get("cell_id") == cid:
+                    data.pop("timing", None)  # cached by a version that kept timings in the cell
                     write_json(out, data)
                     counts["cached"] += 1
                     continue
@@ -287,7 +295,6 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 "haystack": hmeta, "adapter_sha256": adapter_sha, "model_sha256": ident["model_sha256"],
                 "dtype": dtype_resolved, "device_type": torch.device(device).type, "versions": vers,
                 "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS if k != "judge"},
-                "timing": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.timing.items()},
             }
             if inst.keys:
                 cell["ruler"] = inst.keys
@@ -298,6 +305,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                     cell["score"], cell["score_rule"] = float(j["score"]), "judge"
             write_json(out, cell)
             write_json(cache_root / f"{res.key}.json", cell)
+            write_json(timing_path(out, results), {"cell_id": res.key, "device": str(device), **{
+                k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.timing.items()}})
             counts["computed"] += 1
             done_lengths.add(n)
             log(f"eval {model}/{variant}/{t} seed{seed} len{n} depth{format_depth(d)}: score {cell['score']:g} "
