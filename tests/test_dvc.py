@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,17 @@ def test_dag_matches_snakemake_study_config(tmp_path):
     assert not any("/multi/" in f and "/len1000/" in f for f in smk)  # multi's own, coarser grid
     assert "docs/results.md" in smk
     assert_same_dag(smk, dvc_outs(project))
+    # The page's config hash is the same whichever tool ran publish: Snakemake hands it the whole config as JSON,
+    # DVC the merged file.
+    from pausetune.config import load_config
+    from pausetune.publish import config_hash
+
+    dry = run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", "-p", "--forcerun", "publish", "--",
+               "docs/results.md"], project).stdout
+    cmd = next(line for line in dry.splitlines() if "pausetune publish" in line)
+    words = shlex.split(cmd[cmd.index("pausetune publish"):])
+    smk_cfg = load_config([], words[words.index("--config-json") + 1])
+    assert config_hash(smk_cfg) == config_hash(load_config([str(project / "config" / "config.yaml")]))
 
 
 # ------------------------------------------------------------------------------------------ real runs

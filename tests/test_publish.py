@@ -59,6 +59,37 @@ def test_changed_cell_changes_page(tmp_path):
     assert row(before) != row(after)
 
 
+def test_figure_order_and_what_was_not_recorded(tmp_path):
+    """Snakemake passes the grid's figures, DVC a glob: the page is the same; runs without Snakemake's run info and
+    benchmark files say so."""
+    _, tables = publish(tmp_path, FIXTURE, "a")
+    figs = []
+    for task in ("single", "multi"):
+        for rel in ([f"heatmap/smollm2/{task}/{v}" for v in ("baseline", "pause-prompt", "pause-tuned", "plain-tuned")]
+                    + [f"delta/smollm2/{task}/{v}" for v in ("pause-prompt", "pause-tuned", "plain-tuned",
+                                                             "pause-tuned_vs_plain-tuned")]
+                    + [f"length/smollm2/{task}", f"depth/smollm2/{task}"]):
+            f = tmp_path / "results" / "figures" / f"{rel}.png"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(rel.encode())
+            figs.append(str(f))
+    pages = []
+    for order in (figs, sorted(figs), list(reversed(figs))):
+        page = tmp_path / "page.md"
+        run_cli("publish", "--config", str(DEFAULT_CONFIG), "--config-json",
+                json.dumps({"publish": {"figures_dir": str(tmp_path / "figs")}, "eval": {"tasks": ["single", "multi"]}}),
+                "--tables", str(tables), "--benchmarks", str(tmp_path / "nobench"),
+                "--run-info", str(tmp_path / "none"), "--output", str(page), "--figures", *order)
+        pages.append(page.read_text())
+    assert pages[0] == pages[1] == pages[2]
+    shown = re.findall(r"!\[([^\]]+)\]", pages[0])
+    assert shown == [" / ".join(Path(f).relative_to(tmp_path / "results" / "figures").with_suffix("").parts)
+                     for f in figs], shown
+    assert "- Command: not recorded" in pages[0]
+    assert f"- Wall time per stage: not measured (no Snakemake benchmark files under {tmp_path / 'nobench'}/)" \
+        in pages[0]
+
+
 def test_verdict_rules():
     base = {"mean_variant": "6", "mean_reference": "5", "n": "40"}
     assert "excludes zero" in verdict({**base, "pct": "20", "pct_ci_low": "5", "pct_ci_high": "35"}, "x")

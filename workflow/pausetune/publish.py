@@ -137,7 +137,31 @@ def versions() -> dict[str, str]:
 
 
 def config_hash(config: dict) -> str:
+    """Of the whole resolved config: Snakemake and DVC hand publish all of it, so both give the same hash."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FIGURE_KINDS = ["heatmap", "delta", "length", "depth"]
+
+
+def figure_order(figures: list[str], config: dict) -> list[str]:
+    """Per model and task (in config order): heatmaps, deltas, profiles, variants in design order. Snakemake passes
+    the grid's list, DVC a glob: the page must not depend on which."""
+    ev = config.get("eval", {})
+    models, tasks = list(ev.get("models") or []), list(ev.get("tasks") or [])
+    names = VARIANT_ORDER + ["pause-tuned_vs_plain-tuned"]
+
+    def rank(seq, x):
+        return (seq.index(x), "") if x in seq else (len(seq), x)
+
+    def key(f):
+        src = Path(f)
+        parts = src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]
+        p = Path(*parts).with_suffix("").parts
+        kind, model, task, name = (list(p) + ["", "", "", ""])[:4]
+        return (rank(models, model), rank(tasks, task), rank(FIGURE_KINDS, kind), rank(names, name), p)
+
+    return sorted(figures, key=key)
 
 
 def essays_used(shard_manifests: list[str]) -> list[str]:
@@ -200,6 +224,9 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     L += ["## How this was made", ""]
     if run_info:
         L.append(f"- Command: `{run_info.get('command', '?')}` (started {run_info.get('started', '?')})")
+    else:
+        L.append("- Command: not recorded (results/run_info.json is Snakemake's; another runner made this page, "
+                 "e.g. `dvc repro`)")
     L += [f"- Config hash: `{config_hash(config)}` (sha256 of the resolved config, first 16 hex digits)",
           f"- Machine: {machine()}",
           "- Packages: " + ", ".join(f"{k} {v}" for k, v in versions().items())]
@@ -211,6 +238,8 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
               for rule, n, s, c, rss in times]
         L.append(f"| **total (sum of jobs)** | {sum(t[1] for t in times)} | {sum(t[2] for t in times) / 60:.1f} min | "
                  f"{sum(t[3] for t in times) / 60:.1f} min | |")
+    else:
+        L.append(f"- Wall time per stage: not measured (no Snakemake benchmark files under {bench_dir}/)")
     L += [""] + essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
@@ -243,7 +272,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     if figures:
         figures_dir.mkdir(parents=True, exist_ok=True)
         L += ["## Figures", ""]
-        for f in figures:
+        for f in figure_order(figures, config):
             src = Path(f)
             parts = src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]
             rel = Path(*parts)

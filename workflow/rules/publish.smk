@@ -12,7 +12,7 @@ rule publish:
         page=config["publish"]["page"],
         figures=directory(config["publish"]["figures_dir"]),  # the PNG copies the page links to
     params:
-        cfg=lambda wc: cfg("seed", "publish", "eval", "train", "shards", "paragraphs", "pause", "models", "tasks"),
+        cfg=lambda wc: cfg(*config),  # all of it: the page shows the resolved config's hash (DVC's is the same)
     conda:
         "../../envs/report.yaml"
     log:
