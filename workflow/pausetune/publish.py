@@ -144,6 +144,12 @@ def config_hash(config: dict) -> str:
 FIGURE_KINDS = ["heatmap", "delta", "length", "depth"]
 
 
+def figure_rel(f: str) -> Path:
+    """results/figures/heatmap/M/T/V.png -> heatmap/M/T/V.png (the last four parts if no `figures` folder)."""
+    src = Path(f)
+    return Path(*(src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]))
+
+
 def figure_order(figures: list[str], config: dict) -> list[str]:
     """Per model and task (in config order): heatmaps, deltas, profiles, variants in design order. Snakemake passes
     the grid's list, DVC a glob: the page must not depend on which."""
@@ -155,9 +161,7 @@ def figure_order(figures: list[str], config: dict) -> list[str]:
         return (seq.index(x), "") if x in seq else (len(seq), x)
 
     def key(f):
-        src = Path(f)
-        parts = src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]
-        p = Path(*parts).with_suffix("").parts
+        p = figure_rel(f).with_suffix("").parts
         kind, model, task, name = (list(p) + ["", "", "", ""])[:4]
         return (rank(models, model), rank(tasks, task), rank(FIGURE_KINDS, kind), rank(names, name), p)
 
@@ -273,9 +277,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
         figures_dir.mkdir(parents=True, exist_ok=True)
         L += ["## Figures", ""]
         for f in figure_order(figures, config):
-            src = Path(f)
-            parts = src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]
-            rel = Path(*parts)
+            src, rel = Path(f), figure_rel(f)
             name = "_".join(rel.with_suffix("").parts) + ".png"
             with atomic_path(figures_dir / name) as tmp:
                 shutil.copyfile(src, tmp)
