@@ -23,7 +23,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow"))
-from pausetune.config import deep_merge  # noqa: E402
+from pausetune.core.config import deep_merge  # noqa: E402
 
 FILES = ["Snakefile", "workflow", "config", "dvc.yaml", ".dvc/config", ".dvcignore"]
 

@@ -52,9 +52,9 @@ def prefill_flops(cfg, start: int, end: int) -> float:
 
 def build_prompts(args, tok):
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.config import load_config
-    from pausetune.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
-    from pausetune.needles import build_task
+    from pausetune.core.config import load_config
+    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.needles import build_task
 
     config = load_config([str(ROOT / "config" / "config.yaml")], json.dumps({
         "models": {"bench": {"source": {"kind": "path", "path": str(args.model_dir)}, "chat_template": True}},
@@ -107,8 +107,8 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.engine import Engine, Request, eos_ids_of, generate_reference
-    from pausetune.models import load_model, load_tokenizer
+    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference
+    from pausetune.core.models import load_model, load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -80,7 +80,7 @@ def parse(argv=None):
 
 
 def train_cfg(args) -> dict:
-    from pausetune.config import validate
+    from pausetune.core.config import validate
 
     cfg = validate({"models": {"x": {"source": {"kind": "path", "path": "."}}}, "train": {}})["train"]
     cfg.update(gradient_checkpointing=args.gradient_checkpointing, quantization=args.quantization,
@@ -98,7 +98,7 @@ def load_base(args, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from pausetune.models import load_model, torch_dtype
+    from pausetune.core.models import load_model, torch_dtype
 
     if args.model_dir:
         return load_model(args.model_dir, args.dtype, device, args.quantization)
@@ -140,8 +140,8 @@ def sync(device):
 def run_one(args, impl: str) -> dict:
     import torch
 
-    from pausetune.models import default_device
-    from pausetune.train import make_optimizer, prepare_peft, train_step
+    from pausetune.core.models import default_device
+    from pausetune.stages.train import make_optimizer, prepare_peft, train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pausetune.aggregate import (aggregate, cells_frame, deltas, depth_band, find_cells, flatten, length_band,
-                                 load_cells, paired_bootstrap, summarize)
-from pausetune.io import PausetuneError
+from pausetune.stages.aggregate import (aggregate, cells_frame, deltas, depth_band, find_cells, flatten, length_band, load_cells, summarize)
+from pausetune.core.stats import paired_bootstrap
+from pausetune.core.io import PausetuneError
 
 from conftest import ROOT, run_cli
 

@@ -98,7 +98,7 @@ def test_missing_values():
     import numpy as np
     import pandas as pd
 
-    from pausetune.compare import _differs
+    from pausetune.stages.compare import _differs
 
     a = pd.Series([True, pd.NA, pd.NA, False], dtype="boolean")
     b = pd.Series([True, pd.NA, True, True], dtype="boolean")

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from pausetune.config import load_config
-from pausetune.io import PausetuneError
+from pausetune.core.config import load_config
+from pausetune.core.io import PausetuneError
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
 

@@ -5,8 +5,9 @@ import zipfile
 import pandas as pd
 import pytest
 
-from pausetune.download import fetch_wheel, normalise
-from pausetune.io import PausetuneError
+from pausetune.core.wheels import fetch_wheel
+from pausetune.stages.download import normalise
+from pausetune.core.io import PausetuneError
 
 from conftest import DEFAULT_CONFIG, run_cli
 

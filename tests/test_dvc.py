@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG
-from pausetune.config import deep_merge
+from pausetune.core.config import deep_merge
 from test_workflow import make_project
 
 DVC_FILES = ["dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots/panels.json"]
@@ -165,8 +165,8 @@ def test_dag_matches_snakemake_study_config(tmp_path):
     assert_same_dag(smk, dvc_outs(project))
     # The page's config hash is the same whichever tool ran publish: Snakemake hands it the whole config as JSON,
     # DVC the merged file.
-    from pausetune.config import load_config
-    from pausetune.publish import config_hash
+    from pausetune.core.config import load_config
+    from pausetune.stages.publish import config_hash
 
     dry = run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", "-p", "--forcerun", "publish", "--",
                "docs/results.md"], project).stdout

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pausetune.engine import BufferCache, Engine, Request, _split_lower_right_cpu, eos_ids_of, generate_reference
+from pausetune.core.engine import BufferCache, Engine, Request, _split_lower_right_cpu, eos_ids_of, generate_reference
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,9 +100,9 @@ def test_engine_equals_generate_random_model(rand_model, batch_size, reuse, chun
 
 def test_engine_equals_generate_smollm2(smollm2_dir, pg_paused):
     """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
-    from pausetune.config import load_config
-    from pausetune.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
-    from pausetune.models import load_model, load_tokenizer
+    from pausetune.core.config import load_config
+    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.models import load_model, load_tokenizer
 
     from conftest import DEFAULT_CONFIG
 

@@ -21,14 +21,15 @@ import yaml
 from packaging.requirements import Requirement
 
 from conftest import ROOT
+from pausetune.core.fingerprint import closure, module_file
 
-PKG = ROOT / "workflow" / "pausetune"
 # group -> the pausetune modules its rules' subcommands enter (cli dispatches to them)
 GROUPS = {
-    "data": ["cli", "download", "paragraphs", "models", "shards"],
-    "train": ["cli", "train"],
-    "eval": ["cli", "evaluate"],
-    "report": ["cli", "aggregate", "figures", "publish", "compare"],  # compare: no rule, the report env runs it
+    "data": ["cli", "stages.download", "stages.paragraphs", "stages.prepare_model", "stages.shards"],
+    "train": ["cli", "stages.train"],
+    "eval": ["cli", "stages.eval", "stages.rescore", "stages.preflight"],
+    # compare, config: no rule, the report env runs them
+    "report": ["cli", "stages.aggregate", "stages.figures", "stages.publish", "stages.compare", "stages.config"],
 }
 RULES = {"data": ["download", "pause", "prepare_model", "shards"], "train": ["train"], "eval": ["eval"],
          "report": ["aggregate", "figure_heatmap", "figure_delta", "figure_delta_vs", "figure_profile", "publish"]}
@@ -53,7 +54,7 @@ def env_requirements(group: str) -> dict[str, Requirement]:
 
 def module_imports(mod: str) -> set[tuple[str, str]]:
     """(kind, name) of every import in a module: kind 'rel' for pausetune's own modules, 'abs' otherwise."""
-    tree = ast.parse((PKG / f"{mod}.py").read_text())
+    tree = ast.parse(module_file(f"pausetune.{mod}").read_text())
     optional = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Try) and any(isinstance(h.type, ast.Name) and h.type.id in
@@ -71,17 +72,11 @@ def module_imports(mod: str) -> set[tuple[str, str]]:
 
 
 def third_party_imports(mods: list[str]) -> set[str]:
-    seen, found, todo = set(), set(), list(mods)
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        for kind, name in module_imports(m):
-            if kind == "rel" or name == "pausetune":
-                if name and (PKG / f"{name}.py").exists():
-                    todo.append(name)
-            elif name not in sys.stdlib_module_names:
+    """Third-party top-level imports of the modules' whole closure inside the package (the code fingerprint's)."""
+    found = set()
+    for m in {c for mod in mods for c in closure(f"pausetune.{mod}")}:
+        for kind, name in module_imports(m.removeprefix("pausetune.").removeprefix("pausetune") or "__init__"):
+            if kind == "abs" and name != "pausetune" and name not in sys.stdlib_module_names:
                 found.add(name)
     return found
 

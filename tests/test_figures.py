@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pausetune.aggregate import cells_frame, find_cells, load_cells
-from pausetune.figures import build_chart, delta_data, heatmap_data, profile_data, report_targets, save_chart
-from pausetune.io import PausetuneError
+from pausetune.stages.aggregate import cells_frame, find_cells, load_cells
+from pausetune.stages.figures import build_chart, delta_data, heatmap_data, profile_data, report_targets, save_chart
+from pausetune.core.io import PausetuneError
 
 from conftest import ROOT, run_cli
 from test_workflow import snakemake
@@ -207,7 +207,7 @@ def eval_targets(config):
 
 include: "workflow/rules/report.smk"
 
-from pausetune.figures import report_targets
+from pausetune.stages.figures import report_targets
 
 
 rule all:

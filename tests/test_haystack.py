@@ -9,15 +9,15 @@ import copy
 
 import pytest
 
-from pausetune.config import load_config
-from pausetune.grid import (Block, blocks, cell_path, check_block, check_eval, eval_targets, expand_depths,
-                            expand_lengths, format_depth, parse_depth)
-from pausetune.haystack import (Boundaries, PromptBuilder, budget, build_stream, essay_order, haystack_ids,
-                                insert_needles, load_essays)
-from pausetune.io import PausetuneError
-from pausetune.models import load_tokenizer
-from pausetune.needles import build_task
-from pausetune.tokens import setup_pause
+from pausetune.core.config import load_config
+from pausetune.core.grid import Block, blocks, cell_path, eval_targets, expand_depths, expand_lengths
+from pausetune.core.checks import check_block, check_eval
+from pausetune.core.design import format_depth, parse_depth
+from pausetune.core.haystack import (Boundaries, PromptBuilder, budget, build_stream, essay_order, haystack_ids, insert_needles, load_essays)
+from pausetune.core.io import PausetuneError
+from pausetune.core.models import load_tokenizer
+from pausetune.core.needles import build_task
+from pausetune.core.tokens import setup_pause
 
 from conftest import DEFAULT_CONFIG, TINY_CONFIG
 
@@ -299,7 +299,7 @@ def test_task_grid(config):
     ({"tasks": {"mk2": {"kind": "multikey", "question": "q {key}"}}}, "config key 'tasks.mk2.template'"),
 ])
 def test_grid_errors_one_line(config, change, key):
-    from pausetune.config import deep_merge
+    from pausetune.core.config import deep_merge
 
     cfg = deep_merge(config, change)
     cfg["eval"]["tasks"] = change.get("eval", {}).get("tasks", list(change.get("tasks", {})) or ["single"])
@@ -323,7 +323,7 @@ def test_check_block_and_budgets(config, tok, smollm2_dir):
         check_block(config, "smollm2", "baseline", ["single"], [1000], [150])
     with pytest.raises(PausetuneError, match="unknown variant 'x'"):
         check_block(config, "smollm2", "x", ["single"], [1000], [50])
-    from pausetune.grid import check_budgets
+    from pausetune.core.checks import check_budgets
 
     cfg = copy.deepcopy(config)
     cfg["eval"].update(models=["smollm2"], lengths=[240], tasks=["multikey"], depths=[0, 50])

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pausetune import cli
-from pausetune.io import PausetuneError
-from pausetune.paragraphs import insert_pauses, paragraph_stats, split_paragraphs, split_sentences
+from pausetune.core.io import PausetuneError
+from pausetune.stages.paragraphs import insert_pauses, paragraph_stats, split_paragraphs, split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "config.yaml"

@@ -4,8 +4,8 @@ import re
 import shutil
 from pathlib import Path
 
-from pausetune.aggregate import aggregate
-from pausetune.publish import verdict
+from pausetune.stages.aggregate import aggregate
+from pausetune.stages.publish import verdict
 
 from conftest import DEFAULT_CONFIG, run_cli
 
@@ -100,7 +100,7 @@ def test_verdict_rules():
 
 def test_stage_times_and_essays(tmp_path):
     """Wall and CPU time per stage from Snakemake's benchmark files; which essays trained and which were haystack."""
-    from pausetune.publish import essays_used, stage_times
+    from pausetune.stages.publish import essays_used, stage_times
 
     bench = tmp_path / "benchmarks"
     head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"

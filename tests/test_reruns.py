@@ -120,7 +120,7 @@ def test_touching_the_raw_essays_reruns_their_dependants(project):
     # haystack is paused essays), the table, the figure. Not the download, not the models.
     import pandas as pd
 
-    from pausetune.io import sha256_text
+    from pausetune.core.io import sha256_text
 
     df = pd.read_parquet(raw)
     df.loc[0, "text"] = df.loc[0, "text"] + "\n\nOne more paragraph, added by a test to see what reruns."

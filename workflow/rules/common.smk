@@ -1,7 +1,8 @@
 import sys
 
-from pausetune.config import subset, validate as validate_config
-from pausetune.io import PausetuneError
+from pausetune.core.config import subset, validate as validate_config
+from pausetune.core.fingerprint import closure_files
+from pausetune.core.io import PausetuneError
 
 # Snakemake's validate fills the schema's defaults; ours then gives one line naming the key on error.
 try:
@@ -46,8 +47,8 @@ def paused_inputs(wildcards=None):
 
 def all_targets():
     """Everything the default target builds: shards, checkpoints, eval cells, tables, figures, the results page."""
-    from pausetune.figures import report_targets
-    from pausetune.grid import eval_targets
+    from pausetune.stages.figures import report_targets
+    from pausetune.core.grid import eval_targets
 
     targets = []
     for model in config["shards"]["models"]:
@@ -66,3 +67,14 @@ def tuned_manifests(pattern):
     if not any(v.endswith("-tuned") for v in config["eval"]["variants"]):
         return []
     return expand(pattern, model=config["train"]["models"], variant=SHARD_VARIANTS)
+
+
+def code(stage):
+    """The package files a stage's subcommand runs (its import closure): inputs, so an edit reruns exactly the
+    rules whose code changed (`snakemake -n` names them under 'updated input files')."""
+    import os
+
+    root = workflow.basedir  # the project: where the Snakefile is
+    files = [os.path.join(root, f) for f in closure_files(f"pausetune.stages.{stage}")]
+    # relative where the working directory is the project (the usual case), absolute under `-d elsewhere`
+    return [os.path.relpath(f) if os.path.abspath(root) == os.getcwd() else f for f in files]

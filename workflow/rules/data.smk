@@ -2,6 +2,8 @@
 
 
 rule download:
+    input:
+        code=code("download"),
     output:
         "data/raw/{source}.parquet",
     params:
@@ -18,7 +20,8 @@ rule download:
 
 rule pause:
     input:
-        "data/raw/{source}.parquet",
+        raw="data/raw/{source}.parquet",
+        code=code("paragraphs"),
     output:
         data="data/paused/{source}/{method}.parquet",
         stats="data/paused/{source}/{method}.stats.json",
@@ -31,13 +34,14 @@ rule pause:
     benchmark:
         "benchmarks/pause/{source}/{method}.tsv",
     shell:
-        "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input}"
+        "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input.raw}"
         " --output {output.data} --stats {output.stats} 2>&1 | tee {log}"
 
 
 rule prepare_model:
     input:
         model_source_inputs,
+        code=code("prepare_model"),
     output:
         "data/models/{model}/prepared.json",
     params:
@@ -57,6 +61,7 @@ rule shards:
     input:
         paused=paused_inputs,
         model="data/models/{model}/prepared.json",
+        code=code("shards"),
     output:
         "data/shards/{model}/{variant}/manifest.json",
     wildcard_constraints:

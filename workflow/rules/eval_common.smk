@@ -6,8 +6,10 @@
 # The grid is checked here, while the DAG is built (one line naming the config key): pausetune.grid.check_eval.
 import os
 
-from pausetune.evaluate import EVAL_RESULT_KEYS
-from pausetune.grid import CELL_PATTERN, CHECKPOINT, PAUSED, VARIANTS, check_eval, eval_targets, grid_axes, format_depth
+from pausetune.stages.eval import EVAL_RESULT_KEYS
+from pausetune.core.grid import CELL_PATTERN, eval_targets, grid_axes
+from pausetune.core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth
+from pausetune.core.checks import check_eval
 
 try:
     # The tokenizer-level budget checks cost seconds; job steps (SLURM, --cores N subprocesses) re-parse this file
@@ -28,7 +30,7 @@ def eval_haystack(wc=None):
 
 
 def eval_inputs(wc):
-    inputs = {"model": f"data/models/{wc.model}/prepared.json", "haystack": eval_haystack()}
+    inputs = {"model": f"data/models/{wc.model}/prepared.json", "haystack": eval_haystack(), "code": code("eval")}
     if wc.variant in CHECKPOINT:
         v = CHECKPOINT[wc.variant]
         inputs["checkpoint"] = f"results/checkpoints/{wc.model}/{v}/manifest.json"

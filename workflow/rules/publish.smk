@@ -1,5 +1,5 @@
 # Publish: the results page (config publish.page), generated from results/tables/ and the figures, never by hand.
-from pausetune.figures import report_targets
+from pausetune.stages.figures import report_targets
 
 
 rule publish:
@@ -8,6 +8,7 @@ rule publish:
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
         checkpoints=lambda wc: tuned_manifests("results/checkpoints/{model}/{variant}/manifest.json"),
         shards=lambda wc: tuned_manifests("data/shards/{model}/{variant}/manifest.json"),
+        code=code("publish"),
     output:
         page=config["publish"]["page"],
         figures=directory(config["publish"]["figures_dir"]),  # the PNG copies the page links to

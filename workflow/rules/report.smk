@@ -11,6 +11,7 @@ rule aggregate:
     input:
         # eval_targets(config): the cell paths of the configured grid (defined with the eval rules)
         cells=lambda wc: eval_targets(config),
+        code=code("aggregate"),
     output:
         cells="results/tables/cells.parquet",
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
@@ -18,6 +19,7 @@ rule aggregate:
         metrics="results/tables/summary.json",
         depth_profile="results/tables/depth_profile.csv",
         length_profile="results/tables/length_profile.csv",
+        manifest="results/tables/manifest.json",
     params:
         cfg=lambda wc: cfg("seed", "report"),
         cells_list="logs/aggregate/cells.txt",
@@ -37,7 +39,8 @@ rule aggregate:
 
 rule figure_heatmap:
     input:
-        "results/tables/cells.parquet",
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
     output:
         html="results/figures/heatmap/{model}/{task}/{variant}.html",
         png=report(
@@ -61,13 +64,14 @@ rule figure_heatmap:
     benchmark:
         "benchmarks/figures/heatmap/{model}/{task}/{variant}.tsv",
     shell:
-        "pausetune figures --cells-table {input} --kind heatmap --model {wildcards.model:q} --task {wildcards.task:q}"
+        "pausetune figures --cells-table {input.cells} --kind heatmap --model {wildcards.model:q} --task {wildcards.task:q}"
         " --variant {wildcards.variant} --output {params.stem:q} 2>&1 | tee {log}"
 
 
 rule figure_delta:
     input:
-        "results/tables/cells.parquet",
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
     output:
         html="results/figures/delta/{model}/{task}/{variant}.html",
         png=report(
@@ -91,13 +95,14 @@ rule figure_delta:
     benchmark:
         "benchmarks/figures/delta/{model}/{task}/{variant}.tsv",
     shell:
-        "pausetune figures --cells-table {input} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
+        "pausetune figures --cells-table {input.cells} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
         " --variant {wildcards.variant} --reference baseline --output {params.stem:q} 2>&1 | tee {log}"
 
 
 rule figure_delta_vs:
     input:
-        "results/tables/cells.parquet",
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
     output:
         html="results/figures/delta/{model}/{task}/{variant}_vs_{reference}.html",
         png=report(
@@ -122,13 +127,14 @@ rule figure_delta_vs:
     benchmark:
         "benchmarks/figures/delta/{model}/{task}/{variant}_vs_{reference}.tsv",
     shell:
-        "pausetune figures --cells-table {input} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
+        "pausetune figures --cells-table {input.cells} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
         " --variant {wildcards.variant} --reference {wildcards.reference} --output {params.stem:q} 2>&1 | tee {log}"
 
 
 rule figure_profile:
     input:
-        "results/tables/cells.parquet",
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
     output:
         html="results/figures/{profile}/{model}/{task}.html",
         png=report(
@@ -152,5 +158,5 @@ rule figure_profile:
     benchmark:
         "benchmarks/figures/{profile}/{model}/{task}.tsv",
     shell:
-        "pausetune figures --cells-table {input} --kind {wildcards.profile} --model {wildcards.model:q}"
+        "pausetune figures --cells-table {input.cells} --kind {wildcards.profile} --model {wildcards.model:q}"
         " --task {wildcards.task:q} --output {params.stem:q} 2>&1 | tee {log}"

@@ -9,6 +9,7 @@ rule train:
     input:
         shards="data/shards/{model}/{variant}/manifest.json",
         model="data/models/{model}/prepared.json",
+        code=code("train"),
     output:
         manifest="results/checkpoints/{model}/{variant}/manifest.json",
         metrics="results/metrics/train/{model}/{variant}.json",

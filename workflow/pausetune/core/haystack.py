@@ -70,13 +70,13 @@ def load_essays(paused_files: list[str]) -> list[tuple[str, list[str]]]:
 
 def haystack_ids(all_ids: list[str], config: dict) -> list[str]:
     """The essays held out for the haystack, by the same rule as the training shards."""
-    from .shards import essay_split
+    from .splits import essay_split
 
     try:
         ids = essay_split(list(all_ids), config["shards"], config.get("seed", 0))["haystack"]
     except PausetuneError:
         # essay_split refuses a split that leaves no training essays; the haystack part is the same rule.
-        from .shards import _rank
+        from .splits import _rank
 
         cfg = config["shards"]
         ids = sorted(i for i in all_ids if not cfg.get("holdout_haystack", True)

@@ -15,7 +15,7 @@ import yaml
 
 from .io import PausetuneError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
 
 def load_schema() -> dict:
@@ -140,17 +140,5 @@ def subset(config: dict, *keys: str) -> str:
 # config/study.yaml through `dvc repro` means writing the merged config there first.
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--output", required=True, help="where to write the merged config (e.g. config/config.yaml)")
 
 
-def main(args, config: dict) -> int:
-    from .io import write_text
-
-    sources = " + ".join(args.config) or "the schema defaults"
-    header = (f"# Written by `pausetune config` from {sources}{' + --config-json' if args.config_json else ''}:\n"
-              "# every key resolved (schema defaults filled in), so DVC sees each parameter. The original files are\n"
-              "# the ones to edit; `git checkout config/config.yaml` restores the default.\n")
-    write_text(args.output, header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=120))
-    print(f"config: {sources} -> {args.output}")
-    return 0

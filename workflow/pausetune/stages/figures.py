@@ -23,10 +23,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .aggregate import KEY, VARIANTS, fmt_tokens
+from ..core.design import KEY, fmt_tokens
+from ..core.design import VARIANTS
 from html import escape as html_escape
 
-from .io import PausetuneError, atomic_path, read_parquet, write_text
+from ..core.io import PausetuneError, atomic_path, read_parquet, write_text
 
 KINDS = ("heatmap", "delta", "length", "depth")
 FORMATS = ("html", "png", "svg")
@@ -371,7 +372,7 @@ def js_bundle(config: dict | None = None) -> str:
     """
     import vl_convert as vlc
 
-    from .io import cache_dir
+    from ..core.io import cache_dir
 
     vl = _vl_version()
     path = cache_dir(config) / "vl-convert" / f"bundle-{vlc.__version__}-vl{vl}.js"

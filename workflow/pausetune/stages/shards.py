@@ -10,33 +10,18 @@ included: training loads exactly it), and manifest.json with token counts, ids a
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
-from .io import PausetuneError, atomic_dir, read_parquet, sha256_file, write_json
-from .tokens import encode_paragraphs, separator_ids, setup_pause, tokenizer_fingerprint
-
-VARIANTS = ("pause", "plain")
-
-
-def _rank(seed: int, salt: str, essay_id: str) -> float:
-    h = hashlib.sha256(f"{seed}:{salt}:{essay_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
+from ..core.splits import essay_split
+from ..core.design import TRAIN_VARIANTS
+from ..core.io import PausetuneError, atomic_dir, read_parquet, sha256_file, write_json
+from ..core.tokens import encode_paragraphs, separator_ids, setup_pause, tokenizer_fingerprint
 
 
-def essay_split(ids: list[str], shards_cfg: dict, seed: int) -> dict[str, list[str]]:
-    """Which essays feed training, validation and the eval haystack (sorted lists of ids)."""
-    ids = sorted(ids)
-    haystack = [i for i in ids if _rank(seed, "haystack", i) < shards_cfg.get("haystack_fraction", 0.5)] \
-        if shards_cfg.get("holdout_haystack", True) else list(ids)
-    held = set(haystack) if shards_cfg.get("holdout_haystack", True) else set()
-    rest = [i for i in ids if i not in held]
-    val = [i for i in rest if _rank(seed, "validation", i) < shards_cfg.get("validation_fraction", 0.1)]
-    train = [i for i in rest if i not in set(val)]
-    if not train:
-        raise PausetuneError("config key 'shards': no essays left for training after the haystack/validation split")
-    return {"train": train, "validation": val, "haystack": haystack}
+
+
+
 
 
 def pack(streams: list[list[int]], seq_len: int, eos_id: int | None) -> tuple[list[list[int]], int]:
@@ -54,10 +39,10 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
     import datasets
     import pandas as pd
 
-    from .models import load_tokenizer, max_context
+    from ..core.models import load_tokenizer, max_context
 
-    if variant not in VARIANTS:
-        raise PausetuneError(f"shards variant '{variant}': expected one of {VARIANTS}")
+    if variant not in TRAIN_VARIANTS:
+        raise PausetuneError(f"shards variant '{variant}': expected one of {TRAIN_VARIANTS}")
     cfg, seed = config["shards"], config.get("seed", 0)
     frames = []
     for path in paused_files:
@@ -118,18 +103,12 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
     return manifest
 
 
-def load_shards(shard_dir: str):
-    import datasets
-
-    from .io import read_json
-
-    return datasets.load_from_disk(str(Path(shard_dir) / "dataset")), read_json(Path(shard_dir) / "manifest.json")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--inputs", nargs="+", required=True, help="data/paused/{source}/{method}.parquet files")
     p.add_argument("--model-dir", required=True, help="data/models/{model}")
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
     p.add_argument("--output", required=True, help="data/shards/{model}/{variant}")
 
 

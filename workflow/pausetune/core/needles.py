@@ -25,6 +25,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from .design import KINDS
 from .io import PausetuneError
 
 
@@ -44,7 +45,7 @@ class TaskInstance:
 
 
 def cell_rng(root_seed: int, task: str, seed: int, length: int, depth: float) -> random.Random:
-    from .grid import format_depth
+    from .design import format_depth
 
     text = f"pausetune-task|{root_seed}|{task}|{seed}|{int(length)}|{format_depth(depth)}"
     return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
@@ -78,8 +79,6 @@ def _join(items: list[str]) -> str:
 
 
 def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, depth: float) -> TaskInstance:
-    from .grid import check_task
-
     check_task(name, spec)
     kind = spec["kind"]
     if kind in ("single", "multi"):
@@ -107,3 +106,36 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
     return TaskInstance(name, kind, needles, question, [values[i] for i in asked],
                         " ".join(needles[i] for i in asked),
                         {"values": {k: [v] for k, v in zip(keys, values)}, "asked": [keys[i] for i in asked]})
+
+
+REQUIRED = {
+    "single": ("needles", "question", "expected"),
+    "multi": ("needles", "question", "expected"),
+    "multikey": ("template", "question", "num_keys", "key_words"),
+    "multivalue": ("template", "question", "num_values", "key_words"),
+    "multiquery": ("template", "question", "num_keys", "num_queries", "key_words"),
+}
+
+
+def check_task(name: str, spec: dict) -> None:
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise PausetuneError(f"config key 'tasks.{name}.kind': unknown kind '{kind}'; known: {list(KINDS)}")
+    for key in REQUIRED[kind]:
+        if spec.get(key) in (None, [], ""):
+            raise PausetuneError(f"config key 'tasks.{name}.{key}': required for kind '{kind}'")
+    if kind in ("single", "multi"):
+        if kind == "single" and len(spec["needles"]) != 1:
+            raise PausetuneError(f"config key 'tasks.{name}.needles': kind 'single' takes exactly one needle")
+        if len(spec["expected"]) != len(spec["needles"]):
+            raise PausetuneError(f"config key 'tasks.{name}.expected': one list of facts per needle "
+                                 f"({len(spec['needles'])} needles, {len(spec['expected'])} lists)")
+    else:
+        for key in ("{key}", "{value}"):
+            if key not in spec["template"]:
+                raise PausetuneError(f"config key 'tasks.{name}.template': must contain {key}")
+        if kind == "multiquery" and spec["num_queries"] > spec["num_keys"]:
+            raise PausetuneError(f"config key 'tasks.{name}.num_queries': more queries than keys ({spec['num_keys']})")
+        words = spec["key_words"]
+        if len(set(words)) < 2:
+            raise PausetuneError(f"config key 'tasks.{name}.key_words': needs at least two distinct words")

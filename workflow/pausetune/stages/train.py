@@ -36,16 +36,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from .io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
+from ..core.checkpoints import dir_hashes
+from ..core.design import TRAIN_VARIANTS
+from ..core.fingerprint import code_record, fingerprint
+from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
 
-VARIANTS = ("pause", "plain")
 STATE_VERSION = 1
 # config keys of `train` that do not change the trained adapter (the run key ignores them)
 _NON_RECIPE_KEYS = ("models", "threads", "resources", "save_every")
@@ -69,11 +70,11 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
 
     Returns {"entry", "shard_manifest", "tokenizer" (the shards' own), "pause_ids", "max_context"}.
     """
-    from .models import load_tokenizer, max_context, model_entry
-    from .tokens import setup_pause, tokenizer_fingerprint
+    from ..core.models import load_tokenizer, max_context, model_entry
+    from ..core.tokens import setup_pause, tokenizer_fingerprint
 
-    if variant not in VARIANTS:
-        raise PausetuneError(f"train variant '{variant}': expected one of {VARIANTS}")
+    if variant not in TRAIN_VARIANTS:
+        raise PausetuneError(f"train variant '{variant}': expected one of {TRAIN_VARIANTS}")
     entry = model_entry(config, model_name)
     model_dir, shard_dir = Path(model_dir), Path(shard_dir)
     if not (model_dir / "prepared.json").exists():
@@ -144,7 +145,7 @@ def meta_model(model_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .models import resolve_path
+    from ..core.models import resolve_path
 
     path, info = resolve_path(model_dir)
     remote = info.get("trust_remote_code", False)
@@ -247,8 +248,8 @@ def prepare_peft(model, train_cfg: dict, pause_ids: list[int] | None = None, pau
 
 def build_model(model_dir, tokenizer, train_cfg: dict, pause_ids=None, pause_mode=None, device: str | None = None):
     """Load the base from a prepared model dir, fit its embeddings to `tokenizer`, wrap with LoRA."""
-    from .models import default_device, load_model
-    from .tokens import fit_embeddings
+    from ..core.models import default_device, load_model
+    from ..core.tokens import fit_embeddings
 
     device = device or default_device()
     quant = train_cfg.get("quantization", "none")
@@ -460,16 +461,8 @@ def _recipe(train_cfg: dict) -> dict:
     return {k: v for k, v in train_cfg.items() if k not in _NON_RECIPE_KEYS}
 
 
-def _dir_hashes(d: Path) -> dict:
-    return {str(p.relative_to(d)): sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def checkpoint_adapter_hash(ckpt_dir: str | Path) -> str:
-    """sha256 of the checkpoint's adapter weights (adapter/adapter_model.safetensors), for eval provenance."""
-    path = Path(ckpt_dir) / "adapter" / "adapter_model.safetensors"
-    if not path.exists():
-        raise PausetuneError(f"{path}: missing (not a finished pausetune checkpoint)")
-    return sha256_file(path)
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -480,8 +473,8 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     t_start = time.time()
     import torch
 
-    from .models import default_device, resolve_path
-    from .shards import load_shards
+    from ..core.models import default_device, resolve_path
+    from ..core.shardfiles import load_shards
 
     train_cfg = dict(config["train"])
     threads = threads or train_cfg.get("threads")
@@ -510,7 +503,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     run_key = hashlib.sha256(json.dumps({
         "recipe": _recipe(train_cfg), "seed": seed, "variant": variant, "model": model_name,
         "shards": sha256_file(shard_dir / "manifest.json"), "prepared": sha256_file(model_dir / "prepared.json"),
-        "device": str(device).split(":")[0],
+        "device": str(device).split(":")[0], "code": fingerprint(__name__),  # never resume another code's state
     }, sort_keys=True).encode()).hexdigest()[:16]
 
     torch.manual_seed(seed)
@@ -581,6 +574,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
         tok.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in log))
         manifest = {
+            "code": code_record(__name__),
             "model": model_name,
             "variant": variant,
             "seed": seed,
@@ -593,7 +587,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
             "shards": {
                 "path": str(shard_dir),
                 "manifest_sha256": sha256_file(shard_dir / "manifest.json"),
-                "dataset_sha256": _dir_hashes(shard_dir / "dataset"),
+                "dataset_sha256": dir_hashes(shard_dir / "dataset"),
                 "tokenizer_fingerprint": smanifest.get("tokenizer_fingerprint"),
                 "seq_len": seq_len,
                 "train_rows": len(train_rows),
@@ -622,46 +616,6 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     return (manifest, model) if return_model else manifest
 
 
-# ------------------------------------------------------------------------------------------------ loading
-def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None = None,
-                    quantization: str = "none", merge: bool = True):
-    """Base model + trained adapter for evaluation: returns (model, tokenizer, manifest), model in eval mode.
-
-    The base comes from `model_dir` (a prepared model folder), the tokenizer from `ckpt_dir/tokenizer` (pause
-    token included), the embeddings are grown to it exactly as in training (`fit_embeddings`), then the adapter
-    is loaded. Unquantized (and `merge=True`, the default) the LoRA weights and the trained pause row are merged
-    into the base weights (`merge_and_unload`), so eval runs at the base model's speed and the returned model is
-    a plain transformers model; with `quantization='nf4'` the adapter stays a separate peft module (4-bit
-    weights cannot take a merge without a requantisation error).
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    from .models import default_device, load_model
-    from .tokens import fit_embeddings, tokenizer_fingerprint
-
-    ckpt_dir = Path(ckpt_dir)
-    mpath = ckpt_dir / "manifest.json"
-    if not mpath.exists():
-        raise PausetuneError(f"{mpath}: missing (not a finished pausetune checkpoint)")
-    manifest = read_json(mpath)
-    for sub in ("adapter", "tokenizer"):
-        if not (ckpt_dir / sub).is_dir():
-            raise PausetuneError(f"{ckpt_dir / sub}: missing (not a finished pausetune checkpoint)")
-    tok = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    fp = manifest.get("shards", {}).get("tokenizer_fingerprint")
-    if fp and tokenizer_fingerprint(tok) != fp:
-        raise PausetuneError(f"{ckpt_dir}/tokenizer: fingerprint does not match the checkpoint manifest")
-    device = device or default_device()
-    base = load_model(model_dir, dtype, device, quantization)
-    fit_embeddings(base, tok)
-    model = PeftModel.from_pretrained(base, str(ckpt_dir / "adapter"), is_trainable=False)
-    if quantization == "none" and merge:
-        model = model.merge_and_unload()
-    model.eval()
-    return model, tok, manifest
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -694,7 +648,7 @@ def write_metrics(checkpoint_dir, metrics_path, curve_path) -> None:
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
     p.add_argument("--model-dir", required=True, help="data/models/{model}")
     p.add_argument("--shards", required=True, help="data/shards/{model}/{variant}")
     p.add_argument("--output", required=True, help="results/checkpoints/{model}/{variant}")

@@ -13,7 +13,7 @@ import difflib
 import os
 from pathlib import Path
 
-from .io import PausetuneError, write_json
+from ..core.io import PausetuneError, write_json
 
 KEY = ["model", "variant", "task", "seed", "length", "depth"]
 IGNORED_PREFIXES = ("timing.",)

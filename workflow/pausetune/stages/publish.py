@@ -16,10 +16,11 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from .io import PausetuneError, atomic_path, read_json, write_text
+from ..core.design import VARIANTS
+from ..core.io import PausetuneError, atomic_path, read_json, write_text
 
 PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
-VARIANT_ORDER = ["baseline", "pause-prompt", "pause-tuned", "plain-tuned"]
+VARIANT_ORDER = list(VARIANTS)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -193,7 +194,7 @@ def where_baseline_fails(tables: Path, model: str, task: str) -> str | None:
     path = tables / "cells.parquet"
     if not path.exists():
         return None
-    from .io import read_parquet
+    from ..core.io import read_parquet
 
     df = read_parquet(path, columns=["model", "task", "variant", "seed", "length", "depth", "score"])
     df = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]

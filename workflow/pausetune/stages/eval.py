@@ -27,7 +27,18 @@ import sys
 import time
 from pathlib import Path
 
-from .io import PausetuneError, dumps_json, read_json, sha256_file, write_json
+from ..core.fingerprint import fingerprint
+from ..core.io import PausetuneError, dumps_json, read_json, sha256_file, write_json
+
+SCORING = "pausetune.core.scoring"
+
+
+def code_identity() -> dict:
+    """The code a cell comes from: generation (this stage's import closure without scoring) and scoring apart, so
+    a scoring edit rescores cached answers instead of regenerating them, and any other edit misses the cache."""
+    from ..core.scoring import scoring_code
+
+    return {"generate": fingerprint(__name__, exclude=(SCORING,)), "score": scoring_code()}
 
 # eval keys that change a cell's answer (batch_size, reuse_prefix, block, threads, prefill_chunk, device: not by
 # design; they are not part of a cell's identity, nor of the Snakemake rule's params).
@@ -37,7 +48,7 @@ EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens",
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from .. import __version__
 
     out = {"pausetune": __version__}
     for pkg in ("torch", "transformers", "peft"):
@@ -49,7 +60,7 @@ def versions() -> dict:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    from .models import resolve_path
+    from ..core.models import resolve_path
 
     path, _ = resolve_path(model_dir)
     h = hashlib.sha256()
@@ -60,7 +71,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
 
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
                    dtype: str, device_type: str) -> dict:
-    from .grid import PAUSED
+    from ..core.design import PAUSED
 
     ev = config["eval"]
     ident = {
@@ -72,6 +83,7 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
                                                     ("holdout_haystack", "haystack_fraction")}},
         "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
         "dtype": dtype, "device_type": device_type, "versions": versions(),
+        "code_generate": code_identity()["generate"],
     }
     if ev.get("judge") and ev["judge"].get("kind") == "local":
         ident["judge_model"] = config["models"].get(ev["judge"]["model"])
@@ -79,7 +91,7 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
 
 
 def cell_id(block_ident: dict, task_spec: dict, task: str, seed: int, length: int, depth: float) -> str:
-    from .grid import format_depth
+    from ..core.design import format_depth
 
     data = {"block": block_ident, "task": task, "task_spec": task_spec, "seed": seed, "length": int(length),
             "depth": format_depth(depth)}
@@ -101,14 +113,14 @@ def is_oom(e: BaseException) -> bool:
 
 def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, dtype: str, device: str):
     """(model, tokenizer, pause_ids or None, adapter_sha256 or None, checkpoint manifest or None)."""
-    from .grid import CHECKPOINT, PAUSED
-    from .models import load_model, load_tokenizer
-    from .tokens import fit_embeddings, setup_pause
+    from ..core.design import CHECKPOINT, PAUSED
+    from ..core.models import load_model, load_tokenizer
+    from ..core.tokens import fit_embeddings, setup_pause
 
     manifest = None
     adapter = None
     if variant in CHECKPOINT:
-        from .train import checkpoint_adapter_hash, load_checkpoint
+        from ..core.checkpoints import checkpoint_adapter_hash, load_checkpoint
 
         if not checkpoint:
             raise PausetuneError(f"eval {variant}: --checkpoint results/checkpoints/{model}/{CHECKPOINT[variant]} "
@@ -148,14 +160,14 @@ def _judge(config: dict, judge_model_dir, dtype: str, device: str):
     judge = config["eval"].get("judge")
     if not judge:
         return None
-    from .scoring import LocalJudge, judge_openai
+    from ..core.scoring import LocalJudge, judge_openai
 
     if judge["kind"] == "openai":
         return lambda messages: judge_openai(judge, messages)
     if not judge_model_dir:
         raise PausetuneError(f"config key 'eval.judge': a local judge needs --judge-model-dir "
                              f"data/models/{judge.get('model')}")
-    from .models import load_model, load_tokenizer
+    from ..core.models import load_model, load_tokenizer
 
     return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir))
 
@@ -172,12 +184,14 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     """Evaluate one block, cells (task, length, depth) of one haystack seed; returns {computed, cached, skipped}."""
     import torch
 
-    from .engine import Engine, Request, eos_ids_of
-    from .grid import PAUSED, cell_path, check_block, check_budgets, format_depth
-    from .haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays, stream_meta
-    from .models import default_device, torch_dtype
-    from .needles import build_task
-    from .scoring import judge_score, score_answer
+    from ..core.engine import Engine, Request, eos_ids_of
+    from ..core.design import PAUSED, format_depth
+    from ..core.grid import cell_path
+    from ..core.checks import check_block, check_budgets
+    from ..core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays, stream_meta
+    from ..core.models import default_device, torch_dtype
+    from ..core.needles import build_task
+    from ..core.scoring import score_cell
 
     ev = config["eval"]
     tasks = list(dict.fromkeys(t for t, _, _ in cells))
@@ -192,25 +206,32 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     cache_root = Path(cells_cache or Path(results) / ".cells")
 
     adapter_sha = None
-    from .grid import CHECKPOINT
+    from ..core.design import CHECKPOINT
 
     if variant in CHECKPOINT and checkpoint:
-        from .train import checkpoint_adapter_hash
+        from ..core.checkpoints import checkpoint_adapter_hash
 
         adapter_sha = checkpoint_adapter_hash(checkpoint)
     ident = block_identity(config, model, variant, model_dir, haystack, adapter_sha, dtype_resolved,
                            torch.device(device).type)
 
-    # 1. What is already done.
-    todo, counts = [], {"computed": 0, "cached": 0, "skipped": 0}
+    # 1. What is already done. A cell (in place or cached) made by the same generation code counts; if the scoring
+    # code changed since, its stored answer is rescored (no generation), and it is written again.
+    todo, counts = [], {"computed": 0, "cached": 0, "skipped": 0, "rescored": 0}
+    score_code = code_identity()["score"]
+    restale = []  # (cell data, out path) whose answers need the current scoring
     for t, n, d in cells:
         cid = cell_id(ident, config["tasks"][t], t, seed, n, d)
         out = Path(cell_path(model, variant, t, seed, n, d, results))
         cached = cache_root / f"{cid}.json"
         if not force and out.exists():
             try:
-                if json.loads(out.read_text()).get("cell_id") == cid:
-                    counts["skipped"] += 1
+                data = json.loads(out.read_text())
+                if data.get("cell_id") == cid:
+                    if data.get("code", {}).get("score") == score_code:
+                        counts["skipped"] += 1
+                    else:
+                        restale.append((data, out))
                     continue
             except (json.JSONDecodeError, OSError):
                 pass
@@ -219,19 +240,30 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 data = read_json(cached)
                 if data.get("cell_id") == cid:
                     data.pop("timing", None)  # cached by a version that kept timings in the cell
-                    write_json(out, data)
-                    counts["cached"] += 1
+                    if data.get("code", {}).get("score") == score_code:
+                        write_json(out, data)
+                        counts["cached"] += 1
+                    else:
+                        restale.append((data, out))
                     continue
             except PausetuneError:
                 pass
         todo.append((t, n, d, cid, out))
+    if restale:
+        call = _judge(config, judge_model_dir, dname, device)
+        for data, out in restale:
+            new = score_cell(data, ev.get("judge"), call)
+            write_json(cache_root / f"{new['cell_id']}.json", new)  # the cache first: a computed cell is never lost
+            write_json(out, new)
+            counts["rescored"] += 1
+    rescored = f", {counts['rescored']} rescored" if counts["rescored"] else ""
     if not todo:
         log(f"eval {model}/{variant} seed{seed}: nothing to do ({counts['skipped']} done, {counts['cached']} "
-            f"from the cell cache)")
+            f"from the cell cache{rescored})")
         return counts
 
     # 2. Sizes first (tokenizer only: one-line errors before any weights load), then model and haystack.
-    from .models import load_tokenizer
+    from ..core.models import load_tokenizer
 
     mine: dict[str, dict] = {}  # this block's pending grid, per task
     for t, n, d, _, _ in todo:
@@ -278,7 +310,6 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             t, n, d, out = info[res.key]
             inst, cp = insts[res.key], prompts[res.key]
             answer = tok.decode(res.new_ids, skip_special_tokens=True).strip()
-            sc = score_answer(answer, inst.facts)
             cell = {
                 "cell_id": res.key, "model": model, "variant": variant, "task": t, "kind": inst.kind, "seed": seed,
                 "length": int(n), "depth": _depth_value(d),
@@ -288,23 +319,18 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 "needles": inst.needles, "question": inst.question,
                 "expected": [[f] for f in inst.facts] if inst.kind not in ("single", "multi")
                 else config["tasks"][t]["expected"],
-                "facts": inst.facts, "answer": answer, "answer_tokens": len(res.new_ids),
-                "recall": sc["recall"], "exact": sc["exact"], "facts_found": sc["facts_found"],
-                "score": sc["score"], "score_rule": "recall", "score_recall": sc["score"],
+                "facts": inst.facts, "reference": inst.reference, "answer": answer, "answer_tokens": len(res.new_ids),
                 "prompt_sha256": cp.sha256(), "prompt_format": builder.format,
                 "haystack": hmeta, "adapter_sha256": adapter_sha, "model_sha256": ident["model_sha256"],
                 "dtype": dtype_resolved, "device_type": torch.device(device).type, "versions": vers,
                 "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS if k != "judge"},
+                "code": {"generate": ident["code_generate"]},
             }
             if inst.keys:
                 cell["ruler"] = inst.keys
-            if judge_call is not None:
-                j = judge_score(ev["judge"], judge_call, inst.question, inst.reference, answer)
-                cell["judge"] = j
-                if j["parsed"]:
-                    cell["score"], cell["score_rule"] = float(j["score"]), "judge"
+            cell = score_cell(cell, ev.get("judge"), judge_call)
+            write_json(cache_root / f"{res.key}.json", cell)  # the cache first: a computed answer is never lost
             write_json(out, cell)
-            write_json(cache_root / f"{res.key}.json", cell)
             write_json(timing_path(out, results), {"cell_id": res.key, "device": str(device), **{
                 k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.timing.items()}})
             counts["computed"] += 1
@@ -322,7 +348,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             f"{'prefix reuse' if engine.reuse else 'no reuse'}, device {device}); {counts['computed']} cells of this "
             f"block were finished and kept; lower eval.batch_size, set eval.prefill_chunk, or drop the length"
         ) from None
-    log(f"eval {model}/{variant} seed{seed}: {counts['computed']} computed, {counts['cached']} from cache, "
+    log(f"eval {model}/{variant} seed{seed}: {counts['computed']} computed, {counts['cached']} from cache{rescored}, "
         f"{counts['skipped']} already done, {time.perf_counter() - t_block:.1f}s")
     return counts
 
@@ -358,7 +384,8 @@ def add_arguments(p) -> None:
 
 def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depths: list[str] | None) -> list:
     """The cells a CLI call evaluates: the given lengths x depths, or each task's configured grid."""
-    from .grid import parse_depth, task_axes
+    from ..core.design import parse_depth
+    from ..core.grid import task_axes
 
     out = []
     for t in tasks:  # unknown task names: run_block's check_block says so
@@ -370,7 +397,7 @@ def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depth
 
 
 def main(args, config: dict) -> int:
-    from .grid import CHECKPOINT
+    from ..core.design import CHECKPOINT
 
     ev = config["eval"]
     if args.threads:

@@ -147,3 +147,29 @@ def judge_score(judge_cfg: dict, call, question: str, reference: str, answer: st
     s = parse_judge_score(raw)
     return {"kind": judge_cfg["kind"], "model": judge_cfg.get("model"), "raw": raw.strip()[:200], "score": s,
             "parsed": s is not None}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A cell's score, from its stored answer: the one implementation eval and rescore share
+
+def scoring_code() -> str:
+    """Fingerprint of the code that scores (this module's import closure): stored in every cell as code.score."""
+    from .fingerprint import fingerprint
+
+    return fingerprint(__name__)
+
+
+def score_cell(cell: dict, judge_cfg: dict | None = None, judge_call=None) -> dict:
+    """The cell with its score fields recomputed from `answer` and `facts` (and the judge when given a call)."""
+    sc = score_answer(cell["answer"], cell["facts"])
+    out = {k: v for k, v in cell.items() if k != "judge"}
+    out.update(recall=sc["recall"], exact=sc["exact"], facts_found=sc["facts_found"], score=sc["score"],
+               score_rule="recall", score_recall=sc["score"])
+    if judge_call is not None:
+        reference = cell.get("reference") or " ".join(cell.get("needles", []))
+        j = judge_score(judge_cfg, judge_call, cell["question"], reference, cell["answer"])
+        out["judge"] = j
+        if j["parsed"]:
+            out["score"], out["score_rule"] = float(j["score"]), "judge"
+    out["code"] = {**cell.get("code", {}), "score": scoring_code()}
+    return out

@@ -59,7 +59,7 @@ import bisect
 import re
 import statistics
 
-from .io import PausetuneError, read_parquet, write_json, write_parquet
+from ..core.io import PausetuneError, read_parquet, write_json, write_parquet
 
 # ---------------------------------------------------------------------------------------------------------
 # Regexes

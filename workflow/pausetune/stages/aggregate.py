@@ -49,25 +49,17 @@ import glob
 import json
 import math
 import os
-import zlib
 from pathlib import Path
 from typing import Iterable
 
-from .io import PausetuneError, read_json, write_json, write_parquet, write_text
+from ..core.design import COMPARISONS, KEY, MATCH, VARIANTS, fmt_tokens
+from ..core.fingerprint import code_record
+from ..core.io import PausetuneError, read_json, write_json, write_parquet, write_text
+from ..core.stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
 
-KEY = ["model", "variant", "task", "seed", "length", "depth"]
-MATCH = ["model", "task", "seed", "length", "depth"]
 REQUIRED = KEY + ["score"]
-VARIANTS = ["baseline", "pause-prompt", "pause-tuned", "plain-tuned"]
-# (variant, reference): every variant against baseline, then the tuning controls.
-COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
-    ("pause-tuned", "plain-tuned"),
-    ("pause-tuned", "pause-prompt"),
-]
 DEPTH_EDGES = [0, 20, 40, 60, 80, 100]
 LENGTH_ANCHOR = 1000
-DEFAULT_BOOTSTRAP = 2000
-TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv"]
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -152,12 +144,6 @@ def cells_frame(cells: list[dict]):
 # ----------------------------------------------------------------------------------------------- bands
 
 
-def fmt_tokens(n: float) -> str:
-    """1000 -> '1K', 1500 -> '1.5K', 128000 -> '128K', 512 -> '512'."""
-    n = float(n)
-    if n >= 1000:
-        return f"{n / 1000:.3g}K"
-    return f"{n:.3g}"
 
 
 def depth_band(depth: float) -> tuple[str, float, float]:
@@ -245,50 +231,8 @@ def profile(df, axis: str):
     return pd.DataFrame(rows, columns=["panel", "series", "model", "task", "variant", axis, "n", "mean_score", "mean_recall"])
 
 
-def comparison_seed(seed: int, model: str, task: str, variant: str, reference: str) -> list[int]:
-    return [int(seed), zlib.crc32(f"{model}/{task}/{variant}/{reference}".encode())]
 
 
-def paired_bootstrap(variant_scores, reference_scores, b: int = DEFAULT_BOOTSTRAP, seed=0) -> dict:
-    """Percent and point improvement of paired means, with 95% paired percentile-bootstrap intervals.
-
-    variant_scores[i] and reference_scores[i] are the scores of matched cell i. Each of the `b` resamples
-    draws n indices with replacement (the same indices for both arms: paired), from numpy's default_rng(seed).
-    """
-    import numpy as np
-
-    v = np.asarray(variant_scores, dtype=float)
-    r = np.asarray(reference_scores, dtype=float)
-    if v.shape != r.shape or v.ndim != 1:
-        raise ValueError("paired_bootstrap: need two 1-D arrays of the same length")
-    n = len(v)
-    if n == 0:
-        return {k: math.nan for k in ("diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high")}
-
-    def pct(mv, mr):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(mr != 0, (mv - mr) * 100.0 / mr, np.nan)
-
-    mv, mr = v.mean(), r.mean()
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(b, 2_000_000 // n))
-    diffs, pcts = [], []
-    done = 0
-    while done < b:
-        k = min(chunk, b - done)
-        idx = rng.integers(0, n, size=(k, n))
-        bv, br = v[idx].mean(axis=1), r[idx].mean(axis=1)
-        diffs.append(bv - br)
-        pcts.append(pct(bv, br))
-        done += k
-    diffs, pcts = np.concatenate(diffs), np.concatenate(pcts)
-    d_lo, d_hi = np.quantile(diffs, [0.025, 0.975])
-    if np.isnan(pcts).any():
-        p_lo = p_hi = math.nan
-    else:
-        p_lo, p_hi = np.quantile(pcts, [0.025, 0.975])
-    return {"diff": float(mv - mr), "diff_ci_low": float(d_lo), "diff_ci_high": float(d_hi),
-            "pct": float(pct(mv, mr)), "pct_ci_low": float(p_lo), "pct_ci_high": float(p_hi)}
 
 
 def matched(df, model: str, task: str, variant: str, reference: str):
@@ -365,6 +309,15 @@ def _csv(df) -> str:
     return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
+def tables_manifest(df) -> dict:
+    """What made the tables: this stage's code, and every distinct code fingerprint among the cells it read."""
+    def distinct(col):
+        return sorted(df[col].dropna().unique().tolist()) if col in df.columns else []
+
+    return {"code": code_record(__name__), "cells": int(len(df)),
+            "cell_code": {"generate": distinct("code.generate"), "score": distinct("code.score")}}
+
+
 def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
     """Read the cells, write the four tables into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
@@ -380,6 +333,7 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_json(out / "summary.json", metrics)
     for axis in ("depth", "length"):
         write_text(out / f"{axis}_profile.csv", _csv(profile(df, axis)))
+    write_json(out / "manifest.json", tables_manifest(df))
     return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics}
 
 

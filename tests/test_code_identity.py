@@ -1,0 +1,156 @@
+"""Cells, checkpoints and tables know the code that made them; edits rerun exactly what they touch.
+
+Library-level: the import closure each stage runs, and that core/ never imports stages/. Workflow-level, in one
+copy of the project (real Snakemake on the tiny model): edit scoring.py, figures.py and haystack.py of the copy
+and check what `snakemake -n` plans, what reruns, and that the cell cache never serves a cell of other code.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from pausetune.core.fingerprint import closure, closure_files, fingerprint
+from test_reruns import plan, smk
+from test_workflow import make_project
+
+PKG = ROOT / "workflow" / "pausetune"
+
+
+def test_stage_closures():
+    ev = closure_files("pausetune.stages.eval")
+    for f in ("core/scoring.py", "core/haystack.py", "core/engine.py", "core/needles.py", "stages/eval.py"):
+        assert f"workflow/pausetune/{f}" in ev
+    assert not any("figures" in f or "train.py" in f for f in ev)
+    figs = closure_files("pausetune.stages.figures")
+    assert "workflow/pausetune/core/scoring.py" not in figs and "workflow/pausetune/stages/figures.py" in figs
+    # generation's fingerprint leaves scoring out; the whole stage's keeps it
+    assert "pausetune.core.scoring" not in closure("pausetune.stages.eval", exclude=("pausetune.core.scoring",))
+    assert fingerprint("pausetune.stages.eval") != fingerprint("pausetune.stages.eval", exclude=("pausetune.core.scoring",))
+
+
+def test_core_never_imports_stages():
+    for f in sorted((PKG / "core").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                assert "stages" not in target and "cli" not in target, f"{f.name} imports {target}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith(("pausetune.stages", "pausetune.cli")) for a in node.names), f.name
+
+
+def test_stages_never_import_other_stages():
+    for f in sorted((PKG / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and f.name != "__init__.py":
+                raise AssertionError(f"stages/{f.name} imports .{node.module} (a stage may import only core)")
+
+
+def test_dvc_code_deps_are_the_import_closures():
+    proc = subprocess.run([sys.executable, "scripts/dvc_code_deps.py", "--check"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    deps = stages["aggregate"]["deps"]
+    assert "workflow/pausetune/stages/aggregate.py" in deps and "workflow/pausetune/core/scoring.py" not in deps
+
+
+# ------------------------------------------------------------------------------------------- workflow
+
+OVERLAY = {"eval": {"models": ["tiny"], "variants": ["baseline"], "tasks": ["single"], "lengths": [1000],
+                    "depths": [0, 100], "seeds": [0]}}
+CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "code.yaml"]
+CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
+TABLE = "results/tables/summary.csv"
+FIGURE = "results/figures/heatmap/tiny/single/baseline.png"
+
+
+def edit(project: Path, rel: str, old: str, new: str) -> None:
+    f = project / "workflow" / "pausetune" / rel
+    text = f.read_text()
+    assert old in text, (rel, old)
+    f.write_text(text.replace(old, new, 1))
+
+
+def cell(project: Path) -> dict:
+    return json.loads((project / CELL).read_text())
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("code"))
+    (p / "code.yaml").write_text(yaml.safe_dump(OVERLAY))
+    smk(p, "--", TABLE, FIGURE, configs=CONFIGS)
+    return p
+
+
+def test_cells_checkpoints_tables_record_their_code(project):
+    c = cell(project)
+    assert set(c["code"]) == {"generate", "score"} and all(len(v) == 64 for v in c["code"].values())
+    man = json.loads((project / "results/tables/manifest.json").read_text())
+    assert man["code"]["module"] == "pausetune.stages.aggregate" and man["cells"] == 2
+    assert man["cell_code"]["generate"] == [c["code"]["generate"]]
+
+
+def test_scoring_edit_rescores_without_generating(project):
+    before = cell(project)
+    # A real change to the scoring rule: facts are never found, so every score becomes 1.
+    edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n",
+         "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n")
+    planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
+    assert planned.get("eval") == 1 and planned.get("aggregate") == 1, planned
+    proc = smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
+    log = (project / "logs").rglob("*.log")
+    eval_log = next(p for p in log if "eval" in str(p)).read_text()
+    assert "nothing to do (0 done, 0 from the cell cache, 2 rescored)" in eval_log, eval_log
+    after = cell(project)
+    assert after["cell_id"] == before["cell_id"] and after["answer"] == before["answer"]
+    assert after["code"]["generate"] == before["code"]["generate"]
+    assert after["code"]["score"] != before["code"]["score"]
+    assert after["score"] == 1.0, proc.stdout[-2000:]
+
+
+def test_rescore_command_follows_scoring_code(project):
+    # Undo the edit; `pausetune rescore` brings the cells back to today's scoring without generation.
+    edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n",
+         "def fact_found(fact: str, answer_norm: str) -> bool:\n")
+    env_path = f"{project / 'workflow'}"
+    proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "rescore", "--config", *CONFIGS[:2],
+                           "--cells", "results/eval"], cwd=project, capture_output=True, text=True,
+                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "2 rescored" in proc.stdout
+    c = cell(project)
+    assert c["code"]["score"] == json.loads(
+        (project / "results/.cells" / f"{c['cell_id']}.json").read_text())["code"]["score"]
+    again = subprocess.run([sys.executable, "-m", "pausetune.cli", "rescore", "--config", *CONFIGS[:2],
+                            "--cells", "results/eval"], cwd=project, capture_output=True, text=True,
+                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
+    assert "0 rescored" in again.stdout, again.stdout + again.stderr
+
+
+def test_figures_edit_reruns_only_figures(project):
+    smk(project, "--", TABLE, FIGURE, configs=CONFIGS)  # settle after the rescore
+    edit(project, "stages/figures.py", '"""', '"""Edited. ', )
+    planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
+    assert planned == {"figure_heatmap": 1}, planned
+
+
+def test_haystack_edit_misses_the_cache(project):
+    smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
+    before = cell(project)
+    edit(project, "core/haystack.py", '"""', '"""Edited. ')
+    planned = plan(project, TABLE, configs=CONFIGS)
+    assert planned.get("eval") == 1, planned
+    smk(project, "--", TABLE, configs=CONFIGS)
+    after = cell(project)
+    assert after["code"]["generate"] != before["code"]["generate"]
+    assert after["cell_id"] != before["cell_id"]  # a new cache entry: the old one is never served for this code
+    assert (project / "results/.cells" / f"{before['cell_id']}.json").exists()
+    assert (project / "results/.cells" / f"{after['cell_id']}.json").exists()

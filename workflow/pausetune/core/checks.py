@@ -1,0 +1,122 @@
+"""Checks of an eval grid before anything runs: config-level (while the DAG is built) and in the model's own tokens."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .design import BLOCKS, CHECKPOINT, VARIANTS, format_depth
+from .grid import expand_depths, expand_lengths, task_axes
+from .io import PausetuneError
+from .needles import check_task
+
+def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -> None:
+    """Config-level checks of the eval grid; one line naming the key. Tokenizer checks if models are prepared."""
+    ev = config.get("eval", {})
+    models = config.get("models", {})
+    tasks = config.get("tasks", {})
+    for m in ev.get("models", []):
+        if m not in models:
+            raise PausetuneError(f"config key 'eval.models': unknown model '{m}'; known: {sorted(models)}")
+    for v in ev.get("variants", []):
+        if v not in VARIANTS:
+            raise PausetuneError(f"config key 'eval.variants': unknown variant '{v}'; known: {list(VARIANTS)}")
+        if v in CHECKPOINT:
+            for m in ev.get("models", []):
+                if m not in config.get("train", {}).get("models", []):
+                    raise PausetuneError(f"config key 'eval.variants': '{v}' needs a checkpoint of model '{m}', "
+                                         f"which train.models does not list")
+    for t in ev.get("tasks", []):
+        if t not in tasks:
+            raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {sorted(tasks)}")
+        check_task(t, tasks[t])
+    if ev.get("block", "length") not in BLOCKS:
+        raise PausetuneError(f"config key 'eval.block': expected one of {list(BLOCKS)}")
+    for s in ev.get("haystack_sources", []):
+        if config.get("sources") and s not in config["sources"]:
+            raise PausetuneError(f"config key 'eval.haystack_sources': unknown source '{s}'")
+    for t in ev.get("task_grid") or {}:
+        if t not in tasks:
+            raise PausetuneError(f"config key 'eval.task_grid.{t}': unknown task '{t}'; known: {sorted(tasks)}")
+    ev = {"lengths": [1000], "depths": [0], **ev}
+    per_task = {t: task_axes({"eval": ev}, t) for t in ev.get("tasks", [])}
+    lengths = sorted({n for ls, _ in per_task.values() for n in ls}) or expand_lengths(ev["lengths"])
+    expand_depths(ev["depths"])
+    if ev.get("block", "length") == "length" and len({tuple(ds) for _, ds in per_task.values()}) > 1:
+        raise PausetuneError("config key 'eval.task_grid': tasks with different depths need eval.block seed or cell "
+                             "(a length block's outputs are one depth list)")
+    judge = ev.get("judge")
+    if judge and judge.get("kind") == "local" and judge.get("model") not in models:
+        raise PausetuneError(f"config key 'eval.judge.model': unknown model '{judge.get('model')}'")
+    if judge and judge.get("kind") == "openai" and not (judge.get("base_url") and judge.get("model")):
+        raise PausetuneError("config key 'eval.judge': kind 'openai' needs base_url and model")
+    for m in ev.get("models", []):
+        limit = models[m].get("max_context")
+        for n in lengths:
+            if limit and n + ev.get("max_new_tokens", 32) > limit:
+                raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
+                                     f"{ev.get('max_new_tokens', 32)} exceeds models.{m}.max_context {limit}")
+    if prepared_root is not None:
+        for m in ev.get("models", []):
+            mdir = Path(prepared_root) / m
+            if (mdir / "prepared.json").exists():
+                check_budgets(config, m, mdir)
+
+
+def check_block(config: dict, model: str, variant: str, tasks: list[str], lengths: list[int],
+                depths: list[float]) -> None:
+    """The CLI's checks of the one block it runs (its config may hold only this block's keys)."""
+    models, ev = config.get("models", {}), config["eval"]
+    if model not in models:
+        raise PausetuneError(f"config key 'models': unknown model '{model}'; known: {sorted(models)}")
+    if variant not in VARIANTS:
+        raise PausetuneError(f"config key 'eval.variants': unknown variant '{variant}'; known: {list(VARIANTS)}")
+    for t in tasks:
+        if t not in config.get("tasks", {}):
+            known = sorted(config.get("tasks", {}))
+            raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {known}")
+        check_task(t, config["tasks"][t])
+    for d in depths:
+        if not 0 <= float(d) <= 100:
+            raise PausetuneError(f"config key 'eval.depths': depth {format_depth(d)} is outside 0-100")
+    for n in lengths:
+        if int(n) < 1:
+            raise PausetuneError(f"config key 'eval.lengths': length {n} is not positive")
+        limit = models[model].get("max_context")
+        if limit and int(n) + ev["max_new_tokens"] > limit:
+            raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
+                                 f"{ev['max_new_tokens']} exceeds models.{model}.max_context {limit}")
+
+
+_TOKENIZERS: dict = {}
+
+
+def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None) -> None:
+    """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens."""
+    from .haystack import PromptBuilder, budget
+    from .models import max_context
+    from .needles import build_task
+
+    ev = config["eval"]
+    if tokenizer is None:
+        key = str(Path(model_dir).resolve())
+        if key not in _TOKENIZERS:
+            from .models import load_tokenizer
+
+            _TOKENIZERS[key] = load_tokenizer(model_dir)
+        tokenizer = _TOKENIZERS[key]
+    limit = max_context(model_dir, config["models"][model])
+    per_task = {t: task_axes(config, t) for t in ev["tasks"]}
+    for n in sorted({n for ls, _ in per_task.values() for n in ls}):
+        if n + ev["max_new_tokens"] > limit:
+            raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
+                                 f"{ev['max_new_tokens']} exceeds the context window of model '{model}' ({limit})")
+    builder = PromptBuilder(tokenizer, config, model, boundaries=False)
+    for t in ev["tasks"]:
+        spec = config["tasks"][t]
+        lengths, depths = per_task[t]
+        fixed = spec["kind"] in ("single", "multi")  # the same needles in every cell: count them once
+        for s in ev["seeds"][:1] if fixed else ev["seeds"]:
+            for n in lengths:
+                for d in depths[:1] if fixed else depths:
+                    inst = build_task(t, spec, config.get("seed", 0), s, n, d)
+                    nt = sum(len(x) for x in builder.encode_needles(inst.needles))
+                    budget(n, ev, nt, builder.overhead(inst.question), task=t)

@@ -1,0 +1,82 @@
+"""Stage `rescore`: recompute the scores of existing cells from their stored answers, without generation.
+
+`pausetune rescore [--cells results/eval ...] [--judge-model-dir data/models/J]` reads every cell JSON under the
+given files or folders, recomputes recall/score (and the judge, when `eval.judge` is configured) with today's
+scoring code, and writes each changed cell atomically, its `results/.cells/` entry first. Each cell's
+`code.score` then names the scoring code that made its score; `code.generate` still names the code that made
+its answer. The eval stage does the same by itself for cells it finds made by other scoring code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.io import PausetuneError, read_json, write_json
+from ..core.scoring import score_cell, scoring_code
+
+
+def find_cells(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(p.rglob("depth*.json"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise PausetuneError(f"{p}: no such cell file or folder")
+    return out
+
+
+def judge_call(config: dict, judge_model_dir):
+    judge = config["eval"].get("judge")
+    if not judge:
+        return None
+    from ..core.scoring import LocalJudge, judge_openai
+
+    if judge["kind"] == "openai":
+        return lambda messages: judge_openai(judge, messages)
+    if not judge_model_dir:
+        raise PausetuneError(f"config key 'eval.judge': a local judge needs --judge-model-dir "
+                             f"data/models/{judge.get('model')}")
+    from ..core.models import load_model, load_tokenizer
+
+    return LocalJudge(load_model(judge_model_dir), load_tokenizer(judge_model_dir))
+
+
+def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model_dir=None, force: bool = False,
+            log=print) -> dict:
+    current = scoring_code()
+    files = find_cells(paths)
+    cells = []
+    for f in files:
+        data = read_json(f)
+        for key in ("cell_id", "answer", "facts", "question"):
+            if key not in data:
+                raise PausetuneError(f"{f}: not a cell (no '{key}')")
+        cells.append((f, data))
+    stale = [(f, d) for f, d in cells if force or d.get("code", {}).get("score") != current]
+    call = judge_call(config, judge_model_dir) if stale else None
+    changed = 0
+    for f, data in stale:
+        new = score_cell(data, config["eval"].get("judge"), call)
+        if cells_cache:
+            write_json(Path(cells_cache) / f"{new['cell_id']}.json", new)
+        write_json(f, new)
+        changed += new.get("score") != data.get("score")
+    log(f"rescore: {len(files)} cells, {len(stale)} rescored with scoring code {current[:12]}, "
+        f"{changed} scores changed")
+    return {"cells": len(files), "rescored": len(stale), "changed": changed}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--cells", nargs="+", default=["results/eval"], help="cell files or folders (default results/eval)")
+    p.add_argument("--cells-cache", default="results/.cells", help="the cell cache to update ('' for none)")
+    p.add_argument("--judge-model-dir", default=None, help="data/models/{judge model}, for a local judge")
+    p.add_argument("--force", action="store_true", help="rescore cells already scored by today's code too")
+
+
+def main(args, config: dict) -> int:
+    cache = args.cells_cache or None
+    if cache and not Path(cache).is_dir():
+        cache = None
+    rescore(args.cells, config, cache, args.judge_model_dir, args.force)
+    return 0
