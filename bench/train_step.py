@@ -1,4 +1,4 @@
-"""Benchmark: our LoRA training step (pausetune.train) against a plain transformers.Trainer + peft step.
+"""Benchmark: our LoRA training step (pausetune.stages.train) against a plain transformers.Trainer + peft step.
 
 Both run in the same invocation, one after the other, each in its own subprocess (so each peak-memory figure
 is its own), on the same model, the same LoRA config (config `train.lora`, default the paper's r16 on all seven

@@ -90,6 +90,7 @@ def project(tmp_path_factory):
     return p
 
 
+@pytest.mark.integration
 def test_cells_checkpoints_tables_record_their_code(project):
     c = cell(project)
     assert set(c["code"]) == {"generate", "score"} and all(len(v) == 64 for v in c["code"].values())
@@ -98,6 +99,7 @@ def test_cells_checkpoints_tables_record_their_code(project):
     assert man["cell_code"]["generate"] == [c["code"]["generate"]]
 
 
+@pytest.mark.integration
 def test_scoring_edit_rescores_without_generating(project):
     before = cell(project)
     # A real change to the scoring rule: facts are never found, so every score becomes 1.
@@ -116,6 +118,7 @@ def test_scoring_edit_rescores_without_generating(project):
     assert after["score"] == 1.0, proc.stdout[-2000:]
 
 
+@pytest.mark.integration
 def test_rescore_command_follows_scoring_code(project):
     # Undo the edit; `pausetune rescore` brings the cells back to today's scoring without generation.
     edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n",
@@ -135,6 +138,7 @@ def test_rescore_command_follows_scoring_code(project):
     assert "0 rescored" in again.stdout, again.stdout + again.stderr
 
 
+@pytest.mark.integration
 def test_figures_edit_reruns_only_figures(project):
     smk(project, "--", TABLE, FIGURE, configs=CONFIGS)  # settle after the rescore
     edit(project, "stages/figures.py", '"""', '"""Edited. ', )
@@ -142,6 +146,7 @@ def test_figures_edit_reruns_only_figures(project):
     assert planned == {"figure_heatmap": 1}, planned
 
 
+@pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
     smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
     before = cell(project)

@@ -33,6 +33,8 @@ from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG
 from pausetune.core.config import deep_merge
 from test_workflow import make_project
 
+pytestmark = [pytest.mark.integration]
+
 DVC_FILES = ["dvc.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", ".dvc/plots/panels.json"]
 # Everything on the tiny model, a small grid: one length, one depth, one task, one seed (one block per variant).
 DVC_OVERLAY = {
@@ -233,6 +235,28 @@ def test_repro_runs_everything_then_nothing(repro):
     assert not (project / "docs" / "figures" / "old.png").exists()  # the figures directory is the run's
     assert sorted(p.name for p in (project / "docs" / "figures").glob("*.png")), "no figures published"
     print(f"\ndvc repro: first {repro['first_s']:.0f}s ({len(outs)} stages), second {time.time() - t0:.1f}s")
+
+
+def test_code_edit_marks_exactly_the_stages_that_run_it(repro):
+    """dvc.yaml deps are the import closures: an edit to scoring.py makes the eval stages stale, nothing else."""
+    project = repro["project"]
+    f = project / "workflow" / "pausetune" / "core" / "scoring.py"
+    before = f.read_text()
+    try:
+        f.write_text(before + "\n# an edit\n")
+        stale = set(re.findall(r"^(\S+):\s*$", dvc(project, "status").stdout, re.M))
+        evals = {s for s in dvc_outs(project) if stage_rule(s) == "eval"}
+        assert evals and stale == evals, sorted(stale ^ evals)
+        f.write_text(before)
+        fig = project / "workflow" / "pausetune" / "stages" / "figures.py"
+        text = fig.read_text()
+        fig.write_text(text + "\n# an edit\n")
+        stale = set(re.findall(r"^(\S+):\s*$", dvc(project, "status").stdout, re.M))
+        fig.write_text(text)
+        assert stale and all(stage_rule(s).startswith("figure") for s in stale), sorted(stale)
+    finally:
+        f.write_text(before)
+    assert "up to date" in dvc(project, "status").stdout
 
 
 def test_param_change_reruns_only_dependants(repro):

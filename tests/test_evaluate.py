@@ -292,6 +292,7 @@ def test_local_judge_tiny(tiny_dir, pg_paused, tmp_path):
     assert c["judge"]["kind"] == "local" and c["score_rule"] == ("judge" if c["judge"]["parsed"] else "recall")
 
 
+@pytest.mark.integration
 def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_dir, smollm2_dir):
     """block: length builds a whole block; --config eval='{block: cell}' then rebuilds one cell, nothing else."""
     import yaml

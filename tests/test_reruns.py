@@ -18,6 +18,8 @@ import yaml
 
 from test_workflow import _job_counts, make_project
 
+pytestmark = [pytest.mark.integration]
+
 OVERLAY = {
     "train": {"models": ["tiny"], "max_steps": 2, "warmup_steps": 0, "save_every": 1},
     # two variants keep it short: an untuned one (no checkpoint) and a tuned one (one checkpoint)

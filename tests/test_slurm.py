@@ -22,6 +22,8 @@ import yaml
 from conftest import ROOT
 from test_workflow import _job_counts, make_project
 
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
 START = ROOT / "scripts" / "slurm" / "start.sh"
 STOP = ROOT / "scripts" / "slurm" / "stop.sh"
 BASE_CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = [pytest.mark.integration]
+
 PROJECT_FILES = ["Snakefile", "workflow", "config", "envs", "tests/configs"]
 
 

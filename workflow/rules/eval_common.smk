@@ -1,13 +1,13 @@
 # Eval: needle-in-a-haystack cells, results/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json.
 # One job evaluates a block of cells with one loaded model (config eval.block: cell | length | seed, see
-# pausetune/grid.py); every cell is its own file and its own target. One cell alone:
+# pausetune/core/grid.py: block_shape); every cell is its own file and its own target. One cell alone:
 #   snakemake results/eval/smollm2/baseline/single/seed0/len1000/depth50.json --config eval='{block: cell}'
 # Finished cells are also kept in results/.cells/ (not an output), so a failed block's rerun redoes only the rest.
-# The grid is checked here, while the DAG is built (one line naming the config key): pausetune.grid.check_eval.
+# The grid is checked here, while the DAG is built (one line naming the config key): pausetune.core.checks.check_eval.
 import os
 
 from pausetune.stages.eval import EVAL_RESULT_KEYS
-from pausetune.core.grid import CELL_PATTERN, eval_targets, grid_axes
+from pausetune.core.grid import block_shape, eval_targets, grid_axes
 from pausetune.core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth
 from pausetune.core.checks import check_eval
 
@@ -20,8 +20,6 @@ except PausetuneError as e:
 
 EVAL_AXES = grid_axes(config)
 EVAL_BLOCK = config["eval"]["block"]
-EVAL_DEPTHS = [format_depth(d) for d in EVAL_AXES["depths"]]
-EVAL_CELL = f"results/{CELL_PATTERN}"
 
 
 def eval_haystack(wc=None):
@@ -89,20 +87,8 @@ def eval_resource(key):
     return lambda wc: config["eval"].get("resources", {}).get(key, {"mem_mb": 8000, "runtime": 60, "gpu": 0}[key])
 
 
-if EVAL_BLOCK == "cell":
-    EVAL_OUT = EVAL_CELL
-    EVAL_LOG = "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.log"
-    EVAL_ARGS = "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"
-elif EVAL_BLOCK == "length":
-    EVAL_OUT = expand(EVAL_CELL, depth=EVAL_DEPTHS, allow_missing=True)
-    EVAL_LOG = "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}.log"
-    EVAL_ARGS = f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(EVAL_DEPTHS)}"
-else:  # seed: every task's lengths x depths (eval.task_grid) of one (model, variant, seed)
-    EVAL_OUT = [p for t, (ls, ds) in EVAL_AXES["per_task"].items()
-                for p in expand(EVAL_CELL, task=t, length=ls, depth=[format_depth(d) for d in ds], allow_missing=True)]
-    EVAL_LOG = "logs/eval/{model}/{variant}/seed{seed}.log"
-    EVAL_ARGS = f"--tasks {' '.join(EVAL_AXES['tasks'])}"
-
+EVAL_SHAPE = block_shape(config)  # pausetune.core.grid: outputs, log and grid arguments of one job
+EVAL_OUT, EVAL_LOG, EVAL_ARGS = EVAL_SHAPE["out"], EVAL_SHAPE["log"], EVAL_SHAPE["args"]
 
 
 EVAL_WILDCARDS = dict(model="[^/]+", variant="|".join(VARIANTS), task="[^/]+", seed="-?[0-9]+", length="[0-9]+",

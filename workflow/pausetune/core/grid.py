@@ -128,6 +128,30 @@ def grid_axes(config: dict) -> dict:
             "depths": sorted({d for _, ds in per_task.values() for d in ds})}
 
 
+def block_shape(config: dict) -> dict:
+    """What one eval job is, as Snakemake patterns: its outputs, its log and the CLI's grid arguments.
+
+    Wildcards stay as `{model}` etc.; a job's other cells are spelled out (all depths of a length block, every
+    task's grid of a seed block), so each cell stays its own requestable target."""
+    ax, mode = grid_axes(config), config["eval"].get("block", "length")
+    cell = f"results/{CELL_PATTERN}"
+    depths = [format_depth(d) for d in ax["depths"]]
+
+    def spell(task: str, lengths, ds) -> list[str]:
+        return [cell.replace("{task}", task).replace("{length}", str(n)).replace("{depth}", d)
+                for n in lengths for d in ds]
+
+    if mode == "cell":
+        return {"out": [cell], "log": "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.log",
+                "args": "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"}
+    if mode == "length":
+        return {"out": [cell.replace("{depth}", d) for d in depths],
+                "log": "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}.log",
+                "args": f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(depths)}"}
+    out = [p for t, (ls, ds) in ax["per_task"].items() for p in spell(t, ls, [format_depth(d) for d in ds])]
+    return {"out": out, "log": "logs/eval/{model}/{variant}/seed{seed}.log", "args": f"--tasks {' '.join(ax['tasks'])}"}
+
+
 def blocks(config: dict) -> list[Block]:
     ax = grid_axes(config)
     mode = config["eval"].get("block", "length")

@@ -484,6 +484,8 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     device = device or default_device()
     output, shard_dir, model_dir = Path(output), Path(shard_dir), Path(model_dir)
     checked = check_inputs(model_name, variant, model_dir, shard_dir, config)
+    if train_cfg.get("dtype", "auto") == "auto":  # like eval: the model entry's dtype, then the machine's rule
+        train_cfg["dtype"] = checked["entry"].get("dtype", "auto")
     smanifest, tok, pause_ids = checked["shard_manifest"], checked["tokenizer"], checked["pause_ids"]
     pause_mode = (smanifest.get("pause") or {}).get("mode")
     dd, _ = load_shards(str(shard_dir))
