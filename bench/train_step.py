@@ -61,7 +61,7 @@ def parse(argv=None):
     src.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of a real architecture's shape")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="auto: bf16 on GPU, fp32 on CPU (the train stage's rule)")
+                   help="auto: bf16 on GPU and on CPUs with native bf16, else fp32 (core.models.torch_dtype)")
     p.add_argument("--quantization", default="none", choices=["none", "nf4"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -211,7 +211,14 @@ def run_one(args, impl: str) -> dict:
             gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None)
         Trainer(model=model, args=targs, train_dataset=Rows(), callbacks=[Timer()]).train()
     med = statistics.median(times)
-    return {"impl": impl, "device": str(device), "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from peak import gemm_peak, lora_step_flops
+
+    step_flops = lora_step_flops(base.config, args.batch * args.grad_accum, args.seq_len)
+    wdtype = next(p for p in base.parameters() if p.is_floating_point()).dtype
+    peak = gemm_peak(torch.bfloat16 if wdtype == torch.uint8 else wdtype, str(device))
+    return {"step_flop": step_flops, "achieved_flops": step_flops / med, "gemm_peak_flops": peak,
+            "mfu": step_flops / med / peak,"impl": impl, "device": str(device), "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
             "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / med,
             "tokens_per_s_best": tokens_per_step / min(times),
             "cpu_s_median": statistics.median(cpu), "tokens_per_cpu_s": tokens_per_step / statistics.median(cpu), "peak_mem_mb": peak_mb(device),
@@ -249,7 +256,8 @@ def main(argv=None) -> int:
         print(f"  {r['impl']:8s} step {r['step_s_median']:.3f} s median, {r['step_s_min']:.3f} s min  "
               f"{r['tokens_per_s']:9.1f} tok/s (best step {r['tokens_per_s_best']:.1f})  "
               f"{r['tokens_per_cpu_s']:8.1f} tok/CPU-s  peak {r['peak_mem_mb']:8.1f} MB ({r['mem_kind']})  "
-              f"loss {r['loss_mean']:.4f}")
+              f"loss {r['loss_mean']:.4f}  {r['achieved_flops'] / 1e9:.1f} GFLOP/s = {100 * r['mfu']:.1f}% of "
+              f"this machine's {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s GEMM peak ({r['dtype']})")
     ratio = {"tokens_per_s": o["tokens_per_s"] / t["tokens_per_s"],
              "tokens_per_s_best": o["tokens_per_s_best"] / t["tokens_per_s_best"],
              "tokens_per_cpu_s": o["tokens_per_cpu_s"] / t["tokens_per_cpu_s"],
