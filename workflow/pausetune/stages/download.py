@@ -62,8 +62,9 @@ def read_hf(src: dict) -> list[dict]:
                                    revision=src.get("revision"))
     except Exception as e:  # the hub client raises many types; all mean the same to the user
         if hub_unreachable(e):
-            raise PausetuneError(f"{where}: the Hugging Face hub is unreachable (offline, or HF_HUB_OFFLINE set); "
-                                 f"download the data elsewhere and use a source of kind 'local'") from None
+            raise PausetuneError(f"{where}: could not load: the Hugging Face hub is unreachable (offline, or "
+                                 f"HF_HUB_OFFLINE set); download the data elsewhere and use a source of kind 'local'"
+                                 ) from None
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise PausetuneError(
             f"{where}: could not load ({type(e).__name__}: {reason}); if the hub is unreachable, "

