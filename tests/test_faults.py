@@ -394,7 +394,7 @@ def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
     leftovers = [converted.parent / f".{converted.name}.abc123.tmp",
                  converted.parent / f".{converted.name}.unzip.x.tmp", tmp_path / "models" / ".smollm2.k1ll3d.tmp"]
     for d in leftovers:
-        d.mkdir(parents=True)
+        d.mkdir(parents=True, exist_ok=True)
         (d / "model.safetensors").write_bytes(b"\0" * 1000)
     run_cli("prepare-model", *tiny_config, "--model", "smollm2", "--output", str(tmp_path / "models" / "smollm2"))
     assert not [d for d in leftovers if d.exists()]

@@ -93,6 +93,12 @@ def check_references(config: dict) -> None:
             raise PausetuneError(
                 f"config key 'models.{name}.source.tokenizer_from': unknown model '{src.get('tokenizer_from')}'"
             )
+    seq_len = config.get("shards", {}).get("seq_len")
+    for name in config.get("shards", {}).get("models", []):
+        limit = models.get(name, {}).get("max_context")
+        if limit and seq_len and seq_len > limit:  # here, not in train: max_context is no rule's rerun trigger
+            raise PausetuneError(f"config key 'shards.seq_len': seq_len {seq_len} exceeds the maximum context {limit} "
+                                 f"of model '{name}' (models.{name}.max_context)")
     pause = config.get("pause", {})
     if pause.get("mode") == "reserved" and not pause.get("reserved_token"):
         raise PausetuneError("config key 'pause.reserved_token': required when pause.mode is 'reserved'")
