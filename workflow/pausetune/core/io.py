@@ -52,8 +52,9 @@ def write_error(path, e: OSError) -> PausetuneError:
         blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
         if blocker is not None and blocker != path:
             why = f"{blocker} is a file, not a folder"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        why = f"{why}: {e.filename or path.parent}"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename and str(e.filename) != str(path) \
+            and not Path(e.filename).name.startswith(f".{path.name}."):  # a folder above it, not our temp file
+        why = f"{why}: {e.filename}"
     return PausetuneError(f"{path}: could not write ({why})")
 
 
