@@ -4,6 +4,15 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+# A syntax error in the embedded config: file, line and column (Snakemake's own message names neither).
+from pausetune.core.config import check_yaml_file
+from pausetune.core.io import PausetuneError
+
+try:
+    check_yaml_file("config/config.yaml")
+except PausetuneError as e:
+    sys.exit(f"config error: {e}")
+
 configfile: "config/config.yaml"
 
 # Every rule's `pausetune <step>` runs this checkout's code (workflow/pausetune), with whichever Python the rule's

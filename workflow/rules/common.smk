@@ -3,6 +3,7 @@ import sys
 from pausetune.core.config import subset, validate as validate_config
 from pausetune.core.fingerprint import closure_files
 from pausetune.core.io import PausetuneError
+from pausetune.core.wheels import check_wheel_hashes
 
 # Snakemake's validate fills the schema's defaults; ours then gives one line naming the key on error.
 try:
@@ -14,6 +15,21 @@ except Exception as e:
     except PausetuneError as err:
         sys.exit(f"config error: {err}")
     raise
+try:
+    check_wheel_hashes(config)  # before any job runs: a rerun would delete the good output first
+except PausetuneError as err:
+    sys.exit(f"config error: {err}")
+
+
+def total_cores():
+    """--cores N (or all); 1 where a command takes no --cores (--unlock, --cleanup-metadata, --summary, --report):
+    those run no job, and `workflow.cores` would refuse them."""
+    from snakemake.exceptions import WorkflowError
+
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
 
 
 def cfg(*keys, **extra):
@@ -25,11 +41,17 @@ def cfg(*keys, **extra):
     return json.dumps(data, sort_keys=True)
 
 
+def model_entry_params(name):
+    """A models entry as a rerun trigger: without max_context, which only gates the DAG-time checks (checked there
+    against the prepared model's own window) and changes no output."""
+    return {k: v for k, v in config["models"][name].items() if k != "max_context"}
+
+
 def model_cfgs(model):
     """A model's entry, plus the entry it borrows a tokenizer from (random models)."""
     entry = config["models"][model]
     names = [model] + ([entry["source"]["tokenizer_from"]] if entry["source"]["kind"] == "random" else [])
-    return {n: config["models"][n] for n in names}
+    return {n: model_entry_params(n) for n in names}
 
 
 SHARD_VARIANTS = ["pause", "plain"]

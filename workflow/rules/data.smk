@@ -7,7 +7,10 @@ rule download:
     output:
         "data/raw/{source}.parquet",
     params:
-        cfg=lambda wc: cfg("cache_dir", sources={wc.source: config["sources"][wc.source]}),
+        # shards.sources names this source alone: the CLI's schema default (paul_graham) must not be checked
+        # against a config that holds only this entry of `sources`.
+        cfg=lambda wc: cfg("cache_dir", sources={wc.source: config["sources"][wc.source]},
+                           shards={"sources": [wc.source]}),
     conda:
         "../../envs/data.yaml"
     log:

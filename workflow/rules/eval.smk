@@ -11,7 +11,7 @@ rule eval:
     params:
         cfg=eval_params,
         extra=eval_extra_args,
-    threads: config["eval"].get("threads") or workflow.cores
+    threads: config["eval"].get("threads") or total_cores()
     resources:
         mem_mb=eval_resource("mem_mb"),
         runtime=eval_resource("runtime"),

@@ -57,7 +57,7 @@ def eval_params(wc):
         src = config["models"][name]["source"]
         if src["kind"] == "random":
             names.append(src["tokenizer_from"])
-    models = {name: config["models"][name] for name in names}
+    models = {name: model_entry_params(name) for name in names}
     extra = {"pause": config["pause"]} if PAUSED[wc.variant] else {}
     return cfg("seed", "prompt", eval=ev, models=models, tasks={t: config["tasks"][t] for t in eval_tasks(wc)},
                shards={k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}, **extra)

@@ -23,7 +23,7 @@ rule train:
             train={k: v for k, v in config["train"].items() if k not in ("models", "resources", "threads")},
             models=model_cfgs(wc.model),
         ),
-    threads: config["train"]["threads"] or workflow.cores
+    threads: config["train"]["threads"] or total_cores()
     resources:
         mem_mb=config["train"]["resources"]["mem_mb"],
         runtime=config["train"]["resources"]["runtime"],

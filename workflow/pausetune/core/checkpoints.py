@@ -14,7 +14,15 @@ def checkpoint_adapter_hash(ckpt_dir: str | Path) -> str:
     path = Path(ckpt_dir) / "adapter" / "adapter_model.safetensors"
     if not path.exists():
         raise PausetuneError(f"{path}: missing (not a finished pausetune checkpoint)")
-    return sha256_file(path)
+    got = sha256_file(path)
+    # The manifest is the declared output, so Snakemake cannot see a damaged adapter: compare before loading.
+    mpath = Path(ckpt_dir) / "manifest.json"
+    want = read_json(mpath).get("adapter_sha256") if mpath.exists() else None
+    if want and got != want:
+        raise PausetuneError(
+            f"{ckpt_dir}: checkpoint damaged (adapter/adapter_model.safetensors has sha256 {got[:12]}..., its manifest "
+            f"records {want[:12]}...); retrain it: snakemake --cores all --force {mpath}")
+    return got
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -103,6 +103,7 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
 
             _TOKENIZERS[key] = load_tokenizer(model_dir)
         tokenizer = _TOKENIZERS[key]
+    check_max_context(config, model, model_dir)
     limit = max_context(model_dir, config["models"][model])
     per_task = {t: task_axes(config, t) for t in ev["tasks"]}
     for n in sorted({n for ls, _ in per_task.values() for n in ls}):
@@ -120,3 +121,48 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
                     inst = build_task(t, spec, config.get("seed", 0), s, n, d)
                     nt = sum(len(x) for x in builder.encode_needles(inst.needles))
                     budget(n, ev, nt, builder.overhead(inst.question), task=t)
+
+
+def check_judge(judge: dict | None, timeout: float = 10.0) -> None:
+    """An openai judge's key and endpoint, checked before any model loads: otherwise a missing key or a dead
+    endpoint shows only after the model load and the first generation."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    if not judge or judge.get("kind") != "openai":
+        return
+    env = judge.get("api_key_env", "OPENAI_API_KEY")
+    key = os.environ.get(env)
+    if not key:
+        raise PausetuneError(f"config key 'eval.judge.api_key_env': environment variable {env} is not set")
+    url = judge["base_url"].rstrip("/") + "/models"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:  # it answered: reachable; only a refused key is worth stopping for
+        if e.code in (401, 403):
+            raise PausetuneError(f"judge endpoint {judge['base_url']}: refused the key in ${env} (HTTP {e.code})") \
+                from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PausetuneError(f"judge endpoint {judge['base_url']}: unreachable ({reason}); check eval.judge.base_url "
+                             f"and the network, or set eval.judge to null") from None
+
+
+def check_max_context(config: dict, model: str, model_dir: str | Path) -> None:
+    """models.X.max_context may lower the prepared model's own window (max_position_embeddings), never raise it."""
+    import json
+
+    from .models import resolve_path
+
+    limit = config["models"][model].get("max_context")
+    if not limit:
+        return
+    path, _ = resolve_path(model_dir)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    own = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    if own and int(limit) > int(own):
+        raise PausetuneError(f"config key 'models.{model}.max_context': {limit} exceeds the model's own window "
+                             f"({own}, max_position_embeddings in {Path(path) / 'config.json'})")

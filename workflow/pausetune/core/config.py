@@ -93,6 +93,12 @@ def check_references(config: dict) -> None:
             raise PausetuneError(
                 f"config key 'models.{name}.source.tokenizer_from': unknown model '{src.get('tokenizer_from')}'"
             )
+    seq_len = config.get("shards", {}).get("seq_len")
+    for name in config.get("shards", {}).get("models", []):
+        limit = models.get(name, {}).get("max_context")
+        if limit and seq_len and seq_len > limit:  # here, not in train: max_context is no rule's rerun trigger
+            raise PausetuneError(f"config key 'shards.seq_len': seq_len {seq_len} exceeds the maximum context {limit} "
+                                 f"of model '{name}' (models.{name}.max_context)")
     pause = config.get("pause", {})
     if pause.get("mode") == "reserved" and not pause.get("reserved_token"):
         raise PausetuneError("config key 'pause.reserved_token': required when pause.mode is 'reserved'")
@@ -108,6 +114,27 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def yaml_error(path, e) -> PausetuneError:
+    """File, line, column and the parser's problem, in one line (PyYAML's own message spans four)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return PausetuneError(f"{where}: not valid YAML ({problem}{f', {context}' if context else ''})")
+
+
+def check_yaml_file(path) -> None:
+    """Parse a YAML file only to report a syntax error with its position (Snakemake's message names neither file
+    nor line); a missing file is left to the caller."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yaml.safe_load(f)
+    except FileNotFoundError:
+        return
+    except yaml.YAMLError as e:
+        raise yaml_error(path, e) from None
+
+
 def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
     """Merge YAML files in order (later wins), then a JSON string, then validate."""
     config: dict[str, Any] = {}
@@ -118,7 +145,7 @@ def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
         except FileNotFoundError:
             raise PausetuneError(f"{p}: config file not found") from None
         except yaml.YAMLError as e:
-            raise PausetuneError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise yaml_error(p, e) from None
         if not isinstance(data, dict):
             raise PausetuneError(f"{p}: expected a mapping at the top level")
         config = deep_merge(config, data)

@@ -6,6 +6,7 @@ leaves a half-written file that Snakemake or DVC would take for a finished one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -37,18 +38,52 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# Errors of writing itself (disk full, quota, read-only, a file where a folder should be): one line naming the
+# path. Inside a `with atomic_*` block only the disk-full kind is taken for one (the block may read inputs too).
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_WRITE_ERRNOS = _FULL | {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
+
+def write_error(path, e: OSError) -> PausetuneError:
+    """One line naming the file that could not be written and why (the temp file's name would mean nothing)."""
+    path = Path(path)
+    why = os.strerror(e.errno) if e.errno else (e.strerror or type(e).__name__)  # pyarrow wraps it in prose
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+        if blocker is not None and blocker != path:
+            why = f"{blocker} is a file, not a folder"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and e.filename and str(e.filename) != str(path) \
+            and not Path(e.filename).name.startswith(f".{path.name}."):  # a folder above it, not our temp file
+        why = f"{why}: {e.filename}"
+    return PausetuneError(f"{path}: could not write ({why})")
+
+
+@contextlib.contextmanager
+def _writing(path, errnos=_WRITE_ERRNOS) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in errnos:
+            raise
+        raise write_error(path, e) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private on a shared cluster
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _writing(path):
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private on a shared cluster
+        with _writing(path, _FULL):
+            yield tmp
+        with _writing(path):
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -58,23 +93,42 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside `path`; swap it into place only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
+        with _writing(path):
+            os.chmod(tmp, 0o777 & ~_umask())
+        with _writing(path, _FULL):
+            yield tmp
+        with _writing(path):
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(path, old)
+                os.replace(tmp, path)
                 shutil.rmtree(old)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+            else:
+                os.replace(tmp, path)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale_tmp(path: str | os.PathLike) -> None:
+    """Remove the temp files and folders atomic_path / atomic_dir left beside `path` when a job was SIGKILLed
+    (`.{name}.*.tmp`, `.{name}.old`). Call it only where no other live writer of `path` can exist: a Snakemake
+    output (the lock allows one job per output), or under a lock."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for p in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*{path.suffix or '.tmp'}"),
+              path.with_name(f".{path.name}.old")]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink(missing_ok=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -98,7 +152,7 @@ def read_json(path: str | os.PathLike) -> Any:
     except FileNotFoundError:
         raise PausetuneError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
-        raise PausetuneError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise PausetuneError(f"{path}: not valid JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
 
 
 def write_parquet(path: str | os.PathLike, df) -> None:
@@ -121,8 +175,36 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None):
     return df
 
 
+def hub_unreachable(e: BaseException) -> bool:
+    """True when a Hugging Face hub client error means the hub could not be reached (offline, HF_HUB_OFFLINE,
+    DNS, timeout): the user needs to hear that, not the client's class name (LocalEntryNotFoundError)."""
+    names = {c.__name__ for c in type(e).__mro__}
+    text = str(e)
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
+                         "ReadTimeout", "Timeout", "TimeoutError", "NameResolutionError", "MaxRetryError"}) \
+        or "Couldn't reach" in text or "offline mode" in text.lower() or "LocalEntryNotFoundError" in text
+
+
 def cache_dir(config: dict | None = None) -> Path:
     """Downloads and conversions shared by every project on the machine: config cache_dir, $PAUSETUNE_CACHE,
     else ~/.cache/pausetune."""
     configured = (config or {}).get("cache_dir")
     return Path(configured or os.environ.get("PAUSETUNE_CACHE") or Path.home() / ".cache" / "pausetune")
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing), for the cache shared by every project on the machine:
+    while held, temp folders there belong to no live writer and can be cleaned."""
+    import fcntl
+
+    path = Path(path)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

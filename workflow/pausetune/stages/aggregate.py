@@ -49,6 +49,7 @@ import glob
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -89,15 +90,25 @@ def find_cells(cells_dir: str | os.PathLike) -> list[str]:
     return sorted(glob.glob(str(root / "**" / "*.json"), recursive=True))
 
 
-def load_cells(paths: Iterable[str | os.PathLike]) -> list[dict]:
+def load_cells(paths: Iterable[str | os.PathLike], skip_bad: bool = False, skipped: list | None = None) -> list[dict]:
+    """The cells, flattened. A damaged cell fails in one line naming it, or with `skip_bad` is left out and
+    recorded in `skipped` ({path, reason}) for the tables manifest and the results page."""
     cells = []
     for p in paths:
-        cell = read_json(p)
-        if not isinstance(cell, dict):
-            raise PausetuneError(f"{p}: an eval cell must be a JSON object")
-        missing = [k for k in REQUIRED if k not in cell]
-        if missing:
-            raise PausetuneError(f"{p}: eval cell lacks key(s) {missing}")
+        try:
+            cell = read_json(p)
+            if not isinstance(cell, dict):
+                raise PausetuneError(f"{p}: an eval cell must be a JSON object")
+            missing = [k for k in REQUIRED if k not in cell]
+            if missing:
+                raise PausetuneError(f"{p}: eval cell lacks key(s) {missing}")
+        except PausetuneError as e:
+            if not skip_bad:
+                raise PausetuneError(f"{e}; delete it and rerun (Snakemake recomputes its block), or set report."
+                                     f"skip_bad_cells: true to leave it out (the results page says so)") from None
+            if skipped is not None:
+                skipped.append({"path": str(p), "reason": str(e)})
+            continue
         cell = flatten(cell)
         cell["path"] = str(p)
         cells.append(cell)
@@ -309,20 +320,26 @@ def _csv(df) -> str:
     return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
-def tables_manifest(df) -> dict:
-    """What made the tables: this stage's code, and every distinct code fingerprint among the cells it read."""
+def tables_manifest(df, skipped: list | None = None) -> dict:
+    """What made the tables: this stage's code, and every distinct code fingerprint among the cells it read
+    (and the damaged cells left out under report.skip_bad_cells, when any)."""
     def distinct(col):
         return sorted(df[col].dropna().unique().tolist()) if col in df.columns else []
 
-    return {"code": code_record(__name__), "cells": int(len(df)),
-            "cell_code": {"generate": distinct("code.generate"), "score": distinct("code.score")}}
+    out = {"code": code_record(__name__), "cells": int(len(df)),
+           "cell_code": {"generate": distinct("code.generate"), "score": distinct("code.score")}}
+    if skipped:
+        out["skipped_cells"] = skipped
+    return out
 
 
-def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
+def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0,
+              skip_bad: bool = False) -> dict:
     """Read the cells, write the four tables into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
-    df = cells_frame(load_cells(paths))
+    skipped: list[dict] = []
+    df = cells_frame(load_cells(paths, skip_bad, skipped))
     summary = summarize(df)
     delta = deltas(df, b=b, seed=seed)
     metrics = summary_json(summary, delta)
@@ -333,8 +350,8 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_json(out / "summary.json", metrics)
     for axis in ("depth", "length"):
         write_text(out / f"{axis}_profile.csv", _csv(profile(df, axis)))
-    write_json(out / "manifest.json", tables_manifest(df))
-    return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics}
+    write_json(out / "manifest.json", tables_manifest(df, skipped))
+    return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -368,7 +385,10 @@ def main(args, config: dict) -> int:
     b = args.bootstrap if args.bootstrap is not None else (config.get("report") or {}).get("bootstrap",
                                                                                             DEFAULT_BOOTSTRAP)
     seed = args.bootstrap_seed if args.bootstrap_seed is not None else config.get("seed", 0)
-    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed))
+    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed),
+                    skip_bad=bool((config.get("report") or {}).get("skip_bad_cells")))
+    for s in res["skipped"]:
+        print(f"aggregate: left out {s['reason']} (report.skip_bad_cells)", file=sys.stderr)
     n_delta = len(res["deltas"])
     print(f"aggregate: {len(res['cells'])} cells -> {args.out_dir} "
           f"({len(res['summary'])} summary rows, {n_delta} comparisons, B={b}, seed={seed})")

@@ -15,7 +15,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
-from ..core.io import PausetuneError, cache_dir, sha256_text, write_parquet
+from ..core.io import PausetuneError, cache_dir, hub_unreachable, sha256_text, write_parquet
 from ..core.wheels import fetch_wheel
 
 
@@ -61,6 +61,10 @@ def read_hf(src: dict) -> list[dict]:
         ds = datasets.load_dataset(src["repo"], src.get("name"), split=src.get("split", "train"),
                                    revision=src.get("revision"))
     except Exception as e:  # the hub client raises many types; all mean the same to the user
+        if hub_unreachable(e):
+            raise PausetuneError(f"{where}: could not load: the Hugging Face hub is unreachable (offline, or "
+                                 f"HF_HUB_OFFLINE set); download the data elsewhere and use a source of kind 'local'"
+                                 ) from None
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise PausetuneError(
             f"{where}: could not load ({type(e).__name__}: {reason}); if the hub is unreachable, "
@@ -82,6 +86,8 @@ def _records_from_rows(df, src: dict, where: str) -> list[dict]:
     for i, row in enumerate(rows.itertuples(index=False)):
         rec = row._asdict()
         text = rec[column]
+        if text is None or (isinstance(text, float) and text != text):  # null in JSON/parquet, NaN from CSV
+            raise PausetuneError(f"{where}: row {i} column '{column}' is empty (null), expected text")
         if not isinstance(text, str):
             raise PausetuneError(f"{where}: row {i} column '{column}' is {type(text).__name__}, expected text")
         title = str(rec[title_col]) if title_col else f"{i:06d}"

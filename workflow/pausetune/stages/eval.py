@@ -69,13 +69,18 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def _entry(entry: dict | None) -> dict | None:
+    """A models entry as part of a cell's identity: max_context only gates checks, it changes no answer."""
+    return None if entry is None else {k: v for k, v in entry.items() if k != "max_context"}
+
+
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
                    dtype: str, device_type: str) -> dict:
     from ..core.design import PAUSED
 
     ev = config["eval"]
     ident = {
-        "model": model, "variant": variant, "model_entry": config["models"][model],
+        "model": model, "variant": variant, "model_entry": _entry(config["models"][model]),
         "model_sha256": model_fingerprint(model_dir), "adapter_sha256": adapter_sha,
         "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS}, "prompt": config["prompt"],
         "pause": config["pause"] if PAUSED[variant] else None,
@@ -86,7 +91,7 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
         "code_generate": code_identity()["generate"],
     }
     if ev.get("judge") and ev["judge"].get("kind") == "local":
-        ident["judge_model"] = config["models"].get(ev["judge"]["model"])
+        ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
     return ident
 
 
@@ -249,6 +254,10 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             except PausetuneError:
                 pass
         todo.append((t, n, d, cid, out))
+    if restale or todo:
+        from ..core.checks import check_judge
+
+        check_judge(ev.get("judge"))  # before any model loads
     if restale:
         call = _judge(config, judge_model_dir, dname, device)
         for data, out in restale:
@@ -328,6 +337,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             }
             if inst.keys:
                 cell["ruler"] = inst.keys
+            if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
+                write_json(cache_root / f"{res.key}.json", cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)
             write_json(cache_root / f"{res.key}.json", cell)  # the cache first: a computed answer is never lost
             write_json(out, cell)

@@ -226,6 +226,11 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
          "Scores are the NIAH 1–10 scale (1 + 9 × recall of the needle's facts); intervals are 95% paired "
          "bootstrap intervals over matched cells (same model, task, seed, length, depth).", ""]
 
+    manifest = tables / "manifest.json"
+    skipped = read_json(manifest).get("skipped_cells", []) if manifest.exists() else []
+    if skipped:
+        L += [f"**{len(skipped)} eval cell(s) left out** of these tables as unreadable (config "
+              f"report.skip_bad_cells): " + ", ".join(f"`{s['path']}`" for s in skipped), ""]
     L += ["## How this was made", ""]
     if run_info:
         L.append(f"- Command: `{run_info.get('command', '?')}` (started {run_info.get('started', '?')})")

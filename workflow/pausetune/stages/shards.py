@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..core.splits import essay_split
 from ..core.design import TRAIN_VARIANTS
-from ..core.io import PausetuneError, atomic_dir, read_parquet, sha256_file, write_json
+from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_parquet, sha256_file, write_json
 from ..core.tokens import encode_paragraphs, separator_ids, setup_pause, tokenizer_fingerprint
 
 
@@ -90,6 +90,7 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
         "validation_essays": split["validation"],
         "sources": {p: sha256_file(p) for p in paused_files},
     }
+    clean_stale_tmp(out_dir)  # a killed run's `.{variant}.*.tmp` (one job at a time writes this output)
     with atomic_dir(out_dir) as tmp:
         dd = datasets.DatasetDict({
             name: datasets.Dataset.from_dict(

