@@ -257,8 +257,9 @@ def test_cli_writes_tables_and_flat_json(tmp_path):
     out = tmp_path / "tables"
     proc = run_cli("aggregate", "--cells-dir", str(FIXTURE), "--out-dir", str(out), "--bootstrap", "300")
     assert "41 cells" in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["cells.parquet", "deltas.csv", "depth_profile.csv",
-                                                      "length_profile.csv", "summary.csv", "summary.json"]
+    from pausetune.core.design import TABLES
+
+    assert sorted(p.name for p in out.iterdir()) == sorted(TABLES)
     import pandas as pd
 
     prof = pd.read_csv(out / "depth_profile.csv")
