@@ -61,6 +61,8 @@ def eval_params(wc):
             names.append(src["tokenizer_from"])
     models = {name: config["models"][name] for name in names}
     extra = {"pause": config["pause"]} if PAUSED[wc.variant] else {}
+    if any(config["tasks"][t].get("bank") for t in eval_tasks(wc)):
+        extra["banks"] = config["banks"]  # only blocks that draw needles from the bank rerun when it changes
     return cfg("seed", "prompt", eval=ev, models=models, tasks={t: config["tasks"][t] for t in eval_tasks(wc)},
                shards={k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}, **extra)
 
