@@ -105,7 +105,8 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
                                   "depth": datasets.Value("float64"), "needle_positions": seq,
                                   "pause_positions": seq, "bank_index": seq})
     with atomic_dir(out_dir) as tmp:
-        dd = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows[name], features=features) for name in rows})
+        dd = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows[name], features=features)
+                                   for name in rows if rows[name]["input_ids"]})  # no empty validation split
         dd.save_to_disk(str(tmp / "dataset"))
         tok.save_pretrained(tmp / "tokenizer")
         write_json(tmp / "manifest.json", manifest)
