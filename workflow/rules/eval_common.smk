@@ -25,7 +25,7 @@ EVAL_CELL = f"results/{CELL_PATTERN}"
 
 
 def eval_haystack(wc=None):
-    method = config["paragraphs"]["method"]
+    method = config["eval"].get("paragraph_method") or config["paragraphs"]["method"]
     return [f"data/paused/{s}/{method}.parquet" for s in config["eval"]["haystack_sources"]]
 
 
