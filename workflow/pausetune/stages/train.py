@@ -14,6 +14,13 @@ constant) schedule with warmup, `grad_accum` micro-batches of `batch_size` packe
 data order is stateless: global row g is row `perm(epoch)[g % N]` with `perm(epoch)` a permutation seeded by
 (seed, epoch), so epochs are reshuffled and a resumed run reads exactly the rows an uninterrupted run would.
 
+Objective (config `train.objective`): `lm` (default) is the causal-LM loss over packed essay rows of `--shards`;
+`retrieval` (issue 17, the paper's) trains on `--examples` (stage `examples`: an essay context with a hidden
+needle, the question, the answer), right-padded micro-batches, loss on the answer span only (`train.loss_on:
+answer`, labels -100 elsewhere) or on every token (`all`). The step loss is the exact mean over the step's loss
+tokens, and the LM head runs only on the hidden states that carry a label (`masked_loss`): with answer-only loss
+that is a few dozen positions of a 2K-token example, not a [T, vocabulary] logit tensor.
+
 Pause token: in `special` (and `reserved`) mode with a single pause id, the embedding row of the pause token
 is trained through peft's `trainable_token_indices` (one row, no full-embedding copy, base weights frozen).
 On models with tied input/output embeddings peft wraps the head with the same trainable row, so the output row
