@@ -73,10 +73,12 @@ def all_targets():
     return targets
 
 
-def train_data(model, variant):
-    """What a checkpoint trains on: its examples (train.objective retrieval) or its shards (lm)."""
+def train_data(model, variant, file=""):
+    """What a checkpoint trains on: its examples (train.objective retrieval) or its shards (lm); or a file there."""
+    import os
+
     kind = "examples" if config["train"]["objective"] == "retrieval" else "shards"
-    return f"data/{kind}/{model}/{variant}"
+    return os.path.join("data", kind, model, variant, file) if file else os.path.join("data", kind, model, variant)
 
 
 def tuned_manifests(pattern):

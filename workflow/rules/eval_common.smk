@@ -34,7 +34,7 @@ def eval_inputs(wc):
     if wc.variant in CHECKPOINT:
         v = CHECKPOINT[wc.variant]
         inputs["checkpoint"] = f"results/checkpoints/{wc.model}/{v}/manifest.json"
-        inputs["shards"] = train_data(wc.model, v) + "/manifest.json"  # holdout check: no haystack essay trained
+        inputs["shards"] = train_data(wc.model, v, "manifest.json")  # holdout check: no haystack essay trained
     judge = config["eval"].get("judge")
     if judge and judge["kind"] == "local":
         inputs["judge"] = f"data/models/{judge['model']}/prepared.json"

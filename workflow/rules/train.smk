@@ -7,7 +7,7 @@
 
 rule train:
     input:
-        data=lambda wc: train_data(wc.model, wc.variant) + "/manifest.json",
+        data=lambda wc: train_data(wc.model, wc.variant, "manifest.json"),
         model="data/models/{model}/prepared.json",
         code=code("train"),
     output:
