@@ -245,3 +245,20 @@ def test_brackets_method_pauses_after_every_bracket_on_real_text():
         assert "".join(" ".join(paras).split()) == "".join(text.split())  # nothing lost, nothing added
     want = split_paragraphs((ROOT / "tests/fixtures/essays/want.txt").read_text(), "brackets")
     assert want[0].endswith("free to choose what you do? [1]") and want[2] == "Notes[1]"
+
+
+def test_eval_cli_runs_bank_cells_with_their_own_facts(tiny_config, tiny_dir, pg_paused, tmp_path):
+    from pausetune.core.banks import check_banks
+
+    evalb = {r["question"]: r for r in check_banks(load_cfg())[1]}
+    over = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 50]}}
+    run_cli("eval", *tiny_config, "--config-json", json.dumps(over), "--model", "tiny", "--variant", "baseline",
+            "--tasks", "bank", "--seed", "0", "--lengths", "600", "--depths", "0", "50", "--model-dir",
+            str(tiny_dir), "--haystack", str(pg_paused), "--results", str(tmp_path), "--device", "cpu",
+            "--threads", "1")
+    cells = [json.loads(p.read_text()) for p in sorted((tmp_path / "eval").rglob("*.json"))]
+    assert len(cells) == 2
+    for c in cells:
+        row = evalb[c["question"]]
+        assert c["task"] == "bank" and row["answer"] in json.dumps(c["expected"])
+    assert cells[0]["question"] != cells[1]["question"]

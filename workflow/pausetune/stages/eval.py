@@ -322,7 +322,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 "needle_tokens": cp.needle_tokens, "needle_positions": cp.needle_positions,
                 "needle_depths": cp.needle_depths, "depth_actual": cp.depth_actual,
                 "needles": inst.needles, "question": inst.question,
-                "expected": [[f] for f in inst.facts] if inst.kind not in ("single", "multi")
+                "expected": [[f] for f in inst.facts]
+                if inst.kind not in ("single", "multi") or config["tasks"][t].get("bank")
                 else config["tasks"][t]["expected"],
                 "facts": inst.facts, "reference": inst.reference, "answer": answer, "answer_tokens": len(res.new_ids),
                 "prompt_sha256": cp.sha256(), "prompt_format": builder.format,
