@@ -124,6 +124,14 @@ def test_examples_exact_lengths_answer_span_and_pause_plain_identical(examples):
     assert not set(m["haystack_essays"]) & set(m["splits"]["train"]["order"] + m["splits"]["validation"]["order"])
 
 
+def test_examples_are_deterministic(examples, tiny_config, pg_paused, tiny_dir, tmp_path):
+    build(tiny_config, pg_paused, tiny_dir, tmp_path / "again", "plain", SMALL)
+    assert rows(tmp_path / "again") == rows(examples["plain"])
+    other = {"seed": 1, **SMALL}
+    build(tiny_config, pg_paused, tiny_dir, tmp_path / "seed1", "plain", other)
+    assert [r["input_ids"] for r in rows(tmp_path / "seed1")] != [r["input_ids"] for r in rows(examples["plain"])]
+
+
 def test_authors_template_and_answer_word(tiny_config, pg_paused, tiny_dir, tmp_path):
     from transformers import AutoTokenizer
 

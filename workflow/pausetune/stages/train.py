@@ -619,6 +619,12 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     torch.manual_seed(seed)
     random.seed(seed)
     model, info = build_model(model_dir, tok, train_cfg, pause_ids, pause_mode, device)
+    if retrieval:
+        mcfg = model.get_base_model().config
+        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+            if getattr(mcfg, key, None) not in (None, 1, 1.0):
+                raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
+                                     f"(LM head on the loss positions only) does not; use train.objective lm")
     optimizer, scheduler = make_optimizer(model, train_cfg)
 
     state_dir = state_dir_for(output)
