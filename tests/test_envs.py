@@ -25,13 +25,13 @@ from pausetune.core.fingerprint import closure, module_file
 
 # group -> the pausetune modules its rules' subcommands enter (cli dispatches to them)
 GROUPS = {
-    "data": ["cli", "stages.download", "stages.paragraphs", "stages.prepare_model", "stages.shards"],
+    "data": ["cli", "stages.download", "stages.paragraphs", "stages.prepare_model", "stages.shards", "stages.examples"],
     "train": ["cli", "stages.train"],
     "eval": ["cli", "stages.eval", "stages.rescore", "stages.preflight"],
     # compare, config: no rule, the report env runs them
     "report": ["cli", "stages.aggregate", "stages.figures", "stages.publish", "stages.compare", "stages.config"],
 }
-RULES = {"data": ["download", "pause", "prepare_model", "shards"], "train": ["train"], "eval": ["eval"],
+RULES = {"data": ["download", "pause", "prepare_model", "shards", "examples"], "train": ["train"], "eval": ["eval"],
          "report": ["aggregate", "figure_heatmap", "figure_delta", "figure_delta_vs", "figure_profile", "publish"]}
 DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm", "dvc"}
 

@@ -227,7 +227,7 @@ def test_unknown_method_is_one_line_error(method):
     with pytest.raises(PausetuneError) as e:
         split_paragraphs("Some text.", method)
     assert str(e.value) == (f"paragraphs.method: unknown method '{method}'; "
-                            "expected blank_lines, heuristic or sentences:N")
+                            "expected blank_lines, heuristic, brackets or sentences:N")
 
 
 def test_empty_text_gives_no_paragraphs():

@@ -20,6 +20,8 @@ COMMANDS = {
     "prepare-model": ("pausetune.stages.prepare_model",
                       "make a model loadable offline (convert a wheel's GGUF, build a random one)"),
     "shards": ("pausetune.stages.shards", "tokenize and pack essays into training shards (pause | plain)"),
+    "examples": ("pausetune.stages.examples",
+                 "build retrieval training examples (needles in training essays) for one (model, variant)"),
     "train": ("pausetune.stages.train", "LoRA / QLoRA fine-tuning of one (model, variant) checkpoint"),
     "preflight": ("pausetune.stages.preflight", "check an eval grid in the model's own tokens before anything runs"),
     "eval": ("pausetune.stages.eval", "evaluate a block of needle-in-a-haystack cells"),

@@ -1,6 +1,8 @@
 import sys
 
+from pausetune.core.banks import check_banks
 from pausetune.core.config import subset, validate as validate_config
+from pausetune.core.examples import check_config as check_examples
 from pausetune.core.fingerprint import closure_files
 from pausetune.core.io import PausetuneError
 from pausetune.core.wheels import check_wheel_hashes
@@ -30,6 +32,13 @@ def total_cores():
         return workflow.cores
     except WorkflowError:
         return 1
+
+# Needle banks (empty, overlapping) and the example length range, one line each, while the DAG is built.
+try:
+    check_banks(config)
+    check_examples(config)
+except PausetuneError as err:
+    sys.exit(f"config error: {err}")
 
 
 def cfg(*keys, **extra):
@@ -75,6 +84,8 @@ def all_targets():
     targets = []
     for model in config["shards"]["models"]:
         targets += expand("data/shards/{model}/{variant}/manifest.json", model=model, variant=SHARD_VARIANTS)
+    targets += expand("data/examples/{model}/{variant}/manifest.json", model=config["train"]["models"],
+                      variant=SHARD_VARIANTS)
     targets += expand("results/checkpoints/{model}/{variant}/manifest.json", model=config["train"]["models"],
                       variant=SHARD_VARIANTS)
     cells = eval_targets(config)
@@ -82,6 +93,14 @@ def all_targets():
     if cells:
         targets += report_targets(config) + [config["publish"]["page"]]
     return targets
+
+
+def train_data(model, variant, file=""):
+    """What a checkpoint trains on: its examples (train.objective retrieval) or its shards (lm); or a file there."""
+    import os
+
+    kind = "examples" if config["train"]["objective"] == "retrieval" else "shards"
+    return os.path.join("data", kind, model, variant, file) if file else os.path.join("data", kind, model, variant)
 
 
 def tuned_manifests(pattern):

@@ -60,6 +60,32 @@ rule prepare_model:
         " 2>&1 | tee {log}"
 
 
+rule examples:
+    input:
+        paused=paused_inputs,
+        model="data/models/{model}/prepared.json",
+        code=code("examples"),
+    output:
+        "data/examples/{model}/{variant}/manifest.json",
+    wildcard_constraints:
+        variant="pause|plain",
+    params:
+        cfg=lambda wc: cfg("seed", "shards", "paragraphs", "pause", "banks", "examples", "prompt",
+                           eval={k: config["eval"][k] for k in ("sentence_end", "needle_prefix")},
+                           tasks={t: s for t, s in config["tasks"].items() if s["kind"] in ("single", "multi")},
+                           models=model_cfgs(wc.model)),
+    conda:
+        "../../envs/data.yaml"
+    log:
+        "logs/examples/{model}/{variant}.log",
+    benchmark:
+        "benchmarks/examples/{model}/{variant}.tsv",
+    shell:
+        "pausetune examples --config-json {params.cfg:q} --inputs {input.paused} --model {wildcards.model}"
+        " --model-dir data/models/{wildcards.model} --variant {wildcards.variant}"
+        " --output data/examples/{wildcards.model}/{wildcards.variant} 2>&1 | tee {log}"
+
+
 rule shards:
     input:
         paused=paused_inputs,

@@ -23,7 +23,7 @@ EVAL_BLOCK = config["eval"]["block"]
 
 
 def eval_haystack(wc=None):
-    method = config["paragraphs"]["method"]
+    method = config["eval"].get("paragraph_method") or config["paragraphs"]["method"]
     return [f"data/paused/{s}/{method}.parquet" for s in config["eval"]["haystack_sources"]]
 
 
@@ -32,7 +32,7 @@ def eval_inputs(wc):
     if wc.variant in CHECKPOINT:
         v = CHECKPOINT[wc.variant]
         inputs["checkpoint"] = f"results/checkpoints/{wc.model}/{v}/manifest.json"
-        inputs["shards"] = f"data/shards/{wc.model}/{v}/manifest.json"  # holdout check: no haystack essay trained
+        inputs["shards"] = train_data(wc.model, v, "manifest.json")  # holdout check: no haystack essay trained
     judge = config["eval"].get("judge")
     if judge and judge["kind"] == "local":
         inputs["judge"] = f"data/models/{judge['model']}/prepared.json"
@@ -59,6 +59,8 @@ def eval_params(wc):
             names.append(src["tokenizer_from"])
     models = {name: model_entry_params(name) for name in names}
     extra = {"pause": config["pause"]} if PAUSED[wc.variant] else {}
+    if any(config["tasks"][t].get("bank") for t in eval_tasks(wc)):
+        extra["banks"] = config["banks"]  # only blocks that draw needles from the bank rerun when it changes
     return cfg("seed", "prompt", eval=ev, models=models, tasks={t: config["tasks"][t] for t in eval_tasks(wc)},
                shards={k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}, **extra)
 

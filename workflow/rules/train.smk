@@ -1,4 +1,4 @@
-# Training: shards -> LoRA / QLoRA checkpoints, results/checkpoints/{model}/{variant}/ (variant pause | plain).
+# Training: shards (train.objective lm) or retrieval examples (retrieval) -> LoRA / QLoRA checkpoints, results/checkpoints/{model}/{variant}/ (variant pause | plain).
 # The folder is written atomically by `pausetune train`; its manifest.json is the declared output. A resumable
 # training state lives beside it in results/checkpoints/{model}/{variant}.state/ (not an output, so a failed or
 # killed job keeps it and the rerun continues from the last saved step).
@@ -7,7 +7,7 @@
 
 rule train:
     input:
-        shards="data/shards/{model}/{variant}/manifest.json",
+        data=lambda wc: train_data(wc.model, wc.variant, "manifest.json"),
         model="data/models/{model}/prepared.json",
         code=code("train"),
     output:
@@ -22,7 +22,10 @@ rule train:
             "pause",
             train={k: v for k, v in config["train"].items() if k not in ("models", "resources", "threads")},
             models=model_cfgs(wc.model),
+            **({"banks": config["banks"]} if config["train"]["objective"] == "retrieval" else {}),
         ),
+        data=lambda wc: ("--examples " if config["train"]["objective"] == "retrieval" else "--shards ")
+        + train_data(wc.model, wc.variant),
     threads: config["train"]["threads"] or total_cores()
     resources:
         mem_mb=config["train"]["resources"]["mem_mb"],
@@ -36,6 +39,6 @@ rule train:
         "benchmarks/train/{model}/{variant}.tsv",
     shell:
         "pausetune train --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
-        " --model-dir data/models/{wildcards.model} --shards data/shards/{wildcards.model}/{wildcards.variant}"
+        " --model-dir data/models/{wildcards.model} {params.data}"
         " --output results/checkpoints/{wildcards.model}/{wildcards.variant} --threads {threads}"
         " --metrics {output.metrics} --loss-curve {output.loss_curve} 2>&1 | tee {log}"

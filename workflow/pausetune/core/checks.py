@@ -114,11 +114,16 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
     for t in ev["tasks"]:
         spec = config["tasks"][t]
         lengths, depths = per_task[t]
-        fixed = spec["kind"] in ("single", "multi")  # the same needles in every cell: count them once
+        fixed = spec["kind"] in ("single", "multi") and not spec.get("bank")  # the same needles: count them once
+        bank = None
+        if spec.get("bank"):
+            from .banks import bank as eval_bank
+
+            bank = eval_bank(config, "eval")
         for s in ev["seeds"][:1] if fixed else ev["seeds"]:
             for n in lengths:
                 for d in depths[:1] if fixed else depths:
-                    inst = build_task(t, spec, config.get("seed", 0), s, n, d)
+                    inst = build_task(t, spec, config.get("seed", 0), s, n, d, bank=bank)
                     nt = sum(len(x) for x in builder.encode_needles(inst.needles))
                     budget(n, ev, nt, builder.overhead(inst.question), task=t)
 

@@ -3,7 +3,9 @@
 Tasks are config (`tasks:` name -> spec); this module only instantiates them for one cell. Kinds:
 
 - `single`: one needle (`needles[0]`) at the cell's depth; `expected[0]` lists the facts the answer must hold
-  (the NIAH harness's San Francisco needle by default).
+  (the NIAH harness's San Francisco needle by default). With `bank: true` the needle, question and answer are
+  drawn per cell from the evaluation bank (pausetune.core.banks), seeded like the RULER keys below, so each
+  (length, depth) is measured with different facts and a fact the model memorised from the web is checkable.
 - `multi`: the harness's multi-needle test: all `needles`, the first at the depth and the rest spread evenly from
   there to the end of the haystack; `expected[i]` are the facts of needle i (every fact of every needle counts).
 - RULER-style key-value retrieval (Hsieh et al. 2024), needles from `template` ("One of the special magic
@@ -78,9 +80,16 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, depth: float) -> TaskInstance:
+def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, depth: float,
+               bank: list[dict] | None = None) -> TaskInstance:
+    """One cell's task; `bank` is the evaluation bank, needed by tasks with `bank: true`."""
     check_task(name, spec)
     kind = spec["kind"]
+    if spec.get("bank"):
+        if not bank:
+            raise PausetuneError(f"config key 'tasks.{name}.bank': needs the evaluation bank (config 'banks')")
+        row = bank[cell_rng(root_seed, name, seed, length, depth).randrange(len(bank))]
+        return TaskInstance(name, kind, [row["needle"]], row["question"], [row["answer"]], row["needle"])
     if kind in ("single", "multi"):
         facts = [f for per_needle in spec["expected"] for f in per_needle]
         return TaskInstance(name, kind, list(spec["needles"]), spec["question"], facts, " ".join(spec["needles"]))
@@ -121,6 +130,10 @@ def check_task(name: str, spec: dict) -> None:
     kind = spec.get("kind")
     if kind not in KINDS:
         raise PausetuneError(f"config key 'tasks.{name}.kind': unknown kind '{kind}'; known: {list(KINDS)}")
+    if spec.get("bank"):
+        if kind != "single":
+            raise PausetuneError(f"config key 'tasks.{name}.bank': only kind 'single' draws from the bank")
+        return
     for key in REQUIRED[kind]:
         if spec.get(key) in (None, [], ""):
             raise PausetuneError(f"config key 'tasks.{name}.{key}': required for kind '{kind}'")

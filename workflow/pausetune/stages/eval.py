@@ -291,8 +291,13 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     order = essay_order(hay_ids, seed)
     builder = PromptBuilder(tok, config, model, pause_ids)
     insts = {}
+    bank = None
+    if any(config["tasks"][t].get("bank") for t in tasks):
+        from ..core.banks import check_banks
+
+        bank = check_banks(config)[1]
     for t, n, d, cid, out in todo:
-        insts[cid] = build_task(t, config["tasks"][t], config.get("seed", 0), seed, n, d)
+        insts[cid] = build_task(t, config["tasks"][t], config.get("seed", 0), seed, n, d, bank=bank)
     need = max(n for _, n, _, _, _ in todo)
     stream = build_stream(tok, by_id, order, need, pause_ids)
     method = Path(haystack[0]).stem
@@ -326,7 +331,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 "needle_tokens": cp.needle_tokens, "needle_positions": cp.needle_positions,
                 "needle_depths": cp.needle_depths, "depth_actual": cp.depth_actual,
                 "needles": inst.needles, "question": inst.question,
-                "expected": [[f] for f in inst.facts] if inst.kind not in ("single", "multi")
+                "expected": [[f] for f in inst.facts]
+                if inst.kind not in ("single", "multi") or config["tasks"][t].get("bank")
                 else config["tasks"][t]["expected"],
                 "facts": inst.facts, "reference": inst.reference, "answer": answer, "answer_tokens": len(res.new_ids),
                 "prompt_sha256": cp.sha256(), "prompt_format": builder.format,

@@ -45,6 +45,12 @@ heuristic (default)
        merged into the following paragraph, or into the previous one when last: a pause after two words
        teaches nothing about paragraphs.
 
+brackets
+    The authors' evaluation haystack (PauseTokens_NeedleInAHaystack): a pause after every `]`, i.e. after each of
+    Paul Graham's footnote marks ("[1]"), not after paragraphs. A piece ends right after each `]`; the text after
+    the last one is the last piece (an essay without marks is one piece). No min_words merging. Our streams put a
+    pause after every piece, so the last piece of an essay is followed by one too (the authors' has none there).
+
 sentences:N
     Pseudo-paragraphs of N consecutive sentences, for the ablation "is it the paragraph structure or just
     regularly spaced markers?". Sentences are cut where the heuristic cuts, plus at every spaced sentence
@@ -228,13 +234,13 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _parse_method(method: str) -> tuple[str, int]:
-    if method in ("blank_lines", "heuristic"):
+    if method in ("blank_lines", "heuristic", "brackets"):
         return method, 0
     name, _, n = method.partition(":")
     if name == "sentences" and n.isdigit() and int(n) >= 1:
         return name, int(n)
     raise PausetuneError(
-        f"paragraphs.method: unknown method '{method}'; expected blank_lines, heuristic or sentences:N"
+        f"paragraphs.method: unknown method '{method}'; expected blank_lines, heuristic, brackets or sentences:N"
     )
 
 
@@ -247,6 +253,9 @@ def split_paragraphs(text: str, method: str = "heuristic", min_words: int = 8) -
         return merge_short([p for p in pieces if p], min_words)
     if name == "heuristic":
         return merge_short(_pieces(text, _cuts(text, sentences=False)), min_words)
+    if name == "brackets":
+        pieces = [" ".join(p.split()) for p in re.split(r"(?<=\])", text)]
+        return [p for p in pieces if p]
     sents = split_sentences(text)
     return [" ".join(sents[i : i + n]) for i in range(0, len(sents), n)]
 

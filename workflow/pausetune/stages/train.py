@@ -14,6 +14,13 @@ constant) schedule with warmup, `grad_accum` micro-batches of `batch_size` packe
 data order is stateless: global row g is row `perm(epoch)[g % N]` with `perm(epoch)` a permutation seeded by
 (seed, epoch), so epochs are reshuffled and a resumed run reads exactly the rows an uninterrupted run would.
 
+Objective (config `train.objective`): `lm` (default) is the causal-LM loss over packed essay rows of `--shards`;
+`retrieval` (issue 17, the paper's) trains on `--examples` (stage `examples`: an essay context with a hidden
+needle, the question, the answer), right-padded micro-batches, loss on the answer span only (`train.loss_on:
+answer`, labels -100 elsewhere) or on every token (`all`). The step loss is the exact mean over the step's loss
+tokens, and the LM head runs only on the hidden states that carry a label (`masked_loss`): with answer-only loss
+that is a few dozen positions of a 2K-token example, not a [T, vocabulary] logit tensor.
+
 Pause token: in `special` (and `reserved`) mode with a single pause id, the embedding row of the pause token
 is trained through peft's `trainable_token_indices` (one row, no full-embedding copy, base weights frozen).
 On models with tied input/output embeddings peft wraps the head with the same trainable row, so the output row
@@ -80,9 +87,22 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
     if not (model_dir / "prepared.json").exists():
         raise PausetuneError(f"{model_dir}/prepared.json: missing (run `pausetune prepare-model --model {model_name}`)")
     mpath = shard_dir / "manifest.json"
+    objective = config.get("train", {}).get("objective", "lm")
     if not mpath.exists():
-        raise PausetuneError(f"{mpath}: missing (expected a shard folder made by `pausetune shards`)")
+        made_by = "an examples folder made by `pausetune examples`" if objective == "retrieval" \
+            else "a shard folder made by `pausetune shards`"
+        raise PausetuneError(f"{mpath}: missing (expected {made_by})")
     manifest = read_json(mpath)
+    if manifest.get("objective", "lm") != objective:
+        raise PausetuneError(f"{mpath}: made for objective '{manifest.get('objective', 'lm')}', config key "
+                             f"'train.objective' is '{objective}' (retrieval trains on --examples, lm on --shards)")
+    if objective == "retrieval":
+        from ..core.banks import bank, bank_hash
+
+        for which in ("train", "eval"):
+            if manifest.get("banks", {}).get(which, {}).get("sha256") != bank_hash(bank(config, which)):
+                raise PausetuneError(f"{mpath}: made from another {which} needle bank than config 'banks' says; "
+                                     f"rebuild the examples")
     made_as = manifest.get("variant")
     if made_as != variant:
         extra = " and have no pause token" if variant == "pause" else ""
@@ -117,6 +137,9 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
             f"in {model_dir} ({tokenizer_fingerprint(base_tok)} with the shards' pause token added); "
             f"rebuild the shards for this model")
     window = max_context(model_dir, entry)
+    if objective == "retrieval" and int(manifest["lengths"]["max"]) > window:
+        raise PausetuneError(f"{mpath}: example lengths up to {manifest['lengths']['max']} exceed the maximum context "
+                             f"{window} of model '{model_name}' (config key 'examples.lengths.max')")
     if int(manifest["seq_len"]) > window:
         raise PausetuneError(f"{mpath}: seq_len {manifest['seq_len']} exceeds the maximum context {window} of "
                              f"model '{model_name}' (config key 'shards.seq_len' or 'models.{model_name}.max_context')")
@@ -327,6 +350,80 @@ def validation_loss(model, rows, batch_size: int, device) -> float | None:
     return total / count
 
 
+def collate(rows: list[dict], pad_id: int, loss_on: str = "answer"):
+    """Right-padded (input_ids, attention_mask, labels) of retrieval examples; labels -100 outside the loss span
+    (the answer span, or every real token with loss_on 'all') and on padding."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        mask[i, :n] = 1
+        a, b = (int(r["answer_start"]), int(r["answer_end"])) if loss_on == "answer" else (1, n)
+        labels[i, a:b] = ids[i, a:b]
+    return ids, mask, labels
+
+
+def masked_loss(model, ids, mask, labels):
+    """(sum of token losses, number of loss tokens), the LM head applied only where there is loss.
+
+    The transformer body runs on every position; the head (vocabulary-sized, the largest activation of a long
+    example) only on the hidden states whose next token carries a label. Equal to the causal-LM loss of
+    `model(labels=...)` (tests/test_examples.py checks it); models whose head does more than a linear map (logit
+    soft-capping, logit scaling) are not supported by this path."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.base_model(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
+
+
+def retrieval_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float | None):
+    """One optimizer step over micro-batches of (ids, mask, labels): the exact mean over the step's loss tokens."""
+    import torch
+
+    model.train()
+    n_tokens = sum(int((lab[:, 1:] != -100).sum()) for _, _, lab in micro_batches)
+    total = 0.0
+    for ids, mask, labels in micro_batches:
+        loss, _ = masked_loss(model, ids, mask, labels)
+        (loss / max(n_tokens, 1)).backward()
+        total += float(loss.detach())
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / max(n_tokens, 1), float(norm), float(lr)
+
+
+def retrieval_validation_loss(model, rows: list[dict], batch_size: int, pad_id: int, loss_on: str, device):
+    """Mean loss per loss token over validation examples; None when there are none."""
+    import torch
+
+    if not rows:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            ids, mask, labels = (t.to(device) for t in collate(rows[i:i + batch_size], pad_id, loss_on))
+            loss, n = masked_loss(model, ids, mask, labels)
+            total += float(loss)
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
 class DataOrder:
     """Global row g -> training row perm(epoch)[g % n], perm(epoch) seeded by (seed, epoch): stateless, resumable."""
 
@@ -499,8 +596,13 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     smanifest, tok, pause_ids = checked["shard_manifest"], checked["tokenizer"], checked["pause_ids"]
     pause_mode = (smanifest.get("pause") or {}).get("mode")
     dd, _ = load_shards(str(shard_dir))
-    train_rows = dd["train"].with_format("torch")
-    if variant == "pause":
+    retrieval = train_cfg.get("objective", "lm") == "retrieval"
+    loss_on = train_cfg.get("loss_on", "answer")
+    train_rows = dd["train"] if retrieval else dd["train"].with_format("torch")
+    if variant == "pause" and retrieval:
+        if not any(dd["train"]["pause_positions"]):
+            raise PausetuneError(f"{shard_dir}: variant 'pause' but no pause marker occurs in the examples")
+    elif variant == "pause":
         import numpy as np
 
         col = dd["train"].with_format("numpy")["input_ids"]
@@ -509,7 +611,15 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     n_val = len(dd["validation"]) if "validation" in dd else 0
     eval_rows = train_cfg.get("eval_rows")
     n_val = min(n_val, eval_rows) if eval_rows else n_val
-    val_rows = dd["validation"].with_format("torch")[:n_val]["input_ids"].long() if n_val else None
+    if retrieval:
+        val_rows = [dd["validation"][i] for i in range(n_val)] if n_val else None
+    else:
+        val_rows = dd["validation"].with_format("torch")[:n_val]["input_ids"].long() if n_val else None
+
+    def val_loss():
+        if retrieval:
+            return retrieval_validation_loss(model, val_rows, bs, tok.pad_token_id, loss_on, device)
+        return validation_loss(model, val_rows, bs, device)
 
     _, prepared = resolve_path(model_dir)
     run_key = hashlib.sha256(json.dumps({
@@ -521,6 +631,12 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     torch.manual_seed(seed)
     random.seed(seed)
     model, info = build_model(model_dir, tok, train_cfg, pause_ids, pause_mode, device)
+    if retrieval:
+        mcfg = model.get_base_model().config
+        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+            if getattr(mcfg, key, None) not in (None, 1, 1.0):
+                raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
+                                     f"(LM head on the loss positions only) does not; use train.objective lm")
     optimizer, scheduler = make_optimizer(model, train_cfg)
 
     state_dir = state_dir_for(output)
@@ -553,6 +669,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     seq_len = int(smanifest["seq_len"])
     order = DataOrder(len(train_rows), seed)
     tokens_per_step = bs * accum * seq_len
+    tokens_seen = next((int(r["tokens"]) for r in reversed(log) if "tokens" in r), 0)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_steps, initial=step, desc=f"train {model_name}/{variant}", file=sys.stderr,
@@ -563,21 +680,28 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
     while step < max_steps:
         t0 = time.time()
         first = step * accum * bs
-        micro = [train_rows[order.rows(first + k * bs, bs)]["input_ids"].long().to(device) for k in range(accum)]
-        loss, gnorm, lr = train_step(model, micro, optimizer, scheduler, train_cfg.get("max_grad_norm"))
+        if retrieval:
+            micro = [tuple(t.to(device) for t in collate([train_rows[j] for j in order.rows(first + k * bs, bs)],
+                                                         tok.pad_token_id, loss_on)) for k in range(accum)]
+            tokens_per_step = sum(int(m.sum()) for _, m, _ in micro)
+            loss, gnorm, lr = retrieval_step(model, micro, optimizer, scheduler, train_cfg.get("max_grad_norm"))
+        else:
+            micro = [train_rows[order.rows(first + k * bs, bs)]["input_ids"].long().to(device) for k in range(accum)]
+            loss, gnorm, lr = train_step(model, micro, optimizer, scheduler, train_cfg.get("max_grad_norm"))
+        tokens_seen += tokens_per_step
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
         dt = time.time() - t0
         step += 1
         mem, mem_kind = peak_memory_mb(device)
-        rec = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": step * tokens_per_step,
+        rec = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": tokens_seen,
                "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "step_time_s": dt,
                "peak_mem_mb": round(mem, 1), "mem_kind": mem_kind}
         log.append(rec)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
         if eval_every and step % eval_every == 0 and step < max_steps and val_rows is not None:
-            v = validation_loss(model, val_rows, bs, device)
+            v = val_loss()
             log.append({"step": step, "val_loss": v, "val_rows": n_val})
             bar.write(f"step {step}: validation loss {v:.4f} ({n_val} rows)", file=sys.stderr)
         if save_every and step % save_every == 0 and step < max_steps:
@@ -585,7 +709,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
                        {"resumed_from": resumed_from, "train_time_s": prior_train_s + time.time() - t_loop})
     bar.close()
     train_s = prior_train_s + time.time() - t_loop
-    val = validation_loss(model, val_rows, bs, device) if val_rows is not None else None
+    val = val_loss() if val_rows is not None else None
     if val is not None:
         log.append({"step": step, "val_loss": val, "val_rows": n_val})
     final_train = next((r["loss"] for r in reversed(log) if "loss" in r), None)
@@ -607,7 +731,12 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
             "base_model": {k: prepared.get(k) for k in ("name", "kind", "source", "commit", "gguf_sha256")},
             "device": str(device),
             "threads": torch.get_num_threads(),
-            "shards": {
+            "objective": "retrieval" if retrieval else "lm",
+            "loss_on": loss_on if retrieval else "all",
+            **({"retrieval": {k: smanifest.get(k) for k in ("template", "layout", "answer", "answer_span",
+                                                            "lengths", "length_unit", "depths",
+                                                            "needles_per_example", "banks")}} if retrieval else {}),
+            ("examples" if retrieval else "shards"): {
                 "path": str(shard_dir),
                 "manifest_sha256": sha256_file(shard_dir / "manifest.json"),
                 "dataset_sha256": dir_hashes(shard_dir / "dataset"),
@@ -618,7 +747,7 @@ def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str |
             },
             "pause_ids": pause_ids,
             "steps": step,
-            "tokens_seen": step * tokens_per_step,
+            "tokens_seen": tokens_seen,
             "epochs_seen": step * bs * accum / len(train_rows),
             "final_train_loss": final_train,
             "final_val_loss": val,
@@ -673,7 +802,8 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
     p.add_argument("--model-dir", required=True, help="data/models/{model}")
-    p.add_argument("--shards", required=True, help="data/shards/{model}/{variant}")
+    p.add_argument("--shards", default=None, help="data/shards/{model}/{variant} (train.objective lm)")
+    p.add_argument("--examples", default=None, help="data/examples/{model}/{variant} (train.objective retrieval)")
     p.add_argument("--output", required=True, help="results/checkpoints/{model}/{variant}")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (overrides config train.threads)")
@@ -683,7 +813,13 @@ def add_arguments(p) -> None:
 
 
 def main(args, config: dict) -> int:
-    m = train(args.model, args.variant, args.model_dir, args.shards, args.output, config, device=args.device,
+    objective = config["train"].get("objective", "lm")
+    data = args.examples if objective == "retrieval" else args.shards
+    if not data:
+        want = "--examples data/examples/{model}/{variant}" if objective == "retrieval" \
+            else "--shards data/shards/{model}/{variant}"
+        raise PausetuneError(f"config key 'train.objective' is '{objective}': pass {want}")
+    m = train(args.model, args.variant, args.model_dir, data, args.output, config, device=args.device,
               threads=args.threads, progress=not args.no_progress)
     write_metrics(args.output, args.metrics, args.loss_curve)
     val = f"{m['final_val_loss']:.4f}" if m["final_val_loss"] is not None else "n/a"
