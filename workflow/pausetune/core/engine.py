@@ -28,6 +28,19 @@ Two things make the CPU path faster than stock HF:
   Every other case (the trunk prefill, q = 1 decode steps, padded batches) goes to the stock SDPA function, so
   numerics there are exactly those of `model.generate`.
 
+Measurements (a `Measure` on the request; stage eval's `eval.measure`), on the cache that holds the prompt, before
+the decode, so no second prefill:
+- `logprob`: each expected answer teacher-forced after the prompt (its first token scored from the prompt's last
+  logits, the rest from one forward of answer[:-1] on top of the cache, which is cropped back afterwards): the
+  summed and per-token log-probabilities, and the first token's rank (0 = the greedy choice) and margin (its
+  log-prob minus the best other token's) in the first answer step.
+- `attention`: the attention row of the last prompt token (the position that yields the first answer token), per
+  layer and averaged over heads, from one q = 1 step that recomputes that position over the cached keys (its K/V
+  are put back bit for bit afterwards): the share of mass on the needles' tokens, on pause tokens, on the first
+  `sink` tokens (the attention sink), and on the rest (disjoint, in that order of precedence, summing to 1).
+Cost: one decode step for the attention, one short chunk per expected answer for the log-probs. Equal to a plain
+full forward of prompt + answer and to an eager-attention forward's weights (tests/test_engine.py).
+
 Equality with `model.generate(do_sample=False)` is tested (tests/test_engine.py) on the real SmolLM2 and the
 tiny random model in fp32 on the CPU.
 """
@@ -43,6 +56,9 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 ATTN_NAME = "pausetune"
+SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
+
+_PROBE: list | None = None  # while a list: pausetune_attention appends (layer, head-mean row of the last query)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,11 +90,34 @@ def _split_lower_right_cpu(query, key, value, scaling):
     return out.to(query.dtype)
 
 
+def _last_query_row(query, key, scaling):
+    """Softmax attention of the last query over all keys (unmasked: it is the newest position), mean over heads."""
+    b, h, _, d = query.shape
+    kvh = key.shape[1]
+    q = query[:, :, -1].float().reshape(b, kvh, h // kvh, d)
+    scale = scaling if scaling is not None else d ** -0.5
+    scores = torch.einsum("bkgd,bknd->bkgn", q, key.float()) * scale
+    return scores.softmax(-1).mean(dim=(1, 2))[0]
+
+
+@contextlib.contextmanager
+def probing():
+    """Collect the last query's attention row of every layer that runs inside (pausetune attention only)."""
+    global _PROBE
+    old, _PROBE = _PROBE, []
+    try:
+        yield _PROBE
+    finally:
+        _PROBE = old
+
+
 def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
+    if _PROBE is not None:
+        _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _last_query_row(query, key, scaling)))
     if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
         if query.device.type == "cpu":
             out = _split_lower_right_cpu(query, key, value, scaling)
@@ -214,10 +253,22 @@ def supports_buffer_cache(model) -> bool:
 
 
 @dataclass
+class Measure:
+    """What to measure for one prompt beside its greedy answer (module doc)."""
+    answers: list[list[int]]                        # token ids of each expected answer
+    needles: list[tuple[int, int]]                  # [start, end) of each needle in the prompt
+    pause_ids: list[int] = field(default_factory=list)
+    sink: int = SINK_TOKENS
+    logprob: bool = True
+    attention: bool = True
+
+
+@dataclass
 class Request:
     key: Any
     ids: list[int]
     shareable: int = 0  # hint: length of the prefix this prompt likely shares with others (first needle position)
+    measure: Measure | None = None
 
 
 @dataclass
@@ -225,6 +276,44 @@ class Result:
     key: Any
     new_ids: list[int]
     timing: dict = field(default_factory=dict)
+    measures: dict | None = None
+
+
+def _cut(cache, n: int) -> None:
+    if hasattr(cache, "truncate"):
+        cache.truncate(n)
+    elif cache.get_seq_length() > n:
+        cache.crop(n - cache.get_seq_length())  # HF 5.x: a negative count removes that many tokens
+
+
+def _r(x: float) -> float:
+    return round(float(x), 7)
+
+
+def attention_shares(rows: torch.Tensor, ids: list[int], m: Measure) -> dict:
+    """Per-layer shares of the last prompt token's attention (rows: [layers, len(ids)], each summing to 1)."""
+    n = len(ids)
+    needle = torch.zeros(n, dtype=torch.bool)
+    for s, e in m.needles:
+        needle[s:e] = True
+    pause = torch.isin(torch.as_tensor(ids), torch.as_tensor(list(m.pause_ids) or [-1])) & ~needle
+    sink = (torch.arange(n) < m.sink) & ~needle & ~pause
+    rest = ~(needle | pause | sink)
+    rows = rows.double().cpu()
+
+    def share(mask):
+        return rows[:, mask].sum(-1)
+
+    nd = share(needle)
+    token_share = float(needle.sum()) / n
+    return {
+        "layers": int(rows.shape[0]), "sink_tokens": int(m.sink),
+        "needle": [_r(x) for x in nd], "pause": [_r(x) for x in share(pause)], "sink": [_r(x) for x in share(sink)],
+        "rest": [_r(x) for x in share(rest)],
+        "needle_ratio": [_r(x / token_share) if token_share else None for x in nd],
+        "needle_token_share": _r(token_share), "pause_token_share": _r(float(pause.sum()) / n),
+        "needle_each": [_r(rows[:, s:e].sum(-1).mean()) for s, e in m.needles],
+    }
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
@@ -338,11 +427,13 @@ class Engine:
             cache = DynamicCache(config=self.model.config)
             logits = self._forward(r.ids, cache, 0)
             t1 = self._now()
+            meas = self._measure(r, logits, cache)
+            tm = self._now()
             ans = self._decode(logits.argmax(-1), cache, [len(r.ids)], None)[0]
             t2 = self._now()
-            yield Result(r.key, ans, {"prefill_s": t1 - t0, "decode_s": t2 - t1, "prompt_tokens": len(r.ids),
-                                      "new_tokens": len(ans), "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0,
-                                      "batch": 1})
+            yield Result(r.key, ans, {"prefill_s": t1 - t0, "decode_s": t2 - tm, "measure_s": tm - t1,
+                                      "prompt_tokens": len(r.ids), "new_tokens": len(ans),
+                                      "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0, "batch": 1}, meas)
 
     def _run_reuse(self, requests):
         trunk_req = max(requests, key=lambda r: (r.shareable, -requests.index(r)))
@@ -360,7 +451,7 @@ class Engine:
             group = [requests[i] for i in order[g:g + self.batch_size]]
             lengths = [len(r.ids) for r in group]
             batch = None
-            firsts, timings = [], []
+            firsts, timings, measures = [], [], []
             for row, r in enumerate(group):
                 keep = min(_lcp(cached, r.ids), len(r.ids) - 1)
                 cache.truncate(keep)
@@ -369,8 +460,9 @@ class Engine:
                 firsts.append(logits.argmax(-1))
                 t2 = self._now()
                 cached = list(r.ids)
-                timings.append({"prefill_s": t2 - t1, "prompt_tokens": len(r.ids), "shared_prefix_tokens": keep,
-                                "trunk_prefill_s": trunk_s, "batch": len(group)})
+                measures.append(self._measure(r, logits, cache))
+                timings.append({"prefill_s": t2 - t1, "measure_s": self._now() - t2, "prompt_tokens": len(r.ids),
+                                "shared_prefix_tokens": keep, "trunk_prefill_s": trunk_s, "batch": len(group)})
                 if len(group) > 1:
                     batch = batch or self._batch_cache(cache, lengths)
                     off = batch[1] - len(r.ids)
@@ -385,9 +477,52 @@ class Engine:
                 answers = self._decode(torch.cat(firsts), batch[0], lengths, batch[2])
                 del batch
             dec = self._now() - t3
-            for r, ans, tm in zip(group, answers, timings):
+            for r, ans, tm, meas in zip(group, answers, timings, measures):
                 tm.update({"decode_s": dec, "new_tokens": len(ans)})
-                yield Result(r.key, ans, tm)
+                yield Result(r.key, ans, tm, meas)
+
+    def _measure(self, r: Request, logits: torch.Tensor, cache) -> dict | None:
+        """The request's Measure on a cache holding exactly r.ids (left so afterwards); logits: the last prompt
+        position's, [1, vocab]."""
+        m = r.measure
+        if m is None:
+            return None
+        n = len(r.ids)
+        out: dict = {}
+        if m.logprob:
+            lp0 = torch.log_softmax(logits[0].float(), -1)
+            sums, per_token, ranks, margins = [], [], [], []
+            for a in m.answers:
+                first = a[0]
+                others = lp0.clone()
+                others[first] = -float("inf")
+                ranks.append(int((lp0 > lp0[first]).sum()))
+                margins.append(_r(lp0[first] - others.max()))
+                vals = [float(lp0[first])]
+                if len(a) > 1:
+                    x = torch.tensor([a[:-1]], dtype=torch.long, device=self.device)
+                    pos = torch.arange(n, n + len(a) - 1, device=self.device).unsqueeze(0)
+                    lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0].float()
+                    lp = torch.log_softmax(lg, -1)
+                    vals += lp[torch.arange(len(a) - 1), torch.tensor(a[1:])].tolist()
+                    _cut(cache, n)
+                per_token.append([_r(v) for v in vals])
+                sums.append(_r(sum(vals)))
+            out.update(answer_logprob=sums, answer_token_logprobs=per_token, needle_rank=ranks, needle_margin=margins)
+        if m.attention and supports_buffer_cache(self.model):
+            last = n - 1
+            saved = [(layer.keys[:, :, last:n].clone(), layer.values[:, :, last:n].clone()) for layer in cache.layers]
+            _cut(cache, last)
+            x = torch.tensor([[r.ids[last]]], dtype=torch.long, device=self.device)
+            pos = torch.tensor([[last]], device=self.device)
+            with attention_impl(self.model, ATTN_NAME), probing() as rows:
+                self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+            for layer, (k, v) in zip(cache.layers, saved):
+                layer.keys[:, :, last:n] = k
+                layer.values[:, :, last:n] = v
+            rows = torch.stack([row for _, row in sorted(rows, key=lambda t: t[0])])
+            out["attention"] = attention_shares(rows, r.ids, m)
+        return out
 
     def _batch_cache(self, like: BufferCache, lengths: list[int]):
         """A left-padded batch buffer for decoding len(lengths) cells together, and its validity mask."""
