@@ -15,7 +15,10 @@ CHECKPOINT = {"pause-tuned": "pause", "plain-tuned": "plain"}  # tuned variant -
 TRAIN_VARIANTS = ("pause", "plain")  # the two kinds of shards and checkpoints
 
 
-KINDS = ("single", "multi", "multikey", "multivalue", "multiquery")
+KINDS = ("single", "multi", "multikey", "multivalue", "multiquery", "variable_tracking")
+
+
+MEASURES = ("logprob", "attention")  # eval.measure: what a cell measures beside its greedy answer
 
 
 BLOCKS = ("cell", "length", "seed")
