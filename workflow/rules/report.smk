@@ -19,6 +19,9 @@ rule aggregate:
         metrics="results/tables/summary.json",
         depth_profile="results/tables/depth_profile.csv",
         length_profile="results/tables/length_profile.csv",
+        measures="results/tables/measures.csv",
+        measure_deltas="results/tables/measure_deltas.csv",
+        layer_attention="results/tables/layer_attention.csv",
         manifest="results/tables/manifest.json",
     params:
         cfg=lambda wc: cfg("seed", "report"),

@@ -53,7 +53,7 @@ COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
 
 
 TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv",
-          "manifest.json"]
+          "measures.csv", "measure_deltas.csv", "layer_attention.csv", "manifest.json"]
 
 
 def fmt_tokens(n: float) -> str:
