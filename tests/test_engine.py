@@ -140,12 +140,15 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     rc = bench.main([str(smollm2_dir), "--random-shape", "tiny", "--lengths", "400,800", "--depths", "0,50,100",
-                     "--max-new-tokens", "4", "--threads", "1", "--json", str(out)])
+                     "--max-new-tokens", "4", "--threads", "1", "--json", str(out), "--measure-cost"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["answers_equal"] == "6/6" and res["speedup"] > 0 and res["engine"]["prefill_tflops_per_s"] > 0
     assert res["flop_bound"] > 1  # reuse computes fewer prefill FLOPs than per-cell prefill
-    assert "speedup engine vs naive" in capsys.readouterr().out
+    assert res["engine_measure"]["measure_s"] > 0 and res["engine"]["measure_s"] == 0
+    assert res["measure_overhead"] > -1  # a ratio is reported (its size is the bench's to measure, not a test's)
+    out_text = capsys.readouterr().out
+    assert "speedup engine vs naive" in out_text and "measures (logprob + attention)" in out_text
 
 
 def _reference_measures(model, ids: list[int], m) -> dict:
