@@ -328,14 +328,16 @@ def test_snakemake_report_rules_and_report(tmp_path):
     cell.write_text(json.dumps(data))
     rerun = job_counts((lambda p: p.stdout + p.stderr)(snakemake(project, "-n")))
     assert rerun == {"aggregate": 1, "figure_heatmap": 4, "figure_delta": 3, "figure_delta_vs": 1,
-                     "figure_profile": 2, "all": 1}, rerun
+                     "figure_profile": 2, "figure_logprob": 4, "figure_logprob_delta": 3,
+                     "figure_logprob_delta_vs": 1, "figure_mechanism": 3, "all": 1}, rerun
 
     snakemake(project, "--report", "results/report.html")
     html = (project / "results/report.html").read_text(errors="replace")
     assert len(html) > 100_000
     for needle in ["NIAH heatmaps", "Delta heatmaps", "Score vs length and depth", "Tables", "summary.csv",
                    "deltas.csv", "pause-tuned_vs_plain-tuned.png", "single.png", "plain-tuned.png",
-                   "lost-in-the-middle", "paired bootstrap"]:
+                   "lost-in-the-middle", "paired bootstrap", "Answer log-prob maps",
+                   "Attention on the needle and the pauses"]:
         assert needle in html, needle
 
 

@@ -38,6 +38,7 @@ the decode, so no second prefill:
   layer and averaged over heads, from one q = 1 step that recomputes that position over the cached keys (its K/V
   are put back bit for bit afterwards): the share of mass on the needles' tokens, on pause tokens, on the first
   `sink` tokens (the attention sink), and on the rest (disjoint, in that order of precedence, summing to 1).
+  Full-attention decoders only (supports_buffer_cache): a sliding-window model's cells get no attention fields.
 Cost: one decode step for the attention, one short chunk per expected answer for the log-probs. Equal to a plain
 full forward of prompt + answer and to an eager-attention forward's weights (tests/test_engine.py).
 
