@@ -204,9 +204,12 @@ def main(argv=None) -> int:
     out["repeat"] = max(1, args.repeat)
     if args.measure_cost:
         a, b = out["engine"]["wall_s"], out["engine_measure"]["wall_s"]
+        inside = out["engine_measure"]["measure_s"]
         out["measure_overhead"] = round(b / a - 1, 4)
+        out["measure_share"] = round(inside / (b - inside), 4)  # measure steps against the rest of the same run
         print(f"measures (logprob + attention): {b:.2f} s against {a:.2f} s without: {100 * (b / a - 1):+.1f}% time per "
-              f"cell ({out['engine_measure']['measure_s']:.2f} s inside the measure steps)")
+              f"cell; {inside:.2f} s inside the measure steps, {100 * out['measure_share']:.1f}% of the rest of that "
+              f"run (the figure that does not depend on load between runs)")
     if not args.skip_naive:
         equal = sum(got[k] == ref[k] for k in ref)  # the last repeat of each (all repeats are deterministic)
         out["answers_equal"] = f"{equal}/{len(ref)}"
