@@ -144,7 +144,8 @@ def main(argv=None) -> int:
 
         eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size), **kw)
         what = ["logprob", "attention"] if measure else []
-        reqs = [Request(key, cp.ids, cp.shareable, cell_measure(tok, task, cp, None, what, args.prompt_format == "plain"))
+        plain = args.prompt_format == "plain"
+        reqs = [Request(key, cp.ids, cp.shareable, cell_measure(tok, task, cp, None, what, plain))
                 for key, cp, task in cells]
         t0 = time.perf_counter()
         res = {r.key: r for r in eng.run(reqs)}

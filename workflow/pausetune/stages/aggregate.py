@@ -360,7 +360,8 @@ def measure_deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
                 continue
             for metric in DELTA_METRICS:
                 col = MEASURE_COLUMNS[metric]
-                if col not in g or (metric == "pause_attention" and not (PAUSED.get(variant) and PAUSED.get(reference))):
+                both_paused = PAUSED.get(variant) and PAUSED.get(reference)
+                if col not in g or (metric == "pause_attention" and not both_paused):
                     continue
                 a = g[(g["variant"] == variant) & g[col].notna()][MATCH + ["_band", col]]
                 r = g[(g["variant"] == reference) & g[col].notna()][MATCH + [col]]
