@@ -151,6 +151,15 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     assert "speedup engine vs naive" in out_text and "measures (logprob + attention)" in out_text
 
 
+def test_pause_mask_matches_the_whole_marker():
+    from pausetune.core.engine import pause_mask
+
+    ids = [5, 7, 8, 9, 7, 3, 7, 8, 7, 8]
+    assert pause_mask(ids, [7, 8]).tolist() == [False, True, True, False, False, False, True, True, True, True]
+    assert pause_mask(ids, [9]).nonzero().flatten().tolist() == [3]
+    assert not pause_mask(ids, []).any() and not pause_mask([1], [1, 2]).any()
+
+
 def _reference_measures(model, ids: list[int], m) -> dict:
     """The same measures from plain full forwards: prompt + answer (stock attention) and eager attention weights."""
     from pausetune.core.engine import attention_impl, attention_shares

@@ -258,7 +258,7 @@ class Measure:
     """What to measure for one prompt beside its greedy answer (module doc)."""
     answers: list[list[int]]                        # token ids of each expected answer
     needles: list[tuple[int, int]]                  # [start, end) of each needle in the prompt
-    pause_ids: list[int] = field(default_factory=list)
+    pause_ids: list[int] = field(default_factory=list)  # the pause marker's ids (a sequence in text mode)
     sink: int = SINK_TOKENS
     logprob: bool = True
     attention: bool = True
@@ -291,13 +291,27 @@ def _r(x: float) -> float:
     return round(float(x), 7)
 
 
+def pause_mask(ids: list[int], marker: list[int]) -> torch.Tensor:
+    """Positions inside an occurrence of the pause marker's id sequence (one id in special/reserved mode; several in
+    text mode, where a lone piece of the marker elsewhere in the text is not a pause)."""
+    x = torch.as_tensor(ids)
+    out = torch.zeros(len(ids), dtype=torch.bool)
+    k = len(marker)
+    if not k or len(ids) < k:
+        return out
+    hits = (x.unfold(0, k, 1) == torch.as_tensor(marker)).all(-1).nonzero().flatten()
+    for j in range(k):
+        out[hits + j] = True
+    return out
+
+
 def attention_shares(rows: torch.Tensor, ids: list[int], m: Measure) -> dict:
     """Per-layer shares of the last prompt token's attention (rows: [layers, len(ids)], each summing to 1)."""
     n = len(ids)
     needle = torch.zeros(n, dtype=torch.bool)
     for s, e in m.needles:
         needle[s:e] = True
-    pause = torch.isin(torch.as_tensor(ids), torch.as_tensor(list(m.pause_ids) or [-1])) & ~needle
+    pause = pause_mask(ids, list(m.pause_ids)) & ~needle
     sink = (torch.arange(n) < m.sink) & ~needle & ~pause
     rest = ~(needle | pause | sink)
     rows = rows.double().cpu()
