@@ -212,6 +212,16 @@ def test_measures_equal_full_forward_random_model(rand_model, batch_size, reuse,
         for layer in range(2):
             assert sum(a[k][layer] for k in ("needle", "pause", "sink", "rest")) == pytest.approx(1, abs=1e-6)
         assert a["pause"][0] > 0 and a["needle_token_share"] == pytest.approx(5 / len(r.ids), abs=1e-6)
+    # attention alone (no log-probs): its own q = 1 step gives the same shares
+    from dataclasses import replace
+
+    alone = {x.key: x for x in eng.run([Request(q.key, q.ids, q.shareable, replace(q.measure, logprob=False))
+                                        for q in reqs])}
+    for r in reqs:
+        assert "answer_logprob" not in alone[r.key].measures and alone[r.key].new_ids == plain[r.key]
+        for key in ("needle", "pause", "sink", "rest"):
+            assert alone[r.key].measures["attention"][key] == pytest.approx(got[r.key].measures["attention"][key],
+                                                                            abs=1e-6)
 
 
 def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):

@@ -35,11 +35,12 @@ the decode, so no second prefill:
   summed and per-token log-probabilities, and the first token's rank (0 = the greedy choice) and margin (its
   log-prob minus the best other token's) in the first answer step.
 - `attention`: the attention row of the last prompt token (the position that yields the first answer token), per
-  layer and averaged over heads, from one q = 1 step that recomputes that position over the cached keys (its K/V
-  are put back bit for bit afterwards): the share of mass on the needles' tokens, on pause tokens, on the first
-  `sink` tokens (the attention sink), and on the rest (disjoint, in that order of precedence, summing to 1).
+  layer and averaged over heads: that position is recomputed over the cached keys (its K/V are put back bit for
+  bit afterwards), as the first token of the first answer's teacher-forced chunk (or alone, a q = 1 step, without
+  `logprob`): the share of mass on the needles' tokens, on pause tokens, on the first `sink` tokens (the
+  attention sink), and on the rest (disjoint, in that order of precedence, summing to 1).
   Full-attention decoders only (supports_buffer_cache): a sliding-window model's cells get no attention fields.
-Cost: one decode step for the attention, one short chunk per expected answer for the log-probs. Equal to a plain
+Cost: one short chunk per expected answer (one token longer for the first), about a decode step per token. Equal to a plain
 full forward of prompt + answer and to an eager-attention forward's weights (tests/test_engine.py).
 
 Equality with `model.generate(do_sample=False)` is tested (tests/test_engine.py) on the real SmolLM2 and the
@@ -59,7 +60,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 ATTN_NAME = "pausetune"
 SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
 
-_PROBE: list | None = None  # while a list: pausetune_attention appends (layer, head-mean row of the last query)
+_PROBE: list | None = None  # while a list: pausetune_attention appends (layer, head-mean row of query _PROBE_ROW)
+_PROBE_ROW = 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,25 +93,27 @@ def _split_lower_right_cpu(query, key, value, scaling):
     return out.to(query.dtype)
 
 
-def _last_query_row(query, key, scaling):
-    """Softmax attention of the last query over all keys (unmasked: it is the newest position), mean over heads."""
-    b, h, _, d = query.shape
+def _query_row(query, key, scaling, i: int):
+    """Causal softmax attention of new query i (of q new tokens on the cache) over the keys it sees, mean over heads."""
+    b, h, q_len, d = query.shape
     kvh = key.shape[1]
-    q = query[:, :, -1].float().reshape(b, kvh, h // kvh, d)
+    q = query[:, :, i].float().reshape(b, kvh, h // kvh, d)
+    k = key[:, :, :key.shape[2] - q_len + i + 1].float()
     scale = scaling if scaling is not None else d ** -0.5
-    scores = torch.einsum("bkgd,bknd->bkgn", q, key.float()) * scale
+    scores = torch.einsum("bkgd,bknd->bkgn", q, k) * scale
     return scores.softmax(-1).mean(dim=(1, 2))[0]
 
 
 @contextlib.contextmanager
-def probing():
-    """Collect the last query's attention row of every layer that runs inside (pausetune attention only)."""
-    global _PROBE
-    old, _PROBE = _PROBE, []
+def probing(row: int = 0):
+    """Collect new query `row`'s attention row in every layer that runs inside (pausetune attention only)."""
+    global _PROBE, _PROBE_ROW
+    old, _PROBE = (_PROBE, _PROBE_ROW), []
+    _PROBE_ROW = row
     try:
         yield _PROBE
     finally:
-        _PROBE = old
+        _PROBE, _PROBE_ROW = old
 
 
 def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -118,7 +122,7 @@ def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, 
 
     q_len, kv_len = query.shape[2], key.shape[2]
     if _PROBE is not None:
-        _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _last_query_row(query, key, scaling)))
+        _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _query_row(query, key, scaling, _PROBE_ROW)))
     if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
         if query.device.type == "cpu":
             out = _split_lower_right_cpu(query, key, value, scaling)
@@ -504,41 +508,55 @@ class Engine:
             return None
         n = len(r.ids)
         out: dict = {}
+        attention = m.attention and supports_buffer_cache(self.model)
+        rows = None
         if m.logprob:
             lp0 = torch.log_softmax(logits[0].float(), -1)
             sums, per_token, ranks, margins = [], [], [], []
-            for a in m.answers:
+            for i, a in enumerate(m.answers):
                 first = a[0]
                 others = lp0.clone()
                 others[first] = -float("inf")
                 ranks.append(int((lp0 > lp0[first]).sum()))
                 margins.append(_r(lp0[first] - others.max()))
                 vals = [float(lp0[first])]
-                if len(a) > 1:
+                if i == 0 and attention:  # the last prompt token again (its attention row), then the answer
+                    lg, rows = self._probe_forward(r.ids[n - 1:] + a[:-1], cache, n)
+                    lg = lg[1:]
+                elif len(a) > 1:
                     x = torch.tensor([a[:-1]], dtype=torch.long, device=self.device)
                     pos = torch.arange(n, n + len(a) - 1, device=self.device).unsqueeze(0)
-                    lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0].float()
-                    lp = torch.log_softmax(lg, -1)
+                    lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
+                    _cut(cache, n)
+                if len(a) > 1:
+                    lp = torch.log_softmax(lg.float(), -1)
                     idx = torch.arange(len(a) - 1, device=lp.device)
                     vals += lp[idx, torch.tensor(a[1:], device=lp.device)].tolist()
-                    _cut(cache, n)
                 per_token.append([_r(v) for v in vals])
                 sums.append(_r(sum(vals)))
             out.update(answer_logprob=sums, answer_token_logprobs=per_token, needle_rank=ranks, needle_margin=margins)
-        if m.attention and supports_buffer_cache(self.model):
-            last = n - 1
-            saved = [(layer.keys[:, :, last:n].clone(), layer.values[:, :, last:n].clone()) for layer in cache.layers]
-            _cut(cache, last)
-            x = torch.tensor([[r.ids[last]]], dtype=torch.long, device=self.device)
-            pos = torch.tensor([[last]], device=self.device)
-            with attention_impl(self.model, ATTN_NAME), probing() as rows:
-                self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
-            for layer, (k, v) in zip(cache.layers, saved):
-                layer.keys[:, :, last:n] = k
-                layer.values[:, :, last:n] = v
-            rows = torch.stack([row for _, row in sorted(rows, key=lambda t: t[0])])
+        if attention:
+            if rows is None:
+                rows = self._probe_forward(r.ids[n - 1:], cache, n)[1]
             out["attention"] = attention_shares(rows, r.ids, m)
         return out
+
+    def _probe_forward(self, ids: list[int], cache, n: int):
+        """Run ids at positions n-1.. (the last prompt token first) on a cache holding n tokens, recording that
+        token's attention row per layer; the cache is left holding exactly its n tokens, bit for bit. Returns
+        (logits of every position, [layers, n] attention rows)."""
+        last = n - 1
+        saved = [(layer.keys[:, :, last:n].clone(), layer.values[:, :, last:n].clone()) for layer in cache.layers]
+        _cut(cache, last)
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(last, last + len(ids), device=self.device).unsqueeze(0)
+        with attention_impl(self.model, ATTN_NAME), probing(0) as rows:
+            lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
+        _cut(cache, n)
+        for layer, (k, v) in zip(cache.layers, saved):
+            layer.keys[:, :, last:n] = k
+            layer.values[:, :, last:n] = v
+        return lg, torch.stack([row for _, row in sorted(rows, key=lambda t: t[0])])
 
     def _batch_cache(self, like: BufferCache, lengths: list[int]):
         """A left-padded batch buffer for decoding len(lengths) cells together, and its validity mask."""
