@@ -11,6 +11,9 @@ Random weights of a real shape (timing only; answers are noise, equality is repo
     python bench/eval_grid.py data/models/smollm2 --random-shape llama-3.2-3b --device cuda \\
         --lengths 16000,32000 --depths 0,50,100
     python bench/eval_grid.py data/models/smollm2 --random-shape tiny --lengths 600,1200   # CPU smoke test
+Cost of the per-cell measures (eval.measure: answer log-prob, attention shares) against the same grid without:
+    python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \
+        --lengths 1000,2000 --depths 0,50,100 --measure-cost --skip-naive --repeat 3
 The model dir gives the tokenizer (and, without --random-shape, the weights). Without --haystack the haystack is
 random ordinary tokens with a period every ~20 (only for --random-shape).
 """
@@ -74,6 +77,7 @@ def build_prompts(args, tok):
             task = build_task(args.task, config["tasks"][args.task], 0, args.seed, n, d)
             cp = builder.build(stream, n, d, task.needles, task.question)
             cells.append(((n, d), cp, task))
+    args.prompt_format = builder.format
     return cells
 
 
@@ -98,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1,
                    help="run engine and naive alternately this many times; report the fastest of each (robust "
                         "on a shared machine)")
+    p.add_argument("--measure-cost", action="store_true",
+                   help="also run the engine with the per-cell measures (logprob, attention) and report the ratio")
     p.add_argument("--allow-mismatch", action="store_true")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
@@ -133,9 +139,14 @@ def main(argv=None) -> int:
            "cells": len(cells), "prompt_tokens": prompt_tokens, "max_new_tokens": args.max_new_tokens,
            "batch_size": args.batch_size}
 
-    def run_engine(label, **kw):
+    def run_engine(label, measure=False, **kw):
+        from pausetune.stages.eval import cell_measure
+
         eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size), **kw)
-        reqs = [Request(key, cp.ids, cp.shareable) for key, cp, _ in cells]
+        what = ["logprob", "attention"] if measure else []
+        plain = args.prompt_format == "plain"
+        reqs = [Request(key, cp.ids, cp.shareable, cell_measure(tok, task, cp, None, what, plain))
+                for key, cp, task in cells]
         t0 = time.perf_counter()
         res = {r.key: r for r in eng.run(reqs)}
         if args.device.startswith("cuda"):
@@ -156,7 +167,8 @@ def main(argv=None) -> int:
                       "prompt_tokens_per_s": round(prompt_tokens / wall, 1), "prefill_s": round(prefill, 3),
                       "prefill_tokens_computed": computed, "prefill_tflop": round(flops / 1e12, 4),
                       "prefill_flop": flops,
-                      "prefill_tflops_per_s": round(flops / prefill / 1e12, 4) if prefill else None}
+                      "prefill_tflops_per_s": round(flops / prefill / 1e12, 4) if prefill else None,
+                      "measure_s": round(sum(r.timing.get("measure_s", 0.0) for r in res.values()), 3)}
         print(f"{label:>14}: {wall:8.2f} s  {len(cells) / wall:7.3f} cells/s  {prompt_tokens / wall:9.1f} prompt tok/s"
               f"  prefill {prefill:7.2f} s for {computed} tokens ({flops / 1e12:.3f} TFLOP,"
               f" {flops / max(prefill, 1e-9) / 1e12:.3f} TFLOP/s)", flush=True)
@@ -166,6 +178,11 @@ def main(argv=None) -> int:
           f"{prompt_tokens} prompt tokens, lengths {args.lengths} x depths {args.depths}", flush=True)
     for rep in range(max(1, args.repeat)):
         got = run_engine("engine")
+        if args.measure_cost:
+            measured = run_engine("engine_measure", measure=True)
+            if measured != got:
+                print("answers differ with the measures on", file=sys.stderr)
+                return 1
         if args.ablations:
             run_engine("engine_stock", attn="sdpa")
             run_engine("engine_noreuse", reuse_prefix=False, batch_size=1)
@@ -186,6 +203,14 @@ def main(argv=None) -> int:
               f"{prompt_tokens / wall:9.1f} prompt tok/s  prefill {prompt_tokens} tokens ({flops / 1e12:.3f} TFLOP)",
               flush=True)
     out["repeat"] = max(1, args.repeat)
+    if args.measure_cost:
+        a, b = out["engine"]["wall_s"], out["engine_measure"]["wall_s"]
+        inside = out["engine_measure"]["measure_s"]
+        out["measure_overhead"] = round(b / a - 1, 4)
+        out["measure_share"] = round(inside / (b - inside), 4)  # measure steps against the rest of the same run
+        print(f"measures (logprob + attention): {b:.2f} s against {a:.2f} s without: {100 * (b / a - 1):+.1f}% time per "
+              f"cell; {inside:.2f} s inside the measure steps, {100 * out['measure_share']:.1f}% of the rest of that "
+              f"run (the figure that does not depend on load between runs)")
     if not args.skip_naive:
         equal = sum(got[k] == ref[k] for k in ref)  # the last repeat of each (all repeats are deterministic)
         out["answers_equal"] = f"{equal}/{len(ref)}"

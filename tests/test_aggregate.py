@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from pausetune.stages.aggregate import (aggregate, cells_frame, deltas, depth_band, find_cells, flatten, length_band, load_cells, summarize)
+from pausetune.core.design import MATCH
 from pausetune.core.stats import paired_bootstrap
 from pausetune.core.io import PausetuneError
 
@@ -254,12 +256,16 @@ def test_interval_does_not_depend_on_other_variants(cells, delta):
 
 
 def test_cli_writes_tables_and_flat_json(tmp_path):
+    import pandas as pd
+
+    from pausetune.core.design import TABLES
+
     out = tmp_path / "tables"
     proc = run_cli("aggregate", "--cells-dir", str(FIXTURE), "--out-dir", str(out), "--bootstrap", "300")
     assert "41 cells" in proc.stdout
-    from pausetune.core.design import TABLES
-
     assert sorted(p.name for p in out.iterdir()) == sorted(TABLES)
+    # cells made without eval.measure: the measure tables exist, with their header only
+    assert pd.read_csv(out / "measures.csv").empty and pd.read_csv(out / "measure_deltas.csv").empty
     import pandas as pd
 
     prof = pd.read_csv(out / "depth_profile.csv")
@@ -305,3 +311,66 @@ def test_cli_errors_are_one_line(tmp_path):
                    check=False)
     assert proc.returncode == 1 and "file not found" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------- measures
+
+
+def measured_cells(tmp_path):
+    """The fixture cells with measures derived from their scores: log-prob = score - 11, needle share = score /
+    100, pause share 0.02 in paused variants, two layers (needle share 0.5x and 1.5x the mean). plain-tuned has
+    none (cells made without eval.measure stay valid and are left out of the measure tables)."""
+    from pausetune.core.design import PAUSED
+
+    paths = []
+    for p in fixture_paths():
+        c = json.loads(open(p).read())
+        if c["variant"] != "plain-tuned":
+            ns = c["score"] / 100
+            pause = 0.02 if PAUSED[c["variant"]] else 0.0
+            c.update(answer_logprob_mean=c["score"] - 11.0, needle_attention=ns, pause_attention=pause,
+                     sink_attention=0.5, needle_attention_ratio=ns * 10,
+                     attention={"layers": 2, "needle": [ns / 2, 1.5 * ns], "pause": [pause, pause],
+                                "sink": [0.5, 0.5], "rest": [0.5 - ns / 2 - pause, 0.5 - 1.5 * ns - pause]})
+        out = tmp_path / "cells" / Path(p).relative_to(FIXTURE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(c))
+        paths.append(str(out))
+    return paths
+
+
+def test_measure_tables(tmp_path):
+    res = aggregate(measured_cells(tmp_path), tmp_path / "tables", b=500, seed=0)
+    cells, meas, md, layers = res["cells"], res["measures"], res["measure_deltas"], res["layer_attention"]
+    sc = cells[cells["answer_logprob_mean"].notna()]
+    overall = meas[meas["scope"] == "overall"].set_index("variant")
+    assert set(overall.index) == {"baseline", "pause-prompt", "pause-tuned"}  # plain-tuned: no measures
+    assert overall.loc["pause-tuned", "mean_logprob"] == pytest.approx(6.75 - 11)
+    assert overall.loc["baseline", "mean_needle_attention"] == pytest.approx(0.06)
+    assert overall.loc["pause-prompt", "mean_pause_attention"] == pytest.approx(0.02)
+    pts = meas[(meas["scope"] == "point") & (meas["variant"] == "baseline")]
+    assert len(pts) == 6 and pts["n"].sum() == 12
+    band = meas[(meas["scope"] == "depth_band") & (meas["variant"] == "baseline")].set_index("band")
+    assert band.loc["40-60", "mean_logprob"] == pytest.approx((4 + 6 + 1 + 3) / 4 - 11)
+    # paired deltas: log-prob differences are the score differences here; the interval comes from stats.py
+    row = md[(md["metric"] == "logprob") & (md["scope"] == "overall") & (md["variant"] == "pause-tuned")
+             & (md["reference"] == "baseline")].iloc[0]
+    assert row["n"] == 12 and row["diff"] == pytest.approx(0.75)
+    v = sc[sc["variant"] == "pause-tuned"].sort_values(MATCH)["answer_logprob_mean"].to_numpy()
+    r = sc[sc["variant"] == "baseline"].sort_values(MATCH)["answer_logprob_mean"].to_numpy()
+    from pausetune.core.stats import comparison_seed
+
+    want = paired_bootstrap(v, r, b=500, seed=comparison_seed(0, "smollm2", "single|logprob|overall|all",
+                                                              "pause-tuned", "baseline"))
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((want["diff_ci_low"], want["diff_ci_high"]))
+    assert not ((md["variant"] == "plain-tuned") | (md["reference"] == "plain-tuned")).any()
+    pause = md[md["metric"] == "pause_attention"]
+    assert set(zip(pause["variant"], pause["reference"])) == {("pause-tuned", "pause-prompt")}
+    assert set(md["scope"]) == {"overall", "depth_band", "point"}
+    # per layer: the mean over cells of each layer's share
+    lb = layers[layers["variant"] == "baseline"].set_index("layer")
+    assert list(lb.index) == [0, 1] and lb.loc[1, "needle"] == pytest.approx(3 * lb.loc[0, "needle"])
+    assert lb[["needle", "pause", "sink", "rest"]].sum(axis=1).tolist() == pytest.approx([1.0, 1.0])
+    m = res["metrics"]
+    assert m["smollm2/pause-tuned/single/mean_logprob"] == pytest.approx(-4.25)
+    assert m["smollm2/pause-tuned/single/logprob_diff_vs_baseline"] == pytest.approx(0.75)

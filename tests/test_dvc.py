@@ -361,7 +361,9 @@ def test_experiment_one_param(repro):
     exp = dvc(project, "exp", "run", "-n", "three-steps", "-S", "config/config.yaml:train.max_steps=3")
     ran = ran_stages(exp.stdout)
     readers = {s for s in outs if stage_rule(s) in ("train", "aggregate", "figure_heatmap", "figure_delta",
-                                                    "figure_delta_vs", "figure_profile", "publish")
+                                                    "figure_delta_vs", "figure_profile", "figure_logprob",
+                                                    "figure_logprob_delta", "figure_logprob_delta_vs",
+                                                    "figure_mechanism", "publish")
                or s.startswith("eval_tuned")}
     assert ran == readers, (sorted(ran ^ readers), exp.stdout[-3000:])
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)

@@ -140,9 +140,118 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     rc = bench.main([str(smollm2_dir), "--random-shape", "tiny", "--lengths", "400,800", "--depths", "0,50,100",
-                     "--max-new-tokens", "4", "--threads", "1", "--json", str(out)])
+                     "--max-new-tokens", "4", "--threads", "1", "--json", str(out), "--measure-cost"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["answers_equal"] == "6/6" and res["speedup"] > 0 and res["engine"]["prefill_tflops_per_s"] > 0
     assert res["flop_bound"] > 1  # reuse computes fewer prefill FLOPs than per-cell prefill
-    assert "speedup engine vs naive" in capsys.readouterr().out
+    assert res["engine_measure"]["measure_s"] > 0 and res["engine"]["measure_s"] == 0
+    assert res["measure_overhead"] > -1  # a ratio is reported (its size is the bench's to measure, not a test's)
+    out_text = capsys.readouterr().out
+    assert "speedup engine vs naive" in out_text and "measures (logprob + attention)" in out_text
+
+
+def test_pause_mask_matches_the_whole_marker():
+    from pausetune.core.engine import pause_mask
+
+    ids = [5, 7, 8, 9, 7, 3, 7, 8, 7, 8]
+    assert pause_mask(ids, [7, 8]).tolist() == [False, True, True, False, False, False, True, True, True, True]
+    assert pause_mask(ids, [9]).nonzero().flatten().tolist() == [3]
+    assert not pause_mask(ids, []).any() and not pause_mask([1], [1, 2]).any()
+
+
+def _reference_measures(model, ids: list[int], m) -> dict:
+    """The same measures from plain full forwards: prompt + answer (stock attention) and eager attention weights."""
+    from pausetune.core.engine import attention_impl, attention_shares
+
+    with torch.no_grad():
+        sums, ranks = [], []
+        for a in m.answers:
+            lp = torch.log_softmax(model(torch.tensor([ids + a])).logits[0].float(), -1)
+            steps = lp[len(ids) - 1:len(ids) - 1 + len(a)]
+            sums.append(float(steps[torch.arange(len(a)), torch.tensor(a)].sum()))
+            ranks.append(int((steps[0] > steps[0, a[0]]).sum()))
+        with attention_impl(model, "eager"):
+            att = model(torch.tensor([ids]), output_attentions=True).attentions
+        rows = torch.stack([layer[0, :, -1].float().mean(0) for layer in att])
+    return {"answer_logprob": sums, "needle_rank": ranks, "attention": attention_shares(rows, ids, m)}
+
+
+@pytest.mark.parametrize("batch_size, reuse, chunk", [(2, True, None), (1, True, 53), (1, False, None)])
+def test_measures_equal_full_forward_random_model(rand_model, batch_size, reuse, chunk):
+    """Teacher-forced log-probs = a full forward of prompt + answer; attention shares = eager weights (1e-5), sum
+    to 1; and measuring leaves the greedy answers unchanged."""
+    from pausetune.core.engine import Measure
+
+    rng = random.Random(2)
+    stream = [rng.randrange(4, 320) for _ in range(700)]
+    head, tail, needle = [1, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]
+    pause = 5
+    stream = [pause if i % 37 == 36 else t for i, t in enumerate(stream)]
+    reqs = []
+    for n, d in ((300, 0), (300, 50), (600, 50), (600, 100)):
+        p = int(n * d / 100)
+        ids = head + stream[:p] + needle + stream[p:n] + tail
+        s = len(head) + p
+        m = Measure(answers=[[21, 22, 23], [40], [7, 8]], needles=[(s, s + len(needle))], pause_ids=[pause])
+        reqs.append(Request((n, d), ids, s, m))
+    eng = Engine(rand_model, [2], max_new_tokens=6, batch_size=batch_size, reuse_prefix=reuse, prefill_chunk=chunk)
+    got = {r.key: r for r in eng.run(reqs)}
+    plain = {r.key: r.new_ids for r in eng.run([Request(q.key, q.ids, q.shareable) for q in reqs])}
+    for r in reqs:
+        res, ref = got[r.key].measures, _reference_measures(rand_model, r.ids, r.measure)
+        assert got[r.key].new_ids == plain[r.key]
+        assert res["needle_rank"] == ref["needle_rank"]
+        assert res["answer_logprob"] == pytest.approx(ref["answer_logprob"], abs=1e-4)
+        assert [sum(t) for t in res["answer_token_logprobs"]] == pytest.approx(res["answer_logprob"], abs=1e-5)
+        assert (res["needle_margin"][0] >= 0) == (res["needle_rank"][0] == 0)
+        a, b = res["attention"], ref["attention"]
+        assert a["layers"] == 2
+        for key in ("needle", "pause", "sink", "rest", "needle_ratio", "needle_each"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+        for layer in range(2):
+            assert sum(a[k][layer] for k in ("needle", "pause", "sink", "rest")) == pytest.approx(1, abs=1e-6)
+        assert a["pause"][0] > 0 and a["needle_token_share"] == pytest.approx(5 / len(r.ids), abs=1e-6)
+    # attention alone (no log-probs): its own q = 1 step gives the same shares
+    from dataclasses import replace
+
+    alone = {x.key: x for x in eng.run([Request(q.key, q.ids, q.shareable, replace(q.measure, logprob=False))
+                                        for q in reqs])}
+    for r in reqs:
+        assert "answer_logprob" not in alone[r.key].measures and alone[r.key].new_ids == plain[r.key]
+        for key in ("needle", "pause", "sink", "rest"):
+            assert alone[r.key].measures["attention"][key] == pytest.approx(got[r.key].measures["attention"][key],
+                                                                            abs=1e-6)
+
+
+def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):
+    """The real model on a real 600-token haystack prompt: the needle sentence's log-prob and the attention shares
+    from the engine (prefix reuse) equal a full forward and eager attention weights."""
+    from pausetune.core.config import load_config
+    from pausetune.core.engine import Measure
+    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.models import load_model, load_tokenizer
+
+    from conftest import DEFAULT_CONFIG
+
+    config = load_config([str(DEFAULT_CONFIG)])
+    tok = load_tokenizer(smollm2_dir)
+    model = load_model(smollm2_dir, "float32", "cpu")
+    essays = dict(load_essays([str(pg_paused)]))
+    stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 600, None)
+    b = PromptBuilder(tok, config, "smollm2")
+    needle = config["tasks"]["single"]["needles"]
+    reqs = []
+    for d in (0, 50):
+        cp = b.build(stream, 600, d, needle, config["tasks"]["single"]["question"])
+        s = cp.needle_positions[0]
+        m = Measure(answers=[tok.encode(needle[0], add_special_tokens=False)], needles=[(s, s + cp.needle_tokens)])
+        reqs.append(Request(d, cp.ids, cp.shareable, m))
+    got = {r.key: r.measures for r in Engine(model, eos_ids_of(model, tok), 4).run(reqs)}
+    for r in reqs:
+        ref = _reference_measures(model, r.ids, r.measure)
+        assert got[r.key]["answer_logprob"] == pytest.approx(ref["answer_logprob"], abs=1e-3)
+        assert got[r.key]["needle_rank"] == ref["needle_rank"]
+        for key in ("needle", "sink", "rest"):
+            assert got[r.key]["attention"][key] == pytest.approx(ref["attention"][key], abs=1e-5), key
+        assert got[r.key]["answer_logprob"][0] > -30  # the model does read the needle: a likely continuation

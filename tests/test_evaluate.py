@@ -129,6 +129,44 @@ def test_cli_block_writes_complete_cells(baseline_run, tiny_dir):
     assert "3 computed" in proc.stderr
 
 
+def test_cells_carry_measures(baseline_run, tiny_dir, pg_paused, tmp_path):
+    """eval.measure (default on): answer log-prob, rank, margin and per-layer attention shares in every cell;
+    switched off, the cell has none of them and a different cell_id (old and new cells never mix)."""
+    results, _ = baseline_run
+    c = cells_of(results)["eval/tiny/baseline/single/seed0/len600/depth50.json"]
+    assert c["eval"]["measure"] == ["logprob", "attention"]
+    assert c["answer_texts"] == c["needles"] and len(c["answer_logprob"]) == 1 and c["answer_logprob"][0] < 0
+    assert c["answer_logprob_mean"] == pytest.approx(sum(c["answer_token_logprobs"][0]), abs=1e-5)
+    assert c["needle_rank"][0] >= 0 and (c["needle_margin"][0] >= 0) == (c["needle_rank"][0] == 0)
+    a = c["attention"]
+    assert a["layers"] == 2 and len(a["needle"]) == 2 and a["sink_tokens"] == 4
+    for i in range(2):
+        assert sum(a[k][i] for k in ("needle", "pause", "sink", "rest")) == pytest.approx(1, abs=1e-6)
+    assert a["pause"] == [0, 0] and c["pause_attention"] == 0  # baseline: no pause tokens
+    assert a["needle_token_share"] == pytest.approx(c["needle_tokens"] / c["context_tokens"], abs=1e-6)
+    assert c["needle_attention"] == pytest.approx(sum(a["needle"]) / 2, abs=1e-6)
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("50",)),
+                  config_json={"eval": {**SMALL["eval"], "measure": []}})
+    assert rc == 0 and "1 computed" in err, err
+    off = cells_of(tmp_path)["eval/tiny/baseline/single/seed0/len600/depth50.json"]
+    assert off["cell_id"] != c["cell_id"] and off["answer"] == c["answer"]
+    assert not {"answer_logprob", "attention", "needle_attention"} & set(off)
+
+
+def test_variable_tracking_cells(tiny_dir, pg_paused, tmp_path):
+    """The RULER variable-tracking kind through the stage: chain needles in a paused haystack, one log-prob per
+    variable name, the attention share over the chain."""
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-prompt", task="vartrack",
+                             depths=("40",)), config_json=SMALL)
+    assert rc == 0, err
+    c = cells_of(tmp_path)["eval/tiny/pause-prompt/vartrack/seed0/len600/depth40.json"]
+    names = c["ruler"]["chains"][c["ruler"]["asked"][0]]
+    assert c["kind"] == "variable_tracking" and c["facts"] == names and len(names) == 5
+    assert c["expected"] == [[n] for n in names] and len(c["answer_logprob"]) == 5
+    assert c["needle_positions"] == sorted(c["needle_positions"])
+    assert c["pause_attention"] > 0 and c["attention"]["pause_token_share"] > 0
+
+
 def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paused, tmp_path):
     """Another process, another batch size: the same cell files, byte for byte; only the timings differ."""
     results, _ = baseline_run
@@ -171,6 +209,7 @@ def test_pause_prompt_variant(tiny_dir, pg_paused, tmp_path, baseline_run):
     assert c["haystack"]["paused"] is True and c["haystack"]["pause_mode"] == "special"
     assert c["haystack"]["pause_ids"] == [49152] and c["prompt_sha256"] != base["prompt_sha256"]
     assert c["haystack"]["order_sha256"] == base["haystack"]["order_sha256"]  # same essays, same order
+    assert c["pause_attention"] > 0 and c["attention"]["pause_token_share"] > 0  # the pauses draw attention
 
 
 def test_tuned_variants(tiny_dir, pg_paused, tmp_path, checkpoints, tiny_shards):

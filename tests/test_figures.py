@@ -183,10 +183,75 @@ def test_report_targets_names():
     assert "results/figures/delta/m/single/pause-tuned_vs_plain-tuned.html" in t
     assert "results/figures/length/m/multi.png" in t and "results/figures/depth/m/single.svg" in t
     assert not [p for p in t if "/delta/" in p and p.rsplit("/", 1)[1].startswith("baseline")]
-    # per task: 4 heatmaps + 3 deltas + 1 delta-vs + 2 profiles = 10 figures x 3 formats
-    assert len(t) == 4 + 2 * 10 * 3 and len(set(t)) == len(t)
+    assert "results/figures/logprob/m/single/baseline.png" in t
+    assert "results/figures/logprob_delta/m/multi/pause-tuned_vs_plain-tuned.svg" in t
+    assert "results/figures/attention_layer/m/single.png" in t and "results/figures/pause_depth/m/multi.html" in t
+    # per task: 4 heatmaps + 3 deltas + 1 delta-vs + 2 profiles = 10 score figures, and with eval.measure (default
+    # on) 4 log-prob maps + 3 log-prob deltas + 1 delta-vs + 3 attention profiles = 11 more; x 3 formats
+    assert len(t) == 4 + 2 * 21 * 3 and len(set(t)) == len(t)
+    off = report_targets({"eval": {**config["eval"], "measure": []}})
+    assert len(off) == 4 + 2 * 10 * 3
+    plain = report_targets({"eval": {**config["eval"], "variants": ["baseline", "plain-tuned"]}})
+    assert not [p for p in plain if "pause_depth" in p] and [p for p in plain if "attention_depth" in p]
     only_base = report_targets({"eval": {"models": ["m"], "tasks": ["single"], "variants": ["baseline"]}})
     assert not [p for p in only_base if "/delta/" in p]
+
+
+# ------------------------------------------------------------------------------------------- mechanism
+
+
+@pytest.fixture(scope="module")
+def mcells(tmp_path_factory) -> pd.DataFrame:
+    from test_aggregate import measured_cells
+
+    return cells_frame(load_cells(measured_cells(tmp_path_factory.mktemp("m"))))
+
+
+def test_mechanism_figure_data_by_hand(mcells):
+    """The fixture's measures (test_aggregate.measured_cells: log-prob = score - 11, needle share = score / 100)."""
+    from pausetune.stages.figures import attention_depth_data, attention_layer_data, logprob_map_data
+
+    d = logprob_map_data(mcells, M, T, "baseline").set_index(["length", "depth"])
+    assert d.loc[(1000, 50.0), "value"] == pytest.approx(-6) and d.loc[(1000, 50.0), "n"] == 2
+    dd = logprob_map_data(mcells, M, T, "pause-tuned", "baseline").set_index(["length", "depth"])
+    assert dd.loc[(1000, 50.0), "value"] == pytest.approx(2) and dd.loc[(2000, 100.0), "value"] == pytest.approx(-0.5)
+    assert logprob_map_data(mcells, M, T, "plain-tuned").empty  # no measures: left out, no error
+    a = attention_depth_data(mcells, M, T, "needle_attention").set_index(["variant", "depth"])
+    assert a.loc[("baseline", 50.0), "mean"] == pytest.approx(0.035) and a.loc[("baseline", 50.0), "n"] == 4
+    p = attention_depth_data(mcells, M, T, "pause_attention", paused_only=True)
+    assert set(p["variant"]) == {"pause-prompt", "pause-tuned"} and p["mean"].tolist() == pytest.approx([0.02] * 6)
+    lay = attention_layer_data(mcells, M, T).set_index(["variant", "part", "layer"])
+    assert lay.loc[("baseline", "needle", 1), "share"] == pytest.approx(3 * lay.loc[("baseline", "needle", 0), "share"])
+    assert lay.loc[("pause-tuned", "sink", 0), "share"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("kind, variant, reference", [
+    ("logprob", "pause-tuned", "baseline"), ("logprob_delta", "pause-tuned", "plain-tuned"),
+    ("logprob_delta", "pause-tuned", "baseline"), ("attention_depth", None, "baseline"),
+    ("pause_depth", None, "baseline"), ("attention_layer", None, "baseline")])
+def test_mechanism_specs(mcells, cells, kind, variant, reference):
+    spec = build_chart(mcells, kind, M, T, variant, reference).to_dict()
+    empty = build_chart(cells, kind, M, T, variant, reference).to_dict()  # fixture cells carry no measures
+    if kind == "logprob_delta" and reference == "plain-tuned":
+        assert "no cells carry" in title_text(spec)  # plain-tuned has no measures in mcells
+    else:
+        assert "no cells carry" not in title_text(spec) and datasets(spec)
+    assert "no cells carry" in title_text(empty)
+
+
+def test_mechanism_files_and_cli(mcells, tmp_path):
+    from test_aggregate import measured_cells
+
+    table = tmp_path / "cells.parquet"
+    mcells.to_parquet(table)
+    for kind, extra in (("logprob", ["--variant", "baseline"]), ("attention_layer", [])):
+        out = tmp_path / kind
+        run_cli("figures", "--cells-table", str(table), "--kind", kind, "--model", M, "--task", T, *extra,
+                "--output", str(out))
+        assert out.with_suffix(".png").stat().st_size > 1000 and out.with_suffix(".svg").exists()
+    proc = run_cli("figures", "--cells-table", str(table), "--kind", "logprob", "--model", M, "--task", T,
+                   "--output", str(tmp_path / "x"), check=False)
+    assert proc.returncode == 1 and "needs --variant" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------- real Snakemake
@@ -263,14 +328,16 @@ def test_snakemake_report_rules_and_report(tmp_path):
     cell.write_text(json.dumps(data))
     rerun = job_counts((lambda p: p.stdout + p.stderr)(snakemake(project, "-n")))
     assert rerun == {"aggregate": 1, "figure_heatmap": 4, "figure_delta": 3, "figure_delta_vs": 1,
-                     "figure_profile": 2, "all": 1}, rerun
+                     "figure_profile": 2, "figure_logprob": 4, "figure_logprob_delta": 3,
+                     "figure_logprob_delta_vs": 1, "figure_mechanism": 3, "all": 1}, rerun
 
     snakemake(project, "--report", "results/report.html")
     html = (project / "results/report.html").read_text(errors="replace")
     assert len(html) > 100_000
     for needle in ["NIAH heatmaps", "Delta heatmaps", "Score vs length and depth", "Tables", "summary.csv",
                    "deltas.csv", "pause-tuned_vs_plain-tuned.png", "single.png", "plain-tuned.png",
-                   "lost-in-the-middle", "paired bootstrap"]:
+                   "lost-in-the-middle", "paired bootstrap", "Answer log-prob maps",
+                   "Attention on the needle and the pauses"]:
         assert needle in html, needle
 
 

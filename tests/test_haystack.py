@@ -228,6 +228,34 @@ def test_ruler_tasks_seeded_per_cell(config):
     assert len(mq.facts) == 2 and all(k in mq.question for k in mq.keys["asked"]) and " and " in mq.question
     s = build_task("single", tasks["single"], 0, 0, 1000, 50)
     assert s.needles == [NEEDLE] and s.facts == ["sandwich", "Dolores Park", "sunny"]
+    # the expected answers the cell's log-prob is teacher-forced on, and the needles that hold them
+    assert s.answers == [NEEDLE] and s.targets == [0]
+    assert a.answers == [value] and a.targets == [0] and mv.answers == mv.facts and mv.targets == [0, 1, 2, 3]
+    assert [mq.needles[i].split()[-1].rstrip(".") for i in mq.targets] == mq.answers == mq.facts
+
+
+def test_variable_tracking_chain(tok, streams, config):
+    """RULER's variable tracking: a seeded chain in order through the haystack, scored by recall of the names."""
+    from pausetune.core.scoring import score_answer
+
+    spec = {**config["tasks"]["vartrack"], "num_chains": 2}
+    t = build_task("vartrack", spec, 0, 0, 1000, 30)
+    assert t == build_task("vartrack", spec, 0, 0, 1000, 30)
+    assert t.needles != build_task("vartrack", spec, 0, 1, 1000, 30).needles
+    value = t.keys["asked"][0]
+    names = t.keys["chains"][value]
+    assert len(t.needles) == 10 and t.facts == names == t.answers and len(set(sum(t.keys["chains"].values(), []))) == 10
+    assert [t.needles[i] for i in t.targets] == [f"VAR {names[0]} = {value}."] + [
+        f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+    assert value in t.question and len(value) == 5 and all(len(n) == 5 and n.isupper() for n in names)
+    b = PromptBuilder(tok, config, "smollm2")
+    cp = b.build(streams[0], 1000, 30, t.needles, t.question)
+    assert cp.needle_positions == sorted(cp.needle_positions)  # every assignment comes before its copy
+    assert 20 < cp.needle_depths[0] <= 30 and len(cp.needle_lengths) == 10
+    sc = score_answer(f"VAR {names[0]}, {names[2].lower()} and {names[4]}", t.facts)
+    assert sc["recall"] == pytest.approx(3 / 5) and not sc["exact"]
+    with pytest.raises(PausetuneError, match="tasks.vt.question.*{value}"):
+        build_task("vt", {**spec, "question": "Which variables?"}, 0, 0, 1000, 30)
 
 
 # ------------------------------------------------------------------------------------------------- grid

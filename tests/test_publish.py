@@ -153,3 +153,37 @@ def test_reading_says_when_tuning_itself_hurts(tmp_path):
     assert "- Both tuned variants score below the untuned baseline" in text
     before, _ = publish(tmp_path, FIXTURE, "fixture")
     assert "Both tuned variants score below" not in before
+
+
+def test_mechanism_section_reads_measure_tables(tmp_path):
+    """Cells with measures: the page shows the measure tables' numbers with their intervals; without: no section."""
+    import csv
+
+    from test_aggregate import measured_cells
+
+    measured_cells(tmp_path)
+    text, tables = publish(tmp_path, tmp_path / "cells", "m")
+    assert "## Mechanism: answer likelihood and attention" in text
+    meas = list(csv.DictReader(open(tables / "measures.csv")))
+    md = list(csv.DictReader(open(tables / "measure_deltas.csv")))
+    numbers = set()
+    for r in meas + md:
+        for v in r.values():
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                continue
+            numbers |= {f"{x:.2f}", f"{x:.3f}", f"{x:.4f}", f"{x:+.2f}", f"{x:+.4f}", f"{x:.0f}", str(v)}
+    section = text.split("## Mechanism")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| smollm2")]
+    assert len(rows) == 3  # plain-tuned has no measures
+    for line in rows + [line for line in section.splitlines() if line.startswith("- ")]:
+        for token in re.findall(r"[+-]?\d+\.\d+", line.split(" matched cells")[0]):
+            assert token in numbers or token in ("40", "60"), (token, line)
+    pt = next(r for r in rows if "| pause-tuned |" in r)
+    assert "| -4.25 | +0.75 [" in pt
+    assert "Pause-tuning (pause-tuned vs baseline), answer log-prob: +0.75 [" in section
+    assert "pause-tuned vs pause-prompt), attention on pause tokens" in section
+    assert "- baseline: needle attention share at depths 40-60% 0.0350 against" in section
+    plain, _ = publish(tmp_path, FIXTURE, "plain")
+    assert "## Mechanism" not in plain

@@ -4,7 +4,8 @@ from pausetune.stages.figures import report_targets
 
 rule publish:
     input:
-        tables=["results/tables/summary.csv", "results/tables/deltas.csv"],
+        tables=["results/tables/summary.csv", "results/tables/deltas.csv", "results/tables/measures.csv",
+                "results/tables/measure_deltas.csv"],
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
         checkpoints=lambda wc: tuned_manifests("results/checkpoints/{model}/{variant}/manifest.json"),
         shards=lambda wc: tuned_manifests("data/shards/{model}/{variant}/manifest.json"),

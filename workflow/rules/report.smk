@@ -19,6 +19,9 @@ rule aggregate:
         metrics="results/tables/summary.json",
         depth_profile="results/tables/depth_profile.csv",
         length_profile="results/tables/length_profile.csv",
+        measures="results/tables/measures.csv",
+        measure_deltas="results/tables/measure_deltas.csv",
+        layer_attention="results/tables/layer_attention.csv",
         manifest="results/tables/manifest.json",
     params:
         cfg=lambda wc: cfg("seed", "report"),
@@ -159,4 +162,133 @@ rule figure_profile:
         "benchmarks/figures/{profile}/{model}/{task}.tsv",
     shell:
         "pausetune figures --cells-table {input.cells} --kind {wildcards.profile} --model {wildcards.model:q}"
+        " --task {wildcards.task:q} --output {params.stem:q} 2>&1 | tee {log}"
+
+
+# The mechanism (cells with eval.measure): log-prob maps and delta maps, attention profiles. Which of them the grid
+# asks for: mechanism_stems() in pausetune.stages.figures.
+rule figure_logprob:
+    input:
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
+    output:
+        html="results/figures/logprob/{model}/{task}/{variant}.html",
+        png=report(
+            "results/figures/logprob/{model}/{task}/{variant}.png",
+            caption="../report/mechanism.rst",
+            category="Answer log-prob maps",
+            subcategory="{model} / {task}",
+            labels={"model": "{model}", "task": "{task}", "variant": "{variant}"},
+        ),
+        svg="results/figures/logprob/{model}/{task}/{variant}.svg",
+    wildcard_constraints:
+        model="[^/]+",
+        task="[^/]+",
+        variant=FIG_VARIANTS,
+    params:
+        stem=lambda wc, output: output.png[: -len(".png")],
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "logs/figures/logprob/{model}/{task}/{variant}.log",
+    benchmark:
+        "benchmarks/figures/logprob/{model}/{task}/{variant}.tsv",
+    shell:
+        "pausetune figures --cells-table {input.cells} --kind logprob --model {wildcards.model:q} --task {wildcards.task:q}"
+        " --variant {wildcards.variant} --output {params.stem:q} 2>&1 | tee {log}"
+
+
+rule figure_logprob_delta:
+    input:
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
+    output:
+        html="results/figures/logprob_delta/{model}/{task}/{variant}.html",
+        png=report(
+            "results/figures/logprob_delta/{model}/{task}/{variant}.png",
+            caption="../report/mechanism.rst",
+            category="Answer log-prob delta maps",
+            subcategory="{model} / {task}",
+            labels={"model": "{model}", "task": "{task}", "variant": "{variant}", "reference": "baseline"},
+        ),
+        svg="results/figures/logprob_delta/{model}/{task}/{variant}.svg",
+    wildcard_constraints:
+        model="[^/]+",
+        task="[^/]+",
+        variant="pause-prompt|pause-tuned|plain-tuned",
+    params:
+        stem=lambda wc, output: output.png[: -len(".png")],
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "logs/figures/logprob_delta/{model}/{task}/{variant}.log",
+    benchmark:
+        "benchmarks/figures/logprob_delta/{model}/{task}/{variant}.tsv",
+    shell:
+        "pausetune figures --cells-table {input.cells} --kind logprob_delta --model {wildcards.model:q}"
+        " --task {wildcards.task:q} --variant {wildcards.variant} --reference baseline --output {params.stem:q}"
+        " 2>&1 | tee {log}"
+
+
+rule figure_logprob_delta_vs:
+    input:
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
+    output:
+        html="results/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.html",
+        png=report(
+            "results/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.png",
+            caption="../report/mechanism.rst",
+            category="Answer log-prob delta maps",
+            subcategory="{model} / {task}",
+            labels={"model": "{model}", "task": "{task}", "variant": "{variant}", "reference": "{reference}"},
+        ),
+        svg="results/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.svg",
+    wildcard_constraints:
+        model="[^/]+",
+        task="[^/]+",
+        variant=FIG_VARIANTS,
+        reference=FIG_VARIANTS,
+    params:
+        stem=lambda wc, output: output.png[: -len(".png")],
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "logs/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.log",
+    benchmark:
+        "benchmarks/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.tsv",
+    shell:
+        "pausetune figures --cells-table {input.cells} --kind logprob_delta --model {wildcards.model:q}"
+        " --task {wildcards.task:q} --variant {wildcards.variant} --reference {wildcards.reference}"
+        " --output {params.stem:q} 2>&1 | tee {log}"
+
+
+rule figure_mechanism:
+    input:
+        cells="results/tables/cells.parquet",
+        code=code("figures"),
+    output:
+        html="results/figures/{mechanism}/{model}/{task}.html",
+        png=report(
+            "results/figures/{mechanism}/{model}/{task}.png",
+            caption="../report/mechanism.rst",
+            category="Attention on the needle and the pauses",
+            subcategory="{model} / {task}",
+            labels={"model": "{model}", "task": "{task}", "figure": "{mechanism}"},
+        ),
+        svg="results/figures/{mechanism}/{model}/{task}.svg",
+    wildcard_constraints:
+        mechanism="attention_depth|attention_layer|pause_depth",
+        model="[^/]+",
+        task="[^/]+",
+    params:
+        stem=lambda wc, output: output.png[: -len(".png")],
+    conda:
+        "../../envs/report.yaml"
+    log:
+        "logs/figures/{mechanism}/{model}/{task}.log",
+    benchmark:
+        "benchmarks/figures/{mechanism}/{model}/{task}.tsv",
+    shell:
+        "pausetune figures --cells-table {input.cells} --kind {wildcards.mechanism} --model {wildcards.model:q}"
         " --task {wildcards.task:q} --output {params.stem:q} 2>&1 | tee {log}"

@@ -15,7 +15,10 @@ CHECKPOINT = {"pause-tuned": "pause", "plain-tuned": "plain"}  # tuned variant -
 TRAIN_VARIANTS = ("pause", "plain")  # the two kinds of shards and checkpoints
 
 
-KINDS = ("single", "multi", "multikey", "multivalue", "multiquery")
+KINDS = ("single", "multi", "multikey", "multivalue", "multiquery", "variable_tracking")
+
+
+MEASURES = ("logprob", "attention")  # eval.measure: what a cell measures beside its greedy answer
 
 
 BLOCKS = ("cell", "length", "seed")
@@ -50,7 +53,7 @@ COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
 
 
 TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv",
-          "manifest.json"]
+          "measures.csv", "measure_deltas.csv", "layer_attention.csv", "manifest.json"]
 
 
 def fmt_tokens(n: float) -> str:

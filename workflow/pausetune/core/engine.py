@@ -28,6 +28,21 @@ Two things make the CPU path faster than stock HF:
   Every other case (the trunk prefill, q = 1 decode steps, padded batches) goes to the stock SDPA function, so
   numerics there are exactly those of `model.generate`.
 
+Measurements (a `Measure` on the request; stage eval's `eval.measure`), on the cache that holds the prompt, before
+the decode, so no second prefill:
+- `logprob`: each expected answer teacher-forced after the prompt (its first token scored from the prompt's last
+  logits, the rest from one forward of answer[:-1] on top of the cache, which is cropped back afterwards): the
+  summed and per-token log-probabilities, and the first token's rank (0 = the greedy choice) and margin (its
+  log-prob minus the best other token's) in the first answer step.
+- `attention`: the attention row of the last prompt token (the position that yields the first answer token), per
+  layer and averaged over heads: that position is recomputed over the cached keys (its K/V are put back bit for
+  bit afterwards), as the first token of the first answer's teacher-forced chunk (or alone, a q = 1 step, without
+  `logprob`): the share of mass on the needles' tokens, on pause tokens, on the first `sink` tokens (the
+  attention sink), and on the rest (disjoint, in that order of precedence, summing to 1).
+  Full-attention decoders only (supports_buffer_cache): a sliding-window model's cells get no attention fields.
+Cost: one short chunk per expected answer (one token longer for the first), about a decode step per token. Equal to a plain
+full forward of prompt + answer and to an eager-attention forward's weights (tests/test_engine.py).
+
 Equality with `model.generate(do_sample=False)` is tested (tests/test_engine.py) on the real SmolLM2 and the
 tiny random model in fp32 on the CPU.
 """
@@ -43,6 +58,10 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 ATTN_NAME = "pausetune"
+SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
+
+_PROBE: list | None = None  # while a list: pausetune_attention appends (layer, head-mean row of query _PROBE_ROW)
+_PROBE_ROW = 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,11 +93,36 @@ def _split_lower_right_cpu(query, key, value, scaling):
     return out.to(query.dtype)
 
 
+def _query_row(query, key, scaling, i: int):
+    """Causal softmax attention of new query i (of q new tokens on the cache) over the keys it sees, mean over heads."""
+    b, h, q_len, d = query.shape
+    kvh = key.shape[1]
+    q = query[:, :, i].float().reshape(b, kvh, h // kvh, d)
+    k = key[:, :, :key.shape[2] - q_len + i + 1].float()
+    scale = scaling if scaling is not None else d ** -0.5
+    scores = torch.einsum("bkgd,bknd->bkgn", q, k) * scale
+    return scores.softmax(-1).mean(dim=(1, 2))[0]
+
+
+@contextlib.contextmanager
+def probing(row: int = 0):
+    """Collect new query `row`'s attention row in every layer that runs inside (pausetune attention only)."""
+    global _PROBE, _PROBE_ROW
+    old, _PROBE = (_PROBE, _PROBE_ROW), []
+    _PROBE_ROW = row
+    try:
+        yield _PROBE
+    finally:
+        _PROBE, _PROBE_ROW = old
+
+
 def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
+    if _PROBE is not None:
+        _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _query_row(query, key, scaling, _PROBE_ROW)))
     if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
         if query.device.type == "cpu":
             out = _split_lower_right_cpu(query, key, value, scaling)
@@ -214,10 +258,22 @@ def supports_buffer_cache(model) -> bool:
 
 
 @dataclass
+class Measure:
+    """What to measure for one prompt beside its greedy answer (module doc)."""
+    answers: list[list[int]]                        # token ids of each expected answer
+    needles: list[tuple[int, int]]                  # [start, end) of each needle in the prompt
+    pause_ids: list[int] = field(default_factory=list)  # the pause marker's ids (a sequence in text mode)
+    sink: int = SINK_TOKENS
+    logprob: bool = True
+    attention: bool = True
+
+
+@dataclass
 class Request:
     key: Any
     ids: list[int]
     shareable: int = 0  # hint: length of the prefix this prompt likely shares with others (first needle position)
+    measure: Measure | None = None
 
 
 @dataclass
@@ -225,6 +281,58 @@ class Result:
     key: Any
     new_ids: list[int]
     timing: dict = field(default_factory=dict)
+    measures: dict | None = None
+
+
+def _cut(cache, n: int) -> None:
+    if hasattr(cache, "truncate"):
+        cache.truncate(n)
+    elif cache.get_seq_length() > n:
+        cache.crop(n - cache.get_seq_length())  # HF 5.x: a negative count removes that many tokens
+
+
+def _r(x: float) -> float:
+    return round(float(x), 7)
+
+
+def pause_mask(ids: list[int], marker: list[int]) -> torch.Tensor:
+    """Positions inside an occurrence of the pause marker's id sequence (one id in special/reserved mode; several in
+    text mode, where a lone piece of the marker elsewhere in the text is not a pause)."""
+    x = torch.as_tensor(ids)
+    out = torch.zeros(len(ids), dtype=torch.bool)
+    k = len(marker)
+    if not k or len(ids) < k:
+        return out
+    hits = (x.unfold(0, k, 1) == torch.as_tensor(marker)).all(-1).nonzero().flatten()
+    for j in range(k):
+        out[hits + j] = True
+    return out
+
+
+def attention_shares(rows: torch.Tensor, ids: list[int], m: Measure) -> dict:
+    """Per-layer shares of the last prompt token's attention (rows: [layers, len(ids)], each summing to 1)."""
+    n = len(ids)
+    needle = torch.zeros(n, dtype=torch.bool)
+    for s, e in m.needles:
+        needle[s:e] = True
+    pause = pause_mask(ids, list(m.pause_ids)) & ~needle
+    sink = (torch.arange(n) < m.sink) & ~needle & ~pause
+    rest = ~(needle | pause | sink)
+    rows = rows.double().cpu()
+
+    def share(mask):
+        return rows[:, mask].sum(-1)
+
+    nd = share(needle)
+    token_share = float(needle.sum()) / n
+    return {
+        "layers": int(rows.shape[0]), "sink_tokens": int(m.sink),
+        "needle": [_r(x) for x in nd], "pause": [_r(x) for x in share(pause)], "sink": [_r(x) for x in share(sink)],
+        "rest": [_r(x) for x in share(rest)],
+        "needle_ratio": [_r(x / token_share) if token_share else None for x in nd],
+        "needle_token_share": _r(token_share), "pause_token_share": _r(float(pause.sum()) / n),
+        "needle_each": [_r(rows[:, s:e].sum(-1).mean()) for s, e in m.needles],
+    }
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
@@ -338,11 +446,13 @@ class Engine:
             cache = DynamicCache(config=self.model.config)
             logits = self._forward(r.ids, cache, 0)
             t1 = self._now()
+            meas = self._measure(r, logits, cache)
+            tm = self._now()
             ans = self._decode(logits.argmax(-1), cache, [len(r.ids)], None)[0]
             t2 = self._now()
-            yield Result(r.key, ans, {"prefill_s": t1 - t0, "decode_s": t2 - t1, "prompt_tokens": len(r.ids),
-                                      "new_tokens": len(ans), "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0,
-                                      "batch": 1})
+            yield Result(r.key, ans, {"prefill_s": t1 - t0, "decode_s": t2 - tm, "measure_s": tm - t1,
+                                      "prompt_tokens": len(r.ids), "new_tokens": len(ans),
+                                      "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0, "batch": 1}, meas)
 
     def _run_reuse(self, requests):
         trunk_req = max(requests, key=lambda r: (r.shareable, -requests.index(r)))
@@ -360,7 +470,7 @@ class Engine:
             group = [requests[i] for i in order[g:g + self.batch_size]]
             lengths = [len(r.ids) for r in group]
             batch = None
-            firsts, timings = [], []
+            firsts, timings, measures = [], [], []
             for row, r in enumerate(group):
                 keep = min(_lcp(cached, r.ids), len(r.ids) - 1)
                 cache.truncate(keep)
@@ -369,8 +479,9 @@ class Engine:
                 firsts.append(logits.argmax(-1))
                 t2 = self._now()
                 cached = list(r.ids)
-                timings.append({"prefill_s": t2 - t1, "prompt_tokens": len(r.ids), "shared_prefix_tokens": keep,
-                                "trunk_prefill_s": trunk_s, "batch": len(group)})
+                measures.append(self._measure(r, logits, cache))
+                timings.append({"prefill_s": t2 - t1, "measure_s": self._now() - t2, "prompt_tokens": len(r.ids),
+                                "shared_prefix_tokens": keep, "trunk_prefill_s": trunk_s, "batch": len(group)})
                 if len(group) > 1:
                     batch = batch or self._batch_cache(cache, lengths)
                     off = batch[1] - len(r.ids)
@@ -385,9 +496,67 @@ class Engine:
                 answers = self._decode(torch.cat(firsts), batch[0], lengths, batch[2])
                 del batch
             dec = self._now() - t3
-            for r, ans, tm in zip(group, answers, timings):
+            for r, ans, tm, meas in zip(group, answers, timings, measures):
                 tm.update({"decode_s": dec, "new_tokens": len(ans)})
-                yield Result(r.key, ans, tm)
+                yield Result(r.key, ans, tm, meas)
+
+    def _measure(self, r: Request, logits: torch.Tensor, cache) -> dict | None:
+        """The request's Measure on a cache holding exactly r.ids (left so afterwards); logits: the last prompt
+        position's, [1, vocab]."""
+        m = r.measure
+        if m is None:
+            return None
+        n = len(r.ids)
+        out: dict = {}
+        attention = m.attention and supports_buffer_cache(self.model)
+        rows = None
+        if m.logprob:
+            lp0 = torch.log_softmax(logits[0].float(), -1)
+            sums, per_token, ranks, margins = [], [], [], []
+            for i, a in enumerate(m.answers):
+                first = a[0]
+                others = lp0.clone()
+                others[first] = -float("inf")
+                ranks.append(int((lp0 > lp0[first]).sum()))
+                margins.append(_r(lp0[first] - others.max()))
+                vals = [float(lp0[first])]
+                if i == 0 and attention:  # the last prompt token again (its attention row), then the answer
+                    lg, rows = self._probe_forward(r.ids[n - 1:] + a[:-1], cache, n)
+                    lg = lg[1:]
+                elif len(a) > 1:
+                    x = torch.tensor([a[:-1]], dtype=torch.long, device=self.device)
+                    pos = torch.arange(n, n + len(a) - 1, device=self.device).unsqueeze(0)
+                    lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
+                    _cut(cache, n)
+                if len(a) > 1:
+                    lp = torch.log_softmax(lg.float(), -1)
+                    idx = torch.arange(len(a) - 1, device=lp.device)
+                    vals += lp[idx, torch.tensor(a[1:], device=lp.device)].tolist()
+                per_token.append([_r(v) for v in vals])
+                sums.append(_r(sum(vals)))
+            out.update(answer_logprob=sums, answer_token_logprobs=per_token, needle_rank=ranks, needle_margin=margins)
+        if attention:
+            if rows is None:
+                rows = self._probe_forward(r.ids[n - 1:], cache, n)[1]
+            out["attention"] = attention_shares(rows, r.ids, m)
+        return out
+
+    def _probe_forward(self, ids: list[int], cache, n: int):
+        """Run ids at positions n-1.. (the last prompt token first) on a cache holding n tokens, recording that
+        token's attention row per layer; the cache is left holding exactly its n tokens, bit for bit. Returns
+        (logits of every position, [layers, n] attention rows)."""
+        last = n - 1
+        saved = [(layer.keys[:, :, last:n].clone(), layer.values[:, :, last:n].clone()) for layer in cache.layers]
+        _cut(cache, last)
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(last, last + len(ids), device=self.device).unsqueeze(0)
+        with attention_impl(self.model, ATTN_NAME), probing(0) as rows:
+            lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
+        _cut(cache, n)
+        for layer, (k, v) in zip(cache.layers, saved):
+            layer.keys[:, :, last:n] = k
+            layer.values[:, :, last:n] = v
+        return lg, torch.stack([row for _, row in sorted(rows, key=lambda t: t[0])])
 
     def _batch_cache(self, like: BufferCache, lengths: list[int]):
         """A left-padded batch buffer for decoding len(lengths) cells together, and its validity mask."""

@@ -44,7 +44,7 @@ import hashlib
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import PausetuneError, read_parquet, sha256_file
@@ -194,6 +194,7 @@ class CellPrompt:
     needle_positions: list[int]     # token index of each needle's first token in the prompt (needle order)
     needle_depths: list[float]      # 100 x haystack tokens before the needle / H
     shareable: int                  # prompt prefix before the first needle: head + stream[:p]
+    needle_lengths: list[int] = field(default_factory=list)  # tokens of each needle (needle order)
 
     @property
     def depth_actual(self) -> float:
@@ -305,4 +306,4 @@ class PromptBuilder:
             depths.append(round(100 * before / hay_n, 4))
         return CellPrompt(ids=ids, head_tokens=len(head), haystack_tokens=hay_n, needle_tokens=nt,
                           needle_positions=[len(head) + s for s in starts], needle_depths=depths,
-                          shareable=len(head) + min(starts))
+                          shareable=len(head) + min(starts), needle_lengths=[len(x) for x in enc])

@@ -17,7 +17,19 @@ Tasks are config (`tasks:` name -> spec); this module only instantiates them for
   - `multivalue`: `num_values` needles for one key with distinct values; `question` (`{key}`) asks for all.
   - `multiquery`: `num_keys` needles with distinct keys; `num_queries` of them (a seeded choice) are asked
     for at once (`question` with `{keys}`, joined "a, b and c"). One fact per asked key.
+- `variable_tracking` (RULER's variable tracking, multi-hop): `num_chains` chains (default 1) of `num_hops`
+  (default 4) copies each: "VAR ABCDE = 12345." then "VAR FGHIJ = VAR ABCDE." ... (names: five random capital
+  letters, all distinct; values `value_digits` digits, default 5, one per chain), seeded like the RULER kinds.
+  The needles go hop by hop (every chain's first assignment, then every chain's first copy, ...), so each chain
+  reads in order through the haystack; `question` (`{value}`) asks for every variable holding the first chain's
+  value. Facts: that chain's `num_hops + 1` names (scored by recall); the other chains are distractors.
   Needles of every multi-needle kind are placed like `multi`.
+
+Expected answers (`answers`, one per target needle: the text the per-cell log-probability is teacher-forced
+on, see stage eval): for `single`/`multi` each needle's own sentence (the reference, which the model's answer
+paraphrases: there is no canonical short answer), for the RULER kinds each asked value, for variable tracking
+each variable name of the asked chain. `targets` are the indices of the needles that hold the asked facts (the
+distractors are not targets): the needle whose attention share the cell measures.
 
 A fact may list alternatives separated by "|" ("figs|fig"); see pausetune.scoring.
 """
@@ -40,10 +52,13 @@ class TaskInstance:
     facts: list[str]
     reference: str
     keys: dict = field(default_factory=dict)  # RULER: key -> values, and which keys were asked
+    answers: list[str] = field(default_factory=list)  # expected answer text per target needle (module doc)
+    targets: list[int] = field(default_factory=list)  # indices of the needles holding the asked facts
 
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "needles": self.needles, "question": self.question,
-                "facts": self.facts, "reference": self.reference, **({"keys": self.keys} if self.keys else {})}
+                "facts": self.facts, "reference": self.reference, **({"keys": self.keys} if self.keys else {}),
+                "answers": self.answers, "targets": self.targets}
 
 
 def cell_rng(root_seed: int, task: str, seed: int, length: int, depth: float) -> random.Random:
@@ -76,6 +91,33 @@ def _values(rng: random.Random, digits: int, n: int) -> list[str]:
     return out
 
 
+def _names(rng: random.Random, n: int, letters: int = 5) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(letters))
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _variable_tracking(name: str, spec: dict, rng: random.Random) -> TaskInstance:
+    hops, chains = int(spec.get("num_hops", 4)), int(spec.get("num_chains", 1))
+    names = _names(rng, chains * (hops + 1))
+    values = _values(rng, int(spec.get("value_digits", 5)), chains)
+    chain = [names[c * (hops + 1):(c + 1) * (hops + 1)] for c in range(chains)]
+    needles, targets = [], []
+    for h in range(hops + 1):
+        for c in range(chains):
+            prev = values[c] if h == 0 else f"VAR {chain[c][h - 1]}"
+            if c == 0:
+                targets.append(len(needles))
+            needles.append(f"VAR {chain[c][h]} = {prev}.")
+    return TaskInstance(name, "variable_tracking", needles, spec["question"].format(value=values[0]), chain[0],
+                        " ".join(needles[i] for i in targets),
+                        {"chains": {v: ch for v, ch in zip(values, chain)}, "asked": [values[0]]},
+                        answers=list(chain[0]), targets=targets)
+
+
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -92,8 +134,12 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
         return TaskInstance(name, kind, [row["needle"]], row["question"], [row["answer"]], row["needle"])
     if kind in ("single", "multi"):
         facts = [f for per_needle in spec["expected"] for f in per_needle]
-        return TaskInstance(name, kind, list(spec["needles"]), spec["question"], facts, " ".join(spec["needles"]))
+        needles = list(spec["needles"])
+        return TaskInstance(name, kind, needles, spec["question"], facts, " ".join(needles), answers=needles,
+                            targets=list(range(len(needles))))
     rng = cell_rng(root_seed, name, seed, length, depth)
+    if kind == "variable_tracking":
+        return _variable_tracking(name, spec, rng)
     digits = int(spec.get("value_digits", 7))
     tpl = spec["template"]
     if kind == "multivalue":
@@ -101,7 +147,8 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
         values = _values(rng, digits, spec["num_values"])
         needles = [tpl.format(key=key, value=v) for v in values]
         return TaskInstance(name, kind, needles, spec["question"].format(key=key), values, " ".join(needles),
-                            {"values": {key: values}, "asked": [key]})
+                            {"values": {key: values}, "asked": [key]}, answers=list(values),
+                            targets=list(range(len(needles))))
     n = spec["num_keys"]
     keys = _keys(rng, spec["key_words"], n)
     values = _values(rng, digits, n)
@@ -114,7 +161,8 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
         question = spec["question"].format(keys=_join([keys[i] for i in asked]))
     return TaskInstance(name, kind, needles, question, [values[i] for i in asked],
                         " ".join(needles[i] for i in asked),
-                        {"values": {k: [v] for k, v in zip(keys, values)}, "asked": [keys[i] for i in asked]})
+                        {"values": {k: [v] for k, v in zip(keys, values)}, "asked": [keys[i] for i in asked]},
+                        answers=[values[i] for i in asked], targets=list(asked))
 
 
 REQUIRED = {
@@ -123,6 +171,7 @@ REQUIRED = {
     "multikey": ("template", "question", "num_keys", "key_words"),
     "multivalue": ("template", "question", "num_values", "key_words"),
     "multiquery": ("template", "question", "num_keys", "num_queries", "key_words"),
+    "variable_tracking": ("question",),
 }
 
 
@@ -143,6 +192,12 @@ def check_task(name: str, spec: dict) -> None:
         if len(spec["expected"]) != len(spec["needles"]):
             raise PausetuneError(f"config key 'tasks.{name}.expected': one list of facts per needle "
                                  f"({len(spec['needles'])} needles, {len(spec['expected'])} lists)")
+    elif kind == "variable_tracking":
+        if "{value}" not in spec["question"]:
+            raise PausetuneError(f"config key 'tasks.{name}.question': must contain {{value}} (the value asked for)")
+        for key in ("num_hops", "num_chains"):
+            if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
+                raise PausetuneError(f"config key 'tasks.{name}.{key}': expected a positive integer")
     else:
         for key in ("{key}", "{value}"):
             if key not in spec["template"]:

@@ -37,11 +37,34 @@ depth_profile.csv, length_profile.csv  (long; for `dvc plots`, template .dvc/plo
     mean_recall
     One row per exact depth (over all lengths and seeds) or per exact length (over all depths and seeds).
 
+measures.csv  (the per-cell measures of the mechanism, eval.measure; long, one row per group)
+    columns: scope, model, task, variant, band, length, depth, n, mean_logprob, mean_needle_attention,
+    mean_pause_attention, mean_sink_attention, mean_needle_ratio
+    scope ``overall`` (band ``all``), ``depth_band`` (the bands above), ``point`` (one exact length x depth, over
+    seeds). ``mean_logprob`` is the mean of the cells' ``answer_logprob_mean`` (the summed teacher-forced log-prob
+    of each expected answer, averaged over a cell's answers); the attention columns are the layer means of the last
+    prompt token's attention share on the needle, the pauses and the first 4 tokens, and the needle's share over
+    its share of the tokens. Cells without measures (eval.measure off, or made before it) are left out (``n``
+    counts the cells that have the measure); a grid without any measure gives a table with the header only.
+
+measure_deltas.csv  (paired comparisons of the measures, the score's design)
+    columns: metric, scope, model, task, variant, reference, band, length, depth, n, mean_variant,
+    mean_reference, diff, diff_ci_low, diff_ci_high, bootstrap_b, bootstrap_seed
+    metric ``logprob`` | ``needle_attention`` | ``pause_attention`` (the last only between two paused variants),
+    for the comparisons of deltas.csv, per scope (overall, depth band, point) on the cells matched as there.
+    Differences only (a percentage of a log-prob means nothing); the same paired percentile bootstrap, seeded
+    with (config seed, CRC32 of "model/task|metric|scope|band/variant/reference").
+
+layer_attention.csv  (where in the network attention moves)
+    columns: model, task, variant, layer, n, needle, pause, sink, rest: mean over cells of each layer's shares.
+
 summary.json  (flat keys for DVC metrics; floats rounded to 4 decimals, NaN written as null)
     {model}/{variant}/{task}/mean_score | mean_recall | exact_rate | n
     {model}/{variant}/{task}/pct_vs_baseline | pct_ci_low | pct_ci_high | diff_vs_baseline | n_matched
     {model}/{variant}/{task}/pct_vs_{reference} | pct_vs_{reference}_ci_low | pct_vs_{reference}_ci_high
         | diff_vs_{reference} | n_matched_vs_{reference}      (for the non-baseline references)
+    {model}/{variant}/{task}/mean_logprob | mean_needle_attention | mean_pause_attention   (cells with measures)
+    {model}/{variant}/{task}/{metric}_diff_vs_{reference} | ..._ci_low | ..._ci_high     (overall measure deltas)
 """
 from __future__ import annotations
 
@@ -59,6 +82,12 @@ from ..core.io import PausetuneError, read_json, write_json, write_parquet, writ
 from ..core.stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
 
 REQUIRED = KEY + ["score"]
+# metric name in the measure tables -> the cell field it averages
+MEASURE_COLUMNS = {"logprob": "answer_logprob_mean", "needle_attention": "needle_attention",
+                   "pause_attention": "pause_attention", "sink_attention": "sink_attention",
+                   "needle_ratio": "needle_attention_ratio"}
+DELTA_METRICS = ("logprob", "needle_attention", "pause_attention")
+LAYER_PARTS = ("needle", "pause", "sink", "rest")
 DEPTH_EDGES = [0, 20, 40, 60, 80, 100]
 LENGTH_ANCHOR = 1000
 
@@ -131,7 +160,7 @@ def cells_frame(cells: list[dict]):
         df["score"] = pd.to_numeric(df["score"], errors="raise").astype("float64")
     except (TypeError, ValueError) as e:
         raise PausetuneError(f"eval cells: a key field is not numeric ({e})") from None
-    for col in ("recall",):
+    for col in ("recall",) + tuple(MEASURE_COLUMNS.values()):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     if "exact" in df:
@@ -276,6 +305,115 @@ def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
     return pd.DataFrame(rows, columns=DELTA_COLUMNS)
 
 
+# ----------------------------------------------------------------------------------------------- measures
+
+MEASURE_TABLE_COLUMNS = ["scope", "model", "task", "variant", "band", "length", "depth", "n"] + [
+    f"mean_{m}" for m in MEASURE_COLUMNS]
+MEASURE_DELTA_COLUMNS = ["metric", "scope", "model", "task", "variant", "reference", "band", "length", "depth", "n",
+                         "mean_variant", "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "bootstrap_b",
+                         "bootstrap_seed"]
+
+
+def _measured(df):
+    """The cells that carry measures (any of them), with a depth-band column."""
+    cols = [c for c in MEASURE_COLUMNS.values() if c in df]
+    if not cols:
+        return df.iloc[0:0].assign(_band="")
+    sel = df[df[cols].notna().any(axis=1)].copy()
+    sel["_band"] = [depth_band(d)[0] for d in sel["depth"]]
+    return sel
+
+
+def _scopes(g):
+    """(scope, band, length, depth, rows) for the overall, depth-band and point groupings of one frame."""
+    yield "overall", "all", math.nan, math.nan, g
+    for band, gb in sorted(g.groupby("_band"), key=lambda kv: float(kv[0].split("-")[0])):
+        yield "depth_band", band, math.nan, math.nan, gb
+    for (n, d), gp in g.groupby(["length", "depth"], sort=True):
+        yield "point", "", int(n), float(d), gp
+
+
+def measures_table(df):
+    """measures.csv as a DataFrame (module docstring)."""
+    import pandas as pd
+
+    sel = _measured(df)
+    rows = []
+    for (model, task, variant), g in sel.groupby(["model", "task", "variant"], sort=True):
+        for scope, band, n, d, gs in _scopes(g):
+            row = {"scope": scope, "model": model, "task": task, "variant": variant, "band": band, "length": n,
+                   "depth": d, "n": int(len(gs))}
+            for m, col in MEASURE_COLUMNS.items():
+                vals = gs[col].dropna() if col in gs else []
+                row[f"mean_{m}"] = float(vals.mean()) if len(vals) else math.nan
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=MEASURE_TABLE_COLUMNS)
+    if len(out):
+        out["_s"] = out["scope"].map({"overall": 0, "depth_band": 1, "point": 2})
+        out["_v"] = out["variant"].map(lambda v: VARIANTS.index(v) if v in VARIANTS else len(VARIANTS))
+        out = out.sort_values(["model", "task", "_s", "_v", "variant", "band", "length", "depth"], kind="stable")
+        out = out.drop(columns=["_s", "_v"]).reset_index(drop=True)
+    return out
+
+
+def measure_deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+    """measure_deltas.csv as a DataFrame (module docstring)."""
+    import pandas as pd
+
+    from ..core.design import PAUSED
+
+    sel = _measured(df)
+    rows = []
+    for (model, task), g in sel.groupby(["model", "task"], sort=True):
+        present = set(g["variant"])
+        for variant, reference in COMPARISONS:
+            if variant not in present or reference not in present:
+                continue
+            for metric in DELTA_METRICS:
+                col = MEASURE_COLUMNS[metric]
+                both_paused = PAUSED.get(variant) and PAUSED.get(reference)
+                if col not in g or (metric == "pause_attention" and not both_paused):
+                    continue
+                a = g[(g["variant"] == variant) & g[col].notna()][MATCH + ["_band", col]]
+                r = g[(g["variant"] == reference) & g[col].notna()][MATCH + [col]]
+                m = a.merge(r, on=MATCH, suffixes=("_v", "_r")).sort_values(MATCH, kind="stable")
+                if m.empty:
+                    continue
+                for scope, band, n, d, gs in _scopes(m):
+                    cseed = comparison_seed(seed, model, f"{task}|{metric}|{scope}|{band or f'{n}/{d:g}'}",
+                                            variant, reference)
+                    st = paired_bootstrap(gs[f"{col}_v"].to_numpy(), gs[f"{col}_r"].to_numpy(), b=b, seed=cseed)
+                    rows.append({"metric": metric, "scope": scope, "model": model, "task": task, "variant": variant,
+                                 "reference": reference, "band": band, "length": n, "depth": d, "n": int(len(gs)),
+                                 "mean_variant": float(gs[f"{col}_v"].mean()),
+                                 "mean_reference": float(gs[f"{col}_r"].mean()),
+                                 **{k: st[k] for k in ("diff", "diff_ci_low", "diff_ci_high")},
+                                 "bootstrap_b": int(b), "bootstrap_seed": int(seed)})
+    return pd.DataFrame(rows, columns=MEASURE_DELTA_COLUMNS)
+
+
+def layer_attention(df):
+    """layer_attention.csv: per model x task x variant x layer, the mean share of each part (module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    cols = [f"attention.{p}" for p in LAYER_PARTS]
+    rows = []
+    if all(c in df for c in cols):
+        sel = df[df[cols[0]].notna()]
+        for (model, task, variant), g in sel.groupby(["model", "task", "variant"], sort=True):
+            parts = {p: [json.loads(x) if isinstance(x, str) else x for x in g[f"attention.{p}"]] for p in LAYER_PARTS}
+            layers = {len(x) for x in parts["needle"]}
+            if len(layers) != 1:
+                raise PausetuneError(f"cells of {model}/{variant}/{task}: attention lists of different layer counts "
+                                     f"{sorted(layers)}")
+            means = {p: np.asarray(v, dtype=float).mean(axis=0) for p, v in parts.items()}
+            for layer in range(layers.pop()):
+                rows.append({"model": model, "task": task, "variant": variant, "layer": layer, "n": int(len(g)),
+                             **{p: float(means[p][layer]) for p in LAYER_PARTS}})
+    return pd.DataFrame(rows, columns=["model", "task", "variant", "layer", "n", *LAYER_PARTS])
+
+
 def _num(x):
     if x is None:
         return None
@@ -289,9 +427,20 @@ def _num(x):
     return round(x, 4)
 
 
-def summary_json(summary, deltas_df) -> dict:
+def summary_json(summary, deltas_df, measures=None, mdeltas=None) -> dict:
     """Flat, human-readable keys for DVC metrics (see the module docstring)."""
     out = {}
+    if measures is not None:
+        for r in measures[measures["scope"] == "overall"].itertuples(index=False):
+            base = f"{r.model}/{r.variant}/{r.task}"
+            for m in ("logprob", "needle_attention", "pause_attention"):
+                out[f"{base}/mean_{m}"] = _num(getattr(r, f"mean_{m}"))
+    if mdeltas is not None:
+        for r in mdeltas[mdeltas["scope"] == "overall"].itertuples(index=False):
+            key = f"{r.model}/{r.variant}/{r.task}/{r.metric}_diff_vs_{r.reference}"
+            out[key] = _num(r.diff)
+            out[f"{key}_ci_low"] = _num(r.diff_ci_low)
+            out[f"{key}_ci_high"] = _num(r.diff_ci_high)
     for r in summary[summary["kind"] == "overall"].itertuples(index=False):
         base = f"{r.model}/{r.variant}/{r.task}"
         out[f"{base}/mean_score"] = _num(r.mean_score)
@@ -342,7 +491,8 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     df = cells_frame(load_cells(paths, skip_bad, skipped))
     summary = summarize(df)
     delta = deltas(df, b=b, seed=seed)
-    metrics = summary_json(summary, delta)
+    meas, mdelta, layers = measures_table(df), measure_deltas(df, b=b, seed=seed), layer_attention(df)
+    metrics = summary_json(summary, delta, meas, mdelta)
     out = Path(out_dir)
     write_parquet(out / "cells.parquet", df)
     write_text(out / "summary.csv", _csv(summary))
@@ -350,8 +500,12 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_json(out / "summary.json", metrics)
     for axis in ("depth", "length"):
         write_text(out / f"{axis}_profile.csv", _csv(profile(df, axis)))
+    write_text(out / "measures.csv", _csv(meas))
+    write_text(out / "measure_deltas.csv", _csv(mdelta))
+    write_text(out / "layer_attention.csv", _csv(layers))
     write_json(out / "manifest.json", tables_manifest(df, skipped))
-    return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "skipped": skipped}
+    return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "measures": meas,
+            "measure_deltas": mdelta, "layer_attention": layers, "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -364,7 +518,8 @@ def add_arguments(parser) -> None:
     src.add_argument("--cells-from", metavar="FILE",
                      help="a text file listing cell paths, one a line (for grids too long for a command line)")
     parser.add_argument("--out-dir", required=True, metavar="DIR",
-                        help="folder for cells.parquet, summary.csv, deltas.csv, summary.json, *_profile.csv")
+                        help="folder for cells.parquet, summary.csv, deltas.csv, summary.json, *_profile.csv, "
+                             "measures.csv, measure_deltas.csv, layer_attention.csv")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
                         help=f"bootstrap resamples (default: config report.bootstrap, else {DEFAULT_BOOTSTRAP})")
     parser.add_argument("--bootstrap-seed", type=int, default=None, metavar="SEED",

@@ -16,6 +16,16 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (tas
 - A cell is deterministic: two runs of it give byte-identical files. What a run measures (prefill and decode
   seconds, tokens reused from another cell's prefix, batch) depends on the machine and on which cells shared the
   job, so it goes to `results/timing/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json`, never into the cell.
+- Measures (config `eval.measure`, default both; part of the cell id, so cells with and without them never mix):
+  `logprob` adds `answer_texts` (the task's expected answers, see pausetune.core.needles: the needle sentence for
+  single/multi, the value or variable name for the RULER kinds), `answer_logprob` (per answer: its summed
+  teacher-forced log-prob after the prompt; the answer is encoded as it would follow the prompt, with a leading
+  space after a plain template's "Answer:"), `answer_token_logprobs`, `answer_logprob_mean` (the mean over
+  answers: the cell's continuous score), `needle_rank` (0 = greedy) and `needle_margin` of each answer's first
+  token; `attention` adds `attention` (per-layer lists: shares of the last prompt token's attention on the target
+  needles, pause tokens, the first 4 tokens and the rest; needle share / needle token share; the layer count) and
+  its layer means `needle_attention`, `pause_attention`, `sink_attention`, `needle_attention_ratio`.
+  See pausetune.core.engine for how they are computed on the cache the answer is generated from.
 - Out of memory at some length fails the block with one line naming the length and batch size; the cells done
   before stay (files and cache).
 """
@@ -42,7 +52,44 @@ def code_identity() -> dict:
 
 # eval keys that change a cell's answer (batch_size, reuse_prefix, block, threads, prefill_chunk, device: not by
 # design; they are not part of a cell's identity, nor of the Snakemake rule's params).
-EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources")
+EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
+                    "measure")
+
+
+def cell_measure(tok, inst, cp, pause_ids, what, plain: bool):
+    """The engine's Measure for one cell (None when eval.measure is empty)."""
+    from ..core.engine import Measure
+
+    if not what:
+        return None
+    prefix = " " if plain else ""
+    answers = [tok.encode(prefix + a, add_special_tokens=False) for a in inst.answers]
+    if any(not a for a in answers):
+        raise PausetuneError(f"task '{inst.name}': an expected answer encodes to no tokens")
+    spans = [(cp.needle_positions[i], cp.needle_positions[i] + cp.needle_lengths[i]) for i in inst.targets]
+    return Measure(answers=answers, needles=spans, pause_ids=list(pause_ids or []), logprob="logprob" in what,
+                   attention="attention" in what)
+
+
+def measure_fields(inst, m: dict | None) -> dict:
+    """A cell's measure fields from the engine's result (see the module doc)."""
+    if not m:
+        return {}
+    out = {}
+    if "answer_logprob" in m:
+        out.update(answer_texts=list(inst.answers), answer_logprob=m["answer_logprob"],
+                   answer_token_logprobs=m["answer_token_logprobs"],
+                   answer_logprob_mean=round(sum(m["answer_logprob"]) / len(m["answer_logprob"]), 7),
+                   needle_rank=m["needle_rank"], needle_margin=m["needle_margin"])
+    a = m.get("attention")
+    if a:
+        def mean(xs):
+            xs = [x for x in xs if x is not None]
+            return round(sum(xs) / len(xs), 7) if xs else None
+
+        out.update(attention=a, needle_attention=mean(a["needle"]), pause_attention=mean(a["pause"]),
+                   sink_attention=mean(a["sink"]), needle_attention_ratio=mean(a["needle_ratio"]))
+    return out
 
 
 def versions() -> dict:
@@ -310,7 +357,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
         inst = insts[cid]
         cp = builder.build(stream, n, d, inst.needles, inst.question, task=t)
         prompts[cid] = cp
-        requests.append(Request(cid, cp.ids, cp.shareable))
+        m = cell_measure(tok, inst, cp, pause_ids, ev.get("measure") or [], builder.format == "plain")
+        requests.append(Request(cid, cp.ids, cp.shareable, m))
     eos = eos_ids_of(net, tok)
     engine = Engine(net, eos, ev["max_new_tokens"], batch_size=ev.get("batch_size", 1),
                     reuse_prefix=ev.get("reuse_prefix", True), prefill_chunk=ev.get("prefill_chunk"))
@@ -343,6 +391,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             }
             if inst.keys:
                 cell["ruler"] = inst.keys
+            cell.update(measure_fields(inst, res.measures))
             if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
                 write_json(cache_root / f"{res.key}.json", cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)

@@ -16,6 +16,20 @@ results/figures/length/{model}/{task}.{ext}
 results/figures/depth/{model}/{task}.{ext}
     the depth profile (lost-in-the-middle curve): mean score against needle depth, one line per variant.
 
+
+The mechanism (cells with eval.measure; cells without are left out, and a figure with none says so in its title):
+results/figures/logprob/{model}/{task}/{variant}.{ext}
+    the heatmap layout with colour = mean answer log-prob (the cell's `answer_logprob_mean`) over seeds, on one
+    scale shared by every variant of the model x task (so maps compare).
+results/figures/logprob_delta/{model}/{task}/{variant}[_vs_{reference}].{ext}
+    the delta-map layout for the log-prob: mean paired difference per (length, depth), symmetric domain.
+results/figures/attention_depth/{model}/{task}.{ext}
+    needle attention share (layer mean) against depth, one line per variant, band mean +- 1.96 SE.
+results/figures/pause_depth/{model}/{task}.{ext}
+    attention mass on pause tokens against depth, paused variants.
+results/figures/attention_layer/{model}/{task}.{ext}
+    share per layer (needle, pause, sink), one line per variant: where in the network the pauses change anything.
+
 Tooltips (HTML) carry length, depth, mean score, n and, on the heatmaps, the answers.
 """
 from __future__ import annotations
@@ -29,7 +43,14 @@ from html import escape as html_escape
 
 from ..core.io import PausetuneError, atomic_path, read_parquet, write_text
 
-KINDS = ("heatmap", "delta", "length", "depth")
+KINDS = ("heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
+         "attention_layer")
+MAP_KINDS = ("heatmap", "delta", "logprob", "logprob_delta")  # one figure per variant
+MECHANISM_PROFILES = ("attention_depth", "pause_depth", "attention_layer")
+# measured cell field per mechanism figure
+MEASURE_FIELD = {"logprob": "answer_logprob_mean", "logprob_delta": "answer_logprob_mean",
+                 "attention_depth": "needle_attention", "pause_depth": "pause_attention"}
+LAYER_PARTS = ("needle", "pause", "sink")
 FORMATS = ("html", "png", "svg")
 TABLE_FILES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
 VARIANT_COLORS = {"baseline": "#7f7f7f", "pause-prompt": "#f58518", "pause-tuned": "#4c78a8",
@@ -48,12 +69,12 @@ ANSWER_CHARS = 140
 
 def figure_stem(kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline",
                 root: str = "results/figures") -> str:
-    if kind == "heatmap":
-        return f"{root}/heatmap/{model}/{task}/{variant}"
-    if kind == "delta":
+    if kind in ("heatmap", "logprob"):
+        return f"{root}/{kind}/{model}/{task}/{variant}"
+    if kind in ("delta", "logprob_delta"):
         name = variant if reference == "baseline" else f"{variant}_vs_{reference}"
-        return f"{root}/delta/{model}/{task}/{name}"
-    if kind in ("length", "depth"):
+        return f"{root}/{kind}/{model}/{task}/{name}"
+    if kind in ("length", "depth") + MECHANISM_PROFILES:
         return f"{root}/{kind}/{model}/{task}"
     raise PausetuneError(f"--kind {kind}: expected one of {KINDS}")
 
@@ -71,13 +92,40 @@ def report_targets(config: dict, tables: str = "results/tables", figures: str = 
             if "pause-tuned" in variants and "plain-tuned" in variants:
                 stems.append(figure_stem("delta", model, task, "pause-tuned", "plain-tuned", root=figures))
             stems += [figure_stem(k, model, task, root=figures) for k in ("length", "depth")]
+            stems += mechanism_stems(ev, variants, model, task, figures)
     return [f"{tables}/{t}" for t in TABLE_FILES] + [f"{s}.{ext}" for s in stems for ext in FORMATS]
+
+
+def mechanism_stems(ev: dict, variants: list[str], model: str, task: str, figures: str) -> list[str]:
+    """The mechanism figures of one model x task: log-prob maps with `logprob`, attention profiles with
+    `attention` in eval.measure (default both); pause mass only where a paused variant is in the grid."""
+    from ..core.design import PAUSED
+
+    measure = ev.get("measure", ["logprob", "attention"]) or []
+    stems = []
+    if "logprob" in measure:
+        stems += [figure_stem("logprob", model, task, v, root=figures) for v in variants]
+        if "baseline" in variants:
+            stems += [figure_stem("logprob_delta", model, task, v, root=figures) for v in variants if v != "baseline"]
+        if "pause-tuned" in variants and "plain-tuned" in variants:
+            stems.append(figure_stem("logprob_delta", model, task, "pause-tuned", "plain-tuned", root=figures))
+    if "attention" in measure:
+        kinds = ["attention_depth", "attention_layer"] + (["pause_depth"] if any(PAUSED[v] for v in variants) else [])
+        stems += [figure_stem(k, model, task, root=figures) for k in kinds]
+    return stems
 
 
 # ----------------------------------------------------------------------------------------------- data
 
 
-def load_table(path: str):
+def load_table(path: str, kind: str = "heatmap"):
+    """The columns a figure of `kind` reads (the mechanism's only where the table has them)."""
+    if kind in MEASURE_FIELD or kind == "attention_layer":
+        import pyarrow.parquet as pq
+
+        have = set(pq.read_schema(path).names)
+        want = [MEASURE_FIELD.get(kind)] if kind in MEASURE_FIELD else [f"attention.{p}" for p in LAYER_PARTS]
+        return read_parquet(path, columns=KEY + ["score"] + [c for c in want if c in have])
     return read_parquet(path, columns=KEY + ["score"])
 
 
@@ -325,9 +373,200 @@ def profile_chart(df, model: str, task: str, by: str):
     return chart.configure_axis(gridColor="#eee")
 
 
+# ----------------------------------------------------------------------------------------------- mechanism
+
+
+def measured(df, model: str, task: str, col: str, variant: str | None = None):
+    """Cells of model x task (x variant) that carry the measure `col` (no error when none do: see _empty)."""
+    sel = select(df, model, task, variant)
+    if col not in sel:
+        return sel.iloc[0:0].assign(**{col: math.nan})
+    return sel[sel[col].notna()]
+
+
+def _empty(title: str, what: str):
+    """A figure for a grid without the measure: says so instead of failing (cells without measures are valid)."""
+    import altair as alt
+    import pandas as pd
+
+    text = f"no cells carry {what} (eval.measure off, or cells made before it)"
+    return alt.Chart(pd.DataFrame({"t": [text]})).mark_text(fontSize=13).encode(text="t:N").properties(
+        title=_title(title, [text]), width=480, height=80)
+
+
+def logprob_map_data(df, model: str, task: str, variant: str, reference: str | None = None):
+    """Per (length, depth): mean answer log-prob over seeds (or, with a reference, the mean paired difference)."""
+    import pandas as pd
+
+    col = MEASURE_FIELD["logprob"]
+    a = measured(df, model, task, col, variant)
+    if reference is None:
+        rows = [{"length": int(n), "depth": float(d), "value": float(g[col].mean()), "n": int(len(g)),
+                 "seeds": ", ".join(str(x) for x in g["seed"])}
+                for (n, d), g in a.sort_values(["length", "depth", "seed"]).groupby(["length", "depth"], sort=True)]
+        return pd.DataFrame(rows, columns=["length", "depth", "value", "n", "seeds"])
+    r = measured(df, model, task, col, reference)
+    m = a[["seed", "length", "depth", col]].merge(r[["seed", "length", "depth", col]], on=["seed", "length", "depth"],
+                                                  suffixes=("_v", "_r"))
+    m["diff"] = m[f"{col}_v"] - m[f"{col}_r"]
+    rows = [{"length": int(n), "depth": float(d), "value": float(g["diff"].mean()), "n": int(len(g)),
+             "mean_variant": float(g[f"{col}_v"].mean()), "mean_reference": float(g[f"{col}_r"].mean()),
+             "seeds": ", ".join(str(x) for x in g["seed"])}
+            for (n, d), g in m.sort_values(["length", "depth", "seed"]).groupby(["length", "depth"], sort=True)]
+    return pd.DataFrame(rows, columns=["length", "depth", "value", "n", "mean_variant", "mean_reference", "seeds"])
+
+
+def logprob_map_chart(df, model: str, task: str, variant: str, reference: str | None = None):
+    import altair as alt
+
+    what = "answer log-prob" if reference is None else f"Δ answer log-prob: {variant} − {reference}"
+    title = f"{what}: {model} · {task}" + (f" · {variant}" if reference is None else "")
+    data = logprob_map_data(df, model, task, variant, reference)
+    if data.empty:
+        return _empty(title, "the answer log-prob" + ("" if reference is None else " in both variants"))
+    grid = select(df, model, task)
+    x, y, ll, dl, size, with_text = _grid_axes(grid["length"], grid["depth"])
+    data.insert(0, "length_label", data["length"].map(ll))
+    data.insert(1, "depth_label", data["depth"].map(dl))
+    col = MEASURE_FIELD["logprob"]
+    if reference is None:
+        allv = measured(df, model, task, col)[col]
+        lo, hi = float(allv.min()), float(allv.max())
+        scale = alt.Scale(scheme="viridis", domain=[lo, hi if hi > lo else lo + 1])
+        sub = [f"colour: mean over seeds of the summed teacher-forced log-prob of the expected answer(s) (higher: "
+               f"the model finds the needle's answer likelier); one scale for every variant of {model} · {task}",
+               f"{int(data['n'].sum())} cells; overall mean {data['value'].mean():.2f}"]
+        fmt = ".1f"
+    else:
+        span = max(1.0, float(data["value"].abs().max()))
+        scale = alt.Scale(scheme="redblue", domain=[-span, span], domainMid=0)
+        sub = [f"colour: mean over seeds of log-prob({variant}) − log-prob({reference}) on matched cells (blue: "
+               f"{variant} finds the answer likelier)", f"{int(data['n'].sum())} matched cells; mean "
+               f"{data['value'].mean():+.2f} nats"]
+        fmt = "+.1f"
+    tooltip = [alt.Tooltip("length:Q", title="length (tokens)", format=","),
+               alt.Tooltip("depth:Q", title="depth (%)", format=".4~g"),
+               alt.Tooltip("value:Q", title="log-prob" if reference is None else "Δ log-prob", format=".3f"),
+               alt.Tooltip("n:Q", title="n (cells)"), alt.Tooltip("seeds:N", title="seeds")]
+    base = alt.Chart(data).encode(x=x, y=y)
+    layers = [base.mark_rect(stroke="white", strokeWidth=0.5).encode(
+        color=alt.Color("value:Q", title="log-prob" if reference is None else "Δ log-prob", scale=scale),
+        tooltip=tooltip)]
+    if with_text:
+        layers.append(base.mark_text(fontSize=10, color="#222").encode(text=alt.Text("value:Q", format=fmt),
+                                                                        tooltip=tooltip))
+    fill = GAP_FILL if reference is None else DELTA_GAP_FILL
+    return alt.layer(*layers).properties(title=_title(title, sub), **size).configure_view(
+        fill=fill, stroke=None).configure_axis(grid=False)
+
+
+def attention_depth_data(df, model: str, task: str, col: str, paused_only: bool = False):
+    """Per variant x depth: mean of the measure `col` over lengths and seeds, n, 95% band (mean +- 1.96 SE)."""
+    import numpy as np
+    import pandas as pd
+
+    from ..core.design import PAUSED
+
+    sel = measured(df, model, task, col)
+    if paused_only:
+        sel = sel[sel["variant"].isin([v for v, on in PAUSED.items() if on])]
+    rows = []
+    for (variant, d), g in sel.groupby(["variant", "depth"], sort=True):
+        v = g[col].astype(float)
+        n = len(v)
+        sem = float(v.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan
+        mean = float(v.mean())
+        rows.append({"variant": variant, "depth": float(d), "mean": mean, "n": n, "sem": sem,
+                     "lo": mean - 1.96 * sem if n > 1 else math.nan, "hi": mean + 1.96 * sem if n > 1 else math.nan})
+    return pd.DataFrame(rows, columns=["variant", "depth", "mean", "n", "sem", "lo", "hi"])
+
+
+def attention_layer_data(df, model: str, task: str):
+    """Per variant x layer x part (needle, pause, sink): mean share over the cells (layers from the per-layer lists)."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    cols = [f"attention.{p}" for p in LAYER_PARTS]
+    sel = measured(df, model, task, cols[0]) if all(c in df for c in cols) else df.iloc[0:0]
+    for variant, g in sel.groupby("variant", sort=True):
+        for part, col in zip(LAYER_PARTS, cols):
+            lists = [json.loads(x) if isinstance(x, str) else x for x in g[col]]
+            if len({len(x) for x in lists}) != 1:
+                raise PausetuneError(f"cells of {model}/{variant}/{task}: attention lists of different lengths")
+            arr = np.asarray(lists, dtype=float)
+            for layer, v in enumerate(arr.mean(axis=0)):
+                rows.append({"variant": variant, "part": part, "layer": layer, "share": float(v), "n": len(g)})
+    return pd.DataFrame(rows, columns=["variant", "part", "layer", "share", "n"])
+
+
+def _variant_color(variants):
+    import altair as alt
+
+    order = [v for v in VARIANTS if v in set(variants)] + sorted(set(variants) - set(VARIANTS))
+    return alt.Color("variant:N", scale=alt.Scale(domain=order, range=[VARIANT_COLORS.get(v, "#000") for v in order]),
+                     legend=alt.Legend(title="variant", orient="right", symbolType="stroke", symbolStrokeWidth=3))
+
+
+def attention_depth_chart(df, model: str, task: str, kind: str):
+    import altair as alt
+
+    pause = kind == "pause_depth"
+    what = "attention mass on pause tokens" if pause else "needle attention share"
+    title = f"{model} · {task}: {what} vs needle depth"
+    data = attention_depth_data(df, model, task, MEASURE_FIELD[kind], paused_only=pause)
+    if data.empty:
+        return _empty(title, "attention measures" + (" in a paused variant" if pause else ""))
+    sub = [f"last prompt token's attention, mean over layers and heads; mean over lengths and seeds; band: mean ± "
+           f"1.96 SE" + ("" if pause else "; a dip in the middle is the lost-in-the-middle mechanism")]
+    x = alt.X("depth:Q", scale=alt.Scale(domain=[0, 100], nice=False),
+              axis=alt.Axis(title="needle depth (% of context)", labelExpr="datum.value + '%'"))
+    y = alt.Y("mean:Q", axis=alt.Axis(title=f"{what} (0-1)", format=".3~f"), scale=alt.Scale(zero=True))
+    tooltip = [alt.Tooltip("variant:N"), alt.Tooltip("depth:Q", format=".4~g"),
+               alt.Tooltip("mean:Q", format=".4f"), alt.Tooltip("n:Q"), alt.Tooltip("lo:Q", format=".4f"),
+               alt.Tooltip("hi:Q", format=".4f")]
+    base = alt.Chart(data).encode(x=x, color=_variant_color(data["variant"]))
+    band = base.transform_filter("isValid(datum.lo)").mark_area(opacity=0.12).encode(y="lo:Q", y2="hi:Q")
+    lines = base.mark_line(point=alt.OverlayMarkDef(size=40, filled=True), strokeWidth=2).encode(y=y, tooltip=tooltip)
+    return alt.layer(band, lines).properties(title=_title(title, sub), width=480, height=300).configure_axis(
+        gridColor="#eee")
+
+
+def attention_layer_chart(df, model: str, task: str):
+    import altair as alt
+
+    title = f"{model} · {task}: attention share per layer"
+    data = attention_layer_data(df, model, task)
+    if data.empty:
+        return _empty(title, "attention measures")
+    sub = ["last prompt token's attention per layer, mean over heads and cells: on the needle, on pause tokens, "
+           "on the first 4 tokens (sink)"]
+    chart = alt.Chart(data).mark_line(point=True, strokeWidth=2).encode(
+        x=alt.X("layer:O", axis=alt.Axis(title="layer", labelAngle=0)),
+        y=alt.Y("share:Q", axis=alt.Axis(title="share of attention (0-1)", format=".3~f")),
+        color=_variant_color(data["variant"]),
+        tooltip=[alt.Tooltip("variant:N"), alt.Tooltip("part:N"), alt.Tooltip("layer:Q"),
+                 alt.Tooltip("share:Q", format=".4f"), alt.Tooltip("n:Q", title="n (cells)")],
+    ).properties(width=260, height=220).facet(
+        column=alt.Column("part:N", sort=list(LAYER_PARTS), title=None)).resolve_scale(y="independent")
+    return chart.properties(title=_title(title, sub)).configure_axis(gridColor="#eee")
+
+
 def build_chart(df, kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline"):
-    if kind in ("heatmap", "delta") and not variant:
+    if kind in MAP_KINDS and not variant:
         raise PausetuneError(f"--kind {kind} needs --variant")
+    if kind == "logprob":
+        return logprob_map_chart(df, model, task, variant)
+    if kind == "logprob_delta":
+        if variant == reference:
+            raise PausetuneError(f"--kind logprob_delta: --variant and --reference are both {variant}")
+        return logprob_map_chart(df, model, task, variant, reference)
+    if kind in ("attention_depth", "pause_depth"):
+        return attention_depth_chart(df, model, task, kind)
+    if kind == "attention_layer":
+        return attention_layer_chart(df, model, task)
     if kind == "heatmap":
         return heatmap_chart(df, model, task, variant)
     if kind == "delta":
@@ -432,7 +671,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--model", required=True)
     parser.add_argument("--task", required=True)
-    parser.add_argument("--variant", default=None, help="heatmap / delta: the variant drawn")
+    parser.add_argument("--variant", default=None, help="heatmap / delta / logprob / logprob_delta: the variant drawn")
     parser.add_argument("--reference", default="baseline", help="delta: the variant subtracted (default baseline)")
     parser.add_argument("--output", required=True, metavar="STEM",
                         help="output path without extension; writes STEM.html, STEM.png, STEM.svg")
@@ -443,7 +682,7 @@ def main(args, config: dict) -> int:
     for ext in FORMATS:
         if stem.endswith("." + ext):
             stem = stem[: -len(ext) - 1]
-    df = load_table(args.cells_table)
+    df = load_table(args.cells_table, args.kind)
     chart = build_chart(df, args.kind, args.model, args.task, args.variant, args.reference)
     written = save_chart(chart, stem, config=config)
     print(f"figures: {args.kind} {args.model}/{args.task}" + (f"/{args.variant}" if args.variant else "")

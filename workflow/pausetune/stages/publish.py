@@ -142,7 +142,8 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-FIGURE_KINDS = ["heatmap", "delta", "length", "depth"]
+FIGURE_KINDS = ["heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
+                "attention_layer"]
 
 
 def figure_rel(f: str) -> Path:
@@ -215,6 +216,91 @@ def where_baseline_fails(tables: Path, model: str, task: str) -> str | None:
             "comparison leans toward the other variants; the paired intervals above are the unbiased test.")
 
 
+def read_optional_csv(path: Path) -> list[dict]:
+    """A measure table: absent in tables made before eval.measure existed, header-only when no cell has measures."""
+    return read_csv(path) if path.exists() else []
+
+
+def diff_interval(row: dict, digits: int = 3) -> str:
+    return (f"{signed(row['diff'], digits)} [{signed(row['diff_ci_low'], digits)}, "
+            f"{signed(row['diff_ci_high'], digits)}]")
+
+
+def measure_verdict(row: dict, what: str, unit: str, digits: int = 3) -> str:
+    """One sentence from a paired measure comparison; as verdict(): the interval decides."""
+    lo, hi = float(row["diff_ci_low"]), float(row["diff_ci_high"])
+    head = (f"{what}: {diff_interval(row, digits)}{' ' + unit if unit else ''} ({num(row['mean_variant'], digits)} vs "
+            f"{num(row['mean_reference'], digits)}, n = {row['n']} matched cells)")
+    if lo > 0:
+        return head + " — higher, the 95% interval excludes zero."
+    if hi < 0:
+        return head + " — lower, the 95% interval excludes zero."
+    return head + " — no detectable change: the interval contains zero."
+
+
+MIDDLE, EDGES = "40-60", ("0-20", "80-100")
+
+
+def mechanism_section(measures: list[dict], mdeltas: list[dict]) -> list[str]:
+    """The page's mechanism section from measures.csv and measure_deltas.csv (empty when no cell has measures)."""
+    overall = [r for r in measures if r["scope"] == "overall"]
+    if not overall:
+        return []
+    by = {(d["metric"], d["scope"], d["band"], d["model"], d["task"], d["variant"], d["reference"]): d
+          for d in mdeltas if d["scope"] in ("overall", "depth_band")}
+    L = ["## Mechanism: answer likelihood and attention", "",
+         "Per cell (`eval.measure`), on the cache the answer was generated from: the summed log-probability of the "
+         "expected answer teacher-forced after the prompt (mean over a cell's answers; the needle sentence, value or "
+         "variable names), and the attention of the last prompt token (mean over heads and layers) on the needle's "
+         "tokens, on pause tokens and on the first 4 tokens (sink); needle ratio = needle share / the needle's share "
+         "of the tokens (1: no preference). Differences are paired over matched cells with 95% bootstrap intervals "
+         "(`results/tables/measure_deltas.csv`).", "",
+         "| model | task | variant | n | answer log-prob | Δ vs baseline [95% CI] | needle attention | "
+         "Δ vs baseline [95% CI] | needle ratio | pause attention | sink attention |",
+         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    overall.sort(key=lambda r: (r["model"], r["task"], VARIANT_ORDER.index(r["variant"])
+                                if r["variant"] in VARIANT_ORDER else 99))
+    for r in overall:
+        key = (r["model"], r["task"], r["variant"], "baseline")
+        lp = by.get(("logprob", "overall", "all") + key)
+        na = by.get(("needle_attention", "overall", "all") + key)
+        L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {num(r['mean_logprob'])} | "
+                 f"{diff_interval(lp, 2) if lp else '–'} | {num(r['mean_needle_attention'], 4)} | "
+                 f"{diff_interval(na, 4) if na else '–'} | {num(r['mean_needle_ratio'])} | "
+                 f"{num(r['mean_pause_attention'], 4)} | {num(r['mean_sink_attention'], 3)} |")
+    L.append("")
+    for model, task in sorted({(r["model"], r["task"]) for r in overall}):
+        L += [f"**{model} / {task}**", ""]
+        bands = {(r["variant"], r["band"]): r for r in measures
+                 if r["scope"] == "depth_band" and r["model"] == model and r["task"] == task}
+        for v in [v for v in VARIANT_ORDER if (v, MIDDLE) in bands]:
+            edges = [bands[(v, b)] for b in EDGES if (v, b) in bands]
+            if not edges:
+                continue
+            mid = float(bands[(v, MIDDLE)]["mean_needle_attention"])
+            low = all(mid < float(e["mean_needle_attention"]) for e in edges)
+            where = "lower in the middle than at every edge" if low else "not lower in the middle than at every edge"
+            L.append(f"- {v}: needle attention share at depths {MIDDLE}% {num(mid, 4)} against "
+                     + " and ".join(f"{num(e['mean_needle_attention'], 4)} at {e['band']}%" for e in edges)
+                     + f": {where} (descriptive; cells of one variant across depths are not paired).")
+        for variant, reference, what in [
+            ("pause-prompt", "baseline", "the pause marker alone (pause-prompt vs baseline)"),
+            ("pause-tuned", "baseline", "pause-tuning (pause-tuned vs baseline)"),
+            ("pause-tuned", "plain-tuned", "pause-tuning against plain tuning (pause-tuned vs plain-tuned)"),
+            ("pause-tuned", "pause-prompt", "pause-tuning against the marker alone (pause-tuned vs pause-prompt)"),
+        ]:
+            for metric, scope, band, label, unit, digits in (
+                    ("logprob", "overall", "all", "answer log-prob", "nats", 2),
+                    ("needle_attention", "overall", "all", "needle attention share", "", 4),
+                    ("needle_attention", "depth_band", MIDDLE, f"needle attention share at depths {MIDDLE}%", "", 4),
+                    ("pause_attention", "overall", "all", "attention on pause tokens", "", 4)):
+                d = by.get((metric, scope, band, model, task, variant, reference))
+                if d:
+                    L.append(f"- {measure_verdict(d, what[0].upper() + what[1:] + ', ' + label, unit, digits)}")
+        L.append("")
+    return L
+
+
 def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str], bench_dir: Path,
            run_info: dict | None, figures_dir: Path, page: Path, shard_manifests: list[str] = ()) -> str:
     summary = read_csv(tables / "summary.csv")
@@ -278,6 +364,8 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
         L += [f"| {d['model']} | {d['task']} | {d['variant']} vs {d['reference']} | {d['n']} | "
               f"{num(d['mean_variant'])} | {num(d['mean_reference'])} | {interval(d)}% |" for d in other]
         L.append("")
+
+    L += mechanism_section(read_optional_csv(tables / "measures.csv"), read_optional_csv(tables / "measure_deltas.csv"))
 
     if figures:
         figures_dir.mkdir(parents=True, exist_ok=True)
