@@ -84,7 +84,7 @@ def test_typo_inside_a_task_is_an_error(project):
     (project / "typo.yaml").write_text(yaml.safe_dump({"tasks": {"single": {"needle": ["x"]}}}))
     proc = smk(project, "-n", "--configfile", *CONFIGS, "typo.yaml")
     assert proc.returncode != 0
-    assert "config error: config key 'tasks.single.needle': unknown key; allowed here: expected, kind, needles, " \
+    assert "config error: config key 'tasks.single.needle': unknown key; allowed here: bank, expected, kind, needles, " \
            "question" in proc.stderr
     # per kind: a RULER key on a single task, and num_queries on multikey, are typos too
     for bad, key in ({"single": {"num_keys": 2}}, "tasks.single.num_keys"), \

@@ -117,11 +117,11 @@ def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_sa
         ref = trained(input_ids=batch).logits
 
     # unmerged reload: the very same computation
-    m_unmerged, tok, man = load_checkpoint(tiny_dir, out, device="cpu", merge=False)
+    m_unmerged, tok, man = load_checkpoint(tiny_dir, out, dtype="float32", device="cpu", merge=False)
     with torch.no_grad():
         assert torch.equal(m_unmerged(input_ids=batch).logits, ref)
     # merged reload (the default, what eval uses): a plain transformers model, logits equal up to fp32 rounding
-    merged, tok, man = load_checkpoint(tiny_dir, out, device="cpu")
+    merged, tok, man = load_checkpoint(tiny_dir, out, dtype="float32", device="cpu")
     assert type(merged).__name__ == "LlamaForCausalLM" and not merged.training
     with torch.no_grad():
         got = merged(input_ids=batch).logits
@@ -157,7 +157,7 @@ def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards
     assert manifest["pause_ids"] == [] and not manifest["pause_row"]["trained"]
     assert all("lora_" in n for n, p in trained.named_parameters() if p.requires_grad)
     assert manifest["trainable_params"] == sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    merged, tok, _ = load_checkpoint(tiny_dir, out, device="cpu")
+    merged, tok, _ = load_checkpoint(tiny_dir, out, dtype="float32", device="cpu")
     assert "<PAUSE>" not in tok.get_vocab() and merged.get_input_embeddings().weight.shape[0] == len(tok)
     batch, _ = fixed_batch(tiny_shards["plain"], n=1)
     trained.eval()
