@@ -269,4 +269,7 @@ def test_eval_cli_runs_bank_cells_with_their_own_facts(tiny_config, tiny_dir, pg
     for c in cells:
         row = evalb[c["question"]]
         assert c["task"] == "bank" and row["answer"] in json.dumps(c["expected"])
+        # the per-cell measures know the bank needle: its log-prob and its attention share
+        assert c["answer_texts"] == [row["needle"]] and len(c["answer_token_logprobs"][0]) > 0
+        assert c["needle_attention"] is not None and c["needle_attention"] > 0
     assert cells[0]["question"] != cells[1]["question"]

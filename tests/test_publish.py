@@ -17,7 +17,7 @@ def publish(tmp_path: Path, cells_dir: Path, name: str) -> str:
     aggregate(sorted(str(p) for p in cells_dir.rglob("depth*.json")), tables, b=200, seed=0)
     page = tmp_path / f"{name}.md"
     run_cli("publish", "--config", str(DEFAULT_CONFIG), "--config-json",
-            json.dumps({"publish": {"figures_dir": str(tmp_path / "figs")}}),
+            json.dumps({"publish": {"figures_dir": str(tmp_path / "figs"), "tables_dir": str(tmp_path / "docs_tables")}}),
             "--tables", str(tables), "--benchmarks", str(tmp_path / "nobench"), "--run-info", str(tmp_path / "none"),
             "--output", str(page))
     return page.read_text(), tables
@@ -187,3 +187,34 @@ def test_mechanism_section_reads_measure_tables(tmp_path):
     assert "- baseline: needle attention share at depths 40-60% 0.0350 against" in section
     plain, _ = publish(tmp_path, FIXTURE, "plain")
     assert "## Mechanism" not in plain
+
+
+def test_answer_kinds_and_tables_beside_the_page(tmp_path):
+    """The failure-mode count per variant, the baseline where it is perfect, and the small tables copied."""
+    from pausetune.stages.publish import answer_kind
+
+    prompt = "Keep your response short and direct. Don't give information outside the document or repeat your findings"
+    assert answer_kind("Dolores Park", 1.0, 5, 32, prompt) == "answered"
+    assert answer_kind("to give information outside the document", 0.0, 9, 32, prompt) == "copies the prompt"
+    assert answer_kind("and so the startup grew until every founder had " * 3, 0.0, 32, 32, prompt) == \
+        "runs to the token limit"
+    assert answer_kind("Paris.", 0.0, 3, 32, prompt) == "other miss"
+    cells = tmp_path / "cells"
+    shutil.copytree(FIXTURE, cells)
+    for f in cells.rglob("depth*.json"):
+        cell = json.loads(f.read_text())
+        if cell["variant"] == "baseline":
+            cell["score"], cell["recall"], cell["exact"] = 10.0, 1.0, True
+        elif cell["variant"] == "plain-tuned":
+            cell.update(score=1.0, recall=0.0, exact=False, answer="Don't give information outside the document")
+        f.write_text(json.dumps(cell))
+    text, tables = publish(tmp_path, cells, "kinds")
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): line for line in text.splitlines()
+            if line.startswith("| single |")}
+    plain = next(v for k, v in rows.items() if k[1] == "plain-tuned")
+    n = int(plain.strip("|").split("|")[2])
+    assert f"| {n} (100%) | 0 (0%) | 0 (0%) |" in plain.replace(f"| {n} | 0 (0%) ", "| "), plain
+    assert "- single: the untuned baseline scores 10 in every cell at" in text
+    copied = sorted(p.name for p in (tmp_path / "docs_tables").iterdir())
+    assert {"summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "manifest.json"} <= set(copied)
+    assert (tmp_path / "docs_tables" / "summary.csv").read_bytes() == (tables / "summary.csv").read_bytes()

@@ -13,6 +13,7 @@ rule publish:
     output:
         page=config["publish"]["page"],
         figures=directory(config["publish"]["figures_dir"]),  # the PNG copies the page links to
+        tables=directory(config["publish"]["tables_dir"]),  # the small tables the page's numbers come from
     params:
         cfg=lambda wc: cfg(*config),  # all of it: the page shows the resolved config's hash (DVC's is the same)
     conda:

@@ -131,7 +131,8 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
         if not bank:
             raise PausetuneError(f"config key 'tasks.{name}.bank': needs the evaluation bank (config 'banks')")
         row = bank[cell_rng(root_seed, name, seed, length, depth).randrange(len(bank))]
-        return TaskInstance(name, kind, [row["needle"]], row["question"], [row["answer"]], row["needle"])
+        return TaskInstance(name, kind, [row["needle"]], row["question"], [row["answer"]], row["needle"],
+                            answers=[row["needle"]], targets=[0])
     if kind in ("single", "multi"):
         facts = [f for per_needle in spec["expected"] for f in per_needle]
         needles = list(spec["needles"])

@@ -76,7 +76,7 @@ def measure_fields(inst, m: dict | None) -> dict:
     if not m:
         return {}
     out = {}
-    if "answer_logprob" in m:
+    if m.get("answer_logprob"):  # a task without answer texts has none
         out.update(answer_texts=list(inst.answers), answer_logprob=m["answer_logprob"],
                    answer_token_logprobs=m["answer_token_logprobs"],
                    answer_logprob_mean=round(sum(m["answer_logprob"]) / len(m["answer_logprob"]), 7),

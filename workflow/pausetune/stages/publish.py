@@ -216,6 +216,95 @@ def where_baseline_fails(tables: Path, model: str, task: str) -> str | None:
             "comparison leans toward the other variants; the paired intervals above are the unbiased test.")
 
 
+ANSWER_KINDS = ("answered", "copies the prompt", "runs to the token limit", "other miss")
+SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "measures.csv",
+                 "measure_deltas.csv", "layer_attention.csv", "manifest.json")
+
+
+def _words(text: str) -> list[str]:
+    from ..core.scoring import normalise
+
+    return normalise(text or "").split()
+
+
+def answer_kind(answer: str, recall: float, answer_tokens: int, max_new_tokens: int, prompt_text: str) -> str:
+    """How an answer went, for the failure-mode count: `answered` (some fact found); else `copies the prompt`
+    (it repeats 4 consecutive words of the system line, question or instruction: the tuned-on-raw-text failure);
+    else `runs to the token limit` (no fact and no end of turn within eval.max_new_tokens: an essay-like
+    continuation); else `other miss` (a short wrong answer)."""
+    if recall and recall > 0:
+        return "answered"
+    words, ref = _words(answer), _words(prompt_text)
+    grams = {tuple(ref[i:i + 4]) for i in range(len(ref) - 3)}
+    if any(tuple(words[i:i + 4]) in grams for i in range(len(words) - 3)):
+        return "copies the prompt"
+    if answer_tokens >= max_new_tokens:
+        return "runs to the token limit"
+    return "other miss"
+
+
+def answer_kinds_section(tables: Path, config: dict) -> list[str]:
+    """Per task and variant, how many answers fall in each kind: whether tuning broke the answering itself."""
+    path = tables / "cells.parquet"
+    if not path.exists():
+        return []
+    from ..core.io import read_parquet
+
+    df = read_parquet(path)
+    need = {"variant", "task", "answer", "recall", "question"}
+    if not need <= set(df.columns) or df.empty:
+        return []
+    if "answer_tokens" not in df.columns:  # cells of older runs: no token count, so no `runs to the token limit`
+        df = df.assign(answer_tokens=None)
+    pr = config.get("prompt", {})
+    limit = int(config.get("eval", {}).get("max_new_tokens", 32))
+    kinds = [answer_kind(a, r, int(t) if t is not None and t == t else 0, limit, " ".join([pr.get("system", ""), pr.get("instruction", ""), q or ""]))
+             for a, r, t, q in zip(df["answer"], df["recall"], df["answer_tokens"], df["question"])]
+    df = df.assign(kind=kinds)
+    L = ["## How the answers went", "",
+         "Every cell's answer, by kind (`answered`: at least one fact found; `copies the prompt`: no fact, and 4 "
+         "consecutive words of the system line, question or instruction repeated; `runs to the token limit`: no "
+         f"fact and no end of turn within {limit} tokens, an essay-like continuation; `other miss`: a short wrong "
+         "answer). n cells per row.", "",
+         "| task | variant | n | " + " | ".join(ANSWER_KINDS) + " |", "| --- | --- | ---: |" + " ---: |" * len(ANSWER_KINDS)]
+    for (task, variant), g in sorted(df.groupby(["task", "variant"]),
+                                     key=lambda kv: (kv[0][0], VARIANT_ORDER.index(kv[0][1])
+                                                     if kv[0][1] in VARIANT_ORDER else 99)):
+        counts = g["kind"].value_counts()
+        L.append(f"| {task} | {variant} | {len(g)} | " + " | ".join(
+            f"{int(counts.get(k, 0))} ({100 * counts.get(k, 0) / len(g):.0f}%)" for k in ANSWER_KINDS) + " |")
+    L.append("")
+    base = df[df["variant"] == "baseline"]
+    rows = []
+    for task, g in base.groupby("task"):
+        perfect = sorted(int(n) for n, s in g.groupby("length")["score"] if (s == 10).all())
+        if not perfect:
+            continue
+        at = df[(df["task"] == task) & df["length"].isin(perfect)]
+        means = at.groupby("variant")["score"].agg(["mean", "size"])
+        order = [v for v in VARIANT_ORDER if v in means.index]
+        rows.append(f"- {task}: the untuned baseline scores 10 in every cell at {', '.join(map(str, perfect))} "
+                    "tokens; there, mean score " + ", ".join(
+                        f"{v} {num(means.loc[v, 'mean'])} (n = {int(means.loc[v, 'size'])})" for v in order)
+                    + ". Anything below 10 there is harm done by tuning (or the marker), not the context length.")
+    if rows:
+        L += ["Where the baseline is perfect:", ""] + rows + [""]
+    return L
+
+
+def copy_tables(tables: Path, dest: Path) -> list[str]:
+    """The small tables beside the page (summary, deltas, profiles, measures, manifest), so every number on it can
+    be checked without rerunning; cells.parquet (large, answers included) stays in results/."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in SHARED_TABLES:
+        if (tables / name).exists():
+            with atomic_path(dest / name) as tmp:
+                shutil.copyfile(tables / name, tmp)
+            copied.append(name)
+    return copied
+
+
 def read_optional_csv(path: Path) -> list[dict]:
     """A measure table: absent in tables made before eval.measure existed, header-only when no cell has measures."""
     return read_csv(path) if path.exists() else []
@@ -366,6 +455,12 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
         L.append("")
 
     L += mechanism_section(read_optional_csv(tables / "measures.csv"), read_optional_csv(tables / "measure_deltas.csv"))
+    L += answer_kinds_section(tables, config)
+    tables_dir = config.get("publish", {}).get("tables_dir")
+    if tables_dir:
+        copied = copy_tables(tables, Path(tables_dir))
+        link = os.path.relpath(Path(tables_dir), page.parent)
+        L += [f"The tables behind every number here: [{link}/]({link}/) ({', '.join(copied)}).", ""]
 
     if figures:
         figures_dir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +524,8 @@ def main(args, config: dict) -> int:
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
     Path(config["publish"]["figures_dir"]).mkdir(parents=True, exist_ok=True)  # a declared output, even if empty
+    if config["publish"].get("tables_dir"):
+        Path(config["publish"]["tables_dir"]).mkdir(parents=True, exist_ok=True)
     write_text(page, text)
     print(f"publish: {page}")
     return 0
