@@ -222,9 +222,10 @@ SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profi
 
 
 def _words(text: str) -> list[str]:
-    from ..core.scoring import normalise
+    """Lowercase word tokens (the report env has no torch, so nothing from core.scoring's closure)."""
+    import re
 
-    return normalise(text or "").split()
+    return re.findall(r"\w+", (text or "").lower())
 
 
 def answer_kind(answer: str, recall: float, answer_tokens: int, max_new_tokens: int, prompt_text: str) -> str:
