@@ -19,3 +19,10 @@ def test_auto_resolves_per_device():
     assert torch_dtype("auto", "cuda") == torch.bfloat16
     assert torch_dtype("auto", "cpu") == (torch.bfloat16 if cpu_native_bf16() else torch.float32)
     assert torch_dtype("float32", "cuda") == torch.float32 and torch_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+def test_cells_record_their_kernel_family():
+    from pausetune.stages.eval import kernels
+
+    k = kernels("cpu")
+    assert k["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and k["native_bf16"] == cpu_native_bf16()

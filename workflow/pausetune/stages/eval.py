@@ -135,11 +135,28 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
                                                     ("holdout_haystack", "haystack_fraction")}},
         "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
         "dtype": dtype, "device_type": device_type, "versions": versions(),
-        "code_generate": code_identity()["generate"],
+        "code_generate": code_identity()["generate"], "kernels": kernels(device_type),
     }
     if ev.get("judge") and ev["judge"].get("kind") == "local":
         ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
     return ident
+
+
+def kernels(device_type: str) -> dict:
+    """The kernel family a cell's numbers come from: on a CPU torch dispatches GEMMs and attention by the
+    instruction set (AVX2 / AVX512 / AMX paths round differently), so it is part of a cell's identity."""
+    import torch
+
+    out = {"attention": "pausetune split flash (chunks on a cache), sdpa elsewhere"}
+    if device_type == "cpu":
+        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        from ..core.models import cpu_native_bf16
+
+        out["native_bf16"] = cpu_native_bf16()
+    elif device_type == "cuda":
+        out["cuda"] = torch.version.cuda
+        out["device"] = torch.cuda.get_device_name()
+    return out
 
 
 def cell_id(block_ident: dict, task_spec: dict, task: str, seed: int, length: int, depth: float) -> str:
@@ -387,7 +404,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 "haystack": hmeta, "adapter_sha256": adapter_sha, "model_sha256": ident["model_sha256"],
                 "dtype": dtype_resolved, "device_type": torch.device(device).type, "versions": vers,
                 "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS if k != "judge"},
-                "code": {"generate": ident["code_generate"]},
+                "code": {"generate": ident["code_generate"]}, "kernels": ident["kernels"],
             }
             if inst.keys:
                 cell["ruler"] = inst.keys
