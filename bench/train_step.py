@@ -62,6 +62,8 @@ def parse(argv=None):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bf16 on GPU and on CPUs with native bf16, else fp32 (core.models.torch_dtype)")
+    p.add_argument("--autocast", default="none", choices=["auto", "none", "bfloat16"],
+                   help="ours: train.autocast (bf16 matmuls over fp32 weights); the Trainer side uses its bf16 flag")
     p.add_argument("--quantization", default="none", choices=["none", "nf4"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--grad-accum", type=int, default=1)
@@ -160,7 +162,19 @@ def run_one(args, impl: str) -> dict:
     times, cpu, losses = [], [], []
     tokens_per_step = args.batch * args.grad_accum * args.seq_len
 
+    amp_dtype = None
     if impl == "ours":
+        import contextlib
+
+        from pausetune.stages.train import autocast_dtype
+
+        amp_dtype = autocast_dtype(args.autocast, info["dtype"], str(device))
+
+        def amp():
+            if amp_dtype is None:
+                return contextlib.nullcontext()
+            return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, amp_dtype))
+
         opt, sched = make_optimizer(model, cfg)
         per = args.batch * args.grad_accum
         for s in range(args.warmup + args.steps):
@@ -168,7 +182,8 @@ def run_one(args, impl: str) -> dict:
             micro = [chunk[k * args.batch:(k + 1) * args.batch].to(device) for k in range(args.grad_accum)]
             sync(device)
             t, c = time.perf_counter(), time.process_time()
-            loss, _, _ = train_step(model, micro, opt, sched, cfg["max_grad_norm"])
+            with amp():
+                loss, _, _ = train_step(model, micro, opt, sched, cfg["max_grad_norm"])
             sync(device)
             if s >= args.warmup:
                 times.append(time.perf_counter() - t)
@@ -216,8 +231,9 @@ def run_one(args, impl: str) -> dict:
 
     step_flops = lora_step_flops(base.config, args.batch * args.grad_accum, args.seq_len)
     wdtype = next(p for p in base.parameters() if p.is_floating_point()).dtype
-    peak = gemm_peak(torch.bfloat16 if wdtype == torch.uint8 else wdtype, str(device))
-    return {"step_flop": step_flops, "achieved_flops": step_flops / med, "gemm_peak_flops": peak,
+    amp_on = impl == "ours" and args.autocast != "none" and wdtype == torch.float32 and amp_dtype is not None
+    peak = gemm_peak(torch.bfloat16 if (wdtype == torch.uint8 or amp_on) else wdtype, str(device))
+    return {"autocast": amp_dtype if impl == "ours" else None, "step_flop": step_flops, "achieved_flops": step_flops / med, "gemm_peak_flops": peak,
             "mfu": step_flops / med / peak,"impl": impl, "device": str(device), "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
             "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / med,
             "tokens_per_s_best": tokens_per_step / min(times),
