@@ -230,7 +230,8 @@ def _words(text: str) -> list[str]:
 
 def answer_kind(answer: str, recall: float, answer_tokens: int, max_new_tokens: int, prompt_text: str) -> str:
     """How an answer went, for the failure-mode count: `answered` (some fact found); else `copies the prompt`
-    (it repeats 4 consecutive words of the system line, question or instruction: the tuned-on-raw-text failure);
+    (it repeats 4 consecutive words of the system line or the instruction: the tuned-on-raw-text failure; the
+    question is left out, since restating it is how a normal answer starts);
     else `runs to the token limit` (no fact and no end of turn within eval.max_new_tokens: an essay-like
     continuation); else `other miss` (a short wrong answer)."""
     if recall and recall > 0:
@@ -259,12 +260,13 @@ def answer_kinds_section(tables: Path, config: dict) -> list[str]:
         df = df.assign(answer_tokens=None)
     pr = config.get("prompt", {})
     limit = int(config.get("eval", {}).get("max_new_tokens", 32))
-    kinds = [answer_kind(a, r, int(t) if t is not None and t == t else 0, limit, " ".join([pr.get("system", ""), pr.get("instruction", ""), q or ""]))
-             for a, r, t, q in zip(df["answer"], df["recall"], df["answer_tokens"], df["question"])]
+    instruction = " ".join([pr.get("system", ""), pr.get("instruction", "")])
+    kinds = [answer_kind(a, r, int(t) if t is not None and t == t else 0, limit, instruction)
+             for a, r, t in zip(df["answer"], df["recall"], df["answer_tokens"])]
     df = df.assign(kind=kinds)
     L = ["## How the answers went", "",
          "Every cell's answer, by kind (`answered`: at least one fact found; `copies the prompt`: no fact, and 4 "
-         "consecutive words of the system line, question or instruction repeated; `runs to the token limit`: no "
+         "consecutive words of the system line or instruction repeated (not the question: restating it is how an answer starts); `runs to the token limit`: no "
          f"fact and no end of turn within {limit} tokens, an essay-like continuation; `other miss`: a short wrong "
          "answer). n cells per row.", "",
          "| task | variant | n | " + " | ".join(ANSWER_KINDS) + " |", "| --- | --- | ---: |" + " ---: |" * len(ANSWER_KINDS)]
