@@ -218,3 +218,17 @@ def test_answer_kinds_and_tables_beside_the_page(tmp_path):
     copied = sorted(p.name for p in (tmp_path / "docs_tables").iterdir())
     assert {"summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "manifest.json"} <= set(copied)
     assert (tmp_path / "docs_tables" / "summary.csv").read_bytes() == (tables / "summary.csv").read_bytes()
+
+
+def test_recipe_against_the_authors_departures_marked():
+    import yaml
+
+    from pausetune.core.config import deep_merge, validate
+    from pausetune.stages.publish import recipe_section
+
+    cfg = validate(deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(
+        (DEFAULT_CONFIG.parent / "study.yaml").read_text())))
+    text = "\n".join(recipe_section(cfg))
+    assert "| objective | retrieval | retrieval |" in text and "| lr | 0.0002 | 0.0002 |" in text
+    assert "| grad_accum | **2** | 4 |" in text and "| context tokens | **256-512** |" in text
+    assert "| quantization | **none** | nf4 |" in text

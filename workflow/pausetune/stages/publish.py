@@ -20,6 +20,12 @@ from ..core.design import VARIANTS
 from ..core.io import PausetuneError, atomic_path, read_json, write_text
 
 PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
+# The authors' recipe (paper + Unsloth notebook, MISSION.md): what each run's recipe is held against on its page.
+PAPER_RECIPE = {"objective": "retrieval", "loss_on": "answer", "lora.r": 16, "lora.alpha": 16, "lora.dropout": 0.0,
+                "lora.target_modules": "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj",
+                "lr": 0.0002, "warmup_steps": 5, "max_steps": 60, "batch_size": 2, "grad_accum": 4,
+                "scheduler": "linear", "quantization": "nf4",
+                "context tokens": "~15K (their records)"}
 VARIANT_ORDER = list(VARIANTS)
 
 
@@ -308,6 +314,35 @@ def copy_tables(tables: Path, dest: Path) -> list[str]:
     return copied
 
 
+def recipe_section(config: dict) -> list[str]:
+    """The training recipe that ran, beside the authors', departures marked: a reader needs no config file."""
+    tr = config.get("train") or {}
+    if not tr.get("models"):
+        return []
+    lora = tr.get("lora") or {}
+    ex = config.get("examples") or {}
+    ran = {"objective": tr.get("objective", "lm"), "loss_on": tr.get("loss_on", "all") if tr.get("objective") ==
+           "retrieval" else "all (causal LM)", "lora.r": lora.get("r"), "lora.alpha": lora.get("alpha"),
+           "lora.dropout": lora.get("dropout"),
+           "lora.target_modules": ", ".join(sorted(lora.get("target_modules") or [])),
+           "lr": tr.get("lr"), "warmup_steps": tr.get("warmup_steps"), "max_steps": tr.get("max_steps"),
+           "batch_size": tr.get("batch_size"), "grad_accum": tr.get("grad_accum"), "scheduler": tr.get("scheduler"),
+           "quantization": tr.get("quantization", "none"),
+           "context tokens": (f"{ex.get('lengths', {}).get('min')}-{ex.get('lengths', {}).get('max')}"
+                              if tr.get("objective") == "retrieval"
+                              else f"{(config.get('shards') or {}).get('seq_len')} (packed rows)")}
+    extra = f"dtype {tr.get('dtype', 'auto')}, autocast {tr.get('autocast', 'auto')}"
+    L = ["Training recipe (config `train`, `examples`) against the authors' (paper + their Unsloth notebook); "
+         f"**bold** where this run departs; also {extra}:", "", "| setting | this run | the authors |",
+         "| --- | --- | --- |"]
+    for k, theirs in PAPER_RECIPE.items():
+        mine = ran.get(k)
+        same = str(mine) == str(theirs) or (isinstance(mine, (int, float)) and isinstance(theirs, (int, float))
+                                            and float(mine) == float(theirs))
+        L.append(f"| {k} | {mine if same else f'**{mine}**'} | {theirs} |")
+    return L + [""]
+
+
 def read_optional_csv(path: Path) -> list[dict]:
     """A measure table: absent in tables made before eval.measure existed, header-only when no cell has measures."""
     return read_csv(path) if path.exists() else []
@@ -428,7 +463,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
                  f"{sum(t[3] for t in times) / 60:.1f} min | |")
     else:
         L.append(f"- Wall time per stage: not measured (no Snakemake benchmark files under {bench_dir}/)")
-    L += [""] + essays_used(list(shard_manifests))
+    L += [""] + recipe_section(config) + essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
         val = m.get("final_val_loss", m.get("final_validation_loss"))
