@@ -173,3 +173,18 @@ def score_cell(cell: dict, judge_cfg: dict | None = None, judge_call=None) -> di
             out["score"], out["score_rule"] = float(j["score"]), "judge"
     out["code"] = {**cell.get("code", {}), "score": scoring_code()}
     return out
+
+
+def make_judge(config: dict, judge_model_dir=None, dtype: str = "auto", device: str | None = None):
+    """The configured judge as `call(messages) -> text`, or None without `eval.judge` (eval and rescore share it)."""
+    judge = config["eval"].get("judge")
+    if not judge:
+        return None
+    if judge["kind"] == "openai":
+        return lambda messages: judge_openai(judge, messages)
+    if not judge_model_dir:
+        raise PausetuneError(f"config key 'eval.judge': a local judge needs --judge-model-dir "
+                             f"data/models/{judge.get('model')}")
+    from .models import load_model, load_tokenizer
+
+    return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir))

@@ -225,22 +225,6 @@ def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict)
                              f"({len(leak)} in all); shards and eval disagree on the split (seed / shards keys)")
 
 
-def _judge(config: dict, judge_model_dir, dtype: str, device: str):
-    judge = config["eval"].get("judge")
-    if not judge:
-        return None
-    from ..core.scoring import LocalJudge, judge_openai
-
-    if judge["kind"] == "openai":
-        return lambda messages: judge_openai(judge, messages)
-    if not judge_model_dir:
-        raise PausetuneError(f"config key 'eval.judge': a local judge needs --judge-model-dir "
-                             f"data/models/{judge.get('model')}")
-    from ..core.models import load_model, load_tokenizer
-
-    return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir))
-
-
 def timing_path(cell: Path, results: str) -> Path:
     """results/eval/<cell> -> results/timing/<cell>: the run's measurements, beside the results, not in them."""
     return Path(results) / "timing" / Path(cell).relative_to(Path(results) / "eval")
@@ -260,7 +244,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     from ..core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays, stream_meta
     from ..core.models import default_device, torch_dtype
     from ..core.needles import build_task
-    from ..core.scoring import score_cell
+    from ..core.scoring import make_judge, score_cell
 
     ev = config["eval"]
     tasks = list(dict.fromkeys(t for t, _, _ in cells))
@@ -323,7 +307,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
 
         check_judge(ev.get("judge"))  # before any model loads
     if restale:
-        call = _judge(config, judge_model_dir, dname, device)
+        call = make_judge(config, judge_model_dir, dname, device)
         for data, out in restale:
             new = score_cell(data, ev.get("judge"), call)
             write_json(cache_root / f"{new['cell_id']}.json", new)  # the cache first: a computed cell is never lost
@@ -379,7 +363,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     eos = eos_ids_of(net, tok)
     engine = Engine(net, eos, ev["max_new_tokens"], batch_size=ev.get("batch_size", 1),
                     reuse_prefix=ev.get("reuse_prefix", True), prefill_chunk=ev.get("prefill_chunk"))
-    judge_call = _judge(config, judge_model_dir, dname, device)
+    judge_call = make_judge(config, judge_model_dir, dname, device)
     vers = versions()
     info = {cid: (t, n, d, out) for t, n, d, cid, out in todo}
     done_lengths: set = set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.io import PausetuneError, read_json, write_json
-from ..core.scoring import score_cell, scoring_code
+from ..core.scoring import make_judge, score_cell, scoring_code
 
 
 def find_cells(paths: list[str]) -> list[Path]:
@@ -26,22 +26,6 @@ def find_cells(paths: list[str]) -> list[Path]:
     return out
 
 
-def judge_call(config: dict, judge_model_dir):
-    judge = config["eval"].get("judge")
-    if not judge:
-        return None
-    from ..core.scoring import LocalJudge, judge_openai
-
-    if judge["kind"] == "openai":
-        return lambda messages: judge_openai(judge, messages)
-    if not judge_model_dir:
-        raise PausetuneError(f"config key 'eval.judge': a local judge needs --judge-model-dir "
-                             f"data/models/{judge.get('model')}")
-    from ..core.models import load_model, load_tokenizer
-
-    return LocalJudge(load_model(judge_model_dir), load_tokenizer(judge_model_dir))
-
-
 def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model_dir=None, force: bool = False,
             log=print) -> dict:
     current = scoring_code()
@@ -54,7 +38,7 @@ def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model
                 raise PausetuneError(f"{f}: not a cell (no '{key}')")
         cells.append((f, data))
     stale = [(f, d) for f, d in cells if force or d.get("code", {}).get("score") != current]
-    call = judge_call(config, judge_model_dir) if stale else None
+    call = make_judge(config, judge_model_dir) if stale else None
     changed = 0
     for f, data in stale:
         new = score_cell(data, config["eval"].get("judge"), call)
