@@ -161,8 +161,9 @@ def test_dag_matches_snakemake_study_config(tmp_path):
          "--output", "config/config.yaml"], project)
     smk = snakemake_outputs(project)
     assert smk == smk_study  # the merged file is the same config
-    assert "results/eval/smollm2/plain-tuned/multi/seed1/len8000/depth50.json" in smk
-    assert not any("/multi/" in f and "/len1000/" in f for f in smk)  # multi's own, coarser grid
+    assert "results/eval/smollm2/plain-tuned/bank/seed0/len8000/depth50.json" in smk
+    assert not any("/bank/" in f and "/len1000/" in f for f in smk)  # the bank task's own, coarser grid
+    assert "data/examples/smollm2/pause/manifest.json" in smk  # the retrieval objective's training data
     assert "docs/results.md" in smk
     assert_same_dag(smk, dvc_outs(project))
     # The page's config hash is the same whichever tool ran publish: Snakemake hands it the whole config as JSON,
