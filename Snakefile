@@ -38,8 +38,8 @@ onstart:
     # The exact command, for the results page (not an output: it must not trigger reruns).
     import datetime, json, os, shlex, sys
 
-    os.makedirs("results", exist_ok=True)
-    with open("results/run_info.json", "w") as f:
+    os.makedirs(os.path.dirname(layout.RUN_INFO), exist_ok=True)
+    with open(layout.RUN_INFO, "w") as f:
         json.dump({"command": shlex.join(["snakemake"] + sys.argv[1:]),
                    "started": datetime.datetime.now().isoformat(timespec="seconds")}, f)
 

@@ -82,17 +82,14 @@ def parse(argv=None):
 
 
 def train_cfg(args) -> dict:
-    from pausetune.core.config import validate
+    from pausetune.core.config import TrainConfig
 
-    cfg = validate({"models": {"x": {"source": {"kind": "path", "path": "."}}}, "train": {}})["train"]
-    cfg.update(gradient_checkpointing=args.gradient_checkpointing, quantization=args.quantization,
-               dtype=args.dtype, grad_accum=args.grad_accum, batch_size=args.batch, warmup_steps=1,
-               max_steps=args.warmup + args.steps)
-    if args.target_modules is not None:
-        cfg["lora"]["target_modules"] = args.target_modules
-    elif args.random_shape == "gpt2":
-        cfg["lora"]["target_modules"] = GPT2_TARGETS
-    return cfg
+    lora = {"target_modules": args.target_modules} if args.target_modules is not None else \
+        {"target_modules": GPT2_TARGETS} if args.random_shape == "gpt2" else {}
+    return TrainConfig.from_dict({
+        "gradient_checkpointing": args.gradient_checkpointing, "quantization": args.quantization,
+        "dtype": args.dtype, "grad_accum": args.grad_accum, "batch_size": args.batch, "warmup_steps": 1,
+        "max_steps": args.warmup + args.steps, "lora": lora}).to_dict()
 
 
 def load_base(args, device):

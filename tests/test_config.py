@@ -47,3 +47,30 @@ def test_snakemake_rejects_bad_config_in_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert "config error: config key 'seed': expected integer" in proc.stderr
+
+
+def test_typed_views_hold_exactly_the_schema_keys_and_no_defaults_of_their_own():
+    import dataclasses
+
+    from pausetune.core.config import VIEWS, _section_schema
+
+    for view in VIEWS:
+        keys = set(_section_schema(view.PATH)["properties"])
+        fields = dataclasses.fields(view)
+        assert {f.name for f in fields} == keys, (view.__name__, keys ^ {f.name for f in fields})
+        assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+
+
+def test_typed_view_fills_schema_defaults_and_names_the_bad_key():
+    from pausetune.core.config import TrainConfig, load_config, load_schema
+
+    full = TrainConfig.of(load_config([str(DEFAULT_CONFIG)]))
+    schema = load_schema()["properties"]["train"]["properties"]
+    partial = TrainConfig.from_dict({"lr": 1e-3})
+    assert partial.lr == 1e-3 and partial.warmup_steps == schema["warmup_steps"]["default"]
+    assert partial.lora.r == schema["lora"]["properties"]["r"]["default"]
+    assert full.to_dict()["lora"] == full.lora.to_dict()
+    with pytest.raises(PausetuneError, match=r"^config key 'train\.lora\.rank': unknown key"):
+        TrainConfig.from_dict({"lora": {"rank": 8}})
+    with pytest.raises(PausetuneError, match=r"^config key 'train\.max_steps': expected integer"):
+        TrainConfig.from_dict({"max_steps": "many"})

@@ -116,5 +116,7 @@ def test_rules_name_their_env():
     for group, rules in RULES.items():
         for rule in rules:
             m = re.search(rf"^rule {rule}:\n(.*?)(?=^rule |\Z)", text, re.S | re.M)
+            if not m and f'("{rule}",' in text:  # one of report.smk's figure rules, made in a loop of `rule:`
+                m = re.search(r"^    rule:\n(.*?)(?=^rule |\Z)", text, re.S | re.M)
             assert m, f"rule {rule} not found"
             assert f'"../../envs/{group}.yaml"' in m.group(1), f"rule {rule} should use envs/{group}.yaml"

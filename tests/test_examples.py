@@ -189,7 +189,7 @@ def test_loss_mask_and_head_only_on_loss_positions(examples, tiny_dir):
 
 
 def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, tmp_path):
-    from pausetune.stages.train import build_model, collate, make_optimizer, retrieval_step
+    from pausetune.stages.train import Retrieval, build_model, collate, make_optimizer, train_step
 
     torch.set_num_threads(2)
     from transformers import AutoTokenizer
@@ -202,7 +202,7 @@ def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, t
     model, info = build_model(tiny_dir, tok, cfg, m["pause_ids"], "special", "cpu")
     opt, sched = make_optimizer(model, cfg)
     batch = [collate(rows(examples["pause"])[:2], tok.eos_token_id, "answer")]
-    losses = [retrieval_step(model, batch, opt, sched, 1.0)[0] for _ in range(12)]
+    losses = [train_step(model, batch, opt, sched, 1.0, Retrieval)[0] for _ in range(12)]
     assert losses[-1] < losses[0] - 0.5 and all(b < a for a, b in zip(losses, losses[1:])), losses
     assert info["pause_row"]["trained"]
 

@@ -96,6 +96,13 @@ def test_verdict_rules():
     assert "degradation" in verdict({**base, "pct": "-20", "pct_ci_low": "-35", "pct_ci_high": "-5"}, "x")
     v = verdict({**base, "pct": "10", "pct_ci_low": "-10", "pct_ci_high": "30"}, "x")
     assert "no detectable effect" in v and "160 matched cells" in v  # (20/10)^2 * 40
+    # asymmetric (percentile) interval: the side that reaches zero decides; never fewer cells than we have
+    v = verdict({**base, "pct": "6", "pct_ci_low": "-3", "pct_ci_high": "8"}, "x")
+    assert "90 matched cells" in v, v  # (9/6)^2 * 40
+    v = verdict({**base, "pct": "6", "pct_ci_low": "0", "pct_ci_high": "10"}, "x")
+    assert "no detectable effect" in v and "near end sits at zero" in v and "matched cells to resolve" not in v, v
+    v = verdict({**base, "pct": "-2.7", "pct_ci_low": "-8.9", "pct_ci_high": "0"}, "x")
+    assert "near end sits at zero" in v, v
 
 
 def test_stage_times_and_essays(tmp_path):

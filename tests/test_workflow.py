@@ -16,7 +16,10 @@ pytestmark = [pytest.mark.integration]
 PROJECT_FILES = ["Snakefile", "workflow", "config", "envs", "tests/configs"]
 
 
-def make_project(dest: Path) -> Path:
+def make_project(dest: Path, prebuilt: dict[str, Path] | None = None) -> Path:
+    """A project copy. `prebuilt` (project path -> a file or folder the session's fixtures already built with the
+    tiny config) starts it with those data outputs, newer than every input, so Snakemake plans none of their
+    jobs: the orchestration tests share one build of the data stages where they test what comes after."""
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
@@ -24,7 +27,20 @@ def make_project(dest: Path) -> Path:
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+    for rel, src in (prebuilt or {}).items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, target)
+        for p in [target, *(target.rglob("*") if target.is_dir() else [])]:
+            os.utime(p)  # built now: newer than the copied code and config
     return dest
+
+
+def prebuilt_data(pg_raw: Path, pg_paused: Path, smollm2_dir: Path, tiny_dir: Path) -> dict[str, Path]:
+    """The conftest fixtures' essays, paragraphs and prepared models at their project paths (the tiny config)."""
+    return {"data/raw/paul_graham.parquet": pg_raw, "data/paused/paul_graham/heuristic.parquet": pg_paused,
+            "data/paused/paul_graham/heuristic.stats.json": pg_paused.with_suffix(".stats.json"),
+            "data/models/smollm2": smollm2_dir, "data/models/tiny": tiny_dir}
 
 
 def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from test_workflow import make_project, snakemake
+from test_workflow import make_project, prebuilt_data, snakemake
 
 OVERLAY = {
     "train": {"models": ["tiny"], "objective": "retrieval", "max_steps": 2, "warmup_steps": 0, "grad_accum": 1,
@@ -18,8 +18,9 @@ CONFIGS = ["--configfile", "config/config.yaml", "tests/configs/tiny.yaml", "ret
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("retrieval"))
+def project(tmp_path_factory, pg_raw, pg_paused, smollm2_dir, tiny_dir):
+    # the data stages come from the session's fixtures (same tiny config): this module tests what follows them
+    p = make_project(tmp_path_factory.mktemp("retrieval"), prebuilt_data(pg_raw, pg_paused, smollm2_dir, tiny_dir))
     (p / "retrieval.yaml").write_text(yaml.safe_dump(OVERLAY))
     return p
 
@@ -29,6 +30,7 @@ def test_examples_stage_feeds_a_retrieval_train_job(project):
     dry = snakemake(project, *CONFIGS, "-n", "--", target)
     out = dry.stdout + dry.stderr
     assert "rule examples:" in out and "rule train:" in out and "rule shards:" not in out  # no shards needed
+    assert not any(f"rule {r}:" in out for r in ("download", "pause", "prepare_model")), out  # shared, up to date
     snakemake(project, *CONFIGS, "--", target)
     m = json.loads((project / target).read_text())
     ex = json.loads((project / "data/examples/tiny/pause/manifest.json").read_text())

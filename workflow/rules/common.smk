@@ -1,5 +1,6 @@
 import sys
 
+from pausetune.core import layout
 from pausetune.core.banks import check_banks
 from pausetune.core.config import subset, validate as validate_config
 from pausetune.core.examples import check_config as check_examples
@@ -66,14 +67,19 @@ def model_cfgs(model):
 SHARD_VARIANTS = ["pause", "plain"]
 
 
+def wildcards_of(template):
+    """A core.layout template as a shell-command pattern: {model} -> {wildcards.model}."""
+    return template.replace("{", "{wildcards.")
+
+
 def model_source_inputs(wc):
     src = config["models"][wc.model]["source"]
-    return [f"data/models/{src['tokenizer_from']}/prepared.json"] if src["kind"] == "random" else []
+    return [layout.prepared(src["tokenizer_from"])] if src["kind"] == "random" else []
 
 
 def paused_inputs(wildcards=None):
     method = config["paragraphs"]["method"]
-    return [f"data/paused/{s}/{method}.parquet" for s in config["shards"]["sources"]]
+    return [layout.PAUSED.format(source=s, method=method) for s in config["shards"]["sources"]]
 
 
 def all_targets():
@@ -83,11 +89,9 @@ def all_targets():
 
     targets = []
     for model in config["shards"]["models"]:
-        targets += expand("data/shards/{model}/{variant}/manifest.json", model=model, variant=SHARD_VARIANTS)
-    targets += expand("data/examples/{model}/{variant}/manifest.json", model=config["train"]["models"],
-                      variant=SHARD_VARIANTS)
-    targets += expand("results/checkpoints/{model}/{variant}/manifest.json", model=config["train"]["models"],
-                      variant=SHARD_VARIANTS)
+        targets += expand(layout.manifest(layout.SHARDS), model=model, variant=SHARD_VARIANTS)
+    targets += expand(layout.manifest(layout.EXAMPLES), model=config["train"]["models"], variant=SHARD_VARIANTS)
+    targets += expand(layout.manifest(layout.CHECKPOINT), model=config["train"]["models"], variant=SHARD_VARIANTS)
     cells = eval_targets(config)
     targets += cells
     if cells:
@@ -97,10 +101,8 @@ def all_targets():
 
 def train_data(model, variant, file=""):
     """What a checkpoint trains on: its examples (train.objective retrieval) or its shards (lm); or a file there."""
-    import os
-
-    kind = "examples" if config["train"]["objective"] == "retrieval" else "shards"
-    return os.path.join("data", kind, model, variant, file) if file else os.path.join("data", kind, model, variant)
+    folder = layout.train_data(model, variant, config["train"]["objective"])
+    return f"{folder}/{file}" if file else folder
 
 
 def tuned_manifests(pattern):
@@ -119,3 +121,14 @@ def code(stage):
     files = [os.path.join(root, f) for f in closure_files(f"pausetune.stages.{stage}")]
     # relative where the working directory is the project (the usual case), absolute under `-d elsewhere`
     return [os.path.relpath(f) if os.path.abspath(root) == os.getcwd() else f for f in files]
+
+
+def figure_args(wc, kind, variant, reference):
+    """The `pausetune figures` arguments of one figure job ({name} = that wildcard's value)."""
+    import shlex
+
+    value = lambda x: getattr(wc, x[1:-1]) if x.startswith("{") else x
+    args = [f"--kind {value(kind)}", f"--model {shlex.quote(wc.model)}", f"--task {shlex.quote(wc.task)}"]
+    args += [f"--variant {wc.variant}"] if variant else []
+    args += [f"--reference {value(reference)}"] if reference else []
+    return " ".join(args)

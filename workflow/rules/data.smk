@@ -1,11 +1,11 @@
-# Data stages: download -> pause -> (prepare-model) -> shards.
+# Data stages: download -> pause -> (prepare-model) -> shards, examples. Paths: pausetune.core.layout.
 
 
 rule download:
     input:
         code=code("download"),
     output:
-        "data/raw/{source}.parquet",
+        layout.RAW,
     params:
         # shards.sources names this source alone: the CLI's schema default (paul_graham) must not be checked
         # against a config that holds only this entry of `sources`.
@@ -14,28 +14,28 @@ rule download:
     conda:
         "../../envs/data.yaml"
     log:
-        "logs/download/{source}.log",
+        layout.log("download", "{source}"),
     benchmark:
-        "benchmarks/download/{source}.tsv",
+        layout.benchmark("download", "{source}"),
     shell:
         "pausetune download --config-json {params.cfg:q} --source {wildcards.source} --output {output} 2>&1 | tee {log}"
 
 
 rule pause:
     input:
-        raw="data/raw/{source}.parquet",
+        raw=layout.RAW,
         code=code("paragraphs"),
     output:
-        data="data/paused/{source}/{method}.parquet",
-        stats="data/paused/{source}/{method}.stats.json",
+        data=layout.PAUSED,
+        stats=layout.PAUSED_STATS,
     params:
         cfg=lambda wc: cfg("paragraphs", "pause"),
     conda:
         "../../envs/data.yaml"
     log:
-        "logs/pause/{source}/{method}.log",
+        layout.log("pause", "{source}/{method}"),
     benchmark:
-        "benchmarks/pause/{source}/{method}.tsv",
+        layout.benchmark("pause", "{source}/{method}"),
     shell:
         "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input.raw}"
         " --output {output.data} --stats {output.stats} 2>&1 | tee {log}"
@@ -46,27 +46,27 @@ rule prepare_model:
         model_source_inputs,
         code=code("prepare_model"),
     output:
-        "data/models/{model}/prepared.json",
+        layout.prepared(),
     params:
         cfg=lambda wc: cfg("cache_dir", "seed", models=model_cfgs(wc.model)),
     conda:
         "../../envs/data.yaml"
     log:
-        "logs/prepare_model/{model}.log",
+        layout.log("prepare_model", "{model}"),
     benchmark:
-        "benchmarks/prepare_model/{model}.tsv",
+        layout.benchmark("prepare_model", "{model}"),
     shell:
-        "pausetune prepare-model --config-json {params.cfg:q} --model {wildcards.model} --output data/models/{wildcards.model}"
-        " 2>&1 | tee {log}"
+        "pausetune prepare-model --config-json {params.cfg:q} --model {wildcards.model}"
+        f" --output {wildcards_of(layout.MODEL)} 2>&1 | tee {{log}}"
 
 
 rule examples:
     input:
         paused=paused_inputs,
-        model="data/models/{model}/prepared.json",
+        model=layout.prepared(),
         code=code("examples"),
     output:
-        "data/examples/{model}/{variant}/manifest.json",
+        layout.manifest(layout.EXAMPLES),
     wildcard_constraints:
         variant="pause|plain",
     params:
@@ -77,22 +77,22 @@ rule examples:
     conda:
         "../../envs/data.yaml"
     log:
-        "logs/examples/{model}/{variant}.log",
+        layout.log("examples", "{model}/{variant}"),
     benchmark:
-        "benchmarks/examples/{model}/{variant}.tsv",
+        layout.benchmark("examples", "{model}/{variant}"),
     shell:
         "pausetune examples --config-json {params.cfg:q} --inputs {input.paused} --model {wildcards.model}"
-        " --model-dir data/models/{wildcards.model} --variant {wildcards.variant}"
-        " --output data/examples/{wildcards.model}/{wildcards.variant} 2>&1 | tee {log}"
+        f" --model-dir {wildcards_of(layout.MODEL)} --variant {{wildcards.variant}}"
+        f" --output {wildcards_of(layout.EXAMPLES)} 2>&1 | tee {{log}}"
 
 
 rule shards:
     input:
         paused=paused_inputs,
-        model="data/models/{model}/prepared.json",
+        model=layout.prepared(),
         code=code("shards"),
     output:
-        "data/shards/{model}/{variant}/manifest.json",
+        layout.manifest(layout.SHARDS),
     wildcard_constraints:
         variant="pause|plain",
     params:
@@ -100,9 +100,9 @@ rule shards:
     conda:
         "../../envs/data.yaml"
     log:
-        "logs/shards/{model}/{variant}.log",
+        layout.log("shards", "{model}/{variant}"),
     benchmark:
-        "benchmarks/shards/{model}/{variant}.tsv",
+        layout.benchmark("shards", "{model}/{variant}"),
     shell:
-        "pausetune shards --config-json {params.cfg:q} --inputs {input.paused} --model-dir data/models/{wildcards.model}"
-        " --variant {wildcards.variant} --output data/shards/{wildcards.model}/{wildcards.variant} 2>&1 | tee {log}"
+        f"pausetune shards --config-json {{params.cfg:q}} --inputs {{input.paused}} --model-dir {wildcards_of(layout.MODEL)}"
+        f" --variant {{wildcards.variant}} --output {wildcards_of(layout.SHARDS)} 2>&1 | tee {{log}}"

@@ -21,6 +21,6 @@ rule eval:
     log:
         EVAL_LOG,
     benchmark:
-        EVAL_LOG.replace("logs/", "benchmarks/", 1).replace(".log", ".tsv"),
+        EVAL_SHAPE["benchmark"],
     shell:
         EVAL_SHELL

@@ -14,7 +14,7 @@ from pausetune.core.checks import check_eval
 try:
     # The tokenizer-level budget checks cost seconds; job steps (SLURM, --cores N subprocesses) re-parse this file
     # for every job, and the main process has already checked: they keep only the cheap config-level checks.
-    check_eval(config, prepared_root="data/models" if workflow.is_main_process else None)
+    check_eval(config, prepared_root=layout.MODELS if workflow.is_main_process else None)
 except PausetuneError as e:
     sys.exit(f"config error: {e}")
 
@@ -24,18 +24,18 @@ EVAL_BLOCK = config["eval"]["block"]
 
 def eval_haystack(wc=None):
     method = config["eval"].get("paragraph_method") or config["paragraphs"]["method"]
-    return [f"data/paused/{s}/{method}.parquet" for s in config["eval"]["haystack_sources"]]
+    return [layout.PAUSED.format(source=s, method=method) for s in config["eval"]["haystack_sources"]]
 
 
 def eval_inputs(wc):
-    inputs = {"model": f"data/models/{wc.model}/prepared.json", "haystack": eval_haystack(), "code": code("eval")}
+    inputs = {"model": layout.prepared(wc.model), "haystack": eval_haystack(), "code": code("eval")}
     if wc.variant in CHECKPOINT:
         v = CHECKPOINT[wc.variant]
-        inputs["checkpoint"] = f"results/checkpoints/{wc.model}/{v}/manifest.json"
+        inputs["checkpoint"] = layout.manifest(layout.CHECKPOINT.format(model=wc.model, variant=v))
         inputs["shards"] = train_data(wc.model, v, "manifest.json")  # holdout check: no haystack essay trained
     judge = config["eval"].get("judge")
     if judge and judge["kind"] == "local":
-        inputs["judge"] = f"data/models/{judge['model']}/prepared.json"
+        inputs["judge"] = layout.prepared(judge["model"])
     return inputs
 
 
@@ -97,6 +97,6 @@ EVAL_WILDCARDS = dict(model="[^/]+", variant="|".join(VARIANTS), task="[^/]+", s
                       depth="[0-9]+(\\.[0-9]+)?")
 EVAL_SHELL = (
     "pausetune eval --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
-    f" --seed {{wildcards.seed}} {EVAL_ARGS} --model-dir data/models/{{wildcards.model}}"
+    f" --seed {{wildcards.seed}} {EVAL_ARGS} --model-dir {wildcards_of(layout.MODEL)}"
     f" --haystack {{input.haystack}} {{params.extra}} --threads {{threads}} {eval_runtime_args()} 2>&1 | tee {{log}}"
 )

@@ -4,11 +4,10 @@ from pausetune.stages.figures import report_targets
 
 rule publish:
     input:
-        tables=["results/tables/summary.csv", "results/tables/deltas.csv", "results/tables/measures.csv",
-                "results/tables/measure_deltas.csv"],
+        tables=[layout.table(t) for t in ("summary.csv", "deltas.csv", "measures.csv", "measure_deltas.csv")],
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
-        checkpoints=lambda wc: tuned_manifests("results/checkpoints/{model}/{variant}/manifest.json"),
-        shards=lambda wc: tuned_manifests("data/shards/{model}/{variant}/manifest.json"),
+        checkpoints=lambda wc: tuned_manifests(layout.manifest(layout.CHECKPOINT)),
+        shards=lambda wc: tuned_manifests(layout.manifest(layout.SHARDS)),
         code=code("publish"),
     output:
         page=config["publish"]["page"],
@@ -19,10 +18,10 @@ rule publish:
     conda:
         "../../envs/report.yaml"
     log:
-        "logs/publish/publish.log",
+        layout.log("publish", "publish"),
     benchmark:
-        "benchmarks/publish/publish.tsv",
+        layout.benchmark("publish", "publish"),
     shell:
-        "pausetune publish --config-json {params.cfg:q} --tables results/tables --figures {input.figures}"
-        " --checkpoints {input.checkpoints} --shards {input.shards} --benchmarks benchmarks --run-info results/run_info.json"
-        " --output {output.page} 2>&1 | tee {log}"
+        f"pausetune publish --config-json {{params.cfg:q}} --tables {layout.TABLES} --figures {{input.figures}}"
+        f" --checkpoints {{input.checkpoints}} --shards {{input.shards}} --benchmarks {layout.BENCHMARKS}"
+        f" --run-info {layout.RUN_INFO} --output {{output.page}} 2>&1 | tee {{log}}"

@@ -4,7 +4,11 @@
 
 report: "../report/workflow.rst"
 
-FIG_VARIANTS = "baseline|pause-prompt|pause-tuned|plain-tuned"
+from pausetune.core.design import VARIANTS as _VARIANTS
+from pausetune.stages.figures import MECHANISM_PROFILES
+
+FIG_VARIANTS = "|".join(_VARIANTS)
+VS_BASELINE = "|".join(v for v in _VARIANTS if v != "baseline")
 
 
 rule aggregate:
@@ -13,282 +17,94 @@ rule aggregate:
         cells=lambda wc: eval_targets(config),
         code=code("aggregate"),
     output:
-        cells="results/tables/cells.parquet",
-        summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="Tables"),
-        deltas=report("results/tables/deltas.csv", caption="../report/deltas.rst", category="Tables"),
-        metrics="results/tables/summary.json",
-        depth_profile="results/tables/depth_profile.csv",
-        length_profile="results/tables/length_profile.csv",
-        measures="results/tables/measures.csv",
-        measure_deltas="results/tables/measure_deltas.csv",
-        layer_attention="results/tables/layer_attention.csv",
-        manifest="results/tables/manifest.json",
+        cells=layout.table("cells.parquet"),
+        summary=report(layout.table("summary.csv"), caption="../report/summary.rst", category="Tables"),
+        deltas=report(layout.table("deltas.csv"), caption="../report/deltas.rst", category="Tables"),
+        metrics=layout.table("summary.json"),
+        depth_profile=layout.table("depth_profile.csv"),
+        length_profile=layout.table("length_profile.csv"),
+        measures=layout.table("measures.csv"),
+        measure_deltas=layout.table("measure_deltas.csv"),
+        layer_attention=layout.table("layer_attention.csv"),
+        manifest=layout.table("manifest.json"),
     params:
         cfg=lambda wc: cfg("seed", "report"),
         cells_list="logs/aggregate/cells.txt",
     conda:
         "../../envs/report.yaml"
     log:
-        "logs/aggregate/aggregate.log",
+        layout.log("aggregate", "aggregate"),
     benchmark:
-        "benchmarks/aggregate/aggregate.tsv",
+        layout.benchmark("aggregate", "aggregate"),
     # The cell list goes through a file written by bash's printf builtin (no exec, so no ARG_MAX): a paper-size
     # grid has tens of thousands of paths; Snakemake itself moves a command that long into a script file.
     shell:
         "printf '%s\\n' {input.cells:q} > {params.cells_list:q} &&"
         " pausetune aggregate --config-json {params.cfg:q} --cells-from {params.cells_list:q}"
-        " --out-dir results/tables 2>&1 | tee {log}"
+        f" --out-dir {layout.TABLES} 2>&1 | tee {{log}}"
 
 
-rule figure_heatmap:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/heatmap/{model}/{task}/{variant}.html",
-        png=report(
-            "results/figures/heatmap/{model}/{task}/{variant}.png",
-            caption="../report/heatmap.rst",
-            category="NIAH heatmaps",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "variant": "{variant}"},
-        ),
-        svg="results/figures/heatmap/{model}/{task}/{variant}.svg",
-    wildcard_constraints:
-        model="[^/]+",
-        task="[^/]+",
-        variant=FIG_VARIANTS,
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/heatmap/{model}/{task}/{variant}.log",
-    benchmark:
-        "benchmarks/figures/heatmap/{model}/{task}/{variant}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind heatmap --model {wildcards.model:q} --task {wildcards.task:q}"
-        " --variant {wildcards.variant} --output {params.stem:q} 2>&1 | tee {log}"
+# One rule per figure family; each target is a figure stem written as .html, .png and .svg. The stems are
+# pausetune.stages.figures.figure_stem's (layout.FIGURES/{kind}/...), the mechanism's only where eval.measure asks.
+_MVT = {"model": "{model}", "task": "{task}"}
+FIGURE_RULES = [
+    # name, stem under results/figures, caption, category, labels, wildcard constraints,
+    # --kind (a name or a {wildcard}), whether --variant is passed, --reference (None, a name or {reference})
+    ("figure_heatmap", "heatmap/{model}/{task}/{variant}", "heatmap", "NIAH heatmaps",
+     {**_MVT, "variant": "{variant}"}, {"variant": FIG_VARIANTS}, "heatmap", True, None),
+    ("figure_delta", "delta/{model}/{task}/{variant}", "delta", "Delta heatmaps (vs baseline)",
+     {**_MVT, "variant": "{variant}", "reference": "baseline"}, {"variant": VS_BASELINE}, "delta", True, "baseline"),
+    ("figure_delta_vs", "delta/{model}/{task}/{variant}_vs_{reference}", "delta", "Delta heatmaps (other references)",
+     {**_MVT, "variant": "{variant}", "reference": "{reference}"}, {"variant": FIG_VARIANTS, "reference": FIG_VARIANTS},
+     "delta", True, "{reference}"),
+    ("figure_profile", "{profile}/{model}/{task}", "profile", "Score vs length and depth",
+     {**_MVT, "figure": "{profile}"}, {"profile": "length|depth"}, "{profile}", False, None),
+    ("figure_logprob", "logprob/{model}/{task}/{variant}", "mechanism", "Answer log-prob maps",
+     {**_MVT, "variant": "{variant}"}, {"variant": FIG_VARIANTS}, "logprob", True, None),
+    ("figure_logprob_delta", "logprob_delta/{model}/{task}/{variant}", "mechanism", "Answer log-prob delta maps",
+     {**_MVT, "variant": "{variant}", "reference": "baseline"}, {"variant": VS_BASELINE}, "logprob_delta", True,
+     "baseline"),
+    ("figure_logprob_delta_vs", "logprob_delta/{model}/{task}/{variant}_vs_{reference}", "mechanism",
+     "Answer log-prob delta maps", {**_MVT, "variant": "{variant}", "reference": "{reference}"},
+     {"variant": FIG_VARIANTS, "reference": FIG_VARIANTS}, "logprob_delta", True, "{reference}"),
+    ("figure_mechanism", "{mechanism}/{model}/{task}", "mechanism", "Attention on the needle and the pauses",
+     {**_MVT, "figure": "{mechanism}"}, {"mechanism": "|".join(sorted(MECHANISM_PROFILES))}, "{mechanism}", False,
+     None),
+]
 
 
-rule figure_delta:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/delta/{model}/{task}/{variant}.html",
-        png=report(
-            "results/figures/delta/{model}/{task}/{variant}.png",
-            caption="../report/delta.rst",
-            category="Delta heatmaps (vs baseline)",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "variant": "{variant}", "reference": "baseline"},
-        ),
-        svg="results/figures/delta/{model}/{task}/{variant}.svg",
-    wildcard_constraints:
-        model="[^/]+",
-        task="[^/]+",
-        variant="pause-prompt|pause-tuned|plain-tuned",
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/delta/{model}/{task}/{variant}.log",
-    benchmark:
-        "benchmarks/figures/delta/{model}/{task}/{variant}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
-        " --variant {wildcards.variant} --reference baseline --output {params.stem:q} 2>&1 | tee {log}"
+# A loop of `rule:`; the shell line names no loop variable (Snakemake formats it again when the job runs, after
+# the loop has ended): each rule's arguments are a param bound to its own spec.
+for _name, _stem, _caption, _category, _labels, _constraints, _kind, _variant, _reference in FIGURE_RULES:
 
-
-rule figure_delta_vs:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/delta/{model}/{task}/{variant}_vs_{reference}.html",
-        png=report(
-            "results/figures/delta/{model}/{task}/{variant}_vs_{reference}.png",
-            caption="../report/delta.rst",
-            category="Delta heatmaps (other references)",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "variant": "{variant}", "reference": "{reference}"},
-        ),
-        svg="results/figures/delta/{model}/{task}/{variant}_vs_{reference}.svg",
-    wildcard_constraints:
-        model="[^/]+",
-        task="[^/]+",
-        variant=FIG_VARIANTS,
-        reference=FIG_VARIANTS,
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/delta/{model}/{task}/{variant}_vs_{reference}.log",
-    benchmark:
-        "benchmarks/figures/delta/{model}/{task}/{variant}_vs_{reference}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind delta --model {wildcards.model:q} --task {wildcards.task:q}"
-        " --variant {wildcards.variant} --reference {wildcards.reference} --output {params.stem:q} 2>&1 | tee {log}"
-
-
-rule figure_profile:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/{profile}/{model}/{task}.html",
-        png=report(
-            "results/figures/{profile}/{model}/{task}.png",
-            caption="../report/profile.rst",
-            category="Score vs length and depth",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "figure": "{profile}"},
-        ),
-        svg="results/figures/{profile}/{model}/{task}.svg",
-    wildcard_constraints:
-        profile="length|depth",
-        model="[^/]+",
-        task="[^/]+",
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/{profile}/{model}/{task}.log",
-    benchmark:
-        "benchmarks/figures/{profile}/{model}/{task}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind {wildcards.profile} --model {wildcards.model:q}"
-        " --task {wildcards.task:q} --output {params.stem:q} 2>&1 | tee {log}"
-
-
-# The mechanism (cells with eval.measure): log-prob maps and delta maps, attention profiles. Which of them the grid
-# asks for: mechanism_stems() in pausetune.stages.figures.
-rule figure_logprob:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/logprob/{model}/{task}/{variant}.html",
-        png=report(
-            "results/figures/logprob/{model}/{task}/{variant}.png",
-            caption="../report/mechanism.rst",
-            category="Answer log-prob maps",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "variant": "{variant}"},
-        ),
-        svg="results/figures/logprob/{model}/{task}/{variant}.svg",
-    wildcard_constraints:
-        model="[^/]+",
-        task="[^/]+",
-        variant=FIG_VARIANTS,
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/logprob/{model}/{task}/{variant}.log",
-    benchmark:
-        "benchmarks/figures/logprob/{model}/{task}/{variant}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind logprob --model {wildcards.model:q} --task {wildcards.task:q}"
-        " --variant {wildcards.variant} --output {params.stem:q} 2>&1 | tee {log}"
-
-
-rule figure_logprob_delta:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/logprob_delta/{model}/{task}/{variant}.html",
-        png=report(
-            "results/figures/logprob_delta/{model}/{task}/{variant}.png",
-            caption="../report/mechanism.rst",
-            category="Answer log-prob delta maps",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "variant": "{variant}", "reference": "baseline"},
-        ),
-        svg="results/figures/logprob_delta/{model}/{task}/{variant}.svg",
-    wildcard_constraints:
-        model="[^/]+",
-        task="[^/]+",
-        variant="pause-prompt|pause-tuned|plain-tuned",
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/logprob_delta/{model}/{task}/{variant}.log",
-    benchmark:
-        "benchmarks/figures/logprob_delta/{model}/{task}/{variant}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind logprob_delta --model {wildcards.model:q}"
-        " --task {wildcards.task:q} --variant {wildcards.variant} --reference baseline --output {params.stem:q}"
-        " 2>&1 | tee {log}"
-
-
-rule figure_logprob_delta_vs:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.html",
-        png=report(
-            "results/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.png",
-            caption="../report/mechanism.rst",
-            category="Answer log-prob delta maps",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "variant": "{variant}", "reference": "{reference}"},
-        ),
-        svg="results/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.svg",
-    wildcard_constraints:
-        model="[^/]+",
-        task="[^/]+",
-        variant=FIG_VARIANTS,
-        reference=FIG_VARIANTS,
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.log",
-    benchmark:
-        "benchmarks/figures/logprob_delta/{model}/{task}/{variant}_vs_{reference}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind logprob_delta --model {wildcards.model:q}"
-        " --task {wildcards.task:q} --variant {wildcards.variant} --reference {wildcards.reference}"
-        " --output {params.stem:q} 2>&1 | tee {log}"
-
-
-rule figure_mechanism:
-    input:
-        cells="results/tables/cells.parquet",
-        code=code("figures"),
-    output:
-        html="results/figures/{mechanism}/{model}/{task}.html",
-        png=report(
-            "results/figures/{mechanism}/{model}/{task}.png",
-            caption="../report/mechanism.rst",
-            category="Attention on the needle and the pauses",
-            subcategory="{model} / {task}",
-            labels={"model": "{model}", "task": "{task}", "figure": "{mechanism}"},
-        ),
-        svg="results/figures/{mechanism}/{model}/{task}.svg",
-    wildcard_constraints:
-        mechanism="attention_depth|attention_layer|pause_depth",
-        model="[^/]+",
-        task="[^/]+",
-    params:
-        stem=lambda wc, output: output.png[: -len(".png")],
-    conda:
-        "../../envs/report.yaml"
-    log:
-        "logs/figures/{mechanism}/{model}/{task}.log",
-    benchmark:
-        "benchmarks/figures/{mechanism}/{model}/{task}.tsv",
-    shell:
-        "pausetune figures --cells-table {input.cells} --kind {wildcards.mechanism} --model {wildcards.model:q}"
-        " --task {wildcards.task:q} --output {params.stem:q} 2>&1 | tee {log}"
+    rule:
+        name:
+            _name
+        input:
+            cells=layout.table("cells.parquet"),
+            code=code("figures"),
+        output:
+            html=f"{layout.FIGURES}/{_stem}.html",
+            png=report(
+                f"{layout.FIGURES}/{_stem}.png",
+                caption=f"../report/{_caption}.rst",
+                category=_category,
+                subcategory="{model} / {task}",
+                labels=_labels,
+            ),
+            svg=f"{layout.FIGURES}/{_stem}.svg",
+        wildcard_constraints:
+            model="[^/]+",
+            task="[^/]+",
+            **_constraints,
+        params:
+            stem=lambda wc, output: output.png[: -len(".png")],
+            args=lambda wc, spec=(_kind, _variant, _reference): figure_args(wc, *spec),
+        conda:
+            "../../envs/report.yaml"
+        log:
+            layout.log("figures", _stem),
+        benchmark:
+            layout.benchmark("figures", _stem),
+        shell:
+            "pausetune figures --cells-table {input.cells} {params.args} --output {params.stem:q} 2>&1 | tee {log}"

@@ -1,4 +1,5 @@
-# Training: shards (train.objective lm) or retrieval examples (retrieval) -> LoRA / QLoRA checkpoints, results/checkpoints/{model}/{variant}/ (variant pause | plain).
+# Training: shards (train.objective lm) or retrieval examples (retrieval) -> LoRA / QLoRA checkpoints,
+# layout.CHECKPOINT = results/checkpoints/{model}/{variant}/ (variant pause | plain).
 # The folder is written atomically by `pausetune train`; its manifest.json is the declared output. A resumable
 # training state lives beside it in results/checkpoints/{model}/{variant}.state/ (not an output, so a failed or
 # killed job keeps it and the rerun continues from the last saved step).
@@ -8,12 +9,12 @@
 rule train:
     input:
         data=lambda wc: train_data(wc.model, wc.variant, "manifest.json"),
-        model="data/models/{model}/prepared.json",
+        model=layout.prepared(),
         code=code("train"),
     output:
-        manifest="results/checkpoints/{model}/{variant}/manifest.json",
-        metrics="results/metrics/train/{model}/{variant}.json",
-        loss_curve="results/metrics/train/{model}/{variant}_loss.csv",
+        manifest=layout.manifest(layout.CHECKPOINT),
+        metrics=layout.TRAIN_METRICS,
+        loss_curve=layout.TRAIN_LOSS,
     wildcard_constraints:
         variant="pause|plain",
     params:
@@ -34,11 +35,11 @@ rule train:
     conda:
         "../../envs/train.yaml"
     log:
-        "logs/train/{model}/{variant}.log",
+        layout.log("train", "{model}/{variant}"),
     benchmark:
-        "benchmarks/train/{model}/{variant}.tsv",
+        layout.benchmark("train", "{model}/{variant}"),
     shell:
         "pausetune train --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
-        " --model-dir data/models/{wildcards.model} {params.data}"
-        " --output results/checkpoints/{wildcards.model}/{wildcards.variant} --threads {threads}"
+        f" --model-dir {wildcards_of(layout.MODEL)} {{params.data}}"
+        f" --output {wildcards_of(layout.CHECKPOINT)} --threads {{threads}}"
         " --metrics {output.metrics} --loss-curve {output.loss_curve} 2>&1 | tee {log}"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -155,6 +156,163 @@ def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
         except json.JSONDecodeError as e:
             raise PausetuneError(f"--config-json: not valid JSON ({e.msg})") from None
     return validate(config)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed section views (litgpt-style): attribute access to a validated section, the schema's defaults filled in.
+# Fields carry no defaults of their own (the schema is the one home of defaults; tests/test_config.py holds each
+# view's fields to the schema's keys), so code reads `cfg.lr`, never `cfg.get("lr", 2e-4)`.
+
+
+def _section_schema(path: tuple[str, ...]) -> dict:
+    schema = load_schema()
+    sub = schema
+    for key in path:
+        sub = sub["properties"][key]
+    return {**sub, "$defs": schema.get("$defs", {})}
+
+
+class Section:
+    """Base of the typed views. `of(config)` takes the whole config, `from_dict(d)` just the section (validated
+    here against its part of the schema, so a partial dict in a test or a bench gets the schema's defaults)."""
+    PATH: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, config: dict):
+        section = config
+        for key in cls.PATH:
+            section = (section or {}).get(key, {})
+        return cls.from_dict(section)
+
+    @classmethod
+    def from_dict(cls, data: dict | None):
+        import dataclasses
+        import typing
+
+        import jsonschema
+
+        data = copy.deepcopy(dict(data or {}))
+        errors = list(_validator_with_defaults()(_section_schema(cls.PATH)).iter_errors(data))
+        if errors:
+            error = jsonschema.exceptions.best_match(errors)
+            while error.context:
+                error = jsonschema.exceptions.best_match(error.context)
+            msg = _one_line(error).replace("config key '", f"config key '{'.'.join(cls.PATH)}.", 1)
+            raise PausetuneError(msg.replace(".'", "'").replace(".<top>'", "'"))
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = data.get(f.name)
+            kind = hints[f.name]
+            if isinstance(kind, type) and issubclass(kind, Section):
+                value = kind.from_dict(value)
+            values[f.name] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return {f.name: (getattr(self, f.name).to_dict() if isinstance(getattr(self, f.name), Section)
+                         else copy.deepcopy(getattr(self, f.name))) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes):
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LoraConfig(Section):
+    PATH = ("train", "lora")
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    PATH = ("train",)
+    models: list
+    lora: LoraConfig
+    objective: str
+    loss_on: str
+    batch_size: int
+    grad_accum: int
+    lr: float
+    warmup_steps: int
+    max_steps: int
+    weight_decay: float
+    max_grad_norm: Optional[float]
+    scheduler: str
+    quantization: str
+    gradient_checkpointing: bool
+    dtype: str
+    autocast: str
+    save_every: int
+    eval_every: int
+    train_pause_embedding: bool
+    eval_rows: Optional[int]
+    threads: Optional[int]
+    resources: dict
+
+
+@dataclass(frozen=True)
+class EvalConfig(Section):
+    PATH = ("eval",)
+    models: list
+    variants: list
+    tasks: list
+    lengths: Any
+    depths: Any
+    task_grid: dict
+    seeds: list
+    haystack_sources: list
+    paragraph_method: Optional[str]
+    buffer: int
+    sentence_end: str
+    needle_prefix: str
+    max_new_tokens: int
+    measure: list
+    block: str
+    batch_size: int
+    reuse_prefix: bool
+    dtype: str
+    device: Optional[str]
+    prefill_chunk: Optional[int]
+    threads: Optional[int]
+    resources: dict
+    judge: Optional[dict]
+
+
+@dataclass(frozen=True)
+class ShardsConfig(Section):
+    PATH = ("shards",)
+    models: list
+    sources: list
+    seq_len: int
+    validation_fraction: float
+    holdout_haystack: bool
+    haystack_fraction: float
+
+
+@dataclass(frozen=True)
+class PublishConfig(Section):
+    PATH = ("publish",)
+    page: str
+    figures_dir: str
+    tables_dir: str
+    title: str
+
+
+@dataclass(frozen=True)
+class ReportConfig(Section):
+    PATH = ("report",)
+    bootstrap: int
+    skip_bad_cells: bool
+
+
+VIEWS = (LoraConfig, TrainConfig, EvalConfig, ShardsConfig, PublishConfig, ReportConfig)
 
 
 def subset(config: dict, *keys: str) -> str:

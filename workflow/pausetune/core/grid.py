@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from . import layout
 from .design import format_depth
 from .io import PausetuneError
-
-CELL_PATTERN = "eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json"  # under results/
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -77,10 +76,9 @@ def expand_depths(spec) -> list[float]:
 
 
 def cell_path(model: str, variant: str, task: str, seed: int, length: int, depth: float,
-              root: str = "results") -> str:
-    rel = CELL_PATTERN.format(model=model, variant=variant, task=task, seed=seed, length=int(length),
-                              depth=format_depth(depth))
-    return f"{root.rstrip('/')}/{rel}" if root else rel
+              root: str = layout.RESULTS) -> str:
+    return layout.cell(root).format(model=model, variant=variant, task=task, seed=seed, length=int(length),
+                                    depth=format_depth(depth))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -102,7 +100,7 @@ class Block:
     def cells(self) -> list[tuple[str, int, float]]:
         return [(t, n, d) for t, ls, ds in self.grid for n in ls for d in ds]
 
-    def paths(self, root: str = "results") -> list[str]:
+    def paths(self, root: str = layout.RESULTS) -> list[str]:
         return [cell_path(self.model, self.variant, t, self.seed, n, d, root) for t, n, d in self.cells()]
 
 
@@ -129,12 +127,13 @@ def grid_axes(config: dict) -> dict:
 
 
 def block_shape(config: dict) -> dict:
-    """What one eval job is, as Snakemake patterns: its outputs, its log and the CLI's grid arguments.
+    """What one eval job is, as Snakemake patterns: its outputs, log, benchmark file and the CLI's grid arguments.
 
     Wildcards stay as `{model}` etc.; a job's other cells are spelled out (all depths of a length block, every
     task's grid of a seed block), so each cell stays its own requestable target."""
     ax, mode = grid_axes(config), config["eval"].get("block", "length")
-    cell = f"results/{CELL_PATTERN}"
+    cell = layout.cell()
+    job = "{model}/{variant}/{task}/seed{seed}/len{length}"
     depths = [format_depth(d) for d in ax["depths"]]
 
     def spell(task: str, lengths, ds) -> list[str]:
@@ -142,14 +141,15 @@ def block_shape(config: dict) -> dict:
                 for n in lengths for d in ds]
 
     if mode == "cell":
-        return {"out": [cell], "log": "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.log",
-                "args": "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"}
-    if mode == "length":
-        return {"out": [cell.replace("{depth}", d) for d in depths],
-                "log": "logs/eval/{model}/{variant}/{task}/seed{seed}/len{length}.log",
-                "args": f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(depths)}"}
-    out = [p for t, (ls, ds) in ax["per_task"].items() for p in spell(t, ls, [format_depth(d) for d in ds])]
-    return {"out": out, "log": "logs/eval/{model}/{variant}/seed{seed}.log", "args": f"--tasks {' '.join(ax['tasks'])}"}
+        out, name = [cell], job + "/depth{depth}"
+        args = "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"
+    elif mode == "length":
+        out, name = [cell.replace("{depth}", d) for d in depths], job
+        args = f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(depths)}"
+    else:
+        out = [p for t, (ls, ds) in ax["per_task"].items() for p in spell(t, ls, [format_depth(d) for d in ds])]
+        name, args = "{model}/{variant}/seed{seed}", f"--tasks {' '.join(ax['tasks'])}"
+    return {"out": out, "log": layout.log("eval", name), "benchmark": layout.benchmark("eval", name), "args": args}
 
 
 def blocks(config: dict) -> list[Block]:

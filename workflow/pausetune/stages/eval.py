@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core import layout
 from ..core.fingerprint import fingerprint
 from ..core.io import PausetuneError, dumps_json, read_json, sha256_file, write_json
 
@@ -226,13 +227,12 @@ def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict)
 
 
 def timing_path(cell: Path, results: str) -> Path:
-    """results/eval/<cell> -> results/timing/<cell>: the run's measurements, beside the results, not in them."""
-    return Path(results) / "timing" / Path(cell).relative_to(Path(results) / "eval")
+    return Path(layout.timing(str(cell), results))
 
 
 def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, int, float]], seed: int,
               model_dir, haystack: list[str], checkpoint=None, shard_manifest=None,
-              judge_model_dir=None, results: str = "results", cells_cache: str | None = None,
+              judge_model_dir=None, results: str = layout.RESULTS, cells_cache: str | None = None,
               device: str | None = None, force: bool = False, log=print) -> dict:
     """Evaluate one block, cells (task, length, depth) of one haystack seed; returns {computed, cached, skipped}."""
     import torch
@@ -256,7 +256,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     dtype_resolved = str(torch_dtype(dname, device)).replace("torch.", "")
     if ev.get("threads"):
         torch.set_num_threads(int(ev["threads"]))
-    cache_root = Path(cells_cache or Path(results) / ".cells")
+    cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
 
     adapter_sha = None
     from ..core.design import CHECKPOINT
@@ -438,7 +438,7 @@ def add_arguments(p) -> None:
     p.add_argument("--shard-manifest", default=None,
                    help="holdout check (default, tuned variants: data/shards/{model}/{pause|plain}/manifest.json)")
     p.add_argument("--judge-model-dir", default=None, help="data/models/{judge} (eval.judge kind local)")
-    p.add_argument("--results", default="results", help="results root (cells go to RESULTS/eval/...)")
+    p.add_argument("--results", default=layout.RESULTS, help="results root (cells go to RESULTS/eval/...)")
     p.add_argument("--cells-cache", default=None, help="finished-cell cache (default RESULTS/.cells)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: eval.device, else cuda if any)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: eval.threads)")
@@ -476,22 +476,22 @@ def main(args, config: dict) -> int:
     if args.no_reuse:
         ev["reuse_prefix"] = False
     m, v = args.model, args.variant
-    haystack = args.haystack or [f"data/paused/{s}/{config['paragraphs']['method']}.parquet"
-                                 for s in ev["haystack_sources"]]
+    method = ev.get("paragraph_method") or config["paragraphs"]["method"]
+    haystack = args.haystack or [layout.PAUSED.format(source=s, method=method) for s in ev["haystack_sources"]]
     checkpoint, shard_manifest = args.checkpoint, args.shard_manifest
     if v in CHECKPOINT:
         if not checkpoint:
-            checkpoint = f"results/checkpoints/{m}/{CHECKPOINT[v]}"
+            checkpoint = layout.CHECKPOINT.format(model=m, variant=CHECKPOINT[v])
             if not (Path(checkpoint) / "manifest.json").exists():
                 raise PausetuneError(f"eval {v}: no checkpoint at {checkpoint} (train it first, or pass --checkpoint DIR)")
-        default_shards = Path(f"data/shards/{m}/{CHECKPOINT[v]}/manifest.json")
+        default_shards = Path(layout.manifest(layout.train_data(m, CHECKPOINT[v], config["train"]["objective"])))
         shard_manifest = shard_manifest or (str(default_shards) if default_shards.exists() else None)
     judge = ev.get("judge")
-    judge_dir = args.judge_model_dir or (f"data/models/{judge['model']}" if judge and judge["kind"] == "local"
+    judge_dir = args.judge_model_dir or (layout.MODEL.format(model=judge["model"]) if judge and judge["kind"] == "local"
                                          else None)
     run_block(config, model=m, variant=v, cells=block_cells(config, args.tasks or ev["tasks"], args.lengths,
                                                             args.depths), seed=args.seed,
-              model_dir=args.model_dir or f"data/models/{m}", haystack=haystack, checkpoint=checkpoint,
+              model_dir=args.model_dir or layout.MODEL.format(model=m), haystack=haystack, checkpoint=checkpoint,
               shard_manifest=shard_manifest, judge_model_dir=judge_dir, results=args.results,
               cells_cache=args.cells_cache, device=args.device, force=args.force,
               log=lambda msg: print(msg, file=sys.stderr, flush=True))

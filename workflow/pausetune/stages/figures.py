@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..core import layout
 from ..core.design import KEY, fmt_tokens
 from ..core.design import VARIANTS
 from html import escape as html_escape
@@ -68,18 +69,18 @@ ANSWER_CHARS = 140
 
 
 def figure_stem(kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline",
-                root: str = "results/figures") -> str:
+                root: str = layout.FIGURES) -> str:
     if kind in ("heatmap", "logprob"):
-        return f"{root}/{kind}/{model}/{task}/{variant}"
+        return layout.figure_stem(kind, f"{model}/{task}/{variant}", root)
     if kind in ("delta", "logprob_delta"):
         name = variant if reference == "baseline" else f"{variant}_vs_{reference}"
-        return f"{root}/{kind}/{model}/{task}/{name}"
+        return layout.figure_stem(kind, f"{model}/{task}/{name}", root)
     if kind in ("length", "depth") + MECHANISM_PROFILES:
-        return f"{root}/{kind}/{model}/{task}"
+        return layout.figure_stem(kind, f"{model}/{task}", root)
     raise PausetuneError(f"--kind {kind}: expected one of {KINDS}")
 
 
-def report_targets(config: dict, tables: str = "results/tables", figures: str = "results/figures") -> list[str]:
+def report_targets(config: dict, tables: str = layout.TABLES, figures: str = layout.FIGURES) -> list[str]:
     """Every table and figure file of the configured grid (eval.models x eval.tasks x eval.variants)."""
     ev = config.get("eval", {})
     variants = [v for v in VARIANTS if v in ev.get("variants", VARIANTS)]
@@ -93,7 +94,7 @@ def report_targets(config: dict, tables: str = "results/tables", figures: str = 
                 stems.append(figure_stem("delta", model, task, "pause-tuned", "plain-tuned", root=figures))
             stems += [figure_stem(k, model, task, root=figures) for k in ("length", "depth")]
             stems += mechanism_stems(ev, variants, model, task, figures)
-    return [f"{tables}/{t}" for t in TABLE_FILES] + [f"{s}.{ext}" for s in stems for ext in FORMATS]
+    return [layout.table(t, tables) for t in TABLE_FILES] + [f"{s}.{ext}" for s in stems for ext in FORMATS]
 
 
 def mechanism_stems(ev: dict, variants: list[str], model: str, task: str, figures: str) -> list[str]:

@@ -6,11 +6,12 @@ the same checks while it builds the DAG; this is the command for a user or a CI 
 """
 from __future__ import annotations
 
+from ..core import layout
 from ..core.checks import check_eval
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--prepared", default="data/models", help="where prepared models live (default data/models)")
+    p.add_argument("--prepared", default=layout.MODELS, help=f"where prepared models live (default {layout.MODELS})")
 
 
 def main(args, config: dict) -> int:

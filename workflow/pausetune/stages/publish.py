@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from ..core import layout
+from ..core.config import EvalConfig, PublishConfig, ShardsConfig, TrainConfig
 from ..core.design import VARIANTS
 from ..core.io import PausetuneError, atomic_path, read_json, write_text
 
@@ -61,12 +64,14 @@ def verdict(row: dict, what: str) -> str:
         return head + " — an improvement whose 95% interval excludes zero."
     if hi < 0:
         return head + " — a degradation whose 95% interval excludes zero."
-    half = (hi - lo) / 2
-    need = ""
-    if half > 0 and abs(float(row["pct"])) > 0:
-        factor = (half / abs(float(row["pct"]))) ** 2
-        need = (f" At this spread, an effect of the observed size would need roughly {factor * int(row['n']):.0f} "
-                f"matched cells to resolve (the interval shrinks as 1/sqrt(n)).")
+    pct, need = float(row["pct"]), ""
+    # the side of the interval that reaches zero decides (percentile intervals are not symmetric)
+    near = pct - lo if pct > 0 else hi - pct
+    if pct != 0 and near > 0:
+        cells = math.ceil((near / abs(pct)) ** 2 * int(row["n"]))
+        need = (f" At this spread, an effect of the observed size would need roughly {cells} matched cells to "
+                f"resolve (the interval shrinks as 1/sqrt(n))." if cells > int(row["n"]) else
+                " The interval's near end sits at zero: a few more matched cells (or seeds) would settle it.")
     return head + " — no detectable effect: the interval contains zero." + need
 
 
@@ -265,7 +270,7 @@ def answer_kinds_section(tables: Path, config: dict) -> list[str]:
     if "answer_tokens" not in df.columns:  # cells of older runs: no token count, so no `runs to the token limit`
         df = df.assign(answer_tokens=None)
     pr = config.get("prompt", {})
-    limit = int(config.get("eval", {}).get("max_new_tokens", 32))
+    limit = int(EvalConfig.of(config).max_new_tokens)
     instruction = " ".join([pr.get("system", ""), pr.get("instruction", "")])
     kinds = [answer_kind(a, r, int(t) if t is not None and t == t else 0, limit, instruction)
              for a, r, t in zip(df["answer"], df["recall"], df["answer_tokens"])]
@@ -316,22 +321,20 @@ def copy_tables(tables: Path, dest: Path) -> list[str]:
 
 def recipe_section(config: dict) -> list[str]:
     """The training recipe that ran, beside the authors', departures marked: a reader needs no config file."""
-    tr = config.get("train") or {}
-    if not tr.get("models"):
+    tr = TrainConfig.of(config)
+    if not tr.models:
         return []
-    lora = tr.get("lora") or {}
     ex = config.get("examples") or {}
-    ran = {"objective": tr.get("objective", "lm"), "loss_on": tr.get("loss_on", "all") if tr.get("objective") ==
-           "retrieval" else "all (causal LM)", "lora.r": lora.get("r"), "lora.alpha": lora.get("alpha"),
-           "lora.dropout": lora.get("dropout"),
-           "lora.target_modules": ", ".join(sorted(lora.get("target_modules") or [])),
-           "lr": tr.get("lr"), "warmup_steps": tr.get("warmup_steps"), "max_steps": tr.get("max_steps"),
-           "batch_size": tr.get("batch_size"), "grad_accum": tr.get("grad_accum"), "scheduler": tr.get("scheduler"),
-           "quantization": tr.get("quantization", "none"),
-           "context tokens": (f"{ex.get('lengths', {}).get('min')}-{ex.get('lengths', {}).get('max')}"
-                              if tr.get("objective") == "retrieval"
-                              else f"{(config.get('shards') or {}).get('seq_len')} (packed rows)")}
-    extra = f"dtype {tr.get('dtype', 'auto')}, autocast {tr.get('autocast', 'auto')}"
+    retrieval = tr.objective == "retrieval"
+    ran = {"objective": tr.objective, "loss_on": tr.loss_on if retrieval else "all (causal LM)",
+           "lora.r": tr.lora.r, "lora.alpha": tr.lora.alpha, "lora.dropout": tr.lora.dropout,
+           "lora.target_modules": ", ".join(sorted(tr.lora.target_modules)),
+           "lr": tr.lr, "warmup_steps": tr.warmup_steps, "max_steps": tr.max_steps,
+           "batch_size": tr.batch_size, "grad_accum": tr.grad_accum, "scheduler": tr.scheduler,
+           "quantization": tr.quantization,
+           "context tokens": (f"{ex.get('lengths', {}).get('min')}-{ex.get('lengths', {}).get('max')}" if retrieval
+                              else f"{ShardsConfig.of(config).seq_len} (packed rows)")}
+    extra = f"dtype {tr.dtype}, autocast {tr.autocast}"
     L = ["Training recipe (config `train`, `examples`) against the authors' (paper + their Unsloth notebook); "
          f"**bold** where this run departs; also {extra}:", "", "| setting | this run | the authors |",
          "| --- | --- | --- |"]
@@ -433,7 +436,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     summary = read_csv(tables / "summary.csv")
     deltas = read_csv(tables / "deltas.csv")
     overall = [r for r in summary if r["kind"] == "overall"]
-    title = config.get("publish", {}).get("title", "pausetune results")
+    title = PublishConfig.of(config).title
     L = [f"# {title}", "",
          "Written by the pipeline (`pausetune publish`, from `results/tables/`); do not edit by hand. "
          "Scores are the NIAH 1–10 scale (1 + 9 × recall of the needle's facts); intervals are 95% paired "
@@ -494,7 +497,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
 
     L += mechanism_section(read_optional_csv(tables / "measures.csv"), read_optional_csv(tables / "measure_deltas.csv"))
     L += answer_kinds_section(tables, config)
-    tables_dir = config.get("publish", {}).get("tables_dir")
+    tables_dir = PublishConfig.of(config).tables_dir
     if tables_dir:
         copied = copy_tables(tables, Path(tables_dir))
         link = os.path.relpath(Path(tables_dir), page.parent)
@@ -547,12 +550,12 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--tables", default="results/tables")
+    p.add_argument("--tables", default=layout.TABLES)
     p.add_argument("--figures", nargs="*", default=[], help="PNG files to copy next to the page and show")
     p.add_argument("--checkpoints", nargs="*", default=[], help="checkpoint manifest.json files")
     p.add_argument("--shards", nargs="*", default=[], help="shard manifest.json files (which essays trained)")
     p.add_argument("--benchmarks", default="benchmarks", help="folder of Snakemake benchmark files")
-    p.add_argument("--run-info", default="results/run_info.json")
+    p.add_argument("--run-info", default=layout.RUN_INFO)
     p.add_argument("--output", default=None, help="the page (default: config publish.page)")
 
 

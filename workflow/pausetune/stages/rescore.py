@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core import layout
 from ..core.io import PausetuneError, read_json, write_json
 from ..core.scoring import make_judge, score_cell, scoring_code
 
@@ -52,8 +53,8 @@ def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--cells", nargs="+", default=["results/eval"], help="cell files or folders (default results/eval)")
-    p.add_argument("--cells-cache", default="results/.cells", help="the cell cache to update ('' for none)")
+    p.add_argument("--cells", nargs="+", default=[layout.CELLS], help=f"cell files or folders (default {layout.CELLS})")
+    p.add_argument("--cells-cache", default=layout.CELLS_CACHE, help="the cell cache to update ('' for none)")
     p.add_argument("--judge-model-dir", default=None, help="data/models/{judge model}, for a local judge")
     p.add_argument("--force", action="store_true", help="rescore cells already scored by today's code too")
 

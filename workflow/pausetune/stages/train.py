@@ -48,9 +48,12 @@ import random
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core import layout
 from ..core.checkpoints import dir_hashes
+from ..core.config import TrainConfig
 from ..core.design import TRAIN_VARIANTS
 from ..core.fingerprint import code_record, fingerprint
 from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
@@ -88,7 +91,8 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
     if not (model_dir / "prepared.json").exists():
         raise PausetuneError(f"{model_dir}/prepared.json: missing (run `pausetune prepare-model --model {model_name}`)")
     mpath = shard_dir / "manifest.json"
-    objective = config.get("train", {}).get("objective", "lm")
+    cfg = TrainConfig.of(config)
+    objective = cfg.objective
     if not mpath.exists():
         made_by = "an examples folder made by `pausetune examples`" if objective == "retrieval" \
             else "a shard folder made by `pausetune shards`"
@@ -146,7 +150,7 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
                              f"model '{model_name}' (config key 'shards.seq_len' or 'models.{model_name}.max_context')")
     if not manifest.get("splits", {}).get("train", {}).get("rows"):
         raise PausetuneError(f"{mpath}: no training rows")
-    check_target_modules(meta_model(model_dir), config.get("train", {}).get("lora", {}).get("target_modules") or [])
+    check_target_modules(meta_model(model_dir), cfg.lora.target_modules)
     return {"entry": entry, "shard_manifest": manifest, "tokenizer": tok, "pause_ids": pause_ids,
             "max_context": window}
 
@@ -205,13 +209,18 @@ def _ties_embeddings(model) -> bool:
         out is not None and out.weight is model.get_input_embeddings().weight)
 
 
-def prepare_peft(model, train_cfg: dict, pause_ids: list[int] | None = None, pause_mode: str | None = None):
-    """Freeze `model`, wrap it with LoRA (and the trainable pause row); return (peft_model, info dict)."""
+def _train_config(cfg) -> TrainConfig:
+    return cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+
+
+def prepare_peft(model, cfg, pause_ids: list[int] | None = None, pause_mode: str | None = None):
+    """Freeze `model`, wrap it with LoRA (and the trainable pause row); return (peft_model, info dict).
+    `cfg`: the train section (a TrainConfig, or a dict the schema completes)."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    lcfg = train_cfg.get("lora", {})
-    targets = list(lcfg.get("target_modules") or [])
+    cfg = _train_config(cfg)
+    targets = list(cfg.lora.target_modules)
     available = check_target_modules(model, targets)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -225,16 +234,16 @@ def prepare_peft(model, train_cfg: dict, pause_ids: list[int] | None = None, pau
         # standard layout.
         if hasattr(mod, "support_avx512bf16_for_cpu"):
             mod.support_avx512bf16_for_cpu = False
-    if train_cfg.get("gradient_checkpointing"):
+    if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
-    kwargs = dict(r=int(lcfg.get("r", 16)), lora_alpha=float(lcfg.get("alpha", 16)),
-                  lora_dropout=float(lcfg.get("dropout", 0.0)), target_modules=targets, bias="none",
+    kwargs = dict(r=int(cfg.lora.r), lora_alpha=float(cfg.lora.alpha), lora_dropout=float(cfg.lora.dropout),
+                  target_modules=targets, bias="none",
                   task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
     tied = _ties_embeddings(model)
     train_row = bool(pause_ids) and len(pause_ids) == 1 and pause_mode in ("special", "reserved") \
-        and train_cfg.get("train_pause_embedding", True)
+        and cfg.train_pause_embedding
     token_layers: dict[str, list[int]] = {}
     if train_row:
         if "trainable_token_indices" not in LoraConfig.__dataclass_fields__:
@@ -264,31 +273,32 @@ def prepare_peft(model, train_cfg: dict, pause_ids: list[int] | None = None, pau
                       "method": "peft trainable_token_indices" if train_row else None},
         "target_modules": targets,
         "linear_modules": available,
-        "gradient_checkpointing": bool(train_cfg.get("gradient_checkpointing")),
+        "gradient_checkpointing": bool(cfg.gradient_checkpointing),
         "dtype": str(next(p for p in base.parameters() if p.is_floating_point()).dtype).replace("torch.", ""),
     }
     return peft_model, info
 
 
-def build_model(model_dir, tokenizer, train_cfg: dict, pause_ids=None, pause_mode=None, device: str | None = None):
+def build_model(model_dir, tokenizer, cfg, pause_ids=None, pause_mode=None, device: str | None = None):
     """Load the base from a prepared model dir, fit its embeddings to `tokenizer`, wrap with LoRA."""
     from ..core.models import default_device, load_model
     from ..core.tokens import fit_embeddings
 
+    cfg = _train_config(cfg)
     device = device or default_device()
-    quant = train_cfg.get("quantization", "none")
+    quant = cfg.quantization
     if quant == "nf4":
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise PausetuneError("config key 'train.quantization': nf4 needs the bitsandbytes package") from None
-    base = load_model(model_dir, train_cfg.get("dtype", "auto"), device, quant)
+    base = load_model(model_dir, cfg.dtype, device, quant)
     if tokenizer is not None:
         fit_embeddings(base, tokenizer)
-    return prepare_peft(base, train_cfg, pause_ids, pause_mode)
+    return prepare_peft(base, cfg, pause_ids, pause_mode)
 
 
-def make_optimizer(model, train_cfg: dict):
+def make_optimizer(model, cfg):
     """AdamW (torch): weight decay on LoRA weights, none on the trained token rows; scheduler with warmup."""
     import torch
     from transformers import get_scheduler
@@ -297,13 +307,13 @@ def make_optimizer(model, train_cfg: dict):
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if "trainable_tokens" in name or p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": float(train_cfg.get("weight_decay", 0.01))}]
+    cfg = _train_config(cfg)
+    groups = [{"params": decay, "weight_decay": float(cfg.weight_decay)}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=float(train_cfg.get("lr", 2e-4)), betas=(0.9, 0.999), eps=1e-8)
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[train_cfg.get("scheduler", "linear")]
-    sched = get_scheduler(name, opt, num_warmup_steps=int(train_cfg.get("warmup_steps", 0)),
-                          num_training_steps=int(train_cfg.get("max_steps", 1)))
+    opt = torch.optim.AdamW(groups, lr=float(cfg.lr), betas=(0.9, 0.999), eps=1e-8)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+    sched = get_scheduler(name, opt, num_warmup_steps=int(cfg.warmup_steps), num_training_steps=int(cfg.max_steps))
     return opt, sched
 
 
@@ -321,48 +331,91 @@ def autocast_dtype(setting: str, weights_dtype: str, device: str) -> str | None:
     return "bfloat16" if native else None
 
 
-def train_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float | None):
-    """One optimizer step over `micro_batches` (LongTensors [B, T] of packed rows, all of the same shape).
+class LM:
+    """Causal-LM loss over packed rows (LongTensors [B, T], all of one length): the mean over a micro-batch's
+    B*(T-1) predicted tokens; the step's loss is the mean of its micro-batch means, which is the exact token mean
+    since every row has the same length."""
+    name = "lm"
 
-    The loss of each micro-batch is the mean over its B*(T-1) predicted tokens; since every row has the same
-    length, the average of the micro-batch losses is the exact mean over the whole step. Returns
-    (loss, grad_norm, lr) where lr is the rate this step used.
-    """
+    @staticmethod
+    def loss(model, ids):
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    @staticmethod
+    def divisor(micro_batches) -> int:
+        return len(micro_batches)
+
+    @staticmethod
+    def tokens(micro_batches) -> int:
+        return sum(int(ids.numel()) for ids in micro_batches)
+
+    @staticmethod
+    def total(model, ids) -> tuple[float, int]:
+        """(summed loss, count) of a validation batch: row means weighted by rows."""
+        return float(LM.loss(model, ids)) * len(ids), len(ids)
+
+
+class Retrieval:
+    """Loss on the labelled tokens of right-padded (ids, mask, labels) batches: the step's loss is the exact mean
+    over all of its loss tokens (answer spans differ in length)."""
+    name = "retrieval"
+
+    @staticmethod
+    def loss(model, batch):
+        return masked_loss(model, *batch)[0]
+
+    @staticmethod
+    def divisor(micro_batches) -> int:
+        return max(sum(int((labels[:, 1:] != -100).sum()) for _, _, labels in micro_batches), 1)
+
+    @staticmethod
+    def tokens(micro_batches) -> int:
+        return sum(int(mask.sum()) for _, mask, _ in micro_batches)
+
+    @staticmethod
+    def total(model, batch) -> tuple[float, int]:
+        loss, n = masked_loss(model, *batch)
+        return float(loss), n
+
+
+OBJECTIVES = {"lm": LM, "retrieval": Retrieval}
+
+
+def train_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float | None, objective=LM):
+    """One optimizer step over `micro_batches`; returns (loss, grad_norm, lr), lr being the rate this step used."""
     import torch
 
     model.train()
-    total = None
-    n = len(micro_batches)
-    for ids in micro_batches:
-        out = model(input_ids=ids, labels=ids, use_cache=False)
-        (out.loss / n).backward()
-        total = out.loss.detach() if total is None else total + out.loss.detach()
+    divisor = objective.divisor(micro_batches)
+    total = 0.0
+    for batch in micro_batches:
+        loss = objective.loss(model, batch)
+        (loss / divisor).backward()
+        total += float(loss.detach())
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(total) / n, float(norm), float(lr)
+    return total / divisor, float(norm), float(lr)
 
 
-def validation_loss(model, rows, batch_size: int, device) -> float | None:
-    """Mean token loss over `rows` (a LongTensor [N, T]); None when there are none."""
+def validation_loss(model, batches, objective=LM) -> float | None:
+    """Mean loss over validation batches (per row for lm, per loss token for retrieval); None when there are none."""
     import torch
 
-    if rows is None or len(rows) == 0:
+    if not batches:
         return None
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            ids = rows[i:i + batch_size].to(device)
-            out = model(input_ids=ids, labels=ids, use_cache=False)
-            total += float(out.loss) * len(ids)
-            count += len(ids)
+        for batch in batches:
+            s, n = objective.total(model, batch)
+            total, count = total + s, count + n
     model.train(was_training)
-    return total / count
+    return total / max(count, 1)
 
 
 def collate(rows: list[dict], pad_id: int, loss_on: str = "answer"):
@@ -400,43 +453,41 @@ def masked_loss(model, ids, mask, labels):
     return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
 
 
-def retrieval_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float | None):
-    """One optimizer step over micro-batches of (ids, mask, labels): the exact mean over the step's loss tokens."""
-    import torch
+class TrainData:
+    """The rows one run trains on, and how a list of row indices becomes a micro-batch on the device."""
 
-    model.train()
-    n_tokens = sum(int((lab[:, 1:] != -100).sum()) for _, _, lab in micro_batches)
-    total = 0.0
-    for ids, mask, labels in micro_batches:
-        loss, _ = masked_loss(model, ids, mask, labels)
-        (loss / max(n_tokens, 1)).backward()
-        total += float(loss.detach())
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / max(n_tokens, 1), float(norm), float(lr)
+    def __init__(self, folder: Path, objective, pad_id: int, loss_on: str, eval_rows: int | None):
+        from ..core.shardfiles import load_shards
 
+        dd, _ = load_shards(str(folder))
+        self.objective, self.pad_id, self.loss_on = objective, pad_id, loss_on
+        retrieval = objective is Retrieval
+        self.rows = dd["train"] if retrieval else dd["train"].with_format("torch")
+        self.raw = dd["train"]
+        n_val = len(dd["validation"]) if "validation" in dd else 0
+        self.n_val = min(n_val, eval_rows) if eval_rows else n_val
+        if not self.n_val:
+            self.val = None
+        elif retrieval:
+            self.val = [dd["validation"][i] for i in range(self.n_val)]
+        else:
+            self.val = dd["validation"].with_format("torch")[:self.n_val]["input_ids"].long()
 
-def retrieval_validation_loss(model, rows: list[dict], batch_size: int, pad_id: int, loss_on: str, device):
-    """Mean loss per loss token over validation examples; None when there are none."""
-    import torch
+    def __len__(self) -> int:
+        return len(self.rows)
 
-    if not rows:
-        return None
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            ids, mask, labels = (t.to(device) for t in collate(rows[i:i + batch_size], pad_id, loss_on))
-            loss, n = masked_loss(model, ids, mask, labels)
-            total += float(loss)
-            count += n
-    model.train(was_training)
-    return total / max(count, 1)
+    def batch(self, idx: list[int], device):
+        if self.objective is Retrieval:
+            return tuple(t.to(device) for t in collate([self.rows[j] for j in idx], self.pad_id, self.loss_on))
+        return self.rows[idx]["input_ids"].long().to(device)
+
+    def val_batches(self, batch_size: int, device) -> list:
+        if self.val is None:
+            return []
+        if self.objective is Retrieval:
+            return [tuple(t.to(device) for t in collate(self.val[i:i + batch_size], self.pad_id, self.loss_on))
+                    for i in range(0, len(self.val), batch_size)]
+        return [self.val[i:i + batch_size].to(device) for i in range(0, len(self.val), batch_size)]
 
 
 class DataOrder:
@@ -579,8 +630,22 @@ def peak_memory_mb(device: str) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
 
 
-def _recipe(train_cfg: dict) -> dict:
-    return {k: v for k, v in train_cfg.items() if k not in _NON_RECIPE_KEYS}
+def _recipe(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RECIPE_KEYS}
+
+
+def check_pause_rows(data: TrainData, variant: str, pause_ids: list[int], folder: Path) -> None:
+    """A pause checkpoint must see pauses: one line when its rows hold none."""
+    if variant != "pause":
+        return
+    if data.objective is Retrieval:
+        if not any(data.raw["pause_positions"]):
+            raise PausetuneError(f"{folder}: variant 'pause' but no pause marker occurs in the examples")
+        return
+    import numpy as np
+
+    if not np.isin(np.asarray(data.raw.with_format("numpy")["input_ids"]), pause_ids).any():
+        raise PausetuneError(f"{folder}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
 
 
 
@@ -588,213 +653,240 @@ def _recipe(train_cfg: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- train
-def train(model_name: str, variant: str, model_dir: str | Path, shard_dir: str | Path, output: str | Path,
-          config: dict, device: str | None = None, threads: int | None = None, progress: bool = True,
-          return_model: bool = False):
-    """Train one checkpoint into `output` (atomically); return its manifest (and the peft model if asked)."""
-    t_start = time.time()
+@dataclass
+class Run:
+    """One training run: made by `setup`, advanced by `loop`, written by `finalize`."""
+    name: str
+    variant: str
+    cfg: TrainConfig
+    seed: int
+    device: str
+    model_dir: Path
+    data_dir: Path
+    output: Path
+    checked: dict
+    data: TrainData
+    model: object
+    info: dict
+    optimizer: object
+    scheduler: object
+    amp_dtype: str | None
+    run_key: str
+    t_start: float
+    step: int = 0
+    log: list = field(default_factory=list)
+    resumed_from: list = field(default_factory=list)
+    prior_train_s: float = 0.0
+    train_s: float = 0.0
+
+    @property
+    def state_dir(self) -> Path:
+        return state_dir_for(self.output)
+
+    def amp(self):
+        """bf16 matmuls over fp32 weights (AMX / AVX512_BF16 / tensor cores); fp32 master weights and optimizer."""
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=getattr(torch, self.amp_dtype))
+
+    def val_loss(self) -> float | None:
+        with self.amp():
+            return validation_loss(self.model, self.data.val_batches(self.cfg.batch_size, self.device),
+                                   self.data.objective)
+
+
+def _fresh_model(run_args: dict, cfg: TrainConfig, seed: int):
+    """Seeded model, optimizer and scheduler: the same for a new run and for one that starts over."""
     import torch
-
-    from ..core.models import default_device, resolve_path
-    from ..core.shardfiles import load_shards
-
-    train_cfg = dict(config["train"])
-    threads = threads or train_cfg.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    seed = int(config.get("seed", 0))
-    device = device or default_device()
-    output, shard_dir, model_dir = Path(output), Path(shard_dir), Path(model_dir)
-    checked = check_inputs(model_name, variant, model_dir, shard_dir, config)
-    if train_cfg.get("dtype", "auto") == "auto":  # like eval: the model entry's dtype, then the machine's rule
-        train_cfg["dtype"] = checked["entry"].get("dtype", "auto")
-    smanifest, tok, pause_ids = checked["shard_manifest"], checked["tokenizer"], checked["pause_ids"]
-    pause_mode = (smanifest.get("pause") or {}).get("mode")
-    dd, _ = load_shards(str(shard_dir))
-    retrieval = train_cfg.get("objective", "lm") == "retrieval"
-    loss_on = train_cfg.get("loss_on", "answer")
-    train_rows = dd["train"] if retrieval else dd["train"].with_format("torch")
-    if variant == "pause" and retrieval:
-        if not any(dd["train"]["pause_positions"]):
-            raise PausetuneError(f"{shard_dir}: variant 'pause' but no pause marker occurs in the examples")
-    elif variant == "pause":
-        import numpy as np
-
-        col = dd["train"].with_format("numpy")["input_ids"]
-        if not np.isin(np.asarray(col), pause_ids).any():
-            raise PausetuneError(f"{shard_dir}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
-    n_val = len(dd["validation"]) if "validation" in dd else 0
-    eval_rows = train_cfg.get("eval_rows")
-    n_val = min(n_val, eval_rows) if eval_rows else n_val
-    if retrieval:
-        val_rows = [dd["validation"][i] for i in range(n_val)] if n_val else None
-    else:
-        val_rows = dd["validation"].with_format("torch")[:n_val]["input_ids"].long() if n_val else None
-
-    def val_loss():
-        with amp():
-            if retrieval:
-                return retrieval_validation_loss(model, val_rows, bs, tok.pad_token_id, loss_on, device)
-            return validation_loss(model, val_rows, bs, device)
-
-    _, prepared = resolve_path(model_dir)
-    run_key = hashlib.sha256(json.dumps({
-        "recipe": _recipe(train_cfg), "seed": seed, "variant": variant, "model": model_name,
-        "shards": sha256_file(shard_dir / "manifest.json"), "prepared": sha256_file(model_dir / "prepared.json"),
-        "device": str(device).split(":")[0], "code": fingerprint(__name__),  # never resume another code's state
-    }, sort_keys=True).encode()).hexdigest()[:16]
 
     torch.manual_seed(seed)
     random.seed(seed)
-    model, info = build_model(model_dir, tok, train_cfg, pause_ids, pause_mode, device)
-    amp_dtype = autocast_dtype(train_cfg.get("autocast", "auto"), info["dtype"], str(device))
-    info["autocast"] = amp_dtype
+    model, info = build_model(cfg=cfg, **run_args)
+    return (model, info, *make_optimizer(model, cfg))
 
-    def amp():
-        """bf16 matmuls over fp32 weights (AMX / AVX512_BF16 / tensor cores); fp32 master weights and optimizer."""
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, amp_dtype))
 
-    if retrieval:
+def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
+          config: dict, device: str | None = None, threads: int | None = None) -> Run:
+    """Check the inputs, load the data and the model, and restore the saved state of this exact run if any."""
+    import torch
+
+    from ..core.models import default_device
+
+    t_start = time.time()
+    cfg = TrainConfig.of(config)
+    threads = threads or cfg.threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed, device = int(config["seed"]), device or default_device()
+    output, data_dir, model_dir = Path(output), Path(data_dir), Path(model_dir)
+    checked = check_inputs(model_name, variant, model_dir, data_dir, config)
+    if cfg.dtype == "auto":  # like eval: the model entry's dtype, then the machine's rule
+        cfg = cfg.replace(dtype=checked["entry"].get("dtype", "auto"))
+    tok, pause_ids = checked["tokenizer"], checked["pause_ids"]
+    objective = OBJECTIVES[cfg.objective]
+    data = TrainData(data_dir, objective, tok.pad_token_id, cfg.loss_on, cfg.eval_rows)
+    check_pause_rows(data, variant, pause_ids, data_dir)
+    run_key = hashlib.sha256(json.dumps({
+        "recipe": _recipe(cfg), "seed": seed, "variant": variant, "model": model_name,
+        "shards": sha256_file(data_dir / "manifest.json"), "prepared": sha256_file(model_dir / "prepared.json"),
+        "device": str(device).split(":")[0], "code": fingerprint(__name__),  # never resume another code's state
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+    model_args = dict(model_dir=model_dir, tokenizer=tok, pause_ids=pause_ids, device=device,
+                      pause_mode=(checked["shard_manifest"].get("pause") or {}).get("mode"))
+    model, info, optimizer, scheduler = _fresh_model(model_args, cfg, seed)
+    if objective is Retrieval:
         mcfg = model.get_base_model().config
         for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
             if getattr(mcfg, key, None) not in (None, 1, 1.0):
                 raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
                                      f"(LM head on the loss positions only) does not; use train.objective lm")
-    optimizer, scheduler = make_optimizer(model, train_cfg)
+    info["autocast"] = autocast_dtype(cfg.autocast, info["dtype"], str(device))
+    run = Run(model_name, variant, cfg, seed, device, model_dir, data_dir, output, checked, data, model, info,
+              optimizer, scheduler, info["autocast"], run_key, t_start)
 
-    state_dir = state_dir_for(output)
-    _clean_stale_tmp(state_dir)
+    _clean_stale_tmp(run.state_dir)
     _clean_stale_tmp(output)
-    log: list[dict] = []
-    step, resumed_from, prior_train_s = 0, [], 0.0
-    meta = load_state(state_dir, run_key)
+    meta = load_state(run.state_dir, run_key)
     if meta is not None:
         try:
-            restore_state(state_dir, model, optimizer, scheduler)
+            restore_state(run.state_dir, model, optimizer, scheduler)
         except DamagedState as e:  # the only state kept is unreadable: start over, as a fresh run would
-            print(f"train {model_name}/{variant}: {state_dir}: damaged training state ({e}); starting over from "
+            print(f"train {model_name}/{variant}: {run.state_dir}: damaged training state ({e}); starting over from "
                   f"step 0", file=sys.stderr)
-            shutil.rmtree(state_dir, ignore_errors=True)
+            shutil.rmtree(run.state_dir, ignore_errors=True)
             meta = None
-            torch.manual_seed(seed)
-            random.seed(seed)
-            model, info = build_model(model_dir, tok, train_cfg, pause_ids, pause_mode, device)
-            optimizer, scheduler = make_optimizer(model, train_cfg)
+            run.model, info, run.optimizer, run.scheduler = _fresh_model(model_args, cfg, seed)
+            run.info = {**info, "autocast": run.amp_dtype}
     if meta is not None:
-        step, log = int(meta["step"]), list(meta["log"])
-        resumed_from = list(meta.get("resumed_from", [])) + [step]
-        prior_train_s = float(meta.get("train_time_s", 0.0))
-        print(f"train {model_name}/{variant}: resuming from step {step} ({state_dir})", file=sys.stderr)
+        run.step, run.log = int(meta["step"]), list(meta["log"])
+        run.resumed_from = list(meta.get("resumed_from", [])) + [run.step]
+        run.prior_train_s = float(meta.get("train_time_s", 0.0))
+        print(f"train {model_name}/{variant}: resuming from step {run.step} ({run.state_dir})", file=sys.stderr)
+    return run
 
-    bs, accum = int(train_cfg["batch_size"]), int(train_cfg["grad_accum"])
-    max_steps, save_every = int(train_cfg["max_steps"]), int(train_cfg.get("save_every") or 0)
-    eval_every = int(train_cfg.get("eval_every") or 0)
-    seq_len = int(smanifest["seq_len"])
-    order = DataOrder(len(train_rows), seed)
-    tokens_per_step = bs * accum * seq_len
-    tokens_seen = next((int(r["tokens"]) for r in reversed(log) if "tokens" in r), 0)
+
+def loop(run: Run, progress: bool = True) -> None:
+    """The optimizer steps, from `run.step` to train.max_steps: log each, validate and save the state on schedule."""
+    import torch
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=max_steps, initial=step, desc=f"train {model_name}/{variant}", file=sys.stderr,
+    cfg, data, device = run.cfg, run.data, run.device
+    bs, accum = cfg.batch_size, cfg.grad_accum
+    order = DataOrder(len(data), run.seed)
+    tokens_seen = next((int(r["tokens"]) for r in reversed(run.log) if "tokens" in r), 0)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc=f"train {run.name}/{run.variant}", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     t_loop = time.time()
     if str(device).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    while step < max_steps:
+    while run.step < cfg.max_steps:
         t0 = time.time()
-        first = step * accum * bs
-        if retrieval:
-            micro = [tuple(t.to(device) for t in collate([train_rows[j] for j in order.rows(first + k * bs, bs)],
-                                                         tok.pad_token_id, loss_on)) for k in range(accum)]
-            tokens_per_step = sum(int(m.sum()) for _, m, _ in micro)
-            with amp():
-                loss, gnorm, lr = retrieval_step(model, micro, optimizer, scheduler, train_cfg.get("max_grad_norm"))
-        else:
-            micro = [train_rows[order.rows(first + k * bs, bs)]["input_ids"].long().to(device) for k in range(accum)]
-            with amp():
-                loss, gnorm, lr = train_step(model, micro, optimizer, scheduler, train_cfg.get("max_grad_norm"))
-        tokens_seen += tokens_per_step
+        first = run.step * accum * bs  # stateless data order: a resumed run reads the rows this step would
+        micro = [data.batch(order.rows(first + k * bs, bs), device) for k in range(accum)]
+        with run.amp():
+            loss, gnorm, lr = train_step(run.model, micro, run.optimizer, run.scheduler, cfg.max_grad_norm,
+                                         data.objective)
+        tokens = data.objective.tokens(micro)
+        tokens_seen += tokens
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
         dt = time.time() - t0
-        step += 1
+        run.step += 1
         mem, mem_kind = peak_memory_mb(device)
-        rec = {"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": tokens_seen,
-               "tokens_per_s": tokens_per_step / dt if dt > 0 else None, "step_time_s": dt,
+        rec = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": tokens_seen,
+               "tokens_per_s": tokens / dt if dt > 0 else None, "step_time_s": dt,
                "peak_mem_mb": round(mem, 1), "mem_kind": mem_kind}
-        log.append(rec)
+        run.log.append(rec)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-        if eval_every and step % eval_every == 0 and step < max_steps and val_rows is not None:
-            v = val_loss()
-            log.append({"step": step, "val_loss": v, "val_rows": n_val})
-            bar.write(f"step {step}: validation loss {v:.4f} ({n_val} rows)", file=sys.stderr)
-        if save_every and step % save_every == 0 and step < max_steps:
-            save_state(state_dir, model, optimizer, scheduler, step, run_key, log,
-                       {"resumed_from": resumed_from, "train_time_s": prior_train_s + time.time() - t_loop})
+        last = run.step >= cfg.max_steps
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and not last and data.val is not None:
+            v = run.val_loss()
+            run.log.append({"step": run.step, "val_loss": v, "val_rows": data.n_val})
+            bar.write(f"step {run.step}: validation loss {v:.4f} ({data.n_val} rows)", file=sys.stderr)
+        if cfg.save_every and run.step % cfg.save_every == 0 and not last:
+            save_state(run.state_dir, run.model, run.optimizer, run.scheduler, run.step, run.run_key, run.log,
+                       {"resumed_from": run.resumed_from, "train_time_s": run.prior_train_s + time.time() - t_loop})
     bar.close()
-    train_s = prior_train_s + time.time() - t_loop
-    val = val_loss() if val_rows is not None else None
-    if val is not None:
-        log.append({"step": step, "val_loss": val, "val_rows": n_val})
-    final_train = next((r["loss"] for r in reversed(log) if "loss" in r), None)
-    mem, mem_kind = peak_memory_mb(device)
+    run.train_s = run.prior_train_s + time.time() - t_loop
 
-    with atomic_dir(output) as tmp:
-        model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
+
+def finalize(run: Run, config: dict) -> dict:
+    """The last validation pass, then the checkpoint folder, written atomically; the saved state goes."""
+    import torch
+
+    from ..core.models import resolve_path
+
+    val = run.val_loss() if run.data.val is not None else None
+    if val is not None:
+        run.log.append({"step": run.step, "val_loss": val, "val_rows": run.data.n_val})
+    mem, mem_kind = peak_memory_mb(run.device)
+    cfg, smanifest, retrieval = run.cfg, run.checked["shard_manifest"], run.data.objective is Retrieval
+    _, prepared = resolve_path(run.model_dir)
+    with atomic_dir(run.output) as tmp:
+        run.model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
         canonical_adapter_config(tmp / "adapter" / "adapter_config.json")
-        tok.save_pretrained(str(tmp / "tokenizer"))
-        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in log))
+        run.checked["tokenizer"].save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in run.log))
         manifest = {
             "code": code_record(__name__),
-            "model": model_name,
-            "variant": variant,
-            "seed": seed,
-            "train": train_cfg,
+            "model": run.name,
+            "variant": run.variant,
+            "seed": run.seed,
+            "train": cfg.to_dict(),
             "pause": config.get("pause"),
-            "model_entry": checked["entry"],
+            "model_entry": run.checked["entry"],
             "base_model": {k: prepared.get(k) for k in ("name", "kind", "source", "commit", "gguf_sha256")},
-            "device": str(device),
+            "device": str(run.device),
             "threads": torch.get_num_threads(),
-            "objective": "retrieval" if retrieval else "lm",
-            "loss_on": loss_on if retrieval else "all",
+            "objective": cfg.objective,
+            "loss_on": cfg.loss_on if retrieval else "all",
             **({"retrieval": {k: smanifest.get(k) for k in ("template", "layout", "answer", "answer_span",
                                                             "lengths", "length_unit", "depths",
                                                             "needles_per_example", "banks")}} if retrieval else {}),
             ("examples" if retrieval else "shards"): {
-                "path": str(shard_dir),
-                "manifest_sha256": sha256_file(shard_dir / "manifest.json"),
-                "dataset_sha256": dir_hashes(shard_dir / "dataset"),
+                "path": str(run.data_dir),
+                "manifest_sha256": sha256_file(run.data_dir / "manifest.json"),
+                "dataset_sha256": dir_hashes(run.data_dir / "dataset"),
                 "tokenizer_fingerprint": smanifest.get("tokenizer_fingerprint"),
-                "seq_len": seq_len,
-                "train_rows": len(train_rows),
-                "validation_rows_used": n_val,
+                "seq_len": int(smanifest["seq_len"]),
+                "train_rows": len(run.data),
+                "validation_rows_used": run.data.n_val,
             },
-            "pause_ids": pause_ids,
-            "steps": step,
-            "tokens_seen": tokens_seen,
-            "epochs_seen": step * bs * accum / len(train_rows),
-            "final_train_loss": final_train,
+            "pause_ids": run.checked["pause_ids"],
+            "steps": run.step,
+            "tokens_seen": next((int(r["tokens"]) for r in reversed(run.log) if "tokens" in r), 0),
+            "epochs_seen": run.step * cfg.batch_size * cfg.grad_accum / len(run.data),
+            "final_train_loss": next((r["loss"] for r in reversed(run.log) if "loss" in r), None),
             "final_val_loss": val,
-            "first_train_loss": next((r["loss"] for r in log if "loss" in r), None),
+            "first_train_loss": next((r["loss"] for r in run.log if "loss" in r), None),
             "peak_mem_mb": round(mem, 1),
             "mem_kind": mem_kind,
-            "train_time_s": round(train_s, 3),
-            "wall_time_s": round(time.time() - t_start, 3),
-            "resumed_from": resumed_from,
-            "run_key": run_key,
+            "train_time_s": round(run.train_s, 3),
+            "wall_time_s": None,
+            "resumed_from": run.resumed_from,
+            "run_key": run.run_key,
             "adapter_sha256": sha256_file(tmp / "adapter" / "adapter_model.safetensors"),
             "packages": package_versions(),
-            **info,
+            **run.info,
         }
-        manifest["wall_time_s"] = round(time.time() - t_start, 3)
+        manifest["wall_time_s"] = round(time.time() - run.t_start, 3)
         write_json(tmp / "manifest.json", manifest)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    return (manifest, model) if return_model else manifest
+    shutil.rmtree(run.state_dir, ignore_errors=True)
+    return manifest
 
 
+def train(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
+          config: dict, device: str | None = None, threads: int | None = None, progress: bool = True,
+          return_model: bool = False):
+    """Train one checkpoint into `output` (atomically); return its manifest (and the peft model if asked)."""
+    run = setup(model_name, variant, model_dir, data_dir, output, config, device, threads)
+    loop(run, progress)
+    manifest = finalize(run, config)
+    return (manifest, run.model) if return_model else manifest
 
 
 # --------------------------------------------------------------------------------------------------- CLI
@@ -828,10 +920,10 @@ def write_metrics(checkpoint_dir, metrics_path, curve_path) -> None:
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
-    p.add_argument("--model-dir", required=True, help="data/models/{model}")
-    p.add_argument("--shards", default=None, help="data/shards/{model}/{variant} (train.objective lm)")
-    p.add_argument("--examples", default=None, help="data/examples/{model}/{variant} (train.objective retrieval)")
-    p.add_argument("--output", required=True, help="results/checkpoints/{model}/{variant}")
+    p.add_argument("--model-dir", required=True, help=layout.MODEL)
+    p.add_argument("--shards", default=None, help=f"{layout.SHARDS} (train.objective lm)")
+    p.add_argument("--examples", default=None, help=f"{layout.EXAMPLES} (train.objective retrieval)")
+    p.add_argument("--output", required=True, help=layout.CHECKPOINT)
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (overrides config train.threads)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -840,11 +932,10 @@ def add_arguments(p) -> None:
 
 
 def main(args, config: dict) -> int:
-    objective = config["train"].get("objective", "lm")
+    objective = TrainConfig.of(config).objective
     data = args.examples if objective == "retrieval" else args.shards
     if not data:
-        want = "--examples data/examples/{model}/{variant}" if objective == "retrieval" \
-            else "--shards data/shards/{model}/{variant}"
+        want = f"--examples {layout.EXAMPLES}" if objective == "retrieval" else f"--shards {layout.SHARDS}"
         raise PausetuneError(f"config key 'train.objective' is '{objective}': pass {want}")
     m = train(args.model, args.variant, args.model_dir, data, args.output, config, device=args.device,
               threads=args.threads, progress=not args.no_progress)
