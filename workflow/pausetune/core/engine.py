@@ -69,7 +69,13 @@ _PROBE_ROW = 0
 
 
 def _split_lower_right_cpu(query, key, value, scaling):
-    """Lower-right causal attention of q new tokens over past+q keys, via two mask-free flash calls."""
+    """Lower-right causal attention of q new tokens over past+q keys, via two mask-free flash calls.
+
+    Returns [b, h, q, d] as a transposed view of a contiguous [b, q, h, d] tensor (the layout the caller wants).
+    The merge is one `lerp` per element written straight into that layout: out = o2 + s * (o1 - o2) with
+    s = sigmoid(lse1 - lse2), the exact log-sum-exp weight (fp32, on the small [b, h, q] part). The earlier merge
+    (five elementwise passes over fp32 copies with mismatched layouts, then a transpose copy) cost as much as a
+    flash call at 2K in bf16 (bench/attention.py, docs/benchmarks.md)."""
     b, h, q_len, d = query.shape
     kvh = key.shape[1]
     g = h // kvh
@@ -86,11 +92,11 @@ def _split_lower_right_cpu(query, key, value, scaling):
         k2 = k2.repeat_interleave(g, dim=1)
         v2 = v2.repeat_interleave(g, dim=1)
     o2, l2 = flash(query, k2, v2, is_causal=True, scale=scaling)[:2]
-    m = torch.maximum(l1, l2)
-    w1 = torch.exp(l1 - m).unsqueeze(-1)
-    w2 = torch.exp(l2 - m).unsqueeze(-1)
-    out = (o1.float() * w1 + o2.float() * w2) / (w1 + w2)
-    return out.to(query.dtype)
+    s = torch.sigmoid(l1 - l2).unsqueeze(-1)  # the cached part's weight e^l1 / (e^l1 + e^l2), fp32
+    out = torch.empty((b, q_len, h, d), dtype=query.dtype, device=query.device).transpose(1, 2)
+    if query.dtype == torch.float32:
+        return torch.lerp(o2, o1, s, out=out)
+    return out.copy_(o2.float().lerp_(o1.float(), s))  # fp32 merge, one rounding (a bf16 weight costs an ulp)
 
 
 def _query_row(query, key, scaling, i: int):
