@@ -255,3 +255,59 @@ def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):
         for key in ("needle", "sink", "rest"):
             assert got[r.key]["attention"][key] == pytest.approx(ref["attention"][key], abs=1e-5), key
         assert got[r.key]["answer_logprob"][0] > -30  # the model does read the needle: a likely continuation
+
+
+def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
+    """The route sends prefill-sized fp32 linears through oneDNN's packed-weight op and decode-sized ones through
+    F.linear (seen in the profiler), the logits stay within fp32 rounding, and the model's forward is back after."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pausetune.core.engine import linear_kernels
+
+    def onednn_calls(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = fn()
+        return out, sum(e.count for e in prof.key_averages() if "linear_pointwise" in e.key)
+
+    x = torch.randn(1, 40, 64)
+    lin = rand_model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        ref = rand_model(inputs_embeds=x).logits
+        with linear_kernels(rand_model, {"prefill": "onednn", "decode": "mkl"}):
+            assert "forward" in vars(lin)
+            out, n_big = onednn_calls(lambda: rand_model(inputs_embeds=x).logits)
+            small, n_small = onednn_calls(lambda: rand_model(inputs_embeds=x[:, :1]).logits)
+        assert "forward" not in vars(lin)
+        ref_small = rand_model(inputs_embeds=x[:, :1]).logits
+    assert n_big == 2 * 7 + 1 and n_small == 0  # 7 linears per layer and the LM head; none for one row
+    assert torch.allclose(out, ref, atol=1e-4) and torch.equal(small, ref_small)
+
+
+@pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"}])
+def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
+    """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
+    (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is
+    what this checks, and the count of cells that differ is printed if any do."""
+    from pausetune.core.config import load_config
+    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.models import load_model, load_tokenizer
+
+    from conftest import DEFAULT_CONFIG
+
+    config = load_config([str(DEFAULT_CONFIG)])
+    tok = load_tokenizer(smollm2_dir)
+    model = load_model(smollm2_dir, "float32", "cpu")
+    essays = dict(load_essays([str(pg_paused)]))
+    stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 1000, None)
+    b = PromptBuilder(tok, config, "smollm2")
+    needle, q = config["tasks"]["single"]["needles"], config["tasks"]["single"]["question"]
+    reqs = []
+    for n in (600, 1000):
+        for d in (0, 50, 100):
+            cp = b.build(stream, n, d, needle, q)
+            reqs.append(Request((n, d), cp.ids, cp.shareable))
+    eos = eos_ids_of(model, tok)
+    got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route).run(reqs)}
+    differ = [r.key for r in reqs if got[r.key] != generate_reference(model, r.ids, 24, eos)[0]]
+    assert not differ, f"{len(differ)} of {len(reqs)} cells differ: {differ}"
+    assert "forward" not in vars(model.lm_head)
