@@ -147,8 +147,54 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     assert res["flop_bound"] > 1  # reuse computes fewer prefill FLOPs than per-cell prefill
     assert res["engine_measure"]["measure_s"] > 0 and res["engine"]["measure_s"] == 0
     assert res["measure_overhead"] > -1  # a ratio is reported (its size is the bench's to measure, not a test's)
+    assert res["gemm_peak_gflops"] > 0 and 0 < res["engine"]["prefill_share_of_peak"]
+    assert res["engine"]["prefill_gflops"] == pytest.approx(res["engine"]["prefill_flop"] / res["engine"]["prefill_s"]
+                                                            / 1e9, rel=0.01)
     out_text = capsys.readouterr().out
     assert "speedup engine vs naive" in out_text and "measures (logprob + attention)" in out_text
+    assert "% of peak" in out_text
+
+
+def _load_bench(name):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_decode_runs(tiny_dir, tmp_path):
+    """bench/decode.py: engine and generate both decode exactly the asked tokens; per-token figures, the ratio
+    and the profile split are reported."""
+    import json
+
+    out = tmp_path / "decode.json"
+    rc = _load_bench("decode").main([str(tiny_dir), "--length", "300", "--cells", "4", "--new-tokens", "5",
+                                     "--batch-sizes", "1,2", "--dtype", "float32", "--threads", "1", "--repeat", "1",
+                                     "--generate-cells", "1", "--profile", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["generate_ms"] > 0 and set(res["engine"]) == {"1", "2"}
+    assert res["engine"]["2"]["ratio_vs_generate"] > 0
+    prof = res["profile"]["2"]
+    assert prof["linear"] > 0 and prof["attention"] > 0 and prof["batch"] == 2
+    assert sum(prof[k] for k in ("linear", "attention", "other_ops", "python_dispatch")) == pytest.approx(
+        prof["wall_ms_per_step"], rel=0.05)
+
+
+def test_bench_attention_chunk_matches_masked_sdpa(tmp_path):
+    """bench/attention.py: the chunk-on-cache path it times computes the masked lower-right causal result."""
+    import json
+
+    out = tmp_path / "att.json"
+    rc = _load_bench("attention").main(["--lengths", "256", "--repeat", "1", "--threads", "1", "--breakdown",
+                                        "--json", str(out)])
+    res = json.loads(out.read_text())["attention"]
+    assert rc == 0 and [r["dtype"] for r in res] == ["bfloat16", "float32"]
+    assert res[1]["max_abs_err_vs_masked_sdpa"] < 1e-5 and res[0]["max_abs_err_vs_masked_sdpa"] < 2e-2
+    assert all(r["ratio"] > 0 and r["breakdown"]["softmax_share_of_est"] > 0 for r in res)
 
 
 def test_pause_mask_matches_the_whole_marker():
