@@ -104,6 +104,9 @@ def main(argv=None) -> int:
                         "on a shared machine)")
     p.add_argument("--measure-cost", action="store_true",
                    help="also run the engine with the per-cell measures (logprob, attention) and report the ratio")
+    p.add_argument("--linear", default="auto", help="fp32 linear kernels: auto (the machine's measured choice) | mkl "
+                   "| onednn (engine side; naive generate always runs the stock path)")
+    p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak measurement (bench/peak.py)")
     p.add_argument("--allow-mismatch", action="store_true")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
@@ -142,7 +145,9 @@ def main(argv=None) -> int:
     def run_engine(label, measure=False, **kw):
         from pausetune.stages.eval import cell_measure
 
-        eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size), **kw)
+        eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size),
+                     linear=args.linear, **kw)
+        out.setdefault("linear_route", eng.linear)
         what = ["logprob", "attention"] if measure else []
         plain = args.prompt_format == "plain"
         reqs = [Request(key, cp.ids, cp.shareable, cell_measure(tok, task, cp, None, what, plain))
@@ -211,6 +216,25 @@ def main(argv=None) -> int:
         print(f"measures (logprob + attention): {b:.2f} s against {a:.2f} s without: {100 * (b / a - 1):+.1f}% time per "
               f"cell; {inside:.2f} s inside the measure steps, {100 * out['measure_share']:.1f}% of the rest of that "
               f"run (the figure that does not depend on load between runs)")
+    if not args.no_peak:  # this machine's GEMM peak for the dtype, measured now (an MFU, as bench/train_step.py)
+        sys.path.insert(0, str(ROOT / "bench"))
+        from peak import gemm_peak
+
+        peak = gemm_peak(dtype, args.device)
+        out["gemm_peak_gflops"] = round(peak / 1e9, 1)
+        print(f"GEMM peak ({dtype}, {out['threads']} threads, bench/peak.py): {peak / 1e9:.0f} GFLOP/s", flush=True)
+        for label in [k for k in ("engine", "engine_measure", "engine_stock", "engine_noreuse", "naive") if k in out]:
+            r = out[label]
+            # prefill: FLOPs over prefill seconds (the engine times them; naive only has its wall, decode included)
+            pre = r["prefill_flop"] / r["prefill_s"] if r.get("prefill_s") else None
+            whole = r["prefill_flop"] / r["wall_s"]
+            r["prefill_gflops"] = round(pre / 1e9, 1) if pre else None
+            r["wall_gflops"] = round(whole / 1e9, 1)
+            r["prefill_share_of_peak"] = round(pre / peak, 3) if pre else None
+            r["wall_share_of_peak"] = round(whole / peak, 3)
+            pre_txt = f"prefill {pre / 1e9:6.1f} GFLOP/s ({100 * pre / peak:4.1f}% of peak), " if pre else ""
+            print(f"{label:>14}: {pre_txt}prefill FLOP over wall {whole / 1e9:6.1f} GFLOP/s "
+                  f"({100 * whole / peak:4.1f}% of peak)", flush=True)
     if not args.skip_naive:
         equal = sum(got[k] == ref[k] for k in ref)  # the last repeat of each (all repeats are deterministic)
         out["answers_equal"] = f"{equal}/{len(ref)}"

@@ -26,3 +26,33 @@ def test_cells_record_their_kernel_family():
 
     k = kernels("cpu")
     assert k["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and k["native_bf16"] == cpu_native_bf16()
+
+
+def test_fp32_linear_choice_is_measured_once_and_kept(tmp_path, monkeypatch):
+    """The fp32 linear route is probed once per machine and read back after (stable cell identity); the env
+    variable forces a path."""
+    from pausetune.core.models import fp32_linear_kernels
+
+    monkeypatch.delenv("PAUSETUNE_FP32_LINEAR", raising=False)
+    first = fp32_linear_kernels(tmp_path)
+    files = list((tmp_path / "kernels").glob("fp32_linear_*.json"))
+    assert len(files) == 1 and {first["prefill"], first["decode"]} <= {"mkl", "onednn"}
+    import json
+
+    rec = json.loads(files[0].read_text())
+    assert rec["prefill_onednn_over_mkl"] > 0 and rec["threads"] == torch.get_num_threads()
+    forged = rec | {"prefill": "onednn" if rec["prefill"] == "mkl" else "mkl"}  # the file, not a new probe, decides
+    files[0].write_text(json.dumps(forged))
+    assert fp32_linear_kernels(tmp_path)["prefill"] == forged["prefill"]
+    monkeypatch.setenv("PAUSETUNE_FP32_LINEAR", "onednn")
+    assert fp32_linear_kernels(tmp_path)["prefill"] == "onednn" == fp32_linear_kernels(tmp_path)["decode"]
+
+
+def test_fp32_cells_record_the_linear_route(monkeypatch):
+    from pausetune.stages.eval import kernels
+
+    monkeypatch.setenv("PAUSETUNE_FP32_LINEAR", "onednn")
+    assert kernels("cpu", "float32")["linear_fp32"] == {"prefill": "onednn", "decode": "onednn"}
+    monkeypatch.setenv("PAUSETUNE_FP32_LINEAR", "mkl")
+    assert kernels("cpu", "float32")["linear_fp32"] == {"prefill": "mkl", "decode": "mkl"}
+    assert "linear_fp32" not in kernels("cpu", "bfloat16")  # bf16 GEMMs go to oneDNN whatever the route

@@ -147,8 +147,54 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     assert res["flop_bound"] > 1  # reuse computes fewer prefill FLOPs than per-cell prefill
     assert res["engine_measure"]["measure_s"] > 0 and res["engine"]["measure_s"] == 0
     assert res["measure_overhead"] > -1  # a ratio is reported (its size is the bench's to measure, not a test's)
+    assert res["gemm_peak_gflops"] > 0 and 0 < res["engine"]["prefill_share_of_peak"]
+    assert res["engine"]["prefill_gflops"] == pytest.approx(res["engine"]["prefill_flop"] / res["engine"]["prefill_s"]
+                                                            / 1e9, rel=0.01)
     out_text = capsys.readouterr().out
     assert "speedup engine vs naive" in out_text and "measures (logprob + attention)" in out_text
+    assert "% of peak" in out_text
+
+
+def _load_bench(name):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_decode_runs(tiny_dir, tmp_path):
+    """bench/decode.py: engine and generate both decode exactly the asked tokens; per-token figures, the ratio
+    and the profile split are reported."""
+    import json
+
+    out = tmp_path / "decode.json"
+    rc = _load_bench("decode").main([str(tiny_dir), "--length", "300", "--cells", "4", "--new-tokens", "5",
+                                     "--batch-sizes", "1,2", "--dtype", "float32", "--threads", "1", "--repeat", "1",
+                                     "--generate-cells", "1", "--profile", "--json", str(out)])
+    res = json.loads(out.read_text())
+    assert rc == 0 and res["generate_ms"] > 0 and set(res["engine"]) == {"1", "2"}
+    assert res["engine"]["2"]["ratio_vs_generate"] > 0
+    prof = res["profile"]["2"]
+    assert prof["linear"] > 0 and prof["attention"] > 0 and prof["batch"] == 2
+    assert sum(prof[k] for k in ("linear", "attention", "other_ops", "python_dispatch")) == pytest.approx(
+        prof["wall_ms_per_step"], rel=0.05)
+
+
+def test_bench_attention_chunk_matches_masked_sdpa(tmp_path):
+    """bench/attention.py: the chunk-on-cache path it times computes the masked lower-right causal result."""
+    import json
+
+    out = tmp_path / "att.json"
+    rc = _load_bench("attention").main(["--lengths", "256", "--repeat", "1", "--threads", "1", "--breakdown",
+                                        "--json", str(out)])
+    res = json.loads(out.read_text())["attention"]
+    assert rc == 0 and [r["dtype"] for r in res] == ["bfloat16", "float32"]
+    assert res[1]["max_abs_err_vs_masked_sdpa"] < 1e-5 and res[0]["max_abs_err_vs_masked_sdpa"] < 2e-2
+    assert all(r["ratio"] > 0 and r["breakdown"]["softmax_share_of_est"] > 0 for r in res)
 
 
 def test_pause_mask_matches_the_whole_marker():
@@ -255,3 +301,59 @@ def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):
         for key in ("needle", "sink", "rest"):
             assert got[r.key]["attention"][key] == pytest.approx(ref["attention"][key], abs=1e-5), key
         assert got[r.key]["answer_logprob"][0] > -30  # the model does read the needle: a likely continuation
+
+
+def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
+    """The route sends prefill-sized fp32 linears through oneDNN's packed-weight op and decode-sized ones through
+    F.linear (seen in the profiler), the logits stay within fp32 rounding, and the model's forward is back after."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pausetune.core.engine import linear_kernels
+
+    def onednn_calls(fn):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = fn()
+        return out, sum(e.count for e in prof.key_averages() if "linear_pointwise" in e.key)
+
+    x = torch.randn(1, 40, 64)
+    lin = rand_model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        ref = rand_model(inputs_embeds=x).logits
+        with linear_kernels(rand_model, {"prefill": "onednn", "decode": "mkl"}):
+            assert "forward" in vars(lin)
+            out, n_big = onednn_calls(lambda: rand_model(inputs_embeds=x).logits)
+            small, n_small = onednn_calls(lambda: rand_model(inputs_embeds=x[:, :1]).logits)
+        assert "forward" not in vars(lin)
+        ref_small = rand_model(inputs_embeds=x[:, :1]).logits
+    assert n_big == 2 * 7 + 1 and n_small == 0  # 7 linears per layer and the LM head; none for one row
+    assert torch.allclose(out, ref, atol=1e-4) and torch.equal(small, ref_small)
+
+
+@pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"}])
+def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
+    """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
+    (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is
+    what this checks, and the count of cells that differ is printed if any do."""
+    from pausetune.core.config import load_config
+    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.models import load_model, load_tokenizer
+
+    from conftest import DEFAULT_CONFIG
+
+    config = load_config([str(DEFAULT_CONFIG)])
+    tok = load_tokenizer(smollm2_dir)
+    model = load_model(smollm2_dir, "float32", "cpu")
+    essays = dict(load_essays([str(pg_paused)]))
+    stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 1000, None)
+    b = PromptBuilder(tok, config, "smollm2")
+    needle, q = config["tasks"]["single"]["needles"], config["tasks"]["single"]["question"]
+    reqs = []
+    for n in (600, 1000):
+        for d in (0, 50, 100):
+            cp = b.build(stream, n, d, needle, q)
+            reqs.append(Request((n, d), cp.ids, cp.shareable))
+    eos = eos_ids_of(model, tok)
+    got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route).run(reqs)}
+    differ = [r.key for r in reqs if got[r.key] != generate_reference(model, r.ids, 24, eos)[0]]
+    assert not differ, f"{len(differ)} of {len(reqs)} cells differ: {differ}"
+    assert "forward" not in vars(model.lm_head)

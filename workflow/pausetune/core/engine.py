@@ -69,7 +69,13 @@ _PROBE_ROW = 0
 
 
 def _split_lower_right_cpu(query, key, value, scaling):
-    """Lower-right causal attention of q new tokens over past+q keys, via two mask-free flash calls."""
+    """Lower-right causal attention of q new tokens over past+q keys, via two mask-free flash calls.
+
+    Returns [b, h, q, d] as a transposed view of a contiguous [b, q, h, d] tensor (the layout the caller wants).
+    The merge is one `lerp` per element written straight into that layout: out = o2 + s * (o1 - o2) with
+    s = sigmoid(lse1 - lse2), the exact log-sum-exp weight (fp32, on the small [b, h, q] part). The earlier merge
+    (five elementwise passes over fp32 copies with mismatched layouts, then a transpose copy) cost as much as a
+    flash call at 2K in bf16 (bench/attention.py, docs/benchmarks.md)."""
     b, h, q_len, d = query.shape
     kvh = key.shape[1]
     g = h // kvh
@@ -86,11 +92,11 @@ def _split_lower_right_cpu(query, key, value, scaling):
         k2 = k2.repeat_interleave(g, dim=1)
         v2 = v2.repeat_interleave(g, dim=1)
     o2, l2 = flash(query, k2, v2, is_causal=True, scale=scaling)[:2]
-    m = torch.maximum(l1, l2)
-    w1 = torch.exp(l1 - m).unsqueeze(-1)
-    w2 = torch.exp(l2 - m).unsqueeze(-1)
-    out = (o1.float() * w1 + o2.float() * w2) / (w1 + w2)
-    return out.to(query.dtype)
+    s = torch.sigmoid(l1 - l2).unsqueeze(-1)  # the cached part's weight e^l1 / (e^l1 + e^l2), fp32
+    out = torch.empty((b, q_len, h, d), dtype=query.dtype, device=query.device).transpose(1, 2)
+    if query.dtype == torch.float32:
+        return torch.lerp(o2, o1, s, out=out)
+    return out.copy_(o2.float().lerp_(o1.float(), s))  # fp32 merge, one rounding (a bf16 weight costs an ulp)
 
 
 def _query_row(query, key, scaling, i: int):
@@ -158,6 +164,48 @@ def attention_impl(model, name: str):
     finally:
         if name != old:
             model.set_attn_implementation(old)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fp32 linear kernels
+
+
+ONEDNN_MIN_ROWS = 16  # inputs of at least this many rows are "prefill" sized (core.models.fp32_linear_kernels)
+
+
+@contextlib.contextmanager
+def linear_kernels(model, route: dict | None):
+    """Within: every fp32 nn.Linear of the model runs through oneDNN with a prepacked weight for the input sizes
+    `route` gives 'onednn' ({'prefill': ..., 'decode': ...}), through MKL (F.linear) otherwise. A no-op unless
+    the model is fp32 on a CPU and some route says oneDNN. The packed copies are dropped on exit."""
+    import torch.nn as nn
+
+    p = next(model.parameters())
+    if not route or p.dtype != torch.float32 or p.device.type != "cpu" or "onednn" not in (
+            route.get("prefill"), route.get("decode")):
+        yield
+        return
+    big, small = route.get("prefill") == "onednn", route.get("decode") == "onednn"
+    pw = torch.ops.mkldnn._linear_pointwise
+    patched = []
+    for mod in model.modules():
+        if type(mod) is not nn.Linear or mod.weight.dtype != torch.float32:
+            continue
+        packed = torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), 512)
+
+        def fwd(x, mod=mod, packed=packed):
+            rows = x.numel() // x.shape[-1]
+            if (big if rows >= ONEDNN_MIN_ROWS else small) and x.dtype == torch.float32:
+                return pw(x, packed, mod.bias, "none", [], "")
+            return F.linear(x, mod.weight, mod.bias)
+
+        mod.forward = fwd
+        patched.append(mod)
+    try:
+        yield
+    finally:
+        for mod in patched:
+            del mod.forward  # back to the class's forward
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,8 +407,21 @@ class Engine:
     """Greedy answers for many prompts with one model, reusing KV across shared prefixes."""
 
     def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, batch_size: int = 1,
-                 reuse_prefix: bool = True, prefill_chunk: int | None = None, attn: str = ATTN_NAME):
+                 reuse_prefix: bool = True, prefill_chunk: int | None = None, attn: str = ATTN_NAME,
+                 linear: str | dict | None = None):
         self.model = model
+        # fp32 on a CPU: which linear kernels (None/'mkl': F.linear; 'onednn'; 'auto': the machine's measured
+        # choice, core.models.fp32_linear_kernels; or a {'prefill', 'decode'} route)
+        p = next(model.parameters())
+        if linear == "auto":
+            linear = None
+            if p.dtype == torch.float32 and p.device.type == "cpu":
+                from .models import fp32_linear_kernels
+
+                linear = fp32_linear_kernels()
+        elif isinstance(linear, str):
+            linear = {"prefill": linear, "decode": linear}
+        self.linear = linear
         self.attn = attn  # "sdpa": stock attention for chunks on a cache too (the bench's ablation)
         self.eos = sorted(set(int(i) for i in eos_ids))
         self.max_new = int(max_new_tokens)
@@ -427,15 +488,19 @@ class Engine:
         return rows
 
     # -- public ----------------------------------------------------------------------------------------
+    def linear_kernels(self):
+        return linear_kernels(self.model, self.linear)
+
     @torch.inference_mode()
     def run(self, requests: list[Request]) -> Iterator[Result]:
         if not requests:
             return
-        if not self.reuse:
-            yield from self._run_plain(requests)
-            return
-        with attention_impl(self.model, self.attn):
-            yield from self._run_reuse(requests)
+        with self.linear_kernels():
+            if not self.reuse:
+                yield from self._run_plain(requests)
+                return
+            with attention_impl(self.model, self.attn):
+                yield from self._run_reuse(requests)
 
     def _run_plain(self, requests):
         """No reuse: each prompt prefilled from scratch (the reference path), decoded alone."""
@@ -469,7 +534,7 @@ class Engine:
         for g in range(0, len(order), self.batch_size):
             group = [requests[i] for i in order[g:g + self.batch_size]]
             lengths = [len(r.ids) for r in group]
-            batch = None
+            batch, copy_s = None, 0.0
             firsts, timings, measures = [], [], []
             for row, r in enumerate(group):
                 keep = min(_lcp(cached, r.ids), len(r.ids) - 1)
@@ -482,20 +547,23 @@ class Engine:
                 measures.append(self._measure(r, logits, cache))
                 timings.append({"prefill_s": t2 - t1, "measure_s": self._now() - t2, "prompt_tokens": len(r.ids),
                                 "shared_prefix_tokens": keep, "trunk_prefill_s": trunk_s, "batch": len(group)})
-                if len(group) > 1:
+                if len(group) > 1:  # the batch-buffer copy counts as decode time
+                    tc = self._now()
                     batch = batch or self._batch_cache(cache, lengths)
                     off = batch[1] - len(r.ids)
                     for src, dst in zip(cache.layers, batch[0].layers):
                         dst._k[row, :, off:batch[1]] = src.keys[0]
                         dst._v[row, :, off:batch[1]] = src.values[0]
+                    copy_s += self._now() - tc
             t3 = self._now()
             if len(group) == 1:
                 answers = self._decode(firsts[0], cache, lengths, None)
                 cache.truncate(lengths[0])
-            else:
-                answers = self._decode(torch.cat(firsts), batch[0], lengths, batch[2])
+            else:  # rows of equal length need no padding mask (mask-free SDPA, GQA in the kernel)
+                answers = self._decode(torch.cat(firsts), batch[0], lengths,
+                                       batch[2] if len(set(lengths)) > 1 else None)
                 del batch
-            dec = self._now() - t3
+            dec = self._now() - t3 + copy_s
             for r, ans, tm, meas in zip(group, answers, timings, measures):
                 tm.update({"decode_s": dec, "new_tokens": len(ans)})
                 yield Result(r.key, ans, tm, meas)

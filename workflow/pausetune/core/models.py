@@ -123,3 +123,82 @@ def max_context(model_dir: str | Path, entry: dict | None = None) -> int:
 
 
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fp32 linear kernels on a CPU: MKL (torch's default for fp32 GEMM) or oneDNN with prepacked weights
+
+
+def _probe_linear(threads: int) -> dict:
+    """Time fp32 GEMMs of SmolLM2's decoder shapes through MKL (F.linear) and oneDNN (prepacked weights), for
+    prefill-sized inputs (512 rows) and decode-sized ones (4 rows); best of 5, alternating. oneDNN wins big on
+    some CPUs (AMD EPYC: 420 vs 180 GFLOP/s, issue #18) and not on others (this Intel Xeon: MKL as fast)."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    shapes = [(576, 576), (1536, 576), (576, 1536)]
+    out = {}
+    for kind, m in (("prefill", 512), ("decode", 4)):
+        best = {"mkl": 0.0, "onednn": 0.0}
+        for n, k in shapes:
+            w, x = torch.randn(n, k), torch.randn(m, k)
+            wp = torch.ops.mkldnn._reorder_linear_weight(w, 512)
+            fns = {"mkl": lambda: F.linear(x, w),
+                   "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, wp, None, "none", [], "")}
+            ts = {"mkl": [], "onednn": []}
+            for _ in range(6):
+                for name, f in fns.items():
+                    t0 = time.perf_counter()
+                    for _ in range(3 if m > 16 else 30):
+                        f()
+                    ts[name].append(time.perf_counter() - t0)
+            for name in ts:
+                best[name] += min(ts[name][1:])
+        # oneDNN only when clearly faster: a coin flip on a noisy machine must not pick a different kernel path
+        out[kind] = "onednn" if best["onednn"] < 0.85 * best["mkl"] else "mkl"
+        out[f"{kind}_onednn_over_mkl"] = round(best["mkl"] / best["onednn"], 3)
+    return out
+
+
+def fp32_linear_kernels(cache_dir: str | Path | None = None) -> dict:
+    """The fp32 linear kernel path per input size ({'prefill': 'mkl'|'onednn', 'decode': ...}), measured once per
+    machine (CPU model, torch version, thread count) and kept in PAUSETUNE_CACHE/kernels/: the choice is part of
+    a cell's identity, so it must not change from run to run with the load. PAUSETUNE_FP32_LINEAR=mkl|onednn
+    forces one path for both."""
+    import hashlib
+    import os
+
+    import torch
+
+    forced = os.environ.get("PAUSETUNE_FP32_LINEAR")
+    if forced in ("mkl", "onednn"):
+        return {"prefill": forced, "decode": forced, "source": "PAUSETUNE_FP32_LINEAR"}
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return {"prefill": "mkl", "decode": "mkl", "source": "no oneDNN"}
+    cpu = ""
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    key = hashlib.sha256(f"{cpu}|{torch.__version__}|{threads}".encode()).hexdigest()[:16]
+    root = Path(cache_dir or os.environ.get("PAUSETUNE_CACHE") or Path.home() / ".cache" / "pausetune")
+    path = root / "kernels" / f"fp32_linear_{key}.json"
+    if path.exists():
+        try:
+            got = json.loads(path.read_text())
+            return {"prefill": got["prefill"], "decode": got["decode"], "source": "probe"}
+        except (json.JSONDecodeError, KeyError, OSError):
+            pass
+    res = _probe_linear(threads) | {"cpu": cpu, "torch": torch.__version__, "threads": threads}
+    try:
+        from .io import write_json
+
+        write_json(path, res)
+    except OSError:
+        pass
+    return {"prefill": res["prefill"], "decode": res["decode"], "source": "probe"}

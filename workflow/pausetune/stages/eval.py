@@ -136,24 +136,29 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
                                                     ("holdout_haystack", "haystack_fraction")}},
         "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
         "dtype": dtype, "device_type": device_type, "versions": versions(),
-        "code_generate": code_identity()["generate"], "kernels": kernels(device_type),
+        "code_generate": code_identity()["generate"], "kernels": kernels(device_type, dtype),
     }
     if ev.get("judge") and ev["judge"].get("kind") == "local":
         ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
     return ident
 
 
-def kernels(device_type: str) -> dict:
+def kernels(device_type: str, dtype: str | None = None) -> dict:
     """The kernel family a cell's numbers come from: on a CPU torch dispatches GEMMs and attention by the
-    instruction set (AVX2 / AVX512 / AMX paths round differently), so it is part of a cell's identity."""
+    instruction set (AVX2 / AVX512 / AMX paths round differently), so it is part of a cell's identity; in fp32 on
+    a CPU also the linear kernels (MKL or oneDNN, per input size) the machine measured fastest
+    (core.models.fp32_linear_kernels), which the engine then uses."""
     import torch
 
     out = {"attention": "pausetune split flash (chunks on a cache), sdpa elsewhere"}
     if device_type == "cpu":
         out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        from ..core.models import cpu_native_bf16
+        from ..core.models import cpu_native_bf16, fp32_linear_kernels
 
         out["native_bf16"] = cpu_native_bf16()
+        if dtype == "float32":
+            route = fp32_linear_kernels()
+            out["linear_fp32"] = {"prefill": route["prefill"], "decode": route["decode"]}
     elif device_type == "cuda":
         out["cuda"] = torch.version.cuda
         out["device"] = torch.cuda.get_device_name()
@@ -362,7 +367,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
         requests.append(Request(cid, cp.ids, cp.shareable, m))
     eos = eos_ids_of(net, tok)
     engine = Engine(net, eos, ev["max_new_tokens"], batch_size=ev.get("batch_size", 1),
-                    reuse_prefix=ev.get("reuse_prefix", True), prefill_chunk=ev.get("prefill_chunk"))
+                    reuse_prefix=ev.get("reuse_prefix", True), prefill_chunk=ev.get("prefill_chunk"),
+                    linear=ident["kernels"].get("linear_fp32"))
     judge_call = make_judge(config, judge_model_dir, dname, device)
     vers = versions()
     info = {cid: (t, n, d, out) for t, n, d, cid, out in todo}
