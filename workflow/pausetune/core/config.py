@@ -151,11 +151,13 @@ def snakemake_configfiles(argv: list[str]) -> list[str]:
     import contextlib
     import io
 
-    from snakemake.cli import parse_args
-
+    try:
+        import snakemake.cli
+    except ImportError:  # the rules' conda envs have no Snakemake (and no command line of it to check)
+        return []
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            _, args = parse_args(list(argv))
+            _, args = snakemake.cli.parse_args(list(argv))
     except (SystemExit, Exception):
         return []
     return [str(p) for p in getattr(args, "configfile", None) or []]
