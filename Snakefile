@@ -50,7 +50,6 @@ onstart:
         sys.exit(f"config error: {err}")
 
     # The exact command, for the results page (not an output: it must not trigger reruns).
-
     os.makedirs("results", exist_ok=True)
     with open("results/run_info.json", "w") as f:
         json.dump({"command": shlex.join(["snakemake"] + sys.argv[1:]),

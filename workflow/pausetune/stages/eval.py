@@ -260,7 +260,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     # A killed job's temp files here (the cache, this block's cell and timing folders); blocks run in parallel into
     # the same folders, so only those whose writer is gone.
     block_dirs = {Path(cell_path(model, variant, t, seed, n, d, results)).parent for t, n, d in cells}
-    clean_dead_tmp(cache_root, *block_dirs, *(timing_path(c / "x", results).parent for c in block_dirs))
+    clean_dead_tmp(cache_root, *block_dirs, *(timing_path(c, results) for c in block_dirs))
 
     adapter_sha = None
     from ..core.design import CHECKPOINT
