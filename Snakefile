@@ -35,9 +35,21 @@ include: "workflow/rules/publish.smk"
 
 
 onstart:
-    # The exact command, for the results page (not an output: it must not trigger reruns).
     import datetime, json, os, shlex, sys
 
+    # The wheels the jobs to run read, fetched and verified before any job starts: Snakemake deletes a job's outputs
+    # before running it, so a wrong sha256 (in an overlay, of a version not cached yet) found by the download job
+    # itself would cost the good data/raw/{source}.parquet. Here it costs nothing (pausetune.core.wheels).
+    from pausetune.core.wheels import fetch_wheels
+
+    jobs = list(workflow.dag.needrun_jobs())
+    try:
+        fetch_wheels(config, sources={j.wildcards["source"] for j in jobs if j.rule.name == "download"},
+                     models={j.wildcards["model"] for j in jobs if j.rule.name == "prepare_model"})
+    except PausetuneError as err:
+        sys.exit(f"config error: {err}")
+
+    # The exact command, for the results page (not an output: it must not trigger reruns).
     os.makedirs(os.path.dirname(layout.RUN_INFO), exist_ok=True)
     with open(layout.RUN_INFO, "w") as f:
         json.dump({"command": shlex.join(["snakemake"] + sys.argv[1:]),

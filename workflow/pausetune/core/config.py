@@ -125,15 +125,50 @@ def yaml_error(path, e) -> PausetuneError:
 
 
 def check_yaml_file(path) -> None:
-    """Parse a YAML file only to report a syntax error with its position (Snakemake's message names neither file
-    nor line); a missing file is left to the caller."""
+    """Read a config file as Snakemake does (JSON, else YAML) only to report what it would reject, in one line with
+    file, line and column (Snakemake's own message names neither); a missing file is left to Snakemake."""
     try:
         with open(path, encoding="utf-8") as f:
-            yaml.safe_load(f)
-    except FileNotFoundError:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError):
         return
-    except yaml.YAMLError as e:
-        raise yaml_error(path, e) from None
+    except UnicodeDecodeError as e:
+        raise PausetuneError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise yaml_error(path, e) from None
+    if not isinstance(data, dict):
+        raise PausetuneError(f"{path}: expected a mapping of config keys at the top level, got "
+                             f"{'nothing' if data is None else type(data).__name__}")
+
+
+def snakemake_configfiles(argv: list[str]) -> list[str]:
+    """The files a snakemake command line passes as --configfile, found by Snakemake's own parser (abbreviations,
+    `--configfile=F`, profiles included); none when the line does not parse (Snakemake then says why)."""
+    import contextlib
+    import io
+
+    try:
+        import snakemake.cli
+    except ImportError:  # the rules' conda envs have no Snakemake (and no command line of it to check)
+        return []
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            _, args = snakemake.cli.parse_args(list(argv))
+    except (SystemExit, Exception):
+        return []
+    return [str(p) for p in getattr(args, "configfile", None) or []]
+
+
+def check_snakemake_configfiles(argv: list[str]) -> None:
+    """Each --configfile of a snakemake command line through check_yaml_file: Snakemake parses them before any of
+    the workflow's code runs, so the Snakefile cannot; scripts/run.sh calls this before snakemake."""
+    for path in snakemake_configfiles(argv):
+        check_yaml_file(path)
 
 
 def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:

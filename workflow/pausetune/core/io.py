@@ -10,10 +10,17 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+# When this process started (the CLI imports this module first): a temp file last written before then, by a writer
+# that cannot be checked, is no live write of ours.
+_STARTED = time.time()
 
 
 def _umask() -> int:
@@ -74,7 +81,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=suffix or ".tmp", dir=path.parent)
         os.close(fd)
     tmp = Path(tmp)
     try:
@@ -95,7 +102,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent))
     try:
         with _writing(path):
             os.chmod(tmp, 0o777 & ~_umask())
@@ -117,18 +124,103 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def clean_stale_tmp(path: str | os.PathLike) -> None:
-    """Remove the temp files and folders atomic_path / atomic_dir left beside `path` when a job was SIGKILLed
-    (`.{name}.*.tmp`, `.{name}.old`). Call it only where no other live writer of `path` can exist: a Snakemake
-    output (the lock allows one job per output), or under a lock."""
+    """Remove every temp file and folder atomic_path / atomic_dir left beside `path` (`.{name}.*.tmp`,
+    `.{name}.old`), whoever wrote it. Only where no other live writer of `path` can exist: a Snakemake output
+    written by one job (the lock allows one job per output), or under a lock. Elsewhere: clean_dead_tmp."""
     path = Path(path)
     if not path.parent.is_dir():
         return
     for p in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*{path.suffix or '.tmp'}"),
               path.with_name(f".{path.name}.old")]:
+        _remove(p)
+
+
+# A temp name says who writes it: `.{name}.{pid}-{host}.{mkstemp's 8 characters}{suffix}`, host a hash of the host
+# name and pid namespace (where that pid means something), so a later job can tell a killed writer's leftovers from a
+# live concurrent job's (eval blocks run in parallel into the same folders, on a cluster on other machines too).
+def _pid_space() -> str:
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}:{ns}"
+
+
+_HOST = hashlib.sha256(_pid_space().encode()).hexdigest()[:8]
+_TAGGED = re.compile(r"^\..+\.(\d+)-([0-9a-f]{8})\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+_UNTAGGED = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # written by a version before the tag
+# Another machine's writer (or no tag) cannot be asked whether it lives: its temp file must be this much older than
+# this process (a live write touches its file far more often; clocks of cluster nodes differ by seconds).
+FOREIGN_TMP_AGE_S = 3600.0
+
+
+def _writer_tag() -> str:
+    return f"{os.getpid()}-{_HOST}"
+
+
+def _remove(p: Path) -> bool:
+    """Best effort: a read-only folder keeps its leftovers (the job's own write then says why)."""
+    try:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
-        elif p.exists() or p.is_symlink():
+        else:
             p.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return not (p.exists() or p.is_symlink())
+
+
+def _process_start(pid: int) -> float | None:
+    """When a live process started (Linux /proc; None where unknown); a zombie's is +inf: it writes nothing more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            return float("inf")
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _writer_gone(name: str, mtime: float) -> bool:
+    m = _TAGGED.match(name)
+    if m is None or m.group(2) != _HOST:
+        return (m is not None or _UNTAGGED.match(name) is not None) and mtime < _STARTED - FOREIGN_TMP_AGE_S
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return mtime < _STARTED - 2  # an earlier process with our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    started = _process_start(pid)  # alive: a zombie, or the pid reused by a process younger than the file?
+    return started is not None and mtime < started - 2  # (btime has whole seconds)
+
+
+def clean_dead_tmp(*folders: str | os.PathLike) -> list[Path]:
+    """Remove, from each folder, the temp files and folders of atomic_path / atomic_dir whose writer is gone: a
+    dead (or zombie) process of this machine, or, for another machine's or an untagged one, last written more than
+    FOREIGN_TMP_AGE_S before this process started. A live concurrent job's temp file is never touched. Returns
+    what was removed."""
+    removed = []
+    for folder in dict.fromkeys(map(Path, folders)):
+        try:
+            with os.scandir(folder) as it:
+                entries = [e for e in it if e.name.startswith(".")]
+        except OSError:
+            continue  # missing or unreadable: nothing of ours to clean
+        for e in entries:
+            try:
+                mtime = e.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if _writer_gone(e.name, mtime) and _remove(Path(e.path)):
+                removed.append(Path(e.path))
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

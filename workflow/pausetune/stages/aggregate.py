@@ -78,7 +78,7 @@ from typing import Iterable
 
 from ..core.design import COMPARISONS, KEY, MATCH, VARIANTS, fmt_tokens
 from ..core.fingerprint import code_record
-from ..core.io import PausetuneError, read_json, write_json, write_parquet, write_text
+from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json, write_parquet, write_text
 from ..core.stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
 
 REQUIRED = KEY + ["score"]
@@ -487,6 +487,7 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     """Read the cells, write the four tables into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
+    clean_dead_tmp(out_dir)  # a killed run's temp tables (only a dead writer's: someone may aggregate beside us)
     skipped: list[dict] = []
     df = cells_frame(load_cells(paths, skip_bad, skipped))
     summary = summarize(df)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ..core import layout
 from ..core.fingerprint import fingerprint
-from ..core.io import PausetuneError, dumps_json, read_json, sha256_file, write_json
+from ..core.io import PausetuneError, clean_dead_tmp, dumps_json, read_json, sha256_file, write_json
 
 SCORING = "pausetune.core.scoring"
 
@@ -262,6 +262,10 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     if ev.get("threads"):
         torch.set_num_threads(int(ev["threads"]))
     cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
+    # A killed job's temp files here (the cache, this block's cell and timing folders); blocks run in parallel into
+    # the same folders, so only those whose writer is gone.
+    block_dirs = {Path(cell_path(model, variant, t, seed, n, d, results)).parent for t, n, d in cells}
+    clean_dead_tmp(cache_root, *block_dirs, *(timing_path(c, results) for c in block_dirs))
 
     adapter_sha = None
     from ..core.design import CHECKPOINT

@@ -42,7 +42,7 @@ from ..core.design import KEY, fmt_tokens
 from ..core.design import VARIANTS
 from html import escape as html_escape
 
-from ..core.io import PausetuneError, atomic_path, read_parquet, write_text
+from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, read_parquet, write_text
 
 KINDS = ("heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
          "attention_layer")
@@ -624,6 +624,7 @@ def js_bundle(config: dict | None = None) -> str:
         pass
     js = vlc.javascript_bundle(vl_version=vl)
     try:
+        clean_dead_tmp(path.parent)  # the cache is shared by every project: only a dead writer's temp files
         write_text(path, js)
     except OSError:
         pass  # a read-only cache only costs time
@@ -646,6 +647,7 @@ def save_chart(chart, stem: str | Path, formats=FORMATS, scale: float = 2.0, con
     import vl_convert as vlc
 
     stem = Path(stem)
+    clean_dead_tmp(stem.parent)  # a killed job's temp files; the folder's other figures may be drawn right now
     spec = chart.to_dict()
     vl = _vl_version()
     written = []

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..core import layout
 from ..core.config import EvalConfig, PublishConfig, ShardsConfig, TrainConfig
 from ..core.design import VARIANTS
-from ..core.io import PausetuneError, atomic_path, read_json, write_text
+from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, read_json, write_text
 
 PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
 # The authors' recipe (paper + Unsloth notebook, MISSION.md): what each run's recipe is held against on its page.
@@ -561,6 +561,8 @@ def add_arguments(p) -> None:
 
 def main(args, config: dict) -> int:
     page = Path(args.output or config["publish"]["page"])
+    # a killed run's temp files beside the page and in its figure and table folders (only a dead writer's)
+    clean_dead_tmp(page.parent, config["publish"]["figures_dir"], *filter(None, [config["publish"].get("tables_dir")]))
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
