@@ -276,6 +276,25 @@ def test_max_context_reruns_only_the_page(repro):
         cfg_path.write_text(before)
 
 
+def test_wrong_wheel_hash_keeps_the_good_parquet(repro):
+    """A wrong sha256 fails the download stage in one line; DVC does not delete the output first (persist)."""
+    project = repro["project"]
+    cfg_path = project / "config" / "config.yaml"
+    raw = project / "data" / "raw" / "paul_graham.parquet"
+    before, good = cfg_path.read_text(), md5(raw)
+    try:
+        cfg = yaml.safe_load(before)
+        cfg["sources"]["paul_graham"]["sha256"] = "0" * 64
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        proc = dvc(project, "repro", "download@paul_graham", check=False)
+        assert proc.returncode != 0
+        assert "sha256" in proc.stdout + proc.stderr and "0" * 64 in proc.stdout + proc.stderr
+        assert raw.exists() and md5(raw) == good
+    finally:
+        cfg_path.write_text(before)
+    assert "download@paul_graham" not in dvc(project, "status").stdout
+
+
 def test_param_change_reruns_only_dependants(repro):
     project = repro["project"]
     cfg_path = project / "config" / "config.yaml"

@@ -493,9 +493,9 @@ def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, p
                "tables_dir": str(tmp_path / "site" / "tables")}
     # every folder the eval, aggregate, figures, publish and download stages write: the cell's, the timing's, the
     # cell cache, the tables, a figure's, the page's and its figure and table folders, data/raw
-    raw = tmp_path / "raw"
+    raw, paused = tmp_path / "raw", tmp_path / "paused"
     folders = [cell.parent, timing.parent, results / ".cells", tables, fig, Path(publish["page"]).parent,
-               Path(publish["figures_dir"]), Path(publish["tables_dir"]), raw]
+               Path(publish["figures_dir"]), Path(publish["tables_dir"]), raw, paused]
     dead = hold_temp_files(*(f / "dead.json" for f in folders))
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
@@ -503,6 +503,8 @@ def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, p
     try:
         assert all(len(temp_files(f, "dead.json")) == 1 and len(temp_files(f, "live.json")) == 1 for f in folders)
         run_cli("download", *tiny_config, "--source", "paul_graham", "--output", str(raw / "paul_graham.parquet"))
+        run_cli("pause", *tiny_config, "--input", str(raw / "paul_graham.parquet"), "--output",
+                str(paused / "heuristic.parquet"), "--stats", str(paused / "heuristic.stats.json"))
         run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
         run_cli("aggregate", *tiny_config, "--cells", str(cell), "--out-dir", str(tables), "--bootstrap", "10")
         run_cli("figures", *tiny_config, "--cells-table", str(tables / "cells.parquet"), "--kind", "heatmap",
@@ -515,6 +517,13 @@ def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, p
             assert len(temp_files(f, "live.json")) == 1, f  # the live one's: untouched
         assert cell.exists() and (tables / "manifest.json").exists() and (fig / "tiny.png").exists()
         assert Path(publish["page"]).exists()
+        # rescore rewrites cells and cache entries: a killed writer's temp files there go too
+        again = hold_temp_files(cell.parent / "dead2.json", results / ".cells" / "dead2.json")
+        os.kill(again.pid, signal.SIGKILL)
+        again.wait()
+        run_cli("rescore", *tiny_config, "--cells", str(cell), "--cells-cache", str(results / ".cells"), "--force")
+        assert temp_files(cell.parent, "dead2.json") == [] and temp_files(results / ".cells", "dead2.json") == []
+        assert len(temp_files(cell.parent, "live.json")) == 1
     finally:
         live.communicate("\n", timeout=60)
     assert live.returncode == 0 and all((f / "live.json").read_text() == "partial" for f in folders)

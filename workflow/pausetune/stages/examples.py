@@ -17,7 +17,7 @@ from ..core.banks import bank_hash, check_banks
 from ..core.design import TRAIN_VARIANTS
 from ..core.examples import ExampleBuilder, check_config, example_rng
 from ..core.fingerprint import code_record
-from ..core.io import PausetuneError, atomic_dir, read_parquet, sha256_file, write_json
+from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_parquet, sha256_file, write_json
 from ..core.splits import essay_split
 from ..core.tokens import setup_pause, tokenizer_fingerprint
 
@@ -104,6 +104,7 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
                                   "answer_end": datasets.Value("int32"), "length": datasets.Value("int32"),
                                   "depth": datasets.Value("float64"), "needle_positions": seq,
                                   "pause_positions": seq, "bank_index": seq})
+    clean_stale_tmp(out_dir)  # a killed run's `.{variant}.*.tmp` (one job at a time writes this output)
     with atomic_dir(out_dir) as tmp:
         dd = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows[name], features=features)
                                    for name in rows if rows[name]["input_ids"]})  # no empty validation split
