@@ -98,8 +98,9 @@ def test_engine_equals_generate_random_model(rand_model, batch_size, reuse, chun
     assert rand_model.config._attn_implementation == "sdpa"  # restored after the run
 
 
-def test_engine_equals_generate_smollm2(smollm2_dir, pg_paused):
-    """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
+def smollm2_requests(smollm2_dir, pg_paused, cells):
+    """fp32 SmolLM2, its tokenizer, and the default config's single-needle prompts at (length, depth) cells over the
+    real paused haystack: what the engine-vs-generate tests compare on."""
     from pausetune.core.config import load_config
     from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
     from pausetune.core.models import load_model, load_tokenizer
@@ -112,12 +113,17 @@ def test_engine_equals_generate_smollm2(smollm2_dir, pg_paused):
     essays = dict(load_essays([str(pg_paused)]))
     stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 1000, None)
     b = PromptBuilder(tok, config, "smollm2")
-    needle = config["tasks"]["single"]["needles"]
-    q = config["tasks"]["single"]["question"]
+    needle, q = config["tasks"]["single"]["needles"], config["tasks"]["single"]["question"]
     reqs = []
-    for n, d in ((600, 0), (600, 50), (600, 100), (1000, 50)):
+    for n, d in cells:
         cp = b.build(stream, n, d, needle, q)
         reqs.append(Request((n, d), cp.ids, cp.shareable))
+    return tok, model, reqs
+
+
+def test_engine_equals_generate_smollm2(smollm2_dir, pg_paused):
+    """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
+    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paused, ((600, 0), (600, 50), (600, 100), (1000, 50)))
     eos = eos_ids_of(model, tok)
     got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2).run(reqs)}
     hits = 0
@@ -334,24 +340,7 @@ def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
     """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
     (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is
     what this checks, and the count of cells that differ is printed if any do."""
-    from pausetune.core.config import load_config
-    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
-    from pausetune.core.models import load_model, load_tokenizer
-
-    from conftest import DEFAULT_CONFIG
-
-    config = load_config([str(DEFAULT_CONFIG)])
-    tok = load_tokenizer(smollm2_dir)
-    model = load_model(smollm2_dir, "float32", "cpu")
-    essays = dict(load_essays([str(pg_paused)]))
-    stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 1000, None)
-    b = PromptBuilder(tok, config, "smollm2")
-    needle, q = config["tasks"]["single"]["needles"], config["tasks"]["single"]["question"]
-    reqs = []
-    for n in (600, 1000):
-        for d in (0, 50, 100):
-            cp = b.build(stream, n, d, needle, q)
-            reqs.append(Request((n, d), cp.ids, cp.shareable))
+    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paused, [(n, d) for n in (600, 1000) for d in (0, 50, 100)])
     eos = eos_ids_of(model, tok)
     got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route).run(reqs)}
     differ = [r.key for r in reqs if got[r.key] != generate_reference(model, r.ids, 24, eos)[0]]

@@ -56,7 +56,7 @@ from ..core.checkpoints import dir_hashes
 from ..core.config import TrainConfig
 from ..core.design import TRAIN_VARIANTS
 from ..core.fingerprint import code_record, fingerprint
-from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
+from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_json, sha256_file, write_json, write_text
 
 STATE_VERSION = 1
 # config keys of `train` that do not change the trained adapter (the run key ignores them)
@@ -598,14 +598,6 @@ def restore_state(state_dir: Path, model, optimizer, scheduler) -> None:
     _set_rng_state(blob["rng"])
 
 
-def _clean_stale_tmp(path: Path) -> None:
-    """Temp folders atomic_dir left behind when a job was SIGKILLed (`.{name}.*.tmp`)."""
-    if not path.parent.is_dir():
-        return
-    for p in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(p, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------------------------- helpers
 def package_versions() -> dict:
     from importlib import metadata
@@ -747,8 +739,8 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
     run = Run(model_name, variant, cfg, seed, device, model_dir, data_dir, output, checked, data, model, info,
               optimizer, scheduler, info["autocast"], run_key, t_start)
 
-    _clean_stale_tmp(run.state_dir)
-    _clean_stale_tmp(output)
+    clean_stale_tmp(run.state_dir)  # a killed run's temp folders (one job at a time writes this output)
+    clean_stale_tmp(output)
     meta = load_state(run.state_dir, run_key)
     if meta is not None:
         try:
