@@ -58,8 +58,7 @@ $PY bench/eval_grid.py "$TOK" --random-shape "$SHAPE" --device "$DEV" --lengths 
     --allow-mismatch --json "$OUT/eval_grid.json" 2>&1 | tee "$OUT/eval_grid.log"
 # 2. a LoRA step in bf16 against an nf4 QLoRA step, 2 x SEQ tokens
 $PY bench/train_step.py --random-shape "$TSHAPE" --device "$DEV" --batch 2 --seq-len "$SEQ" --steps 3 --warmup 1 \
-    --only ours 2>&1 | tee "$OUT/train_bf16.log"
+    --only ours --json "$OUT/train_bf16.json" 2>&1 | tee "$OUT/train_bf16.log"
 $PY bench/train_step.py --random-shape "$TSHAPE" --device "$DEV" --batch 2 --seq-len "$SEQ" --steps 3 --warmup 1 \
-    --only ours --quantization "$QUANT" 2>&1 | tee "$OUT/train_nf4.log"
-for t in bf16 nf4; do sed -n 's/^BENCH_RESULT //p' "$OUT/train_$t.log" > "$OUT/train_$t.json"; done
+    --only ours --quantization "$QUANT" --json "$OUT/train_nf4.json" 2>&1 | tee "$OUT/train_nf4.log"
 echo "bench/gpu.sh: done -> $OUT"

@@ -243,9 +243,15 @@ def run_one(args, impl: str) -> dict:
 def main(argv=None) -> int:
     args = parse(argv)
     if args.only:
-        print("BENCH_RESULT " + json.dumps(run_one(args, args.only)), flush=True)
+        r = run_one(args, args.only)
+        print("BENCH_RESULT " + json.dumps(r), flush=True)
+        if args.json:  # one side asked for by hand (the alternating parent passes its children no --json)
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), args.only: r}, f, indent=2)
         return 0
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [a for i, a in enumerate(argv) if a != "--json" and not a.startswith("--json=")
+            and not (i and argv[i - 1] == "--json")]
     results: dict = {}
     for _ in range(args.rounds):
         for impl in ("ours", "trainer"):

@@ -26,6 +26,6 @@ def test_gpu_script_rehearsal_writes_its_figures(smollm2_dir, tmp_path):
     grid = json.loads((out / "eval_grid.json").read_text())
     assert grid["device"] == "cpu" and grid["cells"] > 0 and grid["speedup"] > 0 and grid["gemm_peak_gflops"] > 0, grid
     for t in ("bf16", "nf4"):
-        step = json.loads((out / f"train_{t}.json").read_text())
+        step = json.loads((out / f"train_{t}.json").read_text())["ours"]  # --only ours --json
         assert step["tokens_per_step"] == 2 * 128 and step["step_s_median"] > 0, step
     assert "bench/gpu.sh: done" in proc.stdout

@@ -86,7 +86,7 @@ def eval_runtime_args():
 
 
 def eval_resource(key):
-    return lambda wc: config["eval"].get("resources", {}).get(key, {"mem_mb": 8000, "runtime": 60, "gpu": 0}[key])
+    return lambda wc: config["eval"]["resources"][key]  # the schema fills its defaults
 
 
 EVAL_SHAPE = block_shape(config)  # pausetune.core.grid: outputs, log and grid arguments of one job

@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 
+from .config import BanksConfig
 from .io import PausetuneError
 
 # (needle, question, subject list, answer list); {s} is the subject, {a} the answer.
@@ -180,7 +181,7 @@ def generate(which: str, size: int, seed: int, eval_fraction: float = 0.25) -> l
 
 
 def _extra(config: dict, which: str) -> list[dict]:
-    rows = ((config.get("banks") or {}).get(which) or {}).get("extra") or []
+    rows = getattr(BanksConfig.of(config), which)["extra"]
     for i, r in enumerate(rows):
         for key in ("needle", "question", "answer"):
             if not isinstance(r, dict) or not str(r.get(key) or "").strip():
@@ -190,10 +191,8 @@ def _extra(config: dict, which: str) -> list[dict]:
 
 def bank(config: dict, which: str) -> list[dict]:
     """The training or evaluation bank of a config: generated triples, then the config's extra ones."""
-    cfg = config.get("banks") or {}
-    size = int((cfg.get(which) or {}).get("size", 300 if which == "train" else 60))
-    rows = generate(which, size, int(config.get("seed", 0)), float(cfg.get("eval_fraction", 0.25))) + \
-        _extra(config, which)
+    cfg = BanksConfig.of(config)
+    rows = generate(which, getattr(cfg, which)["size"], config["seed"], cfg.eval_fraction) + _extra(config, which)
     if not rows:
         raise PausetuneError(f"config key 'banks.{which}': the {'training' if which == 'train' else 'evaluation'} "
                              f"needle bank is empty (size 0 and no extra triples)")
@@ -214,7 +213,7 @@ def _eval_only(config: dict) -> list[tuple[str, str, str]]:
     out = [(r["needle"], r["answer"], "the evaluation bank") for r in bank(config, "eval")]
     out += [(r["needle"], r["answer"], "the classic harness needles (evaluation-only)") for r in CLASSIC]
     out += [("", a, "the classic harness needles (evaluation-only)") for a in CLASSIC_ANSWERS]
-    for name, spec in (config.get("tasks") or {}).items():
+    for name, spec in config["tasks"].items():
         if spec.get("kind") in ("single", "multi") and not spec.get("bank"):
             facts = [f for per in spec.get("expected") or [] for f in per]
             for n in spec.get("needles") or []:

@@ -9,38 +9,37 @@ from .io import PausetuneError
 from .needles import check_task
 
 def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -> None:
-    """Config-level checks of the eval grid; one line naming the key. Tokenizer checks if models are prepared."""
-    ev = config.get("eval", {})
-    models = config.get("models", {})
-    tasks = config.get("tasks", {})
-    for m in ev.get("models", []):
+    """Config-level checks of the eval grid (a validated config: the schema's defaults are filled); one line naming
+    the key. Tokenizer checks if models are prepared."""
+    ev, tasks = config["eval"], config["tasks"]
+    models = config.get("models") or {}  # no default: a config may name none
+    for m in ev["models"]:
         if m not in models:
             raise PausetuneError(f"config key 'eval.models': unknown model '{m}'; known: {sorted(models)}")
-    for v in ev.get("variants", []):
+    for v in ev["variants"]:
         if v not in VARIANTS:
             raise PausetuneError(f"config key 'eval.variants': unknown variant '{v}'; known: {list(VARIANTS)}")
         if v in CHECKPOINT:
-            for m in ev.get("models", []):
-                if m not in config.get("train", {}).get("models", []):
+            for m in ev["models"]:
+                if m not in config["train"]["models"]:
                     raise PausetuneError(f"config key 'eval.variants': '{v}' needs a checkpoint of model '{m}', "
                                          f"which train.models does not list")
-    for t in ev.get("tasks", []):
+    for t in ev["tasks"]:
         if t not in tasks:
             raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {sorted(tasks)}")
         check_task(t, tasks[t])
-    if ev.get("block", "length") not in BLOCKS:
+    if ev["block"] not in BLOCKS:
         raise PausetuneError(f"config key 'eval.block': expected one of {list(BLOCKS)}")
-    for s in ev.get("haystack_sources", []):
+    for s in ev["haystack_sources"]:
         if config.get("sources") and s not in config["sources"]:
             raise PausetuneError(f"config key 'eval.haystack_sources': unknown source '{s}'")
-    for t in ev.get("task_grid") or {}:
+    for t in ev["task_grid"]:
         if t not in tasks:
             raise PausetuneError(f"config key 'eval.task_grid.{t}': unknown task '{t}'; known: {sorted(tasks)}")
-    ev = {"lengths": [1000], "depths": [0], **ev}
-    per_task = {t: task_axes({"eval": ev}, t) for t in ev.get("tasks", [])}
+    per_task = {t: task_axes(config, t) for t in ev["tasks"]}
     lengths = sorted({n for ls, _ in per_task.values() for n in ls}) or expand_lengths(ev["lengths"])
     expand_depths(ev["depths"])
-    if ev.get("block", "length") == "length" and len({tuple(ds) for _, ds in per_task.values()}) > 1:
+    if ev["block"] == "length" and len({tuple(ds) for _, ds in per_task.values()}) > 1:
         raise PausetuneError("config key 'eval.task_grid': tasks with different depths need eval.block seed or cell "
                              "(a length block's outputs are one depth list)")
     judge = ev.get("judge")
@@ -48,14 +47,14 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
         raise PausetuneError(f"config key 'eval.judge.model': unknown model '{judge.get('model')}'")
     if judge and judge.get("kind") == "openai" and not (judge.get("base_url") and judge.get("model")):
         raise PausetuneError("config key 'eval.judge': kind 'openai' needs base_url and model")
-    for m in ev.get("models", []):
+    for m in ev["models"]:
         limit = models[m].get("max_context")
         for n in lengths:
-            if limit and n + ev.get("max_new_tokens", 32) > limit:
+            if limit and n + ev["max_new_tokens"] > limit:
                 raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
-                                     f"{ev.get('max_new_tokens', 32)} exceeds models.{m}.max_context {limit}")
+                                     f"{ev['max_new_tokens']} exceeds models.{m}.max_context {limit}")
     if prepared_root is not None:
-        for m in ev.get("models", []):
+        for m in ev["models"]:
             mdir = Path(prepared_root) / m
             if (mdir / "prepared.json").exists():
                 check_budgets(config, m, mdir)
@@ -64,14 +63,14 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
 def check_block(config: dict, model: str, variant: str, tasks: list[str], lengths: list[int],
                 depths: list[float]) -> None:
     """The CLI's checks of the one block it runs (its config may hold only this block's keys)."""
-    models, ev = config.get("models", {}), config["eval"]
+    models, ev = config.get("models") or {}, config["eval"]
     if model not in models:
         raise PausetuneError(f"config key 'models': unknown model '{model}'; known: {sorted(models)}")
     if variant not in VARIANTS:
         raise PausetuneError(f"config key 'eval.variants': unknown variant '{variant}'; known: {list(VARIANTS)}")
     for t in tasks:
-        if t not in config.get("tasks", {}):
-            known = sorted(config.get("tasks", {}))
+        if t not in config["tasks"]:
+            known = sorted(config["tasks"])
             raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {known}")
         check_task(t, config["tasks"][t])
     for d in depths:
@@ -123,7 +122,7 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
         for s in ev["seeds"][:1] if fixed else ev["seeds"]:
             for n in lengths:
                 for d in depths[:1] if fixed else depths:
-                    inst = build_task(t, spec, config.get("seed", 0), s, n, d, bank=bank)
+                    inst = build_task(t, spec, config["seed"], s, n, d, bank=bank)
                     nt = sum(len(x) for x in builder.encode_needles(inst.needles))
                     budget(n, ev, nt, builder.overhead(inst.question), task=t)
 
@@ -137,7 +136,7 @@ def check_judge(judge: dict | None, timeout: float = 10.0) -> None:
 
     if not judge or judge.get("kind") != "openai":
         return
-    env = judge.get("api_key_env", "OPENAI_API_KEY")
+    env = judge["api_key_env"]
     key = os.environ.get(env)
     if not key:
         raise PausetuneError(f"config key 'eval.judge.api_key_env': environment variable {env} is not set")

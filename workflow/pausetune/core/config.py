@@ -7,6 +7,7 @@ stage run from Snakemake, from dvc.yaml or by hand sees the same resolved values
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from dataclasses import dataclass
@@ -79,29 +80,29 @@ def validate(config: dict, schema: dict | None = None) -> dict:
 
 
 def check_references(config: dict) -> None:
-    """Cross-key checks a JSON schema cannot express: names that refer to other entries."""
-    models = config.get("models", {})
-    sources = config.get("sources", {})
-    for name in config.get("shards", {}).get("models", []):
+    """Cross-key checks a JSON schema cannot express: names that refer to other entries (on a validated config:
+    the schema's defaults are filled)."""
+    models, sources, shards = config.get("models") or {}, config.get("sources") or {}, config["shards"]
+    for name in shards["models"]:
         if models and name not in models:
             raise PausetuneError(f"config key 'shards.models': unknown model '{name}'; known: {sorted(models)}")
-    for name in config.get("shards", {}).get("sources", []):
+    for name in shards["sources"]:
         if sources and name not in sources:
             raise PausetuneError(f"config key 'shards.sources': unknown source '{name}'; known: {sorted(sources)}")
     for name, entry in models.items():
-        src = entry.get("source", {})
-        if src.get("kind") == "random" and src.get("tokenizer_from") not in models:
+        src = entry["source"]
+        if src["kind"] == "random" and src.get("tokenizer_from") not in models:
             raise PausetuneError(
                 f"config key 'models.{name}.source.tokenizer_from': unknown model '{src.get('tokenizer_from')}'"
             )
-    seq_len = config.get("shards", {}).get("seq_len")
-    for name in config.get("shards", {}).get("models", []):
+    seq_len = shards["seq_len"]
+    for name in shards["models"]:
         limit = models.get(name, {}).get("max_context")
-        if limit and seq_len and seq_len > limit:  # here, not in train: max_context is no rule's rerun trigger
+        if limit and seq_len > limit:  # here, not in train: max_context is no rule's rerun trigger
             raise PausetuneError(f"config key 'shards.seq_len': seq_len {seq_len} exceeds the maximum context {limit} "
                                  f"of model '{name}' (models.{name}.max_context)")
-    pause = config.get("pause", {})
-    if pause.get("mode") == "reserved" and not pause.get("reserved_token"):
+    pause = config["pause"]
+    if pause["mode"] == "reserved" and not pause["reserved_token"]:
         raise PausetuneError("config key 'pause.reserved_token': required when pause.mode is 'reserved'")
 
 
@@ -199,12 +200,45 @@ def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
 # view's fields to the schema's keys), so code reads `cfg.lr`, never `cfg.get("lr", 2e-4)`.
 
 
-def _section_schema(path: tuple[str, ...]) -> dict:
+@functools.lru_cache(maxsize=None)
+def _section_validator(path: tuple[str, ...]):
+    """The default-filling validator of the schema's part at `path` ('*': an entry of a by-name map, such as
+    sources.<name> or tasks.<name>; ('$defs', name): a shared definition such as the lengths spec)."""
     schema = load_schema()
-    sub = schema
+    if path[:1] == ("$defs",):
+        sub = schema["$defs"][path[1]]
+    else:
+        sub = schema
+        for key in path:
+            sub = sub["additionalProperties"] if key == "*" else sub["properties"][key]
+    return _validator_with_defaults()({**sub, "$defs": schema.get("$defs", {})})
+
+
+def schema_default(*path: str):
+    """The schema's default at a dotted path, for a library function's keyword default (e.g. the bootstrap count
+    of core.stats): one home for each default even where no config is at hand."""
+    sub = load_schema()
     for key in path:
         sub = sub["properties"][key]
-    return {**sub, "$defs": schema.get("$defs", {})}
+    return copy.deepcopy(sub["default"])
+
+
+def filled(path: tuple[str, ...], data: dict | None, where: str | None = None) -> dict:
+    """A copy of one config section with the schema's defaults filled in, validated against its part of the
+    schema (one line naming `where`, default the dotted path, on error). For sections whose keys depend on a
+    `kind` (sources, model sources, tasks), where a typed view would be a union; the others have views below."""
+    import jsonschema
+
+    data = copy.deepcopy(dict(data or {}))
+    errors = list(_section_validator(tuple(path)).iter_errors(data))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        while error.context:
+            error = jsonschema.exceptions.best_match(error.context)
+        prefix = where or ".".join(path)
+        msg = _one_line(error).replace("config key '", f"config key '{prefix}.", 1)
+        raise PausetuneError(msg.replace(".'", "'").replace(".<top>'", "'"))
+    return data
 
 
 class Section:
@@ -224,16 +258,7 @@ class Section:
         import dataclasses
         import typing
 
-        import jsonschema
-
-        data = copy.deepcopy(dict(data or {}))
-        errors = list(_validator_with_defaults()(_section_schema(cls.PATH)).iter_errors(data))
-        if errors:
-            error = jsonschema.exceptions.best_match(errors)
-            while error.context:
-                error = jsonschema.exceptions.best_match(error.context)
-            msg = _one_line(error).replace("config key '", f"config key '{'.'.join(cls.PATH)}.", 1)
-            raise PausetuneError(msg.replace(".'", "'").replace(".<top>'", "'"))
+        data = filled(cls.PATH, data)
         hints = typing.get_type_hints(cls)
         values = {}
         for f in dataclasses.fields(cls):
@@ -347,7 +372,62 @@ class ReportConfig(Section):
     skip_bad_cells: bool
 
 
-VIEWS = (LoraConfig, TrainConfig, EvalConfig, ShardsConfig, PublishConfig, ReportConfig)
+@dataclass(frozen=True)
+class ExamplesConfig(Section):
+    PATH = ("examples",)
+    count: int
+    validation_count: int
+    lengths: dict
+    needles: int
+    depths: dict
+    template: str
+    authors_template: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class BanksConfig(Section):
+    PATH = ("banks",)
+    eval_fraction: float
+    train: dict
+    eval: dict
+
+
+@dataclass(frozen=True)
+class PauseConfig(Section):
+    PATH = ("pause",)
+    token: str
+    mode: str
+    reserved_token: Optional[str]
+
+
+@dataclass(frozen=True)
+class ParagraphsConfig(Section):
+    PATH = ("paragraphs",)
+    method: str
+    min_words: int
+
+
+@dataclass(frozen=True)
+class PromptConfig(Section):
+    PATH = ("prompt",)
+    system: str
+    instruction: str
+    plain_template: str
+
+
+VIEWS = (LoraConfig, TrainConfig, EvalConfig, ShardsConfig, PublishConfig, ReportConfig, ExamplesConfig, BanksConfig,
+         PauseConfig, ParagraphsConfig, PromptConfig)
+
+
+def source_spec(config: dict, name: str) -> dict:
+    """sources.<name> with its kind's defaults filled in."""
+    return filled(("sources", "*"), config["sources"][name], f"sources.{name}")
+
+
+def task_spec(name: str, spec: dict) -> dict:
+    """tasks.<name> with its kind's defaults filled in (RULER value digits, hops, chains, bank)."""
+    return filled(("tasks", "*"), spec, f"tasks.{name}")
 
 
 def subset(config: dict, *keys: str) -> str:

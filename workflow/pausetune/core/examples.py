@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import random
 
+from .config import ExamplesConfig
 from .haystack import Boundaries, PromptBuilder, insert_needles
 from .io import PausetuneError
 from .tokens import encode_paragraphs, separator_ids
@@ -41,18 +42,16 @@ _PROBE = "\u241fPAUSETUNE-ANSWER\u241f"
 
 def check_config(config: dict) -> None:
     """Config-level checks (while the DAG is built): the length range, the depths, the window of each tuned model."""
-    ex = config.get("examples") or {}
-    lengths = ex.get("lengths") or {}
-    lo, hi = int(lengths.get("min", 1)), int(lengths.get("max", 1))
+    ex = ExamplesConfig.of(config)
+    lo, hi = ex.lengths["min"], ex.lengths["max"]
     if lo > hi:
         raise PausetuneError(f"config key 'examples.lengths': min {lo} is above max {hi}")
-    depths = ex.get("depths") or {}
-    if float(depths.get("min", 0)) > float(depths.get("max", 100)):
+    if ex.depths["min"] > ex.depths["max"]:
         raise PausetuneError("config key 'examples.depths': min is above max")
-    if (config.get("train") or {}).get("objective") != "retrieval":
+    if config["train"]["objective"] != "retrieval":
         return
-    for m in (config.get("train") or {}).get("models", []):
-        limit = (config.get("models") or {}).get(m, {}).get("max_context")
+    for m in config["train"]["models"]:
+        limit = config["models"][m].get("max_context")
         if limit and hi > limit:
             raise PausetuneError(f"config key 'examples.lengths.max': {hi} tokens exceeds models.{m}.max_context "
                                  f"{limit} (the model window)")
@@ -62,22 +61,22 @@ class ExampleBuilder:
     """Renders and places examples for one tokenizer; `pause_ids` None builds the plain variant."""
 
     def __init__(self, tokenizer, config: dict, model: str, pause_ids: list[int] | None = None):
-        ex = config["examples"]
+        ex = ExamplesConfig.of(config)
         self.tok, self.ex, self.pause_ids = tokenizer, ex, list(pause_ids or [])
         cfg = copy.deepcopy(config)
-        if ex.get("template", "chat") == "authors":
+        if ex.template == "authors":
             cfg["models"][model] = {**cfg["models"][model], "chat_template": False}
-            cfg["prompt"] = {**cfg["prompt"], "plain_template": ex["authors_template"]}
+            cfg["prompt"] = {**cfg["prompt"], "plain_template": ex.authors_template}
         # placement on the plain document: boundaries without pause ids (the paused one is derived from it)
         self.prompts = PromptBuilder(tokenizer, cfg, model, None, boundaries=False)
-        self.bounds = Boundaries(tokenizer, cfg["eval"].get("sentence_end", "sentence"), None)
+        self.bounds = Boundaries(tokenizer, cfg["eval"]["sentence_end"], None)
         self.sep = separator_ids(tokenizer)
         self._memo: dict[str, tuple[list[int], list[int]]] = {}
         self.end_ids = self._end_ids()
 
     @property
     def layout(self) -> str:
-        return "authors" if self.ex.get("template") == "authors" else (self.prompts.format or "chat")
+        return "authors" if self.ex.template == "authors" else (self.prompts.format or "chat")
 
     def _end_ids(self) -> list[int]:
         """The template's end-of-turn tokens after an assistant reply (the EOS for a plain layout)."""
@@ -98,7 +97,7 @@ class ExampleBuilder:
         return [tok.eos_token_id] if tok.eos_token_id is not None else []
 
     def reply_ids(self, triple: dict) -> list[int]:
-        text = triple["needle"] if self.ex.get("answer", "needle") == "needle" else triple["answer"]
+        text = triple["needle"] if self.ex.answer == "needle" else triple["answer"]
         _, tail = self.prompts.parts(triple["question"])
         if tail and not self.tok.decode(tail[-1:])[-1:].isspace():
             text = " " + text
@@ -112,8 +111,8 @@ class ExampleBuilder:
 
     def check_fits(self, bank: list[dict]) -> None:
         """One line when the longest bank triple (with the k-1 longest others) leaves no haystack at lengths.min."""
-        k = int(self.ex.get("needles", 1))
-        lo = int(self.ex["lengths"]["min"])
+        k = self.ex.needles
+        lo = self.ex.lengths["min"]
         if k > len(bank):
             raise PausetuneError(f"config key 'examples.needles': {k} needles per example, the training bank has "
                                  f"only {len(bank)} triples")
@@ -154,9 +153,9 @@ class ExampleBuilder:
     def build(self, rng: random.Random, essays: dict[str, list[str]], ids: list[str], bank: list[dict]) -> dict:
         """One example, all draws from `rng` (the same draws for the pause and plain builders)."""
         ex = self.ex
-        length = rng.randint(int(ex["lengths"]["min"]), int(ex["lengths"]["max"]))
-        depth = round(rng.uniform(float(ex["depths"].get("min", 0)), float(ex["depths"].get("max", 100))), 2)
-        picks = rng.sample(range(len(bank)), int(ex.get("needles", 1)))
+        length = rng.randint(ex.lengths["min"], ex.lengths["max"])
+        depth = round(rng.uniform(float(ex.depths["min"]), float(ex.depths["max"])), 2)
+        picks = rng.sample(range(len(bank)), ex.needles)
         order = sorted(ids)
         rng.shuffle(order)
         triples = [bank[i] for i in picks]

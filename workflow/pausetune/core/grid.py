@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from . import layout
+from .config import filled
 from .design import format_depth
 from .io import PausetuneError
 
@@ -32,12 +33,13 @@ def expand_lengths(spec) -> list[int]:
     """A list as given, or {min, max, num, spacing: linear|log} (linear: the harness's rounded linspace)."""
     if isinstance(spec, list):
         return [int(x) for x in spec]
+    spec = filled(("$defs", "lengths"), spec, "eval.lengths")
     lo, hi, num = int(spec["min"]), int(spec["max"]), int(spec["num"])
     if lo > hi:
         raise PausetuneError(f"config key 'eval.lengths': min {lo} > max {hi}")
     if num == 1:
         return [lo]
-    if spec.get("spacing", "linear") == "log":
+    if spec["spacing"] == "log":
         vals = [lo * (hi / lo) ** (i / (num - 1)) for i in range(num)]
     else:
         vals = [lo + (hi - lo) * i / (num - 1) for i in range(num)]
@@ -56,9 +58,10 @@ def expand_depths(spec) -> list[float]:
     if isinstance(spec, list):
         vals = [float(x) for x in spec]
     else:
-        lo, hi, num = float(spec.get("min", 0)), float(spec.get("max", 100)), int(spec["num"])
+        spec = filled(("$defs", "depths"), spec, "eval.depths")
+        lo, hi, num = float(spec["min"]), float(spec["max"]), int(spec["num"])
         xs = [lo + (hi - lo) * i / (num - 1) for i in range(num)] if num > 1 else [lo]
-        if spec.get("spacing", "linear") == "sigmoid":
+        if spec["spacing"] == "sigmoid":
             vals = [_logistic(x) for x in xs]
         else:
             vals = [float(round(x)) for x in xs]
@@ -107,7 +110,7 @@ class Block:
 def task_axes(config: dict, task: str) -> tuple[list[int], list[float]]:
     """(lengths, depths) of one task: `eval.task_grid.<task>` where it sets them, else eval.lengths/depths."""
     ev = config["eval"]
-    over = (ev.get("task_grid") or {}).get(task) or {}
+    over = ev["task_grid"].get(task) or {}
     try:
         return expand_lengths(over.get("lengths", ev["lengths"])), expand_depths(over.get("depths", ev["depths"]))
     except PausetuneError as e:
@@ -131,7 +134,7 @@ def block_shape(config: dict) -> dict:
 
     Wildcards stay as `{model}` etc.; a job's other cells are spelled out (all depths of a length block, every
     task's grid of a seed block), so each cell stays its own requestable target."""
-    ax, mode = grid_axes(config), config["eval"].get("block", "length")
+    ax, mode = grid_axes(config), config["eval"]["block"]
     cell = layout.cell()
     job = "{model}/{variant}/{task}/seed{seed}/len{length}"
     depths = [format_depth(d) for d in ax["depths"]]
@@ -154,7 +157,7 @@ def block_shape(config: dict) -> dict:
 
 def blocks(config: dict) -> list[Block]:
     ax = grid_axes(config)
-    mode = config["eval"].get("block", "length")
+    mode = config["eval"]["block"]
     out = []
     for m in ax["models"]:
         for v in ax["variants"]:

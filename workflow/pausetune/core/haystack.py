@@ -47,6 +47,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import ShardsConfig
 from .io import PausetuneError, read_parquet, sha256_file
 from .tokens import encode_paragraphs, separator_ids
 
@@ -73,14 +74,14 @@ def haystack_ids(all_ids: list[str], config: dict) -> list[str]:
     from .splits import essay_split
 
     try:
-        ids = essay_split(list(all_ids), config["shards"], config.get("seed", 0))["haystack"]
+        ids = essay_split(list(all_ids), config["shards"], config["seed"])["haystack"]
     except PausetuneError:
         # essay_split refuses a split that leaves no training essays; the haystack part is the same rule.
         from .splits import _rank
 
-        cfg = config["shards"]
-        ids = sorted(i for i in all_ids if not cfg.get("holdout_haystack", True)
-                     or _rank(config.get("seed", 0), "haystack", i) < cfg.get("haystack_fraction", 0.5))
+        cfg = ShardsConfig.of(config)
+        ids = sorted(i for i in all_ids if not cfg.holdout_haystack
+                     or _rank(config["seed"], "haystack", i) < cfg.haystack_fraction)
     if not ids:
         raise PausetuneError("config key 'shards.haystack_fraction': no essay falls in the haystack split")
     return ids
@@ -168,7 +169,7 @@ class Boundaries:
 
 def budget(length: int, ev: dict, needle_tokens: int, overhead: int, task: str = "") -> int:
     """Haystack tokens H for one cell (module doc); one-line errors naming the key."""
-    buf = ev.get("buffer", 200)
+    buf = ev["buffer"]
     if buf is None:
         hay = length - overhead - needle_tokens
         what = f"prompt {overhead} + needles {needle_tokens}"
@@ -231,9 +232,9 @@ class PromptBuilder:
         self.ev = config["eval"]
         self.prompt = config["prompt"]
         entry = config["models"][model]
-        self.chat = bool(entry.get("chat_template", True) and getattr(tokenizer, "chat_template", None))
+        self.chat = bool(entry["chat_template"] and getattr(tokenizer, "chat_template", None))
         self.format = None
-        self.bounds = Boundaries(tokenizer, self.ev.get("sentence_end", "sentence"), pause_ids) if boundaries else None
+        self.bounds = Boundaries(tokenizer, self.ev["sentence_end"], pause_ids) if boundaries else None
         self._parts: dict[str, tuple[list[int], list[int]]] = {}
 
     def _render(self, question: str) -> str:
@@ -287,7 +288,7 @@ class PromptBuilder:
         return len(head) + len(tail)
 
     def encode_needles(self, needles: list[str]) -> list[list[int]]:
-        prefix = self.ev.get("needle_prefix", " ")
+        prefix = self.ev["needle_prefix"]
         return self.tok([prefix + n for n in needles], add_special_tokens=False)["input_ids"]
 
     def build(self, stream: list[int], length: int, depth: float, needles: list[str], question: str,

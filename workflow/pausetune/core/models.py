@@ -15,24 +15,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .config import filled
 from .io import PausetuneError, read_json
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def model_entry(config: dict, name: str) -> dict:
-    models = config.get("models", {})
+    """models.<name>, the schema's defaults filled in (dtype, trust_remote_code, chat_template)."""
+    models = config.get("models") or {}
     if name not in models:
         raise PausetuneError(f"config key 'models': unknown model '{name}'; known: {sorted(models)}")
-    return models[name]
-
-
-
-
-
-
-
-
+    return filled(("models", "*"), models[name], f"models.{name}")
 
 
 def resolve_path(model_dir: str | Path) -> tuple[Path, dict]:
@@ -46,7 +40,7 @@ def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
     path, info = resolve_path(model_dir)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=info.get("trust_remote_code", False))
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=info.get("trust_remote_code") is True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -93,7 +87,7 @@ def load_model(model_dir: str | Path, dtype: str = "auto", device: str | None = 
     path, info = resolve_path(model_dir)
     device = device or default_device()
     kwargs = {"dtype": torch_dtype(dtype, device), "use_safetensors": True,
-              "trust_remote_code": info.get("trust_remote_code", False)}
+              "trust_remote_code": info.get("trust_remote_code") is True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization == "nf4":
@@ -119,10 +113,6 @@ def max_context(model_dir: str | Path, entry: dict | None = None) -> int:
     path, _ = resolve_path(model_dir)
     cfg = json.loads((path / "config.json").read_text())
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------

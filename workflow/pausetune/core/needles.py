@@ -39,6 +39,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from .config import task_spec
 from .design import KINDS
 from .io import PausetuneError
 
@@ -101,9 +102,9 @@ def _names(rng: random.Random, n: int, letters: int = 5) -> list[str]:
 
 
 def _variable_tracking(name: str, spec: dict, rng: random.Random) -> TaskInstance:
-    hops, chains = int(spec.get("num_hops", 4)), int(spec.get("num_chains", 1))
+    hops, chains = spec["num_hops"], spec["num_chains"]
     names = _names(rng, chains * (hops + 1))
-    values = _values(rng, int(spec.get("value_digits", 5)), chains)
+    values = _values(rng, spec["value_digits"], chains)
     chain = [names[c * (hops + 1):(c + 1) * (hops + 1)] for c in range(chains)]
     needles, targets = [], []
     for h in range(hops + 1):
@@ -126,6 +127,7 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
                bank: list[dict] | None = None) -> TaskInstance:
     """One cell's task; `bank` is the evaluation bank, needed by tasks with `bank: true`."""
     check_task(name, spec)
+    spec = task_spec(name, spec)
     kind = spec["kind"]
     if spec.get("bank"):
         if not bank:
@@ -141,7 +143,7 @@ def build_task(name: str, spec: dict, root_seed: int, seed: int, length: int, de
     rng = cell_rng(root_seed, name, seed, length, depth)
     if kind == "variable_tracking":
         return _variable_tracking(name, spec, rng)
-    digits = int(spec.get("value_digits", 7))
+    digits = spec["value_digits"]
     tpl = spec["template"]
     if kind == "multivalue":
         key = _keys(rng, spec["key_words"], 1)[0]

@@ -91,7 +91,7 @@ def judge_openai(judge: dict, messages: list[dict], timeout: float = 60.0) -> st
     import urllib.error
     import urllib.request
 
-    env = judge.get("api_key_env", "OPENAI_API_KEY")
+    env = judge["api_key_env"]
     key = os.environ.get(env)
     if not key:
         raise PausetuneError(f"config key 'eval.judge.api_key_env': environment variable {env} is not set")
@@ -166,7 +166,7 @@ def score_cell(cell: dict, judge_cfg: dict | None = None, judge_call=None) -> di
     out.update(recall=sc["recall"], exact=sc["exact"], facts_found=sc["facts_found"], score=sc["score"],
                score_rule="recall", score_recall=sc["score"])
     if judge_call is not None:
-        reference = cell.get("reference") or " ".join(cell.get("needles", []))
+        reference = cell.get("reference") or " ".join(cell["needles"])
         j = judge_score(judge_cfg, judge_call, cell["question"], reference, cell["answer"])
         out["judge"] = j
         if j["parsed"]:

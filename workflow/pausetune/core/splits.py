@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+from .config import ShardsConfig
 from .io import PausetuneError
 
 def _rank(seed: int, salt: str, essay_id: str) -> float:
@@ -12,12 +13,13 @@ def _rank(seed: int, salt: str, essay_id: str) -> float:
 
 def essay_split(ids: list[str], shards_cfg: dict, seed: int) -> dict[str, list[str]]:
     """Which essays feed training, validation and the eval haystack (sorted lists of ids)."""
+    cfg = ShardsConfig.from_dict(shards_cfg)
     ids = sorted(ids)
-    haystack = [i for i in ids if _rank(seed, "haystack", i) < shards_cfg.get("haystack_fraction", 0.5)] \
-        if shards_cfg.get("holdout_haystack", True) else list(ids)
-    held = set(haystack) if shards_cfg.get("holdout_haystack", True) else set()
+    haystack = [i for i in ids if _rank(seed, "haystack", i) < cfg.haystack_fraction] \
+        if cfg.holdout_haystack else list(ids)
+    held = set(haystack) if cfg.holdout_haystack else set()
     rest = [i for i in ids if i not in held]
-    val = [i for i in rest if _rank(seed, "validation", i) < shards_cfg.get("validation_fraction", 0.1)]
+    val = [i for i in rest if _rank(seed, "validation", i) < cfg.validation_fraction]
     train = [i for i in rest if i not in set(val)]
     if not train:
         raise PausetuneError("config key 'shards': no essays left for training after the haystack/validation split")

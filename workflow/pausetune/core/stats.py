@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 import zlib
 
-DEFAULT_BOOTSTRAP = 2000
+from .config import schema_default
+
+DEFAULT_BOOTSTRAP = schema_default("report", "bootstrap")
 
 
 def comparison_seed(seed: int, model: str, task: str, variant: str, reference: str) -> list[int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from .config import PauseConfig
 from .io import PausetuneError
 
 PARAGRAPH_SEP = "\n\n"
@@ -28,14 +29,15 @@ PARAGRAPH_SEP = "\n\n"
 
 def setup_pause(tokenizer, pause: dict) -> list[int]:
     """Make the tokenizer know the pause marker (mutates it in special mode); return the marker's ids."""
-    mode, token = pause.get("mode", "special"), pause.get("token", "<PAUSE>")
+    cfg = PauseConfig.from_dict(pause)
+    mode, token = cfg.mode, cfg.token
     if mode == "special":
         if token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
         return [tokenizer.convert_tokens_to_ids(token)]
     if mode == "text":
         return tokenizer.encode(" " + token, add_special_tokens=False)
-    reserved = pause.get("reserved_token")
+    reserved = cfg.reserved_token
     if not reserved or reserved not in tokenizer.get_vocab():
         raise PausetuneError(f"config key 'pause.reserved_token': '{reserved}' is not a token of this tokenizer")
     return [tokenizer.convert_tokens_to_ids(reserved)]

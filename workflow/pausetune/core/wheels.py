@@ -61,10 +61,10 @@ def cached_sha256(package: str, version: str, cache: Path) -> list[str]:
 def wheel_entries(config: dict, sources=None, models=None) -> list[tuple[str, dict]]:
     """(config key, entry) of each wheel the named sources (kind paul_graham) and models (source kind wheel) read;
     all of them where a list is None."""
-    out = [(f"sources.{n}", s) for n, s in config.get("sources", {}).items()
-           if s.get("kind") == "paul_graham" and (sources is None or n in sources)]
-    out += [(f"models.{n}.source", m["source"]) for n, m in config.get("models", {}).items()
-            if m.get("source", {}).get("kind") == "wheel" and (models is None or n in models)]
+    out = [(f"sources.{n}", s) for n, s in (config.get("sources") or {}).items()
+           if s["kind"] == "paul_graham" and (sources is None or n in sources)]
+    out += [(f"models.{n}.source", m["source"]) for n, m in (config.get("models") or {}).items()
+            if m["source"]["kind"] == "wheel" and (models is None or n in models)]
     return out
 
 

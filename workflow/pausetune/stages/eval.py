@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from ..core import layout
+from ..core.config import EvalConfig, ShardsConfig
 from ..core.fingerprint import fingerprint
 from ..core.io import PausetuneError, clean_dead_tmp, dumps_json, read_json, sha256_file, write_json
 
@@ -132,8 +133,7 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
         "model_sha256": model_fingerprint(model_dir), "adapter_sha256": adapter_sha,
         "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS}, "prompt": config["prompt"],
         "pause": config["pause"] if PAUSED[variant] else None,
-        "split": {"seed": config.get("seed", 0), **{k: config["shards"].get(k) for k in
-                                                    ("holdout_haystack", "haystack_fraction")}},
+        "split": {"seed": config["seed"], **{k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}},
         "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
         "dtype": dtype, "device_type": device_type, "versions": versions(),
         "code_generate": code_identity()["generate"], "kernels": kernels(device_type, dtype),
@@ -219,7 +219,7 @@ def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, 
 
 
 def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict) -> None:
-    if not shard_manifest or not config["shards"].get("holdout_haystack", True):
+    if not shard_manifest or not ShardsConfig.of(config).holdout_haystack:
         return
     m = read_json(shard_manifest)
     trained = set()
@@ -247,20 +247,19 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     from ..core.grid import cell_path
     from ..core.checks import check_block, check_budgets
     from ..core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays, stream_meta
-    from ..core.models import default_device, torch_dtype
+    from ..core.models import default_device, model_entry, torch_dtype
     from ..core.needles import build_task
     from ..core.scoring import make_judge, score_cell
 
     ev = config["eval"]
     tasks = list(dict.fromkeys(t for t, _, _ in cells))
     check_block(config, model, variant, tasks, sorted({n for _, n, _ in cells}), sorted({d for _, _, d in cells}))
-    device = device or ev.get("device") or default_device()
-    dname = ev.get("dtype", "auto")
-    if dname == "auto":
-        dname = config["models"][model].get("dtype", "auto")
+    evc = EvalConfig.of(config)
+    device = device or evc.device or default_device()
+    dname = evc.dtype if evc.dtype != "auto" else model_entry(config, model)["dtype"]
     dtype_resolved = str(torch_dtype(dname, device)).replace("torch.", "")
-    if ev.get("threads"):
-        torch.set_num_threads(int(ev["threads"]))
+    if evc.threads:
+        torch.set_num_threads(evc.threads)
     cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
     # A killed job's temp files here (the cache, this block's cell and timing folders); blocks run in parallel into
     # the same folders, so only those whose writer is gone.
@@ -354,7 +353,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
 
         bank = check_banks(config)[1]
     for t, n, d, cid, out in todo:
-        insts[cid] = build_task(t, config["tasks"][t], config.get("seed", 0), seed, n, d, bank=bank)
+        insts[cid] = build_task(t, config["tasks"][t], config["seed"], seed, n, d, bank=bank)
     need = max(n for _, n, _, _, _ in todo)
     stream = build_stream(tok, by_id, order, need, pause_ids)
     method = Path(haystack[0]).stem
@@ -367,11 +366,11 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
         inst = insts[cid]
         cp = builder.build(stream, n, d, inst.needles, inst.question, task=t)
         prompts[cid] = cp
-        m = cell_measure(tok, inst, cp, pause_ids, ev.get("measure") or [], builder.format == "plain")
+        m = cell_measure(tok, inst, cp, pause_ids, evc.measure, builder.format == "plain")
         requests.append(Request(cid, cp.ids, cp.shareable, m))
     eos = eos_ids_of(net, tok)
-    engine = Engine(net, eos, ev["max_new_tokens"], batch_size=ev.get("batch_size", 1),
-                    reuse_prefix=ev.get("reuse_prefix", True), prefill_chunk=ev.get("prefill_chunk"),
+    engine = Engine(net, eos, evc.max_new_tokens, batch_size=evc.batch_size, reuse_prefix=evc.reuse_prefix,
+                    prefill_chunk=evc.prefill_chunk,
                     linear=ident["kernels"].get("linear_fp32"))
     judge_call = make_judge(config, judge_model_dir, dname, device)
     vers = versions()

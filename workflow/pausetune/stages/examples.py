@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.banks import bank_hash, check_banks
+from ..core.config import ExamplesConfig, ShardsConfig
 from ..core.design import TRAIN_VARIANTS
 from ..core.examples import ExampleBuilder, check_config, example_rng
 from ..core.fingerprint import code_record
@@ -36,10 +37,10 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
     check_config(config)
     entry = model_entry(config, model)
     train_bank, eval_bank = check_banks(config)
-    ex, seed = config["examples"], int(config.get("seed", 0))
+    ex, seed = ExamplesConfig.of(config), config["seed"]
     window = max_context(model_dir, entry)
-    if int(ex["lengths"]["max"]) > window:
-        raise PausetuneError(f"config key 'examples.lengths.max': {ex['lengths']['max']} tokens exceeds the context "
+    if ex.lengths["max"] > window:
+        raise PausetuneError(f"config key 'examples.lengths.max': {ex.lengths['max']} tokens exceeds the context "
                              f"window {window} of model '{model}'")
     essays: dict[str, list[str]] = {}
     for path in paused_files:
@@ -54,7 +55,7 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
 
     rows: dict[str, dict[str, list]] = {}
     counts = {}
-    for name, n in (("train", int(ex["count"])), ("validation", int(ex.get("validation_count", 0)))):
+    for name, n in (("train", ex.count), ("validation", ex.validation_count)):
         ids = split[name]
         if not ids:
             n = 0
@@ -75,15 +76,15 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
         "model": model,
         "variant": variant,
         "seed": seed,
-        "template": ex["template"],
+        "template": ex.template,
         "layout": builder.layout,
-        "answer": ex["answer"],
+        "answer": ex.answer,
         "answer_span": "reply + end-of-turn tokens (columns answer_start, answer_end)",
         "end_of_turn_ids": builder.end_ids,
-        "lengths": dict(ex["lengths"]),
+        "lengths": dict(ex.lengths),
         "length_unit": "model tokens, pause markers not counted",
-        "depths": dict(ex["depths"]),
-        "needles_per_example": int(ex["needles"]),
+        "depths": dict(ex.depths),
+        "needles_per_example": ex.needles,
         "banks": {"train": {"size": len(train_bank), "sha256": bank_hash(train_bank)},
                   "eval": {"size": len(eval_bank), "sha256": bank_hash(eval_bank)}},
         "seq_len": longest,
@@ -93,7 +94,7 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
         "tokenizer_fingerprint": tokenizer_fingerprint(tok),
         "vocab_size": len(tok),
         "splits": counts,
-        "holdout_haystack": bool(config["shards"].get("holdout_haystack", True)),
+        "holdout_haystack": ShardsConfig.of(config).holdout_haystack,
         "haystack_essays": split["haystack"],
         "train_essays": split["train"],
         "validation_essays": split["validation"],

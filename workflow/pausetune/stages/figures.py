@@ -38,6 +38,7 @@ import math
 from pathlib import Path
 
 from ..core import layout
+from ..core.config import EvalConfig
 from ..core.design import KEY, fmt_tokens
 from ..core.design import VARIANTS
 from html import escape as html_escape
@@ -82,27 +83,26 @@ def figure_stem(kind: str, model: str, task: str, variant: str | None = None, re
 
 def report_targets(config: dict, tables: str = layout.TABLES, figures: str = layout.FIGURES) -> list[str]:
     """Every table and figure file of the configured grid (eval.models x eval.tasks x eval.variants)."""
-    ev = config.get("eval", {})
-    variants = [v for v in VARIANTS if v in ev.get("variants", VARIANTS)]
+    ev = EvalConfig.of(config)
+    variants = [v for v in VARIANTS if v in ev.variants]
     stems = []
-    for model in ev.get("models", []):
-        for task in ev.get("tasks", []):
+    for model in ev.models:
+        for task in ev.tasks:
             stems += [figure_stem("heatmap", model, task, v, root=figures) for v in variants]
             if "baseline" in variants:
                 stems += [figure_stem("delta", model, task, v, root=figures) for v in variants if v != "baseline"]
             if "pause-tuned" in variants and "plain-tuned" in variants:
                 stems.append(figure_stem("delta", model, task, "pause-tuned", "plain-tuned", root=figures))
             stems += [figure_stem(k, model, task, root=figures) for k in ("length", "depth")]
-            stems += mechanism_stems(ev, variants, model, task, figures)
+            stems += mechanism_stems(ev.measure, variants, model, task, figures)
     return [layout.table(t, tables) for t in TABLE_FILES] + [f"{s}.{ext}" for s in stems for ext in FORMATS]
 
 
-def mechanism_stems(ev: dict, variants: list[str], model: str, task: str, figures: str) -> list[str]:
+def mechanism_stems(measure: list[str], variants: list[str], model: str, task: str, figures: str) -> list[str]:
     """The mechanism figures of one model x task: log-prob maps with `logprob`, attention profiles with
     `attention` in eval.measure (default both); pause mass only where a paused variant is in the grid."""
     from ..core.design import PAUSED
 
-    measure = ev.get("measure", ["logprob", "attention"]) or []
     stems = []
     if "logprob" in measure:
         stems += [figure_stem("logprob", model, task, v, root=figures) for v in variants]

@@ -68,7 +68,7 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
 
     entry = model_entry(config, name)
     src = entry["source"]
-    remote = entry.get("trust_remote_code", False)
+    remote = entry["trust_remote_code"]
     out_dir = Path(out_dir)
     clean_stale_tmp(out_dir)  # a killed run's `.{model}.*.tmp` (one job at a time writes this output)
     with atomic_dir(out_dir) as tmp:
@@ -115,7 +115,7 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
             cfg.setdefault("vocab_size", len(tok))
             for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
                 cfg.setdefault(key, getattr(tok, key))
-            torch.manual_seed(config.get("seed", 0))
+            torch.manual_seed(config["seed"])
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg))
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)

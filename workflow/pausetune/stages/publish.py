@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..core import layout
-from ..core.config import EvalConfig, PublishConfig, ShardsConfig, TrainConfig
+from ..core.config import EvalConfig, ExamplesConfig, PromptConfig, PublishConfig, ShardsConfig, TrainConfig
 from ..core.design import VARIANTS
 from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, read_json, write_text
 
@@ -166,8 +166,8 @@ def figure_rel(f: str) -> Path:
 def figure_order(figures: list[str], config: dict) -> list[str]:
     """Per model and task (in config order): heatmaps, deltas, profiles, variants in design order. Snakemake passes
     the grid's list, DVC a glob: the page must not depend on which."""
-    ev = config.get("eval", {})
-    models, tasks = list(ev.get("models") or []), list(ev.get("tasks") or [])
+    ev = EvalConfig.of(config)
+    models, tasks = list(ev.models), list(ev.tasks)
     names = VARIANT_ORDER + ["pause-tuned_vs_plain-tuned"]
 
     def rank(seq, x):
@@ -269,9 +269,9 @@ def answer_kinds_section(tables: Path, config: dict) -> list[str]:
         return []
     if "answer_tokens" not in df.columns:  # cells of older runs: no token count, so no `runs to the token limit`
         df = df.assign(answer_tokens=None)
-    pr = config.get("prompt", {})
-    limit = int(EvalConfig.of(config).max_new_tokens)
-    instruction = " ".join([pr.get("system", ""), pr.get("instruction", "")])
+    pr = PromptConfig.of(config)
+    limit = EvalConfig.of(config).max_new_tokens
+    instruction = " ".join([pr.system, pr.instruction])
     kinds = [answer_kind(a, r, int(t) if t is not None and t == t else 0, limit, instruction)
              for a, r, t in zip(df["answer"], df["recall"], df["answer_tokens"])]
     df = df.assign(kind=kinds)
@@ -324,7 +324,7 @@ def recipe_section(config: dict) -> list[str]:
     tr = TrainConfig.of(config)
     if not tr.models:
         return []
-    ex = config.get("examples") or {}
+    ex = ExamplesConfig.of(config)
     retrieval = tr.objective == "retrieval"
     ran = {"objective": tr.objective, "loss_on": tr.loss_on if retrieval else "all (causal LM)",
            "lora.r": tr.lora.r, "lora.alpha": tr.lora.alpha, "lora.dropout": tr.lora.dropout,
@@ -332,7 +332,7 @@ def recipe_section(config: dict) -> list[str]:
            "lr": tr.lr, "warmup_steps": tr.warmup_steps, "max_steps": tr.max_steps,
            "batch_size": tr.batch_size, "grad_accum": tr.grad_accum, "scheduler": tr.scheduler,
            "quantization": tr.quantization,
-           "context tokens": (f"{ex.get('lengths', {}).get('min')}-{ex.get('lengths', {}).get('max')}" if retrieval
+           "context tokens": (f"{ex.lengths['min']}-{ex.lengths['max']}" if retrieval
                               else f"{ShardsConfig.of(config).seq_len} (packed rows)")}
     extra = f"dtype {tr.dtype}, autocast {tr.autocast}"
     L = ["Training recipe (config `train`, `examples`) against the authors' (paper + their Unsloth notebook); "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..core.config import ShardsConfig
 from ..core.splits import essay_split
 from ..core.design import TRAIN_VARIANTS
 from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_parquet, sha256_file, write_json
@@ -43,7 +44,7 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
 
     if variant not in TRAIN_VARIANTS:
         raise PausetuneError(f"shards variant '{variant}': expected one of {TRAIN_VARIANTS}")
-    cfg, seed = config["shards"], config.get("seed", 0)
+    cfg, seed = ShardsConfig.of(config), config["seed"]
     frames = []
     for path in paused_files:
         df = read_parquet(path, columns=["id", "sha256", "paragraphs"])
@@ -51,12 +52,12 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
         frames.append(df)
     essays = pd.concat(frames, ignore_index=True)
     window = max_context(model_dir)
-    if cfg["seq_len"] > window:
-        raise PausetuneError(f"config key 'shards.seq_len': {cfg['seq_len']} exceeds the model's context window {window}")
+    if cfg.seq_len > window:
+        raise PausetuneError(f"config key 'shards.seq_len': {cfg.seq_len} exceeds the model's context window {window}")
     tok = load_tokenizer(model_dir)
     pause_ids = setup_pause(tok, config["pause"]) if variant == "pause" else None
     sep = separator_ids(tok)
-    split = essay_split(list(essays["id"]), cfg, seed)
+    split = essay_split(list(essays["id"]), config["shards"], seed)
     by_id = {r.id: r for r in essays.itertuples(index=False)}
 
     def stream(essay_id: str) -> list[int]:
@@ -66,17 +67,18 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
     for name in ("train", "validation"):
         order = list(split[name])
         random.Random(f"{seed}:{name}").shuffle(order)
-        packed, dropped = pack([stream(e) for e in order], cfg["seq_len"], tok.eos_token_id)
+        packed, dropped = pack([stream(e) for e in order], cfg.seq_len, tok.eos_token_id)
         if name == "train" and not packed:
             raise PausetuneError(
-                f"shards: training essays give fewer than seq_len={cfg['seq_len']} tokens; lower shards.seq_len"
+                f"shards: training essays give fewer than seq_len={cfg.seq_len} tokens; lower shards.seq_len"
             )
         rows[name] = packed
-        counts[name] = {"essays": len(order), "rows": len(packed), "tokens": len(packed) * cfg["seq_len"],
+        counts[name] = {"essays": len(order), "rows": len(packed), "tokens": len(packed) * cfg.seq_len,
                         "dropped_tail_tokens": dropped, "order": order}
     manifest = {
+        "objective": "lm",
         "variant": variant,
-        "seq_len": cfg["seq_len"],
+        "seq_len": cfg.seq_len,
         "seed": seed,
         "paragraph_method": config["paragraphs"]["method"],
         "pause": dict(config["pause"]) if variant == "pause" else None,
@@ -84,7 +86,7 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
         "tokenizer_fingerprint": tokenizer_fingerprint(tok),
         "vocab_size": len(tok),
         "splits": counts,
-        "holdout_haystack": bool(cfg.get("holdout_haystack", True)),
+        "holdout_haystack": cfg.holdout_haystack,
         "haystack_essays": split["haystack"],
         "train_essays": split["train"],
         "validation_essays": split["validation"],

@@ -98,8 +98,8 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
             else "a shard folder made by `pausetune shards`"
         raise PausetuneError(f"{mpath}: missing (expected {made_by})")
     manifest = read_json(mpath)
-    if manifest.get("objective", "lm") != objective:
-        raise PausetuneError(f"{mpath}: made for objective '{manifest.get('objective', 'lm')}', config key "
+    if manifest.get("objective") != objective:
+        raise PausetuneError(f"{mpath}: made for objective '{manifest.get('objective')}', config key "
                              f"'train.objective' is '{objective}' (retrieval trains on --examples, lm on --shards)")
     if objective == "retrieval":
         from ..core.banks import bank, bank_hash
@@ -125,9 +125,9 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
             if token not in tok.get_vocab() or tok.convert_tokens_to_ids(token) != pause_ids[0]:
                 raise PausetuneError(f"{shard_dir}/tokenizer: pause token '{token}' missing or not id {pause_ids[0]} "
                                      f"(manifest pause_ids); rebuild the shards")
-        cpause = config.get("pause", {})
+        cpause = config["pause"]
         for key in ("mode", "token"):
-            if key in cpause and key in spause and cpause[key] != spause[key]:
+            if key in spause and cpause[key] != spause[key]:
                 raise PausetuneError(f"{mpath}: shards were made with pause.{key}={spause[key]!r}, "
                                      f"config says pause.{key}={cpause[key]!r}; rebuild the shards")
     if tokenizer_fingerprint(tok) != fp:
@@ -135,7 +135,7 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
                              f"the shard manifest's {fp} (a damaged shard folder); rebuild the shards")
     base_tok = load_tokenizer(model_dir)
     if variant == "pause":
-        setup_pause(base_tok, manifest.get("pause") or config.get("pause", {}))
+        setup_pause(base_tok, manifest.get("pause") or config["pause"])
     if tokenizer_fingerprint(base_tok) != fp:
         raise PausetuneError(
             f"{mpath}: shards were made with another tokenizer (fingerprint {fp}) than model '{model_name}' "
@@ -176,7 +176,7 @@ def meta_model(model_dir):
     from ..core.models import resolve_path
 
     path, info = resolve_path(model_dir)
-    remote = info.get("trust_remote_code", False)
+    remote = info.get("trust_remote_code") is True
     cfg = AutoConfig.from_pretrained(path, trust_remote_code=remote)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(cfg, trust_remote_code=remote)
@@ -715,7 +715,7 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
     output, data_dir, model_dir = Path(output), Path(data_dir), Path(model_dir)
     checked = check_inputs(model_name, variant, model_dir, data_dir, config)
     if cfg.dtype == "auto":  # like eval: the model entry's dtype, then the machine's rule
-        cfg = cfg.replace(dtype=checked["entry"].get("dtype", "auto"))
+        cfg = cfg.replace(dtype=checked["entry"]["dtype"])
     tok, pause_ids = checked["tokenizer"], checked["pause_ids"]
     objective = OBJECTIVES[cfg.objective]
     data = TrainData(data_dir, objective, tok.pad_token_id, cfg.loss_on, cfg.eval_rows)
