@@ -194,6 +194,20 @@ def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
     target.unlink()
     rc, err = cli(*eval_args(tiny_dir, pg_paused, results), config_json=SMALL)
     assert rc == 0 and "1 from the cell cache" in err and target.read_bytes() == before, err
+    # so is another thread count (a CPU GEMM's reduction is split by thread): recomputed, identity says which
+    target.unlink()
+    import torch
+
+    old = torch.get_num_threads()
+    try:
+        rc, err = cli(*eval_args(tiny_dir, pg_paused, results, depths=("50",), extra=("--threads", "2")),
+                      config_json=SMALL)
+    finally:
+        torch.set_num_threads(old)
+    assert rc == 0 and "1 computed" in err, err
+    two = json.loads(target.read_text())
+    assert two["cell_id"] != json.loads(before)["cell_id"] and two["kernels"]["threads"] == 2
+    assert json.loads(before)["kernels"]["threads"] == 1
     # a change that alters answers (max_new_tokens) is a different cell: recomputed, not taken from the cache
     rc, err = cli(*eval_args(tiny_dir, pg_paused, results, depths=("50",)),
                   config_json={"eval": {**SMALL["eval"], "max_new_tokens": 8}})

@@ -145,7 +145,8 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
 
 def kernels(device_type: str, dtype: str | None = None) -> dict:
     """The kernel family a cell's numbers come from: on a CPU torch dispatches GEMMs and attention by the
-    instruction set (AVX2 / AVX512 / AMX paths round differently), so it is part of a cell's identity; in fp32 on
+    instruction set (AVX2 / AVX512 / AMX paths round differently) and splits them by thread count, so both are
+    part of a cell's identity; in fp32 on
     a CPU also the linear kernels (MKL or oneDNN, per input size) the machine measured fastest
     (core.models.fp32_linear_kernels), which the engine then uses."""
     import torch
@@ -153,6 +154,9 @@ def kernels(device_type: str, dtype: str | None = None) -> dict:
     out = {"attention": "pausetune split flash (chunks on a cache), sdpa elsewhere"}
     if device_type == "cpu":
         out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        # A GEMM's reduction is split by thread: 1 and 2 threads give different bf16 log-probs for the same cell
+        # (SmolLM2 pause-tuned, 2K, depth 50: -3.559 vs -3.428), so a cell made with other threads is another cell.
+        out["threads"] = torch.get_num_threads()
         from ..core.models import cpu_native_bf16, fp32_linear_kernels
 
         out["native_bf16"] = cpu_native_bf16()
