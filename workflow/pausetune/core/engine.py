@@ -274,6 +274,20 @@ class BufferLayer(DynamicLayer):
         if self.is_initialized:
             self._set_length(min(n, self.length))
 
+    def keep_rows(self, slots: list[int]) -> None:
+        """Batch slot j takes slot slots[j]'s rows (only the filled length moves); the batch narrows to
+        len(slots). slots[j] >= j, and slots[j] == j for every slot that stays (a view, no copy)."""
+        if not self.is_initialized:
+            return
+        n = self.length
+        for j, src in enumerate(slots):
+            if src != j:
+                self._k[j, :, :n] = self._k[src, :, :n]
+                self._v[j, :, :n] = self._v[src, :, :n]
+        self._k = self._k[:len(slots)]
+        self._v = self._v[:len(slots)]
+        self._set_length(n)
+
 
 class BufferCache(Cache):
     def __init__(self, num_layers: int, capacity: int):
@@ -285,6 +299,10 @@ class BufferCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].get_seq_length() if self.layers else 0
+
+    def keep_rows(self, slots: list[int]) -> None:
+        for layer in self.layers:
+            layer.keep_rows(slots)
 
 
 def _num_layers(model) -> int:
@@ -450,42 +468,70 @@ class Engine:
         return logits
 
     def _decode(self, first: torch.Tensor, cache: Cache, lengths: list[int], mask_valid: torch.Tensor | None):
-        """Greedy loop. first: [b] first answer tokens; lengths: prompt length per row (positions)."""
+        """Greedy loop. first: [b] first answer tokens; lengths: prompt length per row (positions); mask_valid:
+        [b, capacity] key validity of a left-padded batch buffer (None: no padding). Returns each row's answer (its
+        tokens through EOS, at most max_new), in row order.
+
+        A row that finishes (EOS) leaves the batch: later steps compute only the rows still decoding. The cache's
+        batch rows, the mask, positions and inputs are compacted in place (`BufferCache.keep_rows`: a finished
+        row's slot takes a live row from the end, so at most one row moves per finished row and none when the
+        finished rows are the last ones); `live` maps batch slots back to rows. Rows per step are kept in
+        `self.decode_rows` (the last call's). A batch-1 decode (the shared cache) never compacts: it just stops."""
         b = first.shape[0]
-        out = torch.full((b, self.max_new), -1, dtype=torch.long, device=self.device)
-        out[:, 0] = first
-        eos = torch.tensor(self.eos or [-1], device=self.device)
-        done = torch.isin(first, eos)
-        pos = torch.tensor(lengths, device=self.device).unsqueeze(1)
+        eos = frozenset(self.eos)
+        answers = [[t] for t in first.tolist()]
+        live = [i for i in range(b) if answers[i][0] not in eos]  # the row each batch slot holds
+        self.decode_rows = []
+        if self.max_new <= 1 or not live:
+            return answers
+        pos = torch.tensor([[lengths[i]] for i in range(b)], device=self.device)
         cur = first.unsqueeze(1)
+        if len(live) < b:
+            live, cur, pos, mask_valid = self._keep_rows(list(range(b)), live, cache, cur, pos, mask_valid)
         kv_len = cache.get_seq_length()
         n = 1
-        while n < self.max_new and not bool(done.all()):
+        while True:
             mask = None
             if mask_valid is not None:
                 mask_valid[:, kv_len] = True
                 mask = mask_valid[:, None, None, :kv_len + 1]
             logits = self.model(input_ids=cur, position_ids=pos, cache=cache, use_cache=True,
                                 attention_mask=mask, logits_to_keep=1).logits[:, -1]
-            nxt = logits.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, -1), nxt)
-            out[:, n] = nxt
-            done = done | torch.isin(nxt, eos)
-            cur = nxt.clamp_min(0).unsqueeze(1)
-            pos = pos + 1
-            kv_len += 1
+            self.decode_rows.append(len(live))
+            cur = logits.argmax(-1, keepdim=True)
             n += 1
-        rows = []
-        for row in out[:, :n].tolist():
-            ans = []
-            for t in row:
-                if t < 0:
-                    break
-                ans.append(t)
-                if t in self.eos:
-                    break
-            rows.append(ans)
-        return rows
+            for i, t in zip(live, cur.flatten().tolist()):
+                answers[i].append(t)
+            if n >= self.max_new:
+                break
+            still = [i for i in live if answers[i][-1] not in eos]
+            if not still:
+                break
+            pos += 1
+            kv_len += 1
+            if len(still) < len(live):
+                live, cur, pos, mask_valid = self._keep_rows(live, still, cache, cur, pos, mask_valid)
+        return answers
+
+    def _keep_rows(self, live: list[int], still: list[int], cache, cur, pos, mask_valid):
+        """Compact the batch to the rows in `still` (a subset of `live`, the rows the batch slots hold): each
+        freed slot below the new batch size takes a live row from above it. Returns the new slots' rows and
+        cur, pos, mask_valid for the new batch (the mask None once no live row is padded)."""
+        keep = set(still)
+        nb = len(still)
+        holes = [j for j in range(nb) if live[j] not in keep]
+        tail = [j for j in range(nb, len(live)) if live[j] in keep]
+        slots = list(range(nb))
+        for h, t in zip(holes, tail):
+            slots[h] = t
+        cache.keep_rows(slots)
+        idx = torch.tensor(slots, device=self.device)
+        cur, pos = cur[idx], pos[idx]
+        if mask_valid is not None:
+            mask_valid = mask_valid[idx]
+            if bool(mask_valid[:, 0].all()):  # no live row is padded (left padding starts at column 0)
+                mask_valid = None
+        return [live[j] for j in slots], cur, pos, mask_valid
 
     # -- public ----------------------------------------------------------------------------------------
     def linear_kernels(self):
