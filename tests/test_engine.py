@@ -385,9 +385,18 @@ def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
         ref_small = rand_model(inputs_embeds=x[:, :1]).logits
     assert n_big == 2 * 7 + 1 and n_small == 0  # 7 linears per layer and the LM head; none for one row
     assert torch.allclose(out, ref, atol=1e-4) and torch.equal(small, ref_small)
+    # one row has its own class ('decode1'); a few rows (2..15) take 'decode'; without 'decode1', one row does too
+    counts = {}
+    for name, route in {"one": {"prefill": "mkl", "decode": "mkl", "decode1": "onednn"},
+                        "few": {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"},
+                        "v1": {"prefill": "mkl", "decode": "onednn"}}.items():
+        with torch.no_grad(), linear_kernels(rand_model, route):
+            counts[name] = [onednn_calls(lambda: rand_model(inputs_embeds=x[:, :n]).logits)[1] for n in (1, 4, 40)]
+    assert counts == {"one": [15, 0, 0], "few": [0, 15, 0], "v1": [15, 15, 0]}
 
 
-@pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"}])
+@pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"},
+                                   {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"}])
 def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
     """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
     (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is

@@ -170,22 +170,33 @@ def attention_impl(model, name: str):
 # fp32 linear kernels
 
 
-ONEDNN_MIN_ROWS = 16  # inputs of at least this many rows are "prefill" sized (core.models.fp32_linear_kernels)
+ONEDNN_MIN_ROWS = 16  # inputs of at least this many rows are "prefill" sized (core.models.LINEAR_CLASSES)
+
+
+def linear_route(route: dict, rows: int) -> str:
+    """The kernel ('mkl' | 'onednn') a route ({'prefill', 'decode'[, 'decode1']}) gives an fp32 linear whose input
+    has `rows` rows: >= 16 'prefill', 2..15 'decode', 1 'decode1' (the 'decode' route where the route has none:
+    records from before the one-row class, and core.models.linear_route_record, which omits it when equal)."""
+    if rows >= ONEDNN_MIN_ROWS:
+        return route.get("prefill", "mkl")
+    if rows == 1 and "decode1" in route:
+        return route["decode1"]
+    return route.get("decode", "mkl")
 
 
 @contextlib.contextmanager
 def linear_kernels(model, route: dict | None):
-    """Within: every fp32 nn.Linear of the model runs through oneDNN with a prepacked weight for the input sizes
-    `route` gives 'onednn' ({'prefill': ..., 'decode': ...}), through MKL (F.linear) otherwise. A no-op unless
-    the model is fp32 on a CPU and some route says oneDNN. The packed copies are dropped on exit."""
+    """Within: every fp32 nn.Linear of the model runs through oneDNN with a prepacked weight for the input-size
+    classes `route` gives 'onednn' (linear_route), through MKL (F.linear) otherwise. A no-op unless the model is
+    fp32 on a CPU and some class's route says oneDNN. The packed copies are dropped on exit."""
     import torch.nn as nn
 
     p = next(model.parameters())
-    if not route or p.dtype != torch.float32 or p.device.type != "cpu" or "onednn" not in (
-            route.get("prefill"), route.get("decode")):
+    use = {rows: linear_route(route, rows) == "onednn" for rows in (1, 2, ONEDNN_MIN_ROWS)} if route else {}
+    if not any(use.values()) or p.dtype != torch.float32 or p.device.type != "cpu":
         yield
         return
-    big, small = route.get("prefill") == "onednn", route.get("decode") == "onednn"
+    one, few, big = use[1], use[2], use[ONEDNN_MIN_ROWS]
     pw = torch.ops.mkldnn._linear_pointwise
     patched = []
     for mod in model.modules():
@@ -195,7 +206,7 @@ def linear_kernels(model, route: dict | None):
 
         def fwd(x, mod=mod, packed=packed):
             rows = x.numel() // x.shape[-1]
-            if (big if rows >= ONEDNN_MIN_ROWS else small) and x.dtype == torch.float32:
+            if (big if rows >= ONEDNN_MIN_ROWS else one if rows == 1 else few) and x.dtype == torch.float32:
                 return pw(x, packed, mod.bias, "none", [], "")
             return F.linear(x, mod.weight, mod.bias)
 
@@ -429,7 +440,7 @@ class Engine:
                  linear: str | dict | None = None):
         self.model = model
         # fp32 on a CPU: which linear kernels (None/'mkl': F.linear; 'onednn'; 'auto': the machine's measured
-        # choice, core.models.fp32_linear_kernels; or a {'prefill', 'decode'} route)
+        # choice, core.models.fp32_linear_kernels; or a {'prefill', 'decode'[, 'decode1']} route: linear_route)
         p = next(model.parameters())
         if linear == "auto":
             linear = None
@@ -438,7 +449,7 @@ class Engine:
 
                 linear = fp32_linear_kernels()
         elif isinstance(linear, str):
-            linear = {"prefill": linear, "decode": linear}
+            linear = {"prefill": linear, "decode": linear, "decode1": linear}
         self.linear = linear
         self.attn = attn  # "sdpa": stock attention for chunks on a cache too (the bench's ablation)
         self.eos = sorted(set(int(i) for i in eos_ids))
