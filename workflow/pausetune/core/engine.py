@@ -11,7 +11,9 @@ cache of `head + stream[:P]` serves every cell whose first needle sits at or aft
    from the last logits;
 3. greedy-decodes up to `max_new_tokens` (stopping at EOS), batched over `batch_size` cells: each cell's cache
    is copied, left-padded, into one batch buffer and all rows step together (per-row position ids, a padding
-   mask). With `batch_size` 1 the decode runs on the shared cache itself and is cropped back afterwards.
+   mask); a row that reaches EOS leaves the batch (its slot is compacted away), so later steps compute only the
+   rows still decoding. With `batch_size` 1 the decode runs on the shared cache itself and is cropped back
+   afterwards.
 
 Reuse is decided on token ids alone (longest common prefix with the cached ids), so it is correct by
 construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
