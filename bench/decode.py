@@ -150,11 +150,13 @@ def main(argv=None) -> int:
         for ids in prompts[:args.generate_cells]:
             gen_ms.append(1e3 * generate_once(ids))
     g = statistics.median(gen_ms)
-    res["generate_ms"] = round(g, 2)
+    res["generate_ms"] = round(g, 3)
+    res["generate_runs_ms"] = [round(x, 3) for x in gen_ms]
     print(f"  model.generate (batch 1): {g:7.1f} ms per token per cell", flush=True)
     for bs in sizes:
         m = statistics.median(eng_ms[bs])
-        res["engine"][str(bs)] = {"ms": round(m, 2), "ratio_vs_generate": round(g / m, 3)}
+        res["engine"][str(bs)] = {"ms": round(m, 3), "ratio_vs_generate": round(g / m, 3),
+                                  "runs_ms": [round(x, 3) for x in eng_ms[bs]]}
         print(f"  engine batch {bs}:          {m:7.1f} ms per token per cell  ({g / m:.2f}x generate)", flush=True)
     if args.profile:
         res["profile"] = {}

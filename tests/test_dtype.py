@@ -29,23 +29,64 @@ def test_cells_record_their_kernel_family():
 
 
 def test_fp32_linear_choice_is_measured_once_and_kept(tmp_path, monkeypatch):
-    """The fp32 linear route is probed once per machine and read back after (stable cell identity); the env
-    variable forces a path."""
-    from pausetune.core.models import fp32_linear_kernels
+    """The fp32 linear route is probed once per machine, per input-size class (one row, a few, prefill-sized), and
+    read back after (stable cell identity); the env variable forces a path for all classes."""
+    from pausetune.core.models import LINEAR_CLASSES, LINEAR_PROBE_VERSION, fp32_linear_kernels
 
     monkeypatch.delenv("PAUSETUNE_FP32_LINEAR", raising=False)
     first = fp32_linear_kernels(tmp_path)
     files = list((tmp_path / "kernels").glob("fp32_linear_*.json"))
-    assert len(files) == 1 and {first["prefill"], first["decode"]} <= {"mkl", "onednn"}
+    assert list(LINEAR_CLASSES) == ["decode1", "decode", "prefill"]
+    assert len(files) == 1 and {first[k] for k in LINEAR_CLASSES} <= {"mkl", "onednn"}
     import json
 
     rec = json.loads(files[0].read_text())
-    assert rec["prefill_onednn_over_mkl"] > 0 and rec["threads"] == torch.get_num_threads()
-    forged = rec | {"prefill": "onednn" if rec["prefill"] == "mkl" else "mkl"}  # the file, not a new probe, decides
+    assert rec["version"] == LINEAR_PROBE_VERSION == 2 and rec["threads"] == torch.get_num_threads()
+    assert all(rec[f"{k}_onednn_over_mkl"] > 0 and rec[k] == first[k] for k in LINEAR_CLASSES)
+    forged = rec | {"prefill": "onednn" if rec["prefill"] == "mkl" else "mkl",
+                    "decode1": "onednn" if rec["decode1"] == "mkl" else "mkl"}  # the file, not a new probe, decides
     files[0].write_text(json.dumps(forged))
-    assert fp32_linear_kernels(tmp_path)["prefill"] == forged["prefill"]
+    again = fp32_linear_kernels(tmp_path)
+    assert again["prefill"] == forged["prefill"] and again["decode1"] == forged["decode1"]
     monkeypatch.setenv("PAUSETUNE_FP32_LINEAR", "onednn")
-    assert fp32_linear_kernels(tmp_path)["prefill"] == "onednn" == fp32_linear_kernels(tmp_path)["decode"]
+    assert {fp32_linear_kernels(tmp_path)[k] for k in LINEAR_CLASSES} == {"onednn"}
+
+
+def test_fp32_linear_probe_reads_and_upgrades_a_version_1_file(tmp_path, monkeypatch):
+    """A probe file from before the one-row class (prefill and decode only) keeps its two choices (no re-probe,
+    so the cells' identity holds); only the one-row class is measured and added, and the file says version 2."""
+    import json
+
+    from pausetune.core.models import fp32_linear_kernels
+
+    monkeypatch.delenv("PAUSETUNE_FP32_LINEAR", raising=False)
+    fp32_linear_kernels(tmp_path)
+    path = next((tmp_path / "kernels").glob("fp32_linear_*.json"))
+    rec = json.loads(path.read_text())
+    v1 = {k: rec[k] for k in ("cpu", "threads", "torch")} | {"prefill": "onednn", "decode": "onednn",
+                                                               "prefill_onednn_over_mkl": 9.0,
+                                                               "decode_onednn_over_mkl": 9.0}
+    path.write_text(json.dumps(v1))
+    got = fp32_linear_kernels(tmp_path)
+    assert got["prefill"] == got["decode"] == "onednn" and got["decode1"] in ("mkl", "onednn")
+    up = json.loads(path.read_text())
+    assert up["version"] == 2 and up["decode1"] == got["decode1"] and up["decode1_onednn_over_mkl"] > 0
+    assert up["prefill_onednn_over_mkl"] == up["decode_onednn_over_mkl"] == 9.0  # kept, not re-measured
+
+
+def test_linear_route_record_says_exactly_which_route_runs():
+    """The cell record per size class, read back the way the engine reads it: one row takes 'decode1' where the
+    record has it, else the 'decode' route (version-1 records, and records where the two agree)."""
+    from pausetune.core.engine import linear_route
+    from pausetune.core.models import linear_route_record
+
+    for d1 in ("mkl", "onednn"):
+        for d in ("mkl", "onednn"):
+            route = {"prefill": "mkl", "decode": d, "decode1": d1}
+            rec = linear_route_record(route)
+            assert ("decode1" in rec) == (d1 != d)
+            assert [linear_route(rec, n) for n in (1, 2, 15, 16, 512)] == [d1, d, d, "mkl", "mkl"]
+    assert linear_route({"prefill": "mkl", "decode": "onednn"}, 1) == "onednn"  # a version-1 record
 
 
 def test_fp32_cells_record_the_linear_route(monkeypatch):

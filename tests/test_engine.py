@@ -98,6 +98,58 @@ def test_engine_equals_generate_random_model(rand_model, batch_size, reuse, chun
     assert rand_model.config._attn_implementation == "sdpa"  # restored after the run
 
 
+def test_buffer_cache_keep_rows():
+    """Compacting the batch: slot j takes slot slots[j]'s filled rows, the batch narrows, the length stays."""
+    c = BufferCache(num_layers=2, capacity=8)
+    kv = torch.arange(4 * 5, dtype=torch.float32).view(4, 1, 5, 1)
+    for layer in c.layers:
+        layer.update(kv, -kv)
+    c.keep_rows([0, 3])  # slot 1 finished and takes slot 3's row; slot 2 finished and goes
+    for layer in c.layers:
+        assert layer.keys.shape == (2, 1, 5, 1) and layer.keys[:, 0, :, 0].tolist() == [list(range(5)),
+                                                                                     list(range(15, 20))]
+        assert torch.equal(layer.values, -layer.keys)
+    c.layers[0].update(torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1))  # appends go to the compacted rows
+    assert c.get_seq_length() == 6 and c.layers[0].keys[:, 0, -1, 0].tolist() == [1, 1]
+
+
+def test_finished_rows_leave_the_decode_batch(rand_model):
+    """Rows of one batch stop at different steps (an EOS id that some rows emit early, others late or never): every
+    row's answer equals the unbatched engine's and `generate`'s, and each step computes only the rows still
+    decoding (the engine's per-step row counts shrink, and add up to the tokens decoded after the first)."""
+    rng = random.Random(3)
+    stream = [rng.randrange(4, 320) for _ in range(900)]
+    head, tail, needle = [1, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]
+    # different lengths: the batch is left-padded, so dropping rows also compacts the padding mask
+    reqs = _cells(rng, stream, (150, 400, 800), (0, 60), head, tail, needle)[:4]
+    T = 14
+    free = {r.key: r.new_ids for r in Engine(rand_model, [], T, batch_size=4).run(reqs)}
+    assert all(len(a) == T for a in free.values())
+    # EOS candidates: tokens some row emits early (step 2-6) while another row emits them later or never
+    cands = []
+    for a in free.values():
+        for t in a[1:6]:
+            firsts = [b.index(t) if t in b else T for b in free.values()]
+            if len(set(firsts)) >= 3 and t not in cands:
+                cands.append(t)
+    assert len(cands) >= 2, cands
+    shrank = 0
+    for t in cands[:3]:
+        eng = Engine(rand_model, [t], T, batch_size=4)
+        got = {r.key: r.new_ids for r in eng.run(reqs)}
+        rows = eng.decode_rows
+        alone = {r.key: r.new_ids for r in Engine(rand_model, [t], T, batch_size=1).run(reqs)}
+        for r in reqs:
+            ref, _ = generate_reference(rand_model, r.ids, T, [t])
+            assert got[r.key] == alone[r.key] == ref, (t, r.key)
+        lens = sorted(len(a) for a in got.values())
+        assert lens[0] < lens[-1]  # the rows really stop at different steps
+        assert rows == sorted(rows, reverse=True) and len(rows) == lens[-1] - 1
+        assert sum(rows) == sum(n - 1 for n in lens)  # one row-step per token after the first, no more
+        shrank += rows[-1] < rows[0]
+    assert shrank >= 1
+
+
 def smollm2_requests(smollm2_dir, pg_paused, cells):
     """fp32 SmolLM2, its tokenizer, and the default config's single-needle prompts at (length, depth) cells over the
     real paused haystack: what the engine-vs-generate tests compare on."""
@@ -333,9 +385,18 @@ def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
         ref_small = rand_model(inputs_embeds=x[:, :1]).logits
     assert n_big == 2 * 7 + 1 and n_small == 0  # 7 linears per layer and the LM head; none for one row
     assert torch.allclose(out, ref, atol=1e-4) and torch.equal(small, ref_small)
+    # one row has its own class ('decode1'); a few rows (2..15) take 'decode'; without 'decode1', one row does too
+    counts = {}
+    for name, route in {"one": {"prefill": "mkl", "decode": "mkl", "decode1": "onednn"},
+                        "few": {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"},
+                        "v1": {"prefill": "mkl", "decode": "onednn"}}.items():
+        with torch.no_grad(), linear_kernels(rand_model, route):
+            counts[name] = [onednn_calls(lambda: rand_model(inputs_embeds=x[:, :n]).logits)[1] for n in (1, 4, 40)]
+    assert counts == {"one": [15, 0, 0], "few": [0, 15, 0], "v1": [15, 15, 0]}
 
 
-@pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"}])
+@pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"},
+                                   {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"}])
 def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
     """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
     (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is

@@ -119,10 +119,17 @@ def max_context(model_dir: str | Path, entry: dict | None = None) -> int:
 # fp32 linear kernels on a CPU: MKL (torch's default for fp32 GEMM) or oneDNN with prepacked weights
 
 
-def _probe_linear(threads: int) -> dict:
-    """Time fp32 GEMMs of SmolLM2's decoder shapes through MKL (F.linear) and oneDNN (prepacked weights), for
-    prefill-sized inputs (512 rows) and decode-sized ones (4 rows); best of 5, alternating. oneDNN wins big on
-    some CPUs (AMD EPYC: 420 vs 180 GFLOP/s, issue #18) and not on others (this Intel Xeon: MKL as fast)."""
+# The input-size classes an fp32 linear runs in, each with its own route, and the rows the probe times for it:
+# one row (batch-1 decode), a few rows (a batched decode step; eval's batch is 4, fewer as rows finish), and
+# prefill-sized inputs. The engine's split (core.engine.linear_route) uses the same bounds: 1 / 2..15 / >= 16.
+LINEAR_CLASSES = {"decode1": 1, "decode": 4, "prefill": 512}
+LINEAR_PROBE_VERSION = 2  # 1: prefill and decode only (one row went the 'decode' route)
+
+
+def _probe_linear(threads: int, kinds=tuple(LINEAR_CLASSES)) -> dict:
+    """Time fp32 GEMMs of SmolLM2's decoder shapes through MKL (F.linear) and oneDNN (prepacked weights), for each
+    size class in `kinds` (rows: LINEAR_CLASSES); best of 5, alternating. oneDNN wins big on some CPUs (AMD EPYC:
+    420 vs 180 GFLOP/s, issue #18) and not on others (this Intel Xeon: MKL as fast for prefill, faster at 1 row)."""
     import time
 
     import torch
@@ -131,7 +138,8 @@ def _probe_linear(threads: int) -> dict:
     torch.manual_seed(0)
     shapes = [(576, 576), (1536, 576), (576, 1536)]
     out = {}
-    for kind, m in (("prefill", 512), ("decode", 4)):
+    for kind in kinds:
+        m = LINEAR_CLASSES[kind]
         best = {"mkl": 0.0, "onednn": 0.0}
         for n, k in shapes:
             w, x = torch.randn(n, k), torch.randn(m, k)
@@ -153,11 +161,23 @@ def _probe_linear(threads: int) -> dict:
     return out
 
 
+def linear_route_record(route: dict) -> dict:
+    """What a cell records as `kernels.linear_fp32` (and hands the engine back): the route per size class, exactly
+    as it runs. 'decode1' (one-row inputs) is written only where it differs from 'decode': a record without it
+    means one-row inputs take the 'decode' route, which is also how records from before the one-row class read
+    (so cells whose routes did not change keep their identity)."""
+    out = {"prefill": route["prefill"], "decode": route["decode"]}
+    if route.get("decode1", route["decode"]) != route["decode"]:
+        out["decode1"] = route["decode1"]
+    return out
+
+
 def fp32_linear_kernels(cache_dir: str | Path | None = None) -> dict:
-    """The fp32 linear kernel path per input size ({'prefill': 'mkl'|'onednn', 'decode': ...}), measured once per
-    machine (CPU model, torch version, thread count) and kept in PAUSETUNE_CACHE/kernels/: the choice is part of
-    a cell's identity, so it must not change from run to run with the load. PAUSETUNE_FP32_LINEAR=mkl|onednn
-    forces one path for both."""
+    """The fp32 linear kernel path per input-size class ({'prefill': 'mkl'|'onednn', 'decode': ..., 'decode1': ...};
+    LINEAR_CLASSES), measured once per machine (CPU model, torch version, thread count) and kept in
+    PAUSETUNE_CACHE/kernels/: the choice is part of a cell's identity, so it must not change from run to run with
+    the load. A file from before the one-row class (version 1: prefill and decode) keeps its two choices; only the
+    one-row class is probed and added to it (version 2). PAUSETUNE_FP32_LINEAR=mkl|onednn forces one path for all."""
     import hashlib
     import os
 
@@ -165,9 +185,9 @@ def fp32_linear_kernels(cache_dir: str | Path | None = None) -> dict:
 
     forced = os.environ.get("PAUSETUNE_FP32_LINEAR")
     if forced in ("mkl", "onednn"):
-        return {"prefill": forced, "decode": forced, "source": "PAUSETUNE_FP32_LINEAR"}
+        return {k: forced for k in LINEAR_CLASSES} | {"source": "PAUSETUNE_FP32_LINEAR"}
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
-        return {"prefill": "mkl", "decode": "mkl", "source": "no oneDNN"}
+        return {k: "mkl" for k in LINEAR_CLASSES} | {"source": "no oneDNN"}
     cpu = ""
     try:
         cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -178,17 +198,23 @@ def fp32_linear_kernels(cache_dir: str | Path | None = None) -> dict:
     key = hashlib.sha256(f"{cpu}|{torch.__version__}|{threads}".encode()).hexdigest()[:16]
     root = Path(cache_dir or os.environ.get("PAUSETUNE_CACHE") or Path.home() / ".cache" / "pausetune")
     path = root / "kernels" / f"fp32_linear_{key}.json"
+    res = None
     if path.exists():
         try:
-            got = json.loads(path.read_text())
-            return {"prefill": got["prefill"], "decode": got["decode"], "source": "probe"}
-        except (json.JSONDecodeError, KeyError, OSError):
-            pass
-    res = _probe_linear(threads) | {"cpu": cpu, "torch": torch.__version__, "threads": threads}
-    try:
-        from .io import write_json
+            res = json.loads(path.read_text())
+            if not all(res.get(k) in ("mkl", "onednn") for k in ("prefill", "decode")):
+                res = None
+        except (json.JSONDecodeError, OSError, AttributeError):
+            res = None
+    missing = [k for k in LINEAR_CLASSES if res is None or res.get(k) not in ("mkl", "onednn")]
+    if missing:
+        res = (res or {}) | _probe_linear(threads, missing) | {"cpu": cpu, "torch": torch.__version__,
+                                                                 "threads": threads,
+                                                                 "version": LINEAR_PROBE_VERSION}
+        try:
+            from .io import write_json
 
-        write_json(path, res)
-    except OSError:
-        pass
-    return {"prefill": res["prefill"], "decode": res["decode"], "source": "probe"}
+            write_json(path, res)
+        except OSError:
+            pass
+    return {k: res[k] for k in LINEAR_CLASSES} | {"source": "probe"}
