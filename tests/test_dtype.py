@@ -97,3 +97,9 @@ def test_fp32_cells_record_the_linear_route(monkeypatch):
     monkeypatch.setenv("PAUSETUNE_FP32_LINEAR", "mkl")
     assert kernels("cpu", "float32")["linear_fp32"] == {"prefill": "mkl", "decode": "mkl"}
     assert "linear_fp32" not in kernels("cpu", "bfloat16")  # bf16 GEMMs go to oneDNN whatever the route
+    # a machine whose one-row inputs take another route than 2-15 rows: the cell says so (and the engine runs it)
+    import pausetune.core.models as models
+
+    monkeypatch.setattr(models, "fp32_linear_kernels",
+                        lambda: {"prefill": "mkl", "decode": "onednn", "decode1": "mkl", "source": "probe"})
+    assert kernels("cpu", "float32")["linear_fp32"] == {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"}

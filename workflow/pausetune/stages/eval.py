@@ -157,12 +157,11 @@ def kernels(device_type: str, dtype: str | None = None) -> dict:
         # A GEMM's reduction is split by thread: 1 and 2 threads give different bf16 log-probs for the same cell
         # (SmolLM2 pause-tuned, 2K, depth 50: -3.559 vs -3.428), so a cell made with other threads is another cell.
         out["threads"] = torch.get_num_threads()
-        from ..core.models import cpu_native_bf16, fp32_linear_kernels
+        from ..core.models import cpu_native_bf16, fp32_linear_kernels, linear_route_record
 
         out["native_bf16"] = cpu_native_bf16()
         if dtype == "float32":
-            route = fp32_linear_kernels()
-            out["linear_fp32"] = {"prefill": route["prefill"], "decode": route["decode"]}
+            out["linear_fp32"] = linear_route_record(fp32_linear_kernels())
     elif device_type == "cuda":
         out["cuda"] = torch.version.cuda
         out["device"] = torch.cuda.get_device_name()
