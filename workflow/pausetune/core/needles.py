@@ -198,9 +198,6 @@ def check_task(name: str, spec: dict) -> None:
     elif kind == "variable_tracking":
         if "{value}" not in spec["question"]:
             raise PausetuneError(f"config key 'tasks.{name}.question': must contain {{value}} (the value asked for)")
-        for key in ("num_hops", "num_chains"):
-            if key in spec and (not isinstance(spec[key], int) or spec[key] < 1):
-                raise PausetuneError(f"config key 'tasks.{name}.{key}': expected a positive integer")
     else:
         for key in ("{key}", "{value}"):
             if key not in spec["template"]:
