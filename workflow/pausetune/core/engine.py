@@ -440,6 +440,9 @@ class Engine:
     def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, batch_size: int = 1,
                  reuse_prefix: bool = True, prefill_chunk: int | None = None, attn: str = ATTN_NAME,
                  linear: str | dict | None = None):
+        from .models import warm_math_kernels
+
+        warm_math_kernels()  # before the first forward: see its doc (a model need not come from load_model)
         self.model = model
         # fp32 on a CPU: which linear kernels (None/'mkl': F.linear; 'onednn'; 'auto': the machine's measured
         # choice, core.models.fp32_linear_kernels; or a {'prefill', 'decode'[, 'decode1']} route: linear_route)

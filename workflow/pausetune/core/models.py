@@ -79,11 +79,39 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# Elementwise math that torch hands to MKL's vector math library (VML) on a CPU, per chunk of a parallel loop.
+VML_OPS = ("cos", "sin", "tan", "acos", "asin", "atan", "cosh", "sinh", "tanh", "exp", "expm1", "log", "log10",
+           "log1p", "log2", "sqrt", "rsqrt", "erf", "erfc", "erfinv", "trunc", "abs", "lgamma")
+_VML_WARM = False
+
+
+def warm_math_kernels() -> None:
+    """Call every VML-backed elementwise op once, on one thread, before any model runs.
+
+    VML picks its code path lazily, on a function's first call. When that first call comes from two threads at once
+    (torch splits a large `cos` across its threads: the first RoPE table of a model's first forward), one thread can
+    run the first call on another code path, 1 ulp off in fp32. The RoPE table then differs in a few hundred bf16
+    values and a cell's log-probs move at the 1e-2 level from one process to the next: the same SmolLM2 tuned cell
+    came out three ways in fresh processes, one way after this (docs/reproducibility.md). Small inputs stay on one
+    thread, so this settles every code path first. Idempotent; a few microseconds."""
+    global _VML_WARM
+    if _VML_WARM:
+        return
+    import torch
+
+    for dtype in (torch.float32, torch.float64):
+        x = torch.linspace(0.1, 0.9, 64, dtype=dtype)
+        for op in VML_OPS:
+            getattr(torch, op)(x)
+    _VML_WARM = True
+
+
 def load_model(model_dir: str | Path, dtype: str = "auto", device: str | None = None,
                quantization: str = "none", attn_implementation: str | None = "sdpa"):
     """Load a prepared model (safetensors only). quantization='nf4' loads the base in 4-bit (QLoRA)."""
     from transformers import AutoModelForCausalLM
 
+    warm_math_kernels()
     path, info = resolve_path(model_dir)
     device = device or default_device()
     kwargs = {"dtype": torch_dtype(dtype, device), "use_safetensors": True,
