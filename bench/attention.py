@@ -113,7 +113,7 @@ def model_case(model_dir: str, dtype_name: str, n: int, repeat: int) -> dict:
     rng = random.Random(0)
     ids = [rng.randrange(1000, 20000) for _ in range(n)]
     p = n // 2
-    eng = Engine(model, [], 1)
+    eng = Engine(model, [], 1, prefill_chunk=n)  # one chunk per call: the kernels, not the grain
     cache = BufferCache(_num_layers(model), n + 8)
     with torch.inference_mode(), attention_impl(model, ATTN_NAME):
         eng._forward(ids[:p], cache, 0)

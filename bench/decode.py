@@ -46,7 +46,7 @@ def profile_decode(model, prompts: list[list[int]], bs: int, new_tokens: int, li
 
     from pausetune.core.engine import ATTN_NAME, BufferCache, Engine, _num_layers, attention_impl
 
-    eng = Engine(model, [], new_tokens, batch_size=bs, linear=linear)
+    eng = Engine(model, [], new_tokens, batch_size=bs, linear=linear, prefill_chunk=max(map(len, prompts)))
     rows = prompts[:bs]
     lengths = [len(r) for r in rows]
     with torch.inference_mode(), attention_impl(model, ATTN_NAME), eng.linear_kernels():
@@ -56,17 +56,17 @@ def profile_decode(model, prompts: list[list[int]], bs: int, new_tokens: int, li
             firsts.append(eng._forward(ids, c, 0).argmax(-1))
             caches.append(c)
         if bs == 1:
-            cache, valid = caches[0], None
+            cache, offsets = caches[0], None
         else:
-            cache, n_max, valid = eng._batch_cache(caches[0], lengths)
+            cache, n_max = eng._batch_cache(caches[0], lengths)
             for row, c in enumerate(caches):
                 for src, dst in zip(c.layers, cache.layers):
                     dst._k[row, :, n_max - lengths[row]:n_max] = src.keys[0]
                     dst._v[row, :, n_max - lengths[row]:n_max] = src.values[0]
-            valid = valid if len(set(lengths)) > 1 else None
+            offsets = [n_max - n for n in lengths]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
-            eng._decode(torch.cat(firsts), cache, lengths, valid)
+            eng._decode(torch.cat(firsts), cache, lengths, offsets)
             wall = time.perf_counter() - t0
     steps = new_tokens - 1
     fam = {"linear": 0.0, "attention": 0.0, "other_ops": 0.0}
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     sizes = [int(x) for x in args.batch_sizes.split(",")]
 
     def engine_once(bs: int) -> tuple[float, int]:
-        eng = Engine(model, [], T, batch_size=bs, linear=args.linear)
+        eng = Engine(model, [], T, batch_size=bs, linear=args.linear, prefill_chunk=args.length)
         dec, toks = 0.0, 0
         reqs = [Request(i, ids, len(ids) // 2) for i, ids in enumerate(prompts)]
         for r in eng.run(reqs):

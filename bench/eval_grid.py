@@ -82,6 +82,9 @@ def build_prompts(args, tok):
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(ROOT / "workflow"))
+    from pausetune.core.config import EvalConfig
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir", help="a prepared model folder (data/models/{model}): tokenizer, and weights")
     p.add_argument("--haystack", nargs="*", default=None, help="paused parquet(s); default: random tokens")
@@ -91,7 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--buffer", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=EvalConfig.from_dict({}).batch_size)
+    p.add_argument("--prefill-chunk", type=int, default=EvalConfig.from_dict({}).prefill_chunk,
+                   help="the prefill grain (default: the schema's eval.prefill_chunk)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--threads", type=int, default=None)
@@ -140,13 +145,13 @@ def main(argv=None) -> int:
     out = {"model": args.random_shape or str(args.model_dir), "device": args.device, "dtype": str(dtype),
            "threads": torch.get_num_threads(), "lengths": args.lengths, "depths": args.depths,
            "cells": len(cells), "prompt_tokens": prompt_tokens, "max_new_tokens": args.max_new_tokens,
-           "batch_size": args.batch_size}
+           "batch_size": args.batch_size, "prefill_chunk": args.prefill_chunk}
 
     def run_engine(label, measure=False, **kw):
         from pausetune.stages.eval import cell_measure
 
         eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size),
-                     linear=args.linear, **kw)
+                     prefill_chunk=args.prefill_chunk, linear=args.linear, **kw)
         out.setdefault("linear_route", eng.linear)
         what = ["logprob", "attention"] if measure else []
         plain = args.prompt_format == "plain"
@@ -164,7 +169,7 @@ def main(argv=None) -> int:
         prefill = trunk + sum(r.timing["prefill_s"] for r in res.values())
         lens = {key: len(cp.ids) for key, cp, _ in cells}
         keep = {k: r.timing["shared_prefix_tokens"] for k, r in res.items()}
-        trunk_len = max(cp.shareable for _, cp, _ in cells) if eng.reuse else 0
+        trunk_len = max(eng._whole(min(cp.shareable, len(cp.ids) - 1)) for _, cp, _ in cells) if eng.reuse else 0
         flops = (prefill_flops(model.config, 0, trunk_len) if trunk_len else 0.0) + sum(
             prefill_flops(model.config, keep[k], lens[k]) for k in lens)
         computed = trunk_len + sum(lens[k] - keep[k] for k in lens)

@@ -77,7 +77,7 @@ def test_buffer_cache_crop_and_grow():
 
 
 @pytest.mark.parametrize("batch_size, reuse, chunk",
-                         [(1, True, None), (3, True, None), (2, True, 97), (2, False, None)])
+                         [(1, True, 4096), (3, True, 512), (2, True, 97), (2, False, 512)])
 def test_engine_equals_generate_random_model(rand_model, batch_size, reuse, chunk):
     rng = random.Random(1)
     stream = [rng.randrange(4, 320) for _ in range(1500)]
@@ -92,62 +92,99 @@ def test_engine_equals_generate_random_model(rand_model, batch_size, reuse, chun
         assert got[r.key].new_ids == ref, r.key
         answers.add(tuple(ref))
     assert len(answers) > 5  # the answers really differ between cells
-    if reuse:
+    if reuse and chunk < 1000:
         shared = [got[r.key].timing["shared_prefix_tokens"] for r in reqs]
-        assert sum(shared) > 0.5 * sum(len(r.ids) for r in reqs)  # most of the prefill came from the cache
+        assert all(n % chunk == 0 for n in shared)  # whole chunks only
+        assert sum(shared) > 0.3 * sum(len(r.ids) for r in reqs)  # much of the prefill came from the cache
     assert rand_model.config._attn_implementation == "sdpa"  # restored after the run
 
 
-def test_buffer_cache_keep_rows():
-    """Compacting the batch: slot j takes slot slots[j]'s filled rows, the batch narrows, the length stays."""
-    c = BufferCache(num_layers=2, capacity=8)
-    kv = torch.arange(4 * 5, dtype=torch.float32).view(4, 1, 5, 1)
-    for layer in c.layers:
-        layer.update(kv, -kv)
-    c.keep_rows([0, 3])  # slot 1 finished and takes slot 3's row; slot 2 finished and goes
-    for layer in c.layers:
-        assert layer.keys.shape == (2, 1, 5, 1) and layer.keys[:, 0, :, 0].tolist() == [list(range(5)),
-                                                                                     list(range(15, 20))]
-        assert torch.equal(layer.values, -layer.keys)
-    c.layers[0].update(torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1))  # appends go to the compacted rows
-    assert c.get_seq_length() == 6 and c.layers[0].keys[:, 0, -1, 0].tolist() == [1, 1]
-
-
-def test_finished_rows_leave_the_decode_batch(rand_model):
+def test_finished_rows_idle_in_the_decode_batch(rand_model):
     """Rows of one batch stop at different steps (an EOS id that some rows emit early, others late or never): every
-    row's answer equals the unbatched engine's and `generate`'s, and each step computes only the rows still
-    decoding (the engine's per-step row counts shrink, and add up to the tokens decoded after the first)."""
+    row's answer equals `generate`'s, the live-row count per step shrinks and adds up to the tokens decoded after
+    the first, and a finished row's slot keeps the batch's shape (its neighbours' bits do not move when it stops)."""
     rng = random.Random(3)
     stream = [rng.randrange(4, 320) for _ in range(900)]
     head, tail, needle = [1, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]
-    # different lengths: the batch is left-padded, so dropping rows also compacts the padding mask
-    reqs = _cells(rng, stream, (150, 400, 800), (0, 60), head, tail, needle)[:4]
+    reqs = _cells(rng, stream, (150, 400, 800), (0, 60), head, tail, needle)[:4]  # different lengths: left padding
     T = 14
-    free = {r.key: r.new_ids for r in Engine(rand_model, [], T, batch_size=4).run(reqs)}
+    free = {r.key: r.new_ids for r in Engine(rand_model, [], T, batch_size=4, prefill_chunk=64).run(reqs)}
     assert all(len(a) == T for a in free.values())
-    # EOS candidates: tokens some row emits early (step 2-6) while another row emits them later or never
-    cands = []
+    cands = []  # EOS candidates: tokens some row emits early (step 2-6) while another row emits them later or never
     for a in free.values():
         for t in a[1:6]:
             firsts = [b.index(t) if t in b else T for b in free.values()]
             if len(set(firsts)) >= 3 and t not in cands:
                 cands.append(t)
     assert len(cands) >= 2, cands
-    shrank = 0
     for t in cands[:3]:
-        eng = Engine(rand_model, [t], T, batch_size=4)
+        eng = Engine(rand_model, [t], T, batch_size=4, prefill_chunk=64)
         got = {r.key: r.new_ids for r in eng.run(reqs)}
         rows = eng.decode_rows
-        alone = {r.key: r.new_ids for r in Engine(rand_model, [t], T, batch_size=1).run(reqs)}
         for r in reqs:
             ref, _ = generate_reference(rand_model, r.ids, T, [t])
-            assert got[r.key] == alone[r.key] == ref, (t, r.key)
+            assert got[r.key] == ref, (t, r.key)
+            assert got[r.key] == free[r.key][:len(got[r.key])]  # an early stop elsewhere changed nothing here
         lens = sorted(len(a) for a in got.values())
         assert lens[0] < lens[-1]  # the rows really stop at different steps
-        assert rows == sorted(rows, reverse=True) and len(rows) == lens[-1] - 1
-        assert sum(rows) == sum(n - 1 for n in lens)  # one row-step per token after the first, no more
-        shrank += rows[-1] < rows[0]
-    assert shrank >= 1
+        assert rows == sorted(rows, reverse=True) and len(rows) == lens[-1] - 1 and rows[-1] < rows[0]
+        assert sum(rows) == sum(n - 1 for n in lens)  # one live row-step per token after the first
+
+
+def _bf16_model(rand_model):
+    import copy
+
+    m = copy.deepcopy(rand_model).to(torch.bfloat16)
+    with torch.no_grad():  # sharper logits: near-ties (where rounding picks the word) are common but not everywhere
+        m.lm_head.weight.mul_(4)
+    return m
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_cells_numbers_do_not_depend_on_its_neighbours(rand_model, dtype):
+    """Issue #29: the same cell gives the same answer and the same measures (bit for bit) whichever cells share its
+    block and decode batch, in whichever order, with or without prefix reuse: alone, in the full block, in the rest
+    of a block resumed after two cells, shuffled. bf16 is where shapes used to show (other log-probs and words)."""
+    from pausetune.core.engine import Measure
+
+    model = rand_model if dtype == torch.float32 else _bf16_model(rand_model)
+    rng = random.Random(5)
+    stream = [rng.randrange(4, 320) for _ in range(1400)]
+    head, tail, needle = [1, 9, 10, 11], [12, 13, 14], [20, 21, 22, 23, 24]
+    reqs = sorted(_cells(rng, stream, (300, 700, 1300), (0, 30, 60, 100), head, tail, needle), key=lambda r: r.key)
+    for r in reqs:
+        r.measure = Measure(answers=[needle, needle[:2]], needles=[(r.shareable, r.shareable + len(needle))])
+
+    def run(rs, **kw):
+        eng = Engine(model, [2], max_new_tokens=10, batch_size=3, prefill_chunk=128, **kw)
+        return {r.key: (r.new_ids, r.measures) for r in eng.run(list(rs))}
+
+    full = run(reqs)
+    assert len({tuple(a) for a, _ in full.values()}) > 4  # the answers really differ between cells
+    resumed = run(reqs[2:])
+    shuffled = run(random.Random(7).sample(reqs, len(reqs)))
+    noreuse = run(reqs, reuse_prefix=False)
+    for r in reqs:
+        assert resumed.get(r.key, full[r.key]) == full[r.key], r.key
+        assert shuffled[r.key] == full[r.key] == noreuse[r.key], r.key
+    for r in reqs[:4]:
+        assert run([r])[r.key] == full[r.key], r.key
+
+
+def test_batched_linear_rows_do_not_depend_on_their_neighbours():
+    """What batched decoding relies on: at a fixed row count, a row's output bits do not depend on the other rows'
+    contents nor on its slot (bf16 and fp32; the engine's CPU kernels). The row count itself does change bits
+    (so eval.batch_size is part of a cell's identity)."""
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        for k, n in ((64, 320), (576, 1536), (1536, 576)):
+            w = torch.randn(n, k).to(dtype)
+            x = torch.randn(4, 1, k).to(dtype)
+            ref = F.linear(x, w)
+            for slot in range(4):
+                z = torch.randn(4, 1, k).to(dtype)
+                z[slot] = x[0]
+                assert torch.equal(F.linear(z, w)[slot], ref[0]), (dtype, k, n, slot)
 
 
 def smollm2_requests(smollm2_dir, pg_paused, cells):
@@ -177,7 +214,7 @@ def test_engine_equals_generate_smollm2(smollm2_dir, pg_paused):
     """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
     tok, model, reqs = smollm2_requests(smollm2_dir, pg_paused, ((600, 0), (600, 50), (600, 100), (1000, 50)))
     eos = eos_ids_of(model, tok)
-    got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2).run(reqs)}
+    got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, prefill_chunk=512).run(reqs)}
     hits = 0
     for r in reqs:
         ref, _ = generate_reference(model, r.ids, 24, eos)
@@ -198,7 +235,8 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
     rc = bench.main([str(smollm2_dir), "--random-shape", "tiny", "--lengths", "400,800", "--depths", "0,50,100",
-                     "--max-new-tokens", "4", "--threads", "1", "--json", str(out), "--measure-cost"])
+                     "--max-new-tokens", "4", "--threads", "1", "--json", str(out), "--measure-cost",
+                     "--prefill-chunk", "128"])
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["answers_equal"] == "6/6" and res["speedup"] > 0 and res["engine"]["prefill_tflops_per_s"] > 0
@@ -207,7 +245,7 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     assert res["measure_overhead"] > -1  # a ratio is reported (its size is the bench's to measure, not a test's)
     assert res["gemm_peak_gflops"] > 0 and 0 < res["engine"]["prefill_share_of_peak"]
     assert res["engine"]["prefill_gflops"] == pytest.approx(res["engine"]["prefill_flop"] / res["engine"]["prefill_s"]
-                                                            / 1e9, rel=0.01)
+                                                            / 1e9, rel=0.01, abs=0.05)  # printed to 0.1
     out_text = capsys.readouterr().out
     assert "speedup engine vs naive" in out_text and "measures (logprob + attention)" in out_text
     assert "% of peak" in out_text
@@ -281,7 +319,7 @@ def _reference_measures(model, ids: list[int], m) -> dict:
     return {"answer_logprob": sums, "needle_rank": ranks, "attention": attention_shares(rows, ids, m)}
 
 
-@pytest.mark.parametrize("batch_size, reuse, chunk", [(2, True, None), (1, True, 53), (1, False, None)])
+@pytest.mark.parametrize("batch_size, reuse, chunk", [(2, True, 4096), (1, True, 53), (1, False, 512)])
 def test_measures_equal_full_forward_random_model(rand_model, batch_size, reuse, chunk):
     """Teacher-forced log-probs = a full forward of prompt + answer; attention shares = eager weights (1e-5), sum
     to 1; and measuring leaves the greedy answers unchanged."""
@@ -351,7 +389,7 @@ def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):
         s = cp.needle_positions[0]
         m = Measure(answers=[tok.encode(needle[0], add_special_tokens=False)], needles=[(s, s + cp.needle_tokens)])
         reqs.append(Request(d, cp.ids, cp.shareable, m))
-    got = {r.key: r.measures for r in Engine(model, eos_ids_of(model, tok), 4).run(reqs)}
+    got = {r.key: r.measures for r in Engine(model, eos_ids_of(model, tok), 4, prefill_chunk=512).run(reqs)}
     for r in reqs:
         ref = _reference_measures(model, r.ids, r.measure)
         assert got[r.key]["answer_logprob"] == pytest.approx(ref["answer_logprob"], abs=1e-3)
@@ -403,7 +441,7 @@ def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
     what this checks, and the count of cells that differ is printed if any do."""
     tok, model, reqs = smollm2_requests(smollm2_dir, pg_paused, [(n, d) for n in (600, 1000) for d in (0, 50, 100)])
     eos = eos_ids_of(model, tok)
-    got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route).run(reqs)}
+    got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route, prefill_chunk=512).run(reqs)}
     differ = [r.key for r in reqs if got[r.key] != generate_reference(model, r.ids, 24, eos)[0]]
     assert not differ, f"{len(differ)} of {len(reqs)} cells differ: {differ}"
     assert "forward" not in vars(model.lm_head)

@@ -22,7 +22,7 @@ from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
 torch = pytest.importorskip("torch")
 
 CFG = ["--config", str(DEFAULT_CONFIG), str(TINY_CONFIG)]
-SMALL = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 50, 100]}}
+SMALL = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 50, 100], "prefill_chunk": 128}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,9 +123,9 @@ def test_cli_block_writes_complete_cells(baseline_run, tiny_dir):
                        "shared_prefix_tokens"} and tm["cell_id"] == c["cell_id"] and tm["device"] == "cpu"
     assert c["haystack"]["paused"] is False and c["haystack"]["paragraph_method"] == "heuristic"
     assert cells["eval/tiny/baseline/single/seed0/len600/depth0.json"]["needle_positions"][0] < c["needle_positions"][0]
-    # the three cells shared the haystack prefix: two of them reused a cache from another cell
+    # the three cells shared the haystack prefix: two of them reused whole chunks (eval.prefill_chunk) of it
     reused = [x["shared_prefix_tokens"] for x in timings.values()]
-    assert sorted(reused)[1] > 100
+    assert sorted(reused)[1] > 100 and all(n % 128 == 0 for n in reused)
     assert "3 computed" in proc.stderr
 
 
@@ -168,9 +168,10 @@ def test_variable_tracking_cells(tiny_dir, pg_paused, tmp_path):
 
 
 def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paused, tmp_path):
-    """Another process, another batch size: the same cell files, byte for byte; only the timings differ."""
+    """Another process: the same cell files, byte for byte; only the timings differ. Another decode width
+    (eval.batch_size) is another cell: its GEMM shapes round otherwise, so its id says so."""
     results, _ = baseline_run
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, extra=["--batch-size", "1"]), config_json=SMALL)
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path), config_json=SMALL)
     assert rc == 0, err
     a = sorted((results / "eval").rglob("*.json"))
     b = sorted((tmp_path / "eval").rglob("*.json"))
@@ -178,6 +179,39 @@ def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paused, tmp_path):
     for x, y in zip(a, b):
         assert x.read_bytes() == y.read_bytes(), x.name
     assert timings_of(results).keys() == timings_of(tmp_path).keys()
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path / "b1", extra=["--batch-size", "1"]), config_json=SMALL)
+    assert rc == 0, err
+    one = cells_of(tmp_path / "b1")
+    assert all(one[k]["cell_id"] != c["cell_id"] and one[k]["eval"]["batch_size"] == 1 for k, c in cells_of(results).items())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_resumed_or_recut_block_gives_the_same_bytes(tiny_dir, pg_paused, tmp_path, dtype):
+    """Issue #29: a block killed after two cells and resumed, and the same cells evaluated one per job (eval.block
+    cell), equal the uninterrupted block byte for byte (cells and cache entries) in fp32 and in bf16: a cell's
+    numbers never depend on which cells shared its job."""
+    small = {"eval": {**SMALL["eval"], "dtype": dtype, "prefill_chunk": 128, "batch_size": 3}}
+    lengths, depths = ("600", "1200"), ("0", "30", "60", "100")
+
+    def run(results, ls=lengths, ds=depths):
+        rc, err = cli(*eval_args(tiny_dir, pg_paused, results, lengths=ls, depths=ds), config_json=small)
+        assert rc == 0, err
+        return err
+
+    run(tmp_path / "whole")
+    whole = cells_of(tmp_path / "whole")
+    assert len(whole) == 8 and all(c["dtype"] == dtype for c in whole.values())
+    run(tmp_path / "resumed", ls=("600",), ds=("0", "30"))  # killed after two cells: those two are kept
+    assert "6 computed, 0 from cache, 2 already done" in run(tmp_path / "resumed")
+    for n in lengths:
+        for d in depths:
+            run(tmp_path / "cells", ls=(n,), ds=(d,))
+    for other in ("resumed", "cells"):
+        got = cells_of(tmp_path / other)
+        assert got.keys() == whole.keys()
+        for k in whole:
+            assert got[k] == whole[k], (other, k)
+            assert (tmp_path / other / k).read_bytes() == (tmp_path / "whole" / k).read_bytes(), (other, k)
 
 
 def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
@@ -333,7 +367,7 @@ def test_local_judge_tiny(tiny_dir, pg_paused, tmp_path):
     from pausetune.core.models import load_model, load_tokenizer
     from pausetune.core.scoring import LocalJudge, judge_messages
 
-    j = LocalJudge(load_model(tiny_dir, "float32", "cpu"), load_tokenizer(tiny_dir))
+    j = LocalJudge(load_model(tiny_dir, "float32", "cpu"), load_tokenizer(tiny_dir), prefill_chunk=512)
     text = j.tok.decode(j.prompt_ids(judge_messages("Q?", "REF", "ANS")))
     assert "Reference: REF" in text and "Answer: ANS" in text and text.endswith("<|im_start|>assistant\n")
     assert isinstance(j(judge_messages("Q?", "REF", "ANS")), str)
@@ -365,7 +399,7 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_
     os.symlink(tiny_dir, work / "data/models/tiny")
     cfg = deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(TINY_CONFIG.read_text()))
     cfg["eval"] = {"models": ["tiny"], "variants": ["baseline"], "tasks": ["single"], "lengths": [600],
-                   "depths": [0, 50, 100], "seeds": [0], "threads": 1}
+                   "depths": [0, 50, 100], "seeds": [0], "threads": 1, "dtype": "bfloat16", "prefill_chunk": 128}
     (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     cell = "results/eval/tiny/baseline/single/seed0/len600/depth{}.json"
     smk = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "-c1"]
@@ -378,13 +412,15 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_
     out = run(cell.format(50))
     assert re.search(r"\b1 of 1 steps", out), out
     assert all((work / cell.format(d)).exists() for d in (0, 50, 100))  # the length block: all its depths
+    before = (work / cell.format(50)).read_bytes()
     (work / cell.format(50)).unlink()
+    (work / "results/.cells" / f"{json.loads(before)['cell_id']}.json").unlink()  # recomputed, not restored
     stamps = {d: (work / cell.format(d)).stat().st_mtime_ns for d in (0, 100)}
     out = run(cell.format(50), "--config", "eval={block: cell}")
     assert re.search(r"\b1 of 1 steps", out), out
-    assert "1 from the cell cache" in (work / "logs/eval/tiny/baseline/single/seed0/len600/depth50.log").read_text()
+    assert "1 computed" in (work / "logs/eval/tiny/baseline/single/seed0/len600/depth50.log").read_text()
     assert {d: (work / cell.format(d)).stat().st_mtime_ns for d in (0, 100)} == stamps
-    assert (work / cell.format(50)).exists()
+    assert (work / cell.format(50)).read_bytes() == before  # alone, the same bytes as in its length block (#29)
     # and a config error is one line at DAG time
     (work / "long.yaml").write_text("eval: {lengths: [9000]}\n")
     p = subprocess.run([*smk, "-n", "--configfile", "config/config.yaml", "long.yaml"], capture_output=True, text=True,

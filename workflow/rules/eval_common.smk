@@ -44,7 +44,7 @@ def eval_tasks(wc):
 
 
 def eval_params(wc):
-    """Only what changes a cell's answer: runtime knobs (batch size, reuse, threads, device) are passed apart."""
+    """Only what changes a cell's answer: runtime knobs (reuse, threads, device) are passed apart."""
     ev = {k: config["eval"][k] for k in EVAL_RESULT_KEYS}
     if EVAL_BLOCK == "seed":  # the job reads each task's grid from its config (no --lengths/--depths)
         ev.update(tasks=EVAL_AXES["tasks"], task_grid={t: {"lengths": ls, "depths": ds}
@@ -77,7 +77,7 @@ def eval_extra_args(wc, input):
 def eval_runtime_args():
     # Read at parse time, not params: changing them must not rerun finished cells.
     ev = config["eval"]
-    args = [f"--batch-size {ev['batch_size']}", f"--prefill-chunk {ev['prefill_chunk'] or 0}"]
+    args = []
     if not ev["reuse_prefix"]:
         args.append("--no-reuse")
     if ev.get("device"):

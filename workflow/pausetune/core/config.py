@@ -339,7 +339,7 @@ class EvalConfig(Section):
     reuse_prefix: bool
     dtype: str
     device: Optional[str]
-    prefill_chunk: Optional[int]
+    prefill_chunk: int
     threads: Optional[int]
     resources: dict
     judge: Optional[dict]

@@ -2,18 +2,26 @@
 
 A block of NIAH cells shares its haystack: every cell's prompt is `head + stream[:p] + needle + ...` with the
 same `head` (chat template, system line) and the same token `stream` (one per seed and paused/plain), so the KV
-cache of `head + stream[:P]` serves every cell whose first needle sits at or after `P`. The engine
+cache of `head + stream[:P]` serves every cell whose first needle sits at or after `P`.
 
-1. prefills one *trunk* (the longest shareable prefix of the block) once;
+A cell's numbers are its own: whichever cells share its job, however the block was cut, resumed or ordered, a
+cell's prompt is computed in chunks that end at the multiples of the *grain* `prefill_chunk` (and at the prompt's
+end), and decoded in a batch of exactly `batch_size` rows. In bf16 (and, at 1e-6, in fp32) a GEMM's rounding
+depends on its shape, so a cell prefilled in one chunk here and two there, or decoded with 2 rows here and 4 there,
+would get other log-probs and sometimes other words under the same identity. So the engine
+
+1. prefills one *trunk* (the longest shareable prefix of the block, cut down to a multiple of the grain) once;
 2. takes the cells in decreasing order of the prefix they share with what the cache holds, and for each one
-   crops the cache to the longest common token prefix (never to more than its prompt minus one token), runs
-   only the rest of its prompt (needle + rest of haystack + question) on top, and takes the first answer token
-   from the last logits;
-3. greedy-decodes up to `max_new_tokens` (stopping at EOS), batched over `batch_size` cells: each cell's cache
-   is copied, left-padded, into one batch buffer and all rows step together (per-row position ids, a padding
-   mask); a row that reaches EOS leaves the batch (its slot is compacted away), so later steps compute only the
-   rows still decoding. With `batch_size` 1 the decode runs on the shared cache itself and is cropped back
-   afterwards.
+   crops the cache to the longest common token prefix cut down to a multiple of the grain (whole chunks are the
+   same computation in every cell that has them), runs the rest of its prompt on top, and takes the first answer
+   token from the last logits;
+3. greedy-decodes up to `max_new_tokens` (stopping at EOS) in batches of exactly `batch_size` rows: each cell's
+   cache is copied, left-padded, into one batch buffer; rows share the linear layers (a GEMM of a fixed row count
+   gives each row the same bits whatever the other rows hold and whichever slot it takes: tests/test_engine.py)
+   and never the attention (each live row attends over its own keys alone, no padding mask); a short group is
+   filled with idle rows, and a row that reaches EOS idles in its slot (no attention, outputs ignored). With
+   `batch_size` 1 the decode runs on the shared cache itself and is cropped back afterwards.
+Both knobs are therefore part of a cell's identity (stage eval), while prefix reuse itself changes no bit.
 
 Reuse is decided on token ids alone (longest common prefix with the cached ids), so it is correct by
 construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
@@ -64,6 +72,7 @@ SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw 
 
 _PROBE: list | None = None  # while a list: pausetune_attention appends (layer, head-mean row of query _PROBE_ROW)
 _PROBE_ROW = 0
+_ROWS: list | None = None  # during a batched decode step: (slot, first valid key) of each live row
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -101,6 +110,32 @@ def _split_lower_right_cpu(query, key, value, scaling):
     return out.copy_(o2.float().lerp_(o1.float(), s))  # fp32 merge, one rounding (a bf16 weight costs an ulp)
 
 
+def _rows_attention(query, key, value, scaling):
+    """A batched decode step's attention, row by row: each live row (_ROWS) attends over its own valid keys only,
+    exactly as it would alone, so no row's numbers depend on the others; idle rows get zeros. [b, 1, h, d] out."""
+    b, h, _, d = query.shape
+    kvh = key.shape[1]
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu if query.device.type == "cpu" else None
+    out = query.new_zeros((b, 1, h, d))
+    for slot, off in _ROWS:
+        q = query[slot:slot + 1].reshape(1, kvh, h // kvh, d)  # the GQA group on the query axis: no K/V copy
+        k, v = key[slot:slot + 1, :, off:], value[slot:slot + 1, :, off:]
+        o = flash(q, k, v, scale=scaling)[0] if flash else F.scaled_dot_product_attention(q, k, v, scale=scaling)
+        out[slot, 0] = o.reshape(h, d)
+    return out
+
+
+@contextlib.contextmanager
+def decode_rows(rows: list[tuple[int, int]]):
+    """Within: a q = 1 step of pausetune attention attends row by row ((slot, first valid key) per live row)."""
+    global _ROWS
+    old, _ROWS = _ROWS, rows
+    try:
+        yield
+    finally:
+        _ROWS = old
+
+
 def _query_row(query, key, scaling, i: int):
     """Causal softmax attention of new query i (of q new tokens on the cache) over the keys it sees, mean over heads."""
     b, h, q_len, d = query.shape
@@ -131,6 +166,8 @@ def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, 
     q_len, kv_len = query.shape[2], key.shape[2]
     if _PROBE is not None:
         _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _query_row(query, key, scaling, _PROBE_ROW)))
+    if _ROWS is not None and q_len == 1:
+        return _rows_attention(query, key, value, scaling), None
     if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
         if query.device.type == "cpu":
             out = _split_lower_right_cpu(query, key, value, scaling)
@@ -287,21 +324,6 @@ class BufferLayer(DynamicLayer):
         if self.is_initialized:
             self._set_length(min(n, self.length))
 
-    def keep_rows(self, slots: list[int]) -> None:
-        """Batch slot j takes slot slots[j]'s rows (only the filled length moves); the batch narrows to
-        len(slots). slots[j] >= j, and slots[j] == j for every slot that stays (a view, no copy)."""
-        if not self.is_initialized:
-            return
-        n = self.length
-        for j, src in enumerate(slots):
-            if src != j:
-                self._k[j, :, :n] = self._k[src, :, :n]
-                self._v[j, :, :n] = self._v[src, :, :n]
-        self._k = self._k[:len(slots)]
-        self._v = self._v[:len(slots)]
-        self._set_length(n)
-
-
 class BufferCache(Cache):
     def __init__(self, num_layers: int, capacity: int):
         super().__init__(layers=[BufferLayer(capacity) for _ in range(num_layers)])
@@ -312,10 +334,6 @@ class BufferCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].get_seq_length() if self.layers else 0
-
-    def keep_rows(self, slots: list[int]) -> None:
-        for layer in self.layers:
-            layer.keep_rows(slots)
 
 
 def _num_layers(model) -> int:
@@ -437,9 +455,8 @@ def _lcp(a: list[int], b: list[int]) -> int:
 class Engine:
     """Greedy answers for many prompts with one model, reusing KV across shared prefixes."""
 
-    def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, batch_size: int = 1,
-                 reuse_prefix: bool = True, prefill_chunk: int | None = None, attn: str = ATTN_NAME,
-                 linear: str | dict | None = None):
+    def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, *, prefill_chunk: int, batch_size: int = 1,
+                 reuse_prefix: bool = True, attn: str = ATTN_NAME, linear: str | dict | None = None):
         from .models import warm_math_kernels
 
         warm_math_kernels()  # before the first forward: see its doc (a model need not come from load_model)
@@ -460,8 +477,11 @@ class Engine:
         self.eos = sorted(set(int(i) for i in eos_ids))
         self.max_new = int(max_new_tokens)
         self.batch_size = max(1, int(batch_size))
-        self.reuse = bool(reuse_prefix) and supports_buffer_cache(model)
-        self.chunk = prefill_chunk
+        self.buffer = supports_buffer_cache(model)  # else: DynamicCache, each cell alone, decode batch 1
+        self.reuse = bool(reuse_prefix) and self.buffer
+        self.chunk = int(prefill_chunk)  # the grain: every chunk of a prompt ends at a multiple of it (or the end)
+        if self.chunk < 1:
+            raise ValueError(f"prefill_chunk must be a positive number of tokens, got {prefill_chunk}")
         self.device = next(model.parameters()).device
         register_attention()
 
@@ -472,88 +492,66 @@ class Engine:
 
     # -- low level ------------------------------------------------------------------------------------
     def _forward(self, ids: list[int], cache: Cache, start: int):
-        """Run ids at positions start.. on top of the cache (which holds exactly `start` tokens); last logits."""
+        """Run ids at positions start.. on top of the cache (which holds exactly `start` tokens), in chunks that
+        end at the multiples of the grain (and at the end); the last position's logits."""
         logits = None
-        step = self.chunk or len(ids)
-        for s in range(0, len(ids), step):
-            chunk = ids[s:s + step]
-            x = torch.tensor([chunk], dtype=torch.long, device=self.device)
-            pos = torch.arange(start + s, start + s + len(chunk), device=self.device).unsqueeze(0)
+        s = 0
+        while s < len(ids):
+            e = min(len(ids), ((start + s) // self.chunk + 1) * self.chunk - start)
+            x = torch.tensor([ids[s:e]], dtype=torch.long, device=self.device)
+            pos = torch.arange(start + s, start + e, device=self.device).unsqueeze(0)
             out = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1]
+            s = e
         return logits
 
-    def _decode(self, first: torch.Tensor, cache: Cache, lengths: list[int], mask_valid: torch.Tensor | None):
-        """Greedy loop. first: [b] first answer tokens; lengths: prompt length per row (positions); mask_valid:
-        [b, capacity] key validity of a left-padded batch buffer (None: no padding). Returns each row's answer (its
-        tokens through EOS, at most max_new), in row order.
+    def _decode(self, first: torch.Tensor, cache: Cache, lengths: list[int], offsets: list[int] | None):
+        """Greedy loop. first: [b] first answer tokens (b = the batch buffer's rows, idle rows included); lengths:
+        each real row's prompt length (its positions); offsets: each real row's first valid key in a left-padded
+        batch buffer (None: one row on its own cache). Returns each real row's answer (its tokens through EOS, at
+        most max_new), in row order.
 
-        A row that finishes (EOS) leaves the batch: later steps compute only the rows still decoding. The cache's
-        batch rows, the mask, positions and inputs are compacted in place (`BufferCache.keep_rows`: a finished
-        row's slot takes a live row from the end, so at most one row moves per finished row and none when the
-        finished rows are the last ones); `live` maps batch slots back to rows. Rows per step are kept in
-        `self.decode_rows` (the last call's). A batch-1 decode (the shared cache) never compacts: it just stops."""
-        b = first.shape[0]
+        A row that finishes (EOS) idles in its slot: its attention is skipped and its outputs ignored, so the rows
+        still decoding see the same GEMM shape at every step (their bits do not depend on when the others stop).
+        Live rows per step are kept in `self.decode_rows` (the last call's). Per step only the model runs, a max
+        into static buffers (the next input ids), one read-back and an in-place position increment. `max(-1)`
+        gives argmax's index (the first maximal one) at a fifth of its cost on [b, vocab] rows (bf16, 4 x 49K)."""
         eos = frozenset(self.eos)
-        answers = [[t] for t in first.tolist()]
-        live = [i for i in range(b) if answers[i][0] not in eos]  # the row each batch slot holds
+        n_real = len(lengths)
+        answers = [[t] for t in first[:n_real].tolist()]
+        live = [i for i in range(n_real) if answers[i][0] not in eos]
         self.decode_rows = []
         if self.max_new <= 1 or not live:
             return answers
-        # Per step only the model runs, a max into static buffers (the next input ids), one read-back and an
-        # in-place position increment: no per-step tensors of our own (the mask's decode columns are valid from
-        # the start). `max(-1)` gives argmax's index (the first maximal one) at a fifth of its cost on [b, vocab]
-        # rows here (0.14 vs 0.67 ms, bf16, 4 rows of 49K, 1 thread).
-        pos = torch.tensor([[lengths[i]] for i in range(b)], device=self.device)
+        pos = torch.tensor([[lengths[i] if i < n_real else 0] for i in range(first.shape[0])], device=self.device)
         cur = first.unsqueeze(1).clone()
         best = None
-        kv_len = cache.get_seq_length()
-        if mask_valid is not None:
-            mask_valid[:, kv_len:kv_len + self.max_new] = True
-        if len(live) < b:
-            live, cur, pos, mask_valid = self._keep_rows(list(range(b)), live, cache, cur, pos, mask_valid)
+        rows = None if offsets is None else [(i, offsets[i]) for i in live]  # read by pausetune attention
         n = 1
-        while True:
-            mask = None if mask_valid is None else mask_valid[:, None, None, :kv_len + 1]
-            logits = self.model(input_ids=cur, position_ids=pos, cache=cache, use_cache=True,
-                                attention_mask=mask, logits_to_keep=1).logits[:, -1]
-            self.decode_rows.append(len(live))
-            if best is None or best.shape != cur.shape:
-                best = torch.empty(cur.shape, dtype=logits.dtype, device=self.device)
-            torch.max(logits, -1, keepdim=True, out=(best, cur))
-            n += 1
-            for i, t in zip(live, cur.flatten().tolist()):
-                answers[i].append(t)
-            if n >= self.max_new:
-                break
-            still = [i for i in live if answers[i][-1] not in eos]
-            if not still:
-                break
-            pos += 1
-            kv_len += 1
-            if len(still) < len(live):
-                live, cur, pos, mask_valid = self._keep_rows(live, still, cache, cur, pos, mask_valid)
+        with contextlib.ExitStack() as stack:
+            if rows is not None:
+                stack.enter_context(attention_impl(self.model, ATTN_NAME))
+                stack.enter_context(decode_rows(rows))
+            while True:
+                logits = self.model(input_ids=cur, position_ids=pos, cache=cache, use_cache=True,
+                                    logits_to_keep=1).logits[:, -1]
+                self.decode_rows.append(len(live))
+                if best is None:
+                    best = torch.empty(cur.shape, dtype=logits.dtype, device=self.device)
+                torch.max(logits, -1, keepdim=True, out=(best, cur))
+                n += 1
+                step = cur.flatten().tolist()
+                for i in live:
+                    answers[i].append(step[i])
+                if n >= self.max_new:
+                    break
+                live = [i for i in live if answers[i][-1] not in eos]
+                if not live:
+                    break
+                if rows is not None:
+                    rows[:] = [(i, offsets[i]) for i in live]
+                pos += 1
         return answers
-
-    def _keep_rows(self, live: list[int], still: list[int], cache, cur, pos, mask_valid):
-        """Compact the batch to the rows in `still` (a subset of `live`, the rows the batch slots hold): each
-        freed slot below the new batch size takes a live row from above it. Returns the new slots' rows and
-        cur, pos, mask_valid for the new batch (the mask None once no live row is padded)."""
-        keep = set(still)
-        nb = len(still)
-        holes = [j for j in range(nb) if live[j] not in keep]
-        tail = [j for j in range(nb, len(live)) if live[j] in keep]
-        slots = list(range(nb))
-        for h, t in zip(holes, tail):
-            slots[h] = t
-        cache.keep_rows(slots)
-        idx = torch.tensor(slots, device=self.device)
-        cur, pos = cur[idx], pos[idx]
-        if mask_valid is not None:
-            mask_valid = mask_valid[idx]
-            if bool(mask_valid[:, 0].all()):  # no live row is padded (left padding starts at column 0)
-                mask_valid = None
-        return [live[j] for j in slots], cur, pos, mask_valid
 
     # -- public ----------------------------------------------------------------------------------------
     def linear_kernels(self):
@@ -564,17 +562,17 @@ class Engine:
         if not requests:
             return
         with self.linear_kernels():
-            if not self.reuse:
+            if not self.buffer:
                 yield from self._run_plain(requests)
                 return
             with attention_impl(self.model, self.attn):
-                yield from self._run_reuse(requests)
+                yield from self._run_buffer(requests)
 
     def _run_plain(self, requests):
-        """No reuse: each prompt prefilled from scratch (the reference path), decoded alone."""
-        for r in requests:
-            from transformers import DynamicCache
+        """Models without a buffer cache (sliding-window layers): each prompt prefilled alone, decoded alone."""
+        from transformers import DynamicCache
 
+        for r in requests:
             t0 = self._now()
             cache = DynamicCache(config=self.model.config)
             logits = self._forward(r.ids, cache, 0)
@@ -587,16 +585,23 @@ class Engine:
                                       "prompt_tokens": len(r.ids), "new_tokens": len(ans),
                                       "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0, "batch": 1}, meas)
 
-    def _run_reuse(self, requests):
-        trunk_req = max(requests, key=lambda r: (r.shareable, -requests.index(r)))
-        trunk = trunk_req.ids[:min(trunk_req.shareable, len(trunk_req.ids) - 1)]
+    def _whole(self, n: int) -> int:
+        """The longest prefix of n tokens made of whole chunks (what a cache may lend another prompt)."""
+        return n // self.chunk * self.chunk
+
+    def _run_buffer(self, requests):
         cap = max(len(r.ids) for r in requests) + self.max_new + 1
         cache = BufferCache(_num_layers(self.model), cap)
         cached: list[int] = []
+        trunk: list[int] = []
         t0 = self._now()
-        if trunk:
-            self._forward(trunk, cache, 0)
-            cached = list(trunk)
+        if self.reuse:
+            trunk_req = max(requests, key=lambda r: (self._whole(min(r.shareable, len(r.ids) - 1)),
+                                                     -requests.index(r)))
+            trunk = trunk_req.ids[:self._whole(min(trunk_req.shareable, len(trunk_req.ids) - 1))]
+            if trunk:
+                self._forward(trunk, cache, 0)
+                cached = list(trunk)
         trunk_s = self._now() - t0
         order = sorted(range(len(requests)), key=lambda i: (-_lcp(trunk, requests[i].ids), i))
         for g in range(0, len(order), self.batch_size):
@@ -605,7 +610,7 @@ class Engine:
             batch, copy_s = None, 0.0
             firsts, timings, measures = [], [], []
             for row, r in enumerate(group):
-                keep = min(_lcp(cached, r.ids), len(r.ids) - 1)
+                keep = self._whole(min(_lcp(cached, r.ids), len(r.ids) - 1)) if self.reuse else 0
                 cache.truncate(keep)
                 t1 = self._now()
                 logits = self._forward(r.ids[keep:], cache, keep)
@@ -615,7 +620,7 @@ class Engine:
                 measures.append(self._measure(r, logits, cache))
                 timings.append({"prefill_s": t2 - t1, "measure_s": self._now() - t2, "prompt_tokens": len(r.ids),
                                 "shared_prefix_tokens": keep, "trunk_prefill_s": trunk_s, "batch": len(group)})
-                if len(group) > 1:  # the batch-buffer copy counts as decode time
+                if self.batch_size > 1:  # the batch-buffer copy counts as decode time
                     tc = self._now()
                     batch = batch or self._batch_cache(cache, lengths)
                     off = batch[1] - len(r.ids)
@@ -624,12 +629,13 @@ class Engine:
                         dst._v[row, :, off:batch[1]] = src.values[0]
                     copy_s += self._now() - tc
             t3 = self._now()
-            if len(group) == 1:
+            if self.batch_size == 1:
                 answers = self._decode(firsts[0], cache, lengths, None)
                 cache.truncate(lengths[0])
-            else:  # rows of equal length need no padding mask (mask-free SDPA, GQA in the kernel)
-                answers = self._decode(torch.cat(firsts), batch[0], lengths,
-                                       batch[2] if len(set(lengths)) > 1 else None)
+            else:  # idle rows fill a short group: every decode step has batch_size rows
+                pad = [firsts[0]] * (self.batch_size - len(group))
+                answers = self._decode(torch.cat(firsts + pad), batch[0], lengths,
+                                       [batch[1] - n for n in lengths])
                 del batch
             dec = self._now() - t3 + copy_s
             for r, ans, tm, meas in zip(group, answers, timings, measures):
@@ -695,19 +701,17 @@ class Engine:
         return lg, torch.stack([row for _, row in sorted(rows, key=lambda t: t[0])])
 
     def _batch_cache(self, like: BufferCache, lengths: list[int]):
-        """A left-padded batch buffer for decoding len(lengths) cells together, and its validity mask."""
-        n_max, b = max(lengths), len(lengths)
-        cap = n_max + self.max_new + 1
-        bc = BufferCache(len(like.layers), cap)
+        """A left-padded buffer of batch_size rows for decoding len(lengths) cells together (the rest idle), and
+        the padded length (each row's keys end there)."""
+        n_max = max(lengths)
+        bc = BufferCache(len(like.layers), n_max + self.max_new + 1)
         for src, dst in zip(like.layers, bc.layers):
-            dst.allocate(b, src._k.shape[1], src._k.shape[3], src._v.shape[3], src._k.dtype, src._k.device)
+            dst.allocate(self.batch_size, src._k.shape[1], src._k.shape[3], src._v.shape[3], src._k.dtype,
+                         src._k.device)
             dst._k.zero_()
             dst._v.zero_()
             dst._set_length(n_max)
-        valid = torch.zeros((b, cap), dtype=torch.bool, device=self.device)
-        for row, n in enumerate(lengths):
-            valid[row, n_max - n:n_max] = True
-        return bc, n_max, valid
+        return bc, n_max
 
 
 def _sync_now(device) -> float:

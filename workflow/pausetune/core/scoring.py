@@ -117,11 +117,11 @@ def judge_openai(judge: dict, messages: list[dict], timeout: float = 60.0) -> st
 class LocalJudge:
     """A `models` entry as judge: chat-templated rubric prompt, greedy (temperature 0), up to 8 new tokens."""
 
-    def __init__(self, model, tokenizer, max_new_tokens: int = 8):
+    def __init__(self, model, tokenizer, prefill_chunk: int, max_new_tokens: int = 8):
         from .engine import Engine, eos_ids_of
 
         self.tok = tokenizer
-        self.engine = Engine(model, eos_ids_of(model, tokenizer), max_new_tokens, reuse_prefix=True)
+        self.engine = Engine(model, eos_ids_of(model, tokenizer), max_new_tokens, prefill_chunk=prefill_chunk)
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         if getattr(self.tok, "chat_template", None):
@@ -187,4 +187,7 @@ def make_judge(config: dict, judge_model_dir=None, dtype: str = "auto", device: 
                              f"data/models/{judge.get('model')}")
     from .models import load_model, load_tokenizer
 
-    return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir))
+    from .config import EvalConfig
+
+    return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir),
+                      EvalConfig.of(config).prefill_chunk)

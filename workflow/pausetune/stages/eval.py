@@ -52,10 +52,11 @@ def code_identity() -> dict:
 
     return {"generate": fingerprint(__name__, exclude=(SCORING,)), "score": scoring_code()}
 
-# eval keys that change a cell's answer (batch_size, reuse_prefix, block, threads, prefill_chunk, device: not by
-# design; they are not part of a cell's identity, nor of the Snakemake rule's params).
+# eval keys that change a cell's answer: part of its identity and of the Snakemake rule's params. prefill_chunk and
+# batch_size are among them: they fix the chunk and decode-batch shapes whose GEMM rounding a cell's numbers carry
+# (core.engine). reuse_prefix, block, threads (in `kernels`), device (its type is) are not.
 EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
-                    "measure")
+                    "measure", "prefill_chunk", "batch_size")
 
 
 def cell_measure(tok, inst, cp, pause_ids, what, plain: bool):
@@ -425,7 +426,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
         raise PausetuneError(
             f"out of memory at length {pending[0]} (eval.batch_size {engine.batch_size}, "
             f"{'prefix reuse' if engine.reuse else 'no reuse'}, device {device}); {counts['computed']} cells of this "
-            f"block were finished and kept; lower eval.batch_size, set eval.prefill_chunk, or drop the length"
+            f"block were finished and kept; lower eval.batch_size or eval.prefill_chunk, or drop the length"
         ) from None
     log(f"eval {model}/{variant} seed{seed}: {counts['computed']} computed, {counts['cached']} from cache{rescored}, "
         f"{counts['skipped']} already done, {time.perf_counter() - t_block:.1f}s")
@@ -454,9 +455,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cells-cache", default=None, help="finished-cell cache (default RESULTS/.cells)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: eval.device, else cuda if any)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: eval.threads)")
-    p.add_argument("--batch-size", type=int, default=None, help="cells decoded together (default: eval.batch_size)")
-    p.add_argument("--prefill-chunk", type=int, default=None, help="max tokens per forward, 0: none "
-                   "(default: eval.prefill_chunk)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows of every decode step (default: eval.batch_size; part of a cell's identity)")
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="the prefill grain in tokens (default: eval.prefill_chunk; part of a cell's identity)")
     p.add_argument("--no-reuse", action="store_true", help="no prefix-KV reuse (every cell prefilled alone)")
     p.add_argument("--force", action="store_true", help="recompute cells that are done or cached")
 
@@ -483,8 +485,8 @@ def main(args, config: dict) -> int:
         ev["threads"] = args.threads
     if args.batch_size:
         ev["batch_size"] = args.batch_size
-    if args.prefill_chunk is not None:
-        ev["prefill_chunk"] = args.prefill_chunk or None
+    if args.prefill_chunk:
+        ev["prefill_chunk"] = args.prefill_chunk
     if args.no_reuse:
         ev["reuse_prefix"] = False
     m, v = args.model, args.variant
