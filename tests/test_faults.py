@@ -34,10 +34,11 @@ ESSAYS = {
 }
 
 
-def smk(project: Path, *args: str, cores: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def smk(project: Path, *args: str, cores: bool = True, env: dict | None = None,
+        timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
     return subprocess.run([sys.executable, "-m", "snakemake", *(["--cores", "1"] if cores else []), *args],
-                          cwd=project, capture_output=True, text=True, env=env, timeout=900)
+                          cwd=project, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -192,6 +193,39 @@ def test_malformed_yaml_names_file_line_and_column(project):
             "a flow sequence)"), proc.stderr[-2000:]
     finally:
         cfg.write_text(good)
+
+
+# --------------------------------------------------------------------------------- 11. a YAML alias bomb
+def alias_bomb(mapping: bool) -> str:
+    """Nine levels of nine aliases each (9**10 values from about 500 bytes), under config key eval.lengths."""
+    def row(value: str) -> str:
+        items = ", ".join(f"k{k}: {value}" if mapping else value for k in range(9))
+        return f"{{{items}}}" if mapping else f"[{items}]"
+    lines = ["a0: &a0 " + row("1")] + [f"a{i}: &a{i} " + row(f"*a{i - 1}") for i in range(1, 9)]
+    return "\n".join(lines) + "\neval:\n  lengths: " + row("*a8") + "\n"
+
+
+def test_yaml_alias_bomb_is_one_line_in_seconds(project):
+    lists = alias_bomb(mapping=False)  # what Snakemake loads and merges, then its validate prints expanded
+    assert len(lists) < 600
+    (project / "bomb.yaml").write_text(lists)
+    proc = smk(project, "-n", "--configfile", *CONFIGS, "bomb.yaml", timeout=60)
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [
+        "config error: bomb.yaml: YAML aliases expand to 4412961486 more values than the file writes out (at most "
+        "10000: an alias bomb?); write the values out"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("config", "--config", str(project / "config/config.yaml"), str(project / "bomb.yaml"),
+                   "--output", str(project / "x.yaml"), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith(
+        f"pausetune config: error: {project / 'bomb.yaml'}: YAML aliases expand to "), proc.stderr[-2000:]
+    # a bomb of mappings hangs Snakemake's own merge of the overlays, before the Snakefile: scripts/run.sh
+    # (README command 1) checks every --configfile first
+    (project / "dbomb.yaml").write_text(alias_bomb(mapping=True))
+    proc = run_sh_project(project)("--configfile", *CONFIGS, "dbomb.yaml", "-n")
+    assert proc.returncode == 1 and proc.stderr.strip().startswith(
+        "config error: dbomb.yaml: YAML aliases expand to "), proc.stderr[-2000:]
+    # the config's own anchors (tasks' key_words) are no bomb
+    ok(smk(project, "-n", "--configfile", *CONFIGS, "mine.yaml", "--", "data/raw/mine.parquet"))
 
 
 def run_sh_project(project: Path):
