@@ -339,6 +339,26 @@ def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir,
     assert f"--force {ckpt}/manifest.json" in lines[0] and "Traceback" not in proc.stderr
 
 
+# --------------------------------------------------------------------------- 12. preflight without models
+def test_preflight_names_unprepared_models_and_fails_under_strict(tiny_config, smollm2_dir, tmp_path):
+    short = ["--config-json", json.dumps({"eval": {"lengths": [40], "depths": [50]}})]  # no room for the needle
+    empty = tmp_path / "models"
+    empty.mkdir()
+    unchecked = (f"model(s) ['smollm2'] not prepared under {empty} (no prepared.json): their token budgets were not "
+                 f"checked; prepare them first (snakemake --until prepare_model, or pausetune prepare-model)")
+    proc = run_cli("preflight", *tiny_config, *short, "--prepared", str(empty))
+    assert proc.stdout.strip() == ("preflight: the eval grid of models ['smollm2'] passes the config-level checks; "
+                                   + unchecked), proc.stdout
+    proc = run_cli("preflight", *tiny_config, *short, "--prepared", str(empty), "--strict", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "pausetune preflight: error: " + unchecked, proc.stderr
+    # prepared: the budgets are checked, and the short grid fails on them
+    proc = run_cli("preflight", *tiny_config, *short, "--prepared", str(smollm2_dir.parent), "--strict", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("pausetune preflight: error: config key 'eval.lengths'")
+    proc = run_cli("preflight", *tiny_config, "--prepared", str(smollm2_dir.parent), "--strict")
+    assert proc.stdout.strip() == "preflight: the eval grid of models ['smollm2'] passes the checks, token budgets " \
+                                  "included", proc.stdout
+
+
 # ------------------------------------------------------------------------------------- 5. write failures
 def eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0",), extra=(), config_json=None) -> list[str]:
     return ["eval", *tiny_config, *(["--config-json", json.dumps(config_json)] if config_json else []),
