@@ -3,7 +3,7 @@ import sys
 from pausetune.core import layout
 from pausetune.core.banks import check_banks
 from pausetune.core.config import subset, validate as validate_config
-from pausetune.core.examples import check_config as check_examples
+from pausetune.core.examples import check_config as check_examples, check_examples_fit
 from pausetune.core.fingerprint import closure_files
 from pausetune.core.io import PausetuneError
 from pausetune.core.wheels import check_wheel_hashes
@@ -34,10 +34,13 @@ def total_cores():
     except WorkflowError:
         return 1
 
-# Needle banks (empty, overlapping) and the example length range, one line each, while the DAG is built.
+# Needle banks (empty, overlapping) and the example length range, one line each, while the DAG is built; in the
+# prepared models' own tokens too (seconds: job steps, which re-parse this file, keep the cheap checks).
 try:
     check_banks(config)
     check_examples(config)
+    if workflow.is_main_process:
+        check_examples_fit(config, layout.MODELS)
 except PausetuneError as err:
     sys.exit(f"config error: {err}")
 

@@ -89,23 +89,14 @@ def check_block(config: dict, model: str, variant: str, tasks: list[str], length
                                  f"{ev['max_new_tokens']} exceeds models.{model}.max_context {limit}")
 
 
-_TOKENIZERS: dict = {}
-
-
 def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None) -> None:
     """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens."""
     from .haystack import PromptBuilder, budget
-    from .models import max_context
+    from .models import max_context, prepared_tokenizer
     from .needles import build_task
 
     ev = config["eval"]
-    if tokenizer is None:
-        key = str(Path(model_dir).resolve())
-        if key not in _TOKENIZERS:
-            from .models import load_tokenizer
-
-            _TOKENIZERS[key] = load_tokenizer(model_dir)
-        tokenizer = _TOKENIZERS[key]
+    tokenizer = tokenizer or prepared_tokenizer(model_dir)
     check_max_context(config, model, model_dir)
     limit = max_context(model_dir, config["models"][model])
     per_task = {t: task_axes(config, t) for t in ev["tasks"]}
