@@ -1,7 +1,9 @@
 """Real Snakemake on the tiny config through the `examples` stage into a retrieval `train` job (issue 17)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 import yaml
@@ -85,3 +87,28 @@ def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project):
         assert "rule examples" not in said(proc)
     assert all((project / p).read_bytes() == data for p, data in kept.items())
 
+
+def test_damaged_adapter_noticed_while_the_dag_is_built(project):
+    ckpt = "results/checkpoints/tiny/pause"
+    target = f"{ckpt}/manifest.json"
+    assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))
+    adapter = project / ckpt / "adapter" / "adapter_model.safetensors"
+    good, st = adapter.read_bytes(), adapter.stat()
+    try:
+        # bit rot: one byte of the weights, same size and time
+        with open(adapter, "r+b") as f:
+            f.seek(len(good) - 10)
+            f.write(bytes([good[-10] ^ 0xFF]))
+        os.utime(adapter, ns=(st.st_atime_ns, st.st_mtime_ns))
+        proc = snakemake(project, *CONFIGS, "-n", "--", target, check=False)
+        assert proc.returncode == 1 and error_lines(proc) == [
+            f"config error: {ckpt}: checkpoint damaged (adapter/adapter_model.safetensors has sha256 "
+            f"{hashlib.sha256(adapter.read_bytes()).hexdigest()[:12]}..., its manifest records "
+            f"{hashlib.sha256(good).hexdigest()[:12]}...); retrain it: snakemake --cores all --force {target}"], \
+            said(proc)[-3000:]
+        # what the line advises is not refused: it plans the training again
+        proc = snakemake(project, *CONFIGS, "-n", "--force", "--", target)
+        assert "rule train:" in said(proc)
+    finally:
+        adapter.write_bytes(good)
+    assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))

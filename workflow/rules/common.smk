@@ -2,7 +2,8 @@ import sys
 
 from pausetune.core import layout
 from pausetune.core.banks import check_banks
-from pausetune.core.config import subset, validate as validate_config
+from pausetune.core.checkpoints import check_adapters
+from pausetune.core.config import snakemake_args, subset, validate as validate_config
 from pausetune.core.examples import check_config as check_examples, check_examples_fit
 from pausetune.core.fingerprint import closure_files
 from pausetune.core.io import PausetuneError
@@ -135,3 +136,26 @@ def figure_args(wc, kind, variant, reference):
     args += [f"--variant {wc.variant}"] if variant else []
     args += [f"--reference {value(reference)}"] if reference else []
     return " ".join(args)
+
+
+def forced(path, args):
+    """Does this snakemake command line (snakemake_args) rebuild `path` whatever its state: --force of it,
+    --forcerun of it or of train, --forceall? Read from the line: Snakemake sets its DAG settings after this file."""
+    import os
+
+    if args is None:
+        return False
+    given = set(args.forcerun or ()) | (set(args.targets or ()) if args.force else set())
+    names = {os.path.normpath(str(t)) for t in given}
+    return args.forceall or "train" in names or os.path.normpath(path) in names
+
+
+# A damaged adapter, before any job runs (the checkpoints this command retrains excepted: what the line advises).
+if workflow.is_main_process:
+    _args = snakemake_args(sys.argv[1:])
+    try:
+        if not getattr(_args, "lint", False):
+            check_adapters(c for c in expand(layout.CHECKPOINT, model=config["train"]["models"], variant=SHARD_VARIANTS)
+                           if not forced(layout.manifest(c), _args))
+    except PausetuneError as err:
+        sys.exit(f"config error: {err}")

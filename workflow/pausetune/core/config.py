@@ -180,22 +180,27 @@ def check_yaml_file(path) -> None:
                              f"{'nothing' if data is None else type(data).__name__}")
 
 
-def snakemake_configfiles(argv: list[str]) -> list[str]:
-    """The files a snakemake command line passes as --configfile, found by Snakemake's own parser (abbreviations,
-    `--configfile=F`, profiles included); none when the line does not parse (Snakemake then says why)."""
+def snakemake_args(argv: list[str]):
+    """A snakemake command line as Snakemake's own parser reads it (abbreviations, `--configfile=F`, profiles
+    included); None when it does not parse (Snakemake then says why) or there is no Snakemake to parse it."""
     import contextlib
     import io
 
     try:
         import snakemake.cli
     except ImportError:  # the rules' conda envs have no Snakemake (and no command line of it to check)
-        return []
+        return None
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             _, args = snakemake.cli.parse_args(list(argv))
     except (SystemExit, Exception):
-        return []
-    return [str(p) for p in getattr(args, "configfile", None) or []]
+        return None
+    return args
+
+
+def snakemake_configfiles(argv: list[str]) -> list[str]:
+    """The files a snakemake command line passes as --configfile (snakemake_args)."""
+    return [str(p) for p in getattr(snakemake_args(argv), "configfile", None) or []]
 
 
 def check_snakemake_configfiles(argv: list[str]) -> None:
