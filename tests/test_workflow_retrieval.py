@@ -106,9 +106,10 @@ def test_damaged_adapter_noticed_while_the_dag_is_built(project):
             f"{hashlib.sha256(adapter.read_bytes()).hexdigest()[:12]}..., its manifest records "
             f"{hashlib.sha256(good).hexdigest()[:12]}...); retrain it: snakemake --cores all --force {target}"], \
             said(proc)[-3000:]
-        # what the line advises is not refused: it plans the training again
+        # what the line advises is not refused: it plans the training again; nor is a recovery command
         proc = snakemake(project, *CONFIGS, "-n", "--force", "--", target)
         assert "rule train:" in said(proc)
+        assert "Unlocked working directory" in said(snakemake(project, *CONFIGS, "--unlock"))
     finally:
         adapter.write_bytes(good)
     assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))

@@ -150,11 +150,12 @@ def forced(path, args):
     return args.forceall or "train" in names or os.path.normpath(path) in names
 
 
-# A damaged adapter, before any job runs (the checkpoints this command retrains excepted: what the line advises).
+# A damaged adapter, before any job runs (the checkpoints this command retrains excepted: what the line advises;
+# and the recovery commands, which run no job: a locked project must stay unlockable).
 if workflow.is_main_process:
     _args = snakemake_args(sys.argv[1:])
     try:
-        if not getattr(_args, "lint", False):
+        if not any(getattr(_args, k, None) for k in ("lint", "unlock", "cleanup_metadata")):
             check_adapters(c for c in expand(layout.CHECKPOINT, model=config["train"]["models"], variant=SHARD_VARIANTS)
                            if not forced(layout.manifest(c), _args))
     except PausetuneError as err:
