@@ -4,12 +4,15 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-# A syntax error in the embedded config: file, line and column (Snakemake's own message names neither).
+# A syntax error in the embedded config: file, line and column (Snakemake's own message names neither). The
+# --configfile overlays, which Snakemake has loaded already, again for an alias bomb (its validate would print the
+# expansion; scripts/run.sh checks them before Snakemake starts, where a bomb of mappings hangs Snakemake's merge).
 from pausetune.core.config import check_yaml_file
 from pausetune.core.io import PausetuneError
 
 try:
-    check_yaml_file("config/config.yaml")
+    for _file in ["config/config.yaml", *map(os.path.relpath, workflow.overwrite_configfiles)]:
+        check_yaml_file(_file)
 except PausetuneError as e:
     sys.exit(f"config error: {e}")
 

@@ -179,6 +179,26 @@ def test_dag_matches_snakemake_study_config(tmp_path):
     assert config_hash(smk_cfg) == config_hash(load_config([str(project / "config" / "config.yaml")]))
 
 
+def test_aggregate_reads_only_the_configured_grid(tmp_path):
+    """results/eval may hold other grids' cells (a config run before this one): `dvc repro` of aggregate tables
+    only the configured grid's, and names the others in one line. The fixture cells (lengths 1000 and 2000) under
+    a grid of length 1000."""
+    import pandas as pd
+
+    grid = {"eval": {"models": ["smollm2"], "tasks": ["single"], "lengths": [1000], "depths": [0, 50, 100],
+                     "seeds": [0, 1]}}
+    project = dvc_project(tmp_path / "p", merged_config(grid))
+    shutil.copytree(ROOT / "tests" / "fixtures" / "cells", project / "results" / "eval")
+    proc = dvc(project, "repro", "--single-item", "aggregate")
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "left out" in ln]
+    assert lines == ["aggregate: left out 20 cell(s) under results/eval outside the configured grid (eval.models, "
+                     "variants, tasks, seeds, lengths, depths), e.g. "
+                     "results/eval/smollm2/baseline/single/seed0/len2000/depth0.json"], proc.stdout[-3000:]
+    cells = pd.read_parquet(project / "results/tables/cells.parquet")
+    assert len(cells) == 21 and set(cells["length"]) == {1000}  # plain-tuned has seed 0 only
+    assert json.loads((project / "results/tables/manifest.json").read_text())["cells"] == 21
+
+
 # ------------------------------------------------------------------------------------------ real runs
 
 def ran_stages(output: str) -> set[str]:

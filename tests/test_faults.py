@@ -34,10 +34,11 @@ ESSAYS = {
 }
 
 
-def smk(project: Path, *args: str, cores: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def smk(project: Path, *args: str, cores: bool = True, env: dict | None = None,
+        timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {}))
     return subprocess.run([sys.executable, "-m", "snakemake", *(["--cores", "1"] if cores else []), *args],
-                          cwd=project, capture_output=True, text=True, env=env, timeout=900)
+                          cwd=project, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -194,6 +195,39 @@ def test_malformed_yaml_names_file_line_and_column(project):
         cfg.write_text(good)
 
 
+# --------------------------------------------------------------------------------- 11. a YAML alias bomb
+def alias_bomb(mapping: bool) -> str:
+    """Nine levels of nine aliases each (9**10 values from about 500 bytes), under config key eval.lengths."""
+    def row(value: str) -> str:
+        items = ", ".join(f"k{k}: {value}" if mapping else value for k in range(9))
+        return f"{{{items}}}" if mapping else f"[{items}]"
+    lines = ["a0: &a0 " + row("1")] + [f"a{i}: &a{i} " + row(f"*a{i - 1}") for i in range(1, 9)]
+    return "\n".join(lines) + "\neval:\n  lengths: " + row("*a8") + "\n"
+
+
+def test_yaml_alias_bomb_is_one_line_in_seconds(project):
+    lists = alias_bomb(mapping=False)  # what Snakemake loads and merges, then its validate prints expanded
+    assert len(lists) < 600
+    (project / "bomb.yaml").write_text(lists)
+    proc = smk(project, "-n", "--configfile", *CONFIGS, "bomb.yaml", timeout=60)
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [
+        "config error: bomb.yaml: YAML aliases expand to 4412961486 more values than the file writes out (at most "
+        "10000: an alias bomb?); write the values out"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("config", "--config", str(project / "config/config.yaml"), str(project / "bomb.yaml"),
+                   "--output", str(project / "x.yaml"), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().startswith(
+        f"pausetune config: error: {project / 'bomb.yaml'}: YAML aliases expand to "), proc.stderr[-2000:]
+    # a bomb of mappings hangs Snakemake's own merge of the overlays, before the Snakefile: scripts/run.sh
+    # (README command 1) checks every --configfile first
+    (project / "dbomb.yaml").write_text(alias_bomb(mapping=True))
+    proc = run_sh_project(project)("--configfile", *CONFIGS, "dbomb.yaml", "-n")
+    assert proc.returncode == 1 and proc.stderr.strip().startswith(
+        "config error: dbomb.yaml: YAML aliases expand to "), proc.stderr[-2000:]
+    # the config's own anchors (tasks' key_words) are no bomb
+    ok(smk(project, "-n", "--configfile", *CONFIGS, "mine.yaml", "--", "data/raw/mine.parquet"))
+
+
 def run_sh_project(project: Path):
     """scripts/run.sh as a user runs it, in the project: its setup step finds the environment in place (a .venv
     whose python is this one, stamped as setup.sh stamps it), so the run goes straight on to its checks."""
@@ -303,6 +337,26 @@ def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir,
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"pausetune eval: error: {ckpt}: checkpoint damaged ("), lines
     assert f"--force {ckpt}/manifest.json" in lines[0] and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- 12. preflight without models
+def test_preflight_names_unprepared_models_and_fails_under_strict(tiny_config, smollm2_dir, tmp_path):
+    short = ["--config-json", json.dumps({"eval": {"lengths": [40], "depths": [50]}})]  # no room for the needle
+    empty = tmp_path / "models"
+    empty.mkdir()
+    unchecked = (f"model(s) ['smollm2'] not prepared under {empty} (no prepared.json): their token budgets were not "
+                 f"checked; prepare them first (snakemake --until prepare_model, or pausetune prepare-model)")
+    proc = run_cli("preflight", *tiny_config, *short, "--prepared", str(empty))
+    assert proc.stdout.strip() == ("preflight: the eval grid of models ['smollm2'] passes the config-level checks; "
+                                   + unchecked), proc.stdout
+    proc = run_cli("preflight", *tiny_config, *short, "--prepared", str(empty), "--strict", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == "pausetune preflight: error: " + unchecked, proc.stderr
+    # prepared: the budgets are checked, and the short grid fails on them
+    proc = run_cli("preflight", *tiny_config, *short, "--prepared", str(smollm2_dir.parent), "--strict", check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("pausetune preflight: error: config key 'eval.lengths'")
+    proc = run_cli("preflight", *tiny_config, "--prepared", str(smollm2_dir.parent), "--strict")
+    assert proc.stdout.strip() == "preflight: the eval grid of models ['smollm2'] passes the checks, token budgets " \
+                                  "included", proc.stdout
 
 
 # ------------------------------------------------------------------------------------- 5. write failures

@@ -87,6 +87,9 @@ def test_one_checkpoint_alone(project):
     assert not (project / "data/shards/tiny/plain").exists()
     assert built(project, "results/eval") == {CELL}
     print(f"\none checkpoint alone: {time.time() - t0:.0f}s")
+    # train.loss_on is unused under objective lm (the loss is on every token): no rerun trigger there
+    (project / "loss_all.yaml").write_text(yaml.safe_dump({"train": {"loss_on": "all"}}))
+    assert plan(project, CHECKPOINT, configs=CONFIGS + ["loss_all.yaml"]) == {}
 
 
 def test_one_figure_alone(project):

@@ -1,7 +1,9 @@
 """Real Snakemake on the tiny config through the `examples` stage into a retrieval `train` job (issue 17)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import pytest
 import yaml
@@ -50,3 +52,64 @@ def test_overlapping_banks_stop_the_dag_build_in_one_line(project):
     assert proc.returncode != 0
     line = next(ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("config error:"))
     assert "banks.train.extra" in line and "San Francisco" in line
+
+
+def said(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in said(proc).splitlines() if "error" in line.lower()]
+
+
+def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project):
+    """Checks the examples job made only when it ran, after Snakemake had deleted the previous examples: one line
+    while the DAG is built, no job, the earlier examples and checkpoint intact (a real run, not -n)."""
+    kept = {p: (project / p).read_bytes() for p in ("data/examples/tiny/pause/manifest.json",
+                                                    "results/checkpoints/tiny/pause/manifest.json")}
+    needle = "The " + "very " * 150 + "old keeper hid the zorbleflax under the stairs."
+    cases = {
+        # under objective lm the examples are built too (Snakemake's `all`, dvc.yaml): their window is checked
+        "lm_window.yaml": ({"train": {"objective": "lm"}, "examples": {"lengths": {"max": 5000}}},
+                           "config error: config key 'examples.lengths.max': 5000 tokens exceeds models.tiny."
+                           "max_context 4096 (the model window)"),
+        # a training needle that leaves no room in examples.lengths.min, in the prepared model's tokens
+        "long_needle.yaml": ({"banks": {"train": {"extra": [
+            {"needle": needle, "question": "What did the keeper hide?", "answer": "zorbleflax"}]}}},
+            "config error: config key 'examples.lengths.min': 160 tokens cannot hold the template, 1 needle(s) "
+            "and the reply ("),
+    }
+    for name, (overlay, line) in cases.items():
+        (project / name).write_text(yaml.safe_dump(overlay))
+        proc = snakemake(project, *CONFIGS, name, "--", "results/checkpoints/tiny/pause/manifest.json", check=False)
+        errors = error_lines(proc)
+        assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(line), said(proc)[-3000:]
+        assert "rule examples" not in said(proc)
+    assert all((project / p).read_bytes() == data for p, data in kept.items())
+
+
+def test_damaged_adapter_noticed_while_the_dag_is_built(project):
+    ckpt = "results/checkpoints/tiny/pause"
+    target = f"{ckpt}/manifest.json"
+    assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))
+    adapter = project / ckpt / "adapter" / "adapter_model.safetensors"
+    good, st = adapter.read_bytes(), adapter.stat()
+    try:
+        # bit rot: one byte of the weights, same size and time
+        with open(adapter, "r+b") as f:
+            f.seek(len(good) - 10)
+            f.write(bytes([good[-10] ^ 0xFF]))
+        os.utime(adapter, ns=(st.st_atime_ns, st.st_mtime_ns))
+        proc = snakemake(project, *CONFIGS, "-n", "--", target, check=False)
+        assert proc.returncode == 1 and error_lines(proc) == [
+            f"config error: {ckpt}: checkpoint damaged (adapter/adapter_model.safetensors has sha256 "
+            f"{hashlib.sha256(adapter.read_bytes()).hexdigest()[:12]}..., its manifest records "
+            f"{hashlib.sha256(good).hexdigest()[:12]}...); retrain it: snakemake --cores all --force {target}"], \
+            said(proc)[-3000:]
+        # what the line advises is not refused: it plans the training again; nor is a recovery command
+        proc = snakemake(project, *CONFIGS, "-n", "--force", "--", target)
+        assert "rule train:" in said(proc)
+        assert "Unlocked working directory" in said(snakemake(project, *CONFIGS, "--unlock"))
+    finally:
+        adapter.write_bytes(good)
+    assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))

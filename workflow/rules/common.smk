@@ -2,8 +2,9 @@ import sys
 
 from pausetune.core import layout
 from pausetune.core.banks import check_banks
-from pausetune.core.config import subset, validate as validate_config
-from pausetune.core.examples import check_config as check_examples
+from pausetune.core.checkpoints import check_adapters
+from pausetune.core.config import snakemake_args, subset, validate as validate_config
+from pausetune.core.examples import check_config as check_examples, check_examples_fit
 from pausetune.core.fingerprint import closure_files
 from pausetune.core.io import PausetuneError
 from pausetune.core.wheels import check_wheel_hashes
@@ -34,10 +35,13 @@ def total_cores():
     except WorkflowError:
         return 1
 
-# Needle banks (empty, overlapping) and the example length range, one line each, while the DAG is built.
+# Needle banks (empty, overlapping) and the example length range, one line each, while the DAG is built; in the
+# prepared models' own tokens too (seconds: job steps, which re-parse this file, keep the cheap checks).
 try:
     check_banks(config)
     check_examples(config)
+    if workflow.is_main_process:
+        check_examples_fit(config, layout.MODELS)
 except PausetuneError as err:
     sys.exit(f"config error: {err}")
 
@@ -132,3 +136,27 @@ def figure_args(wc, kind, variant, reference):
     args += [f"--variant {wc.variant}"] if variant else []
     args += [f"--reference {value(reference)}"] if reference else []
     return " ".join(args)
+
+
+def forced(path, args):
+    """Does this snakemake command line (snakemake_args) rebuild `path` whatever its state: --force of it,
+    --forcerun of it or of train, --forceall? Read from the line: Snakemake sets its DAG settings after this file."""
+    import os
+
+    if args is None:
+        return False
+    given = set(args.forcerun or ()) | (set(args.targets or ()) if args.force else set())
+    names = {os.path.normpath(str(t)) for t in given}
+    return args.forceall or "train" in names or os.path.normpath(path) in names
+
+
+# A damaged adapter, before any job runs (the checkpoints this command retrains excepted: what the line advises;
+# and the recovery commands, which run no job: a locked project must stay unlockable).
+if workflow.is_main_process:
+    _args = snakemake_args(sys.argv[1:])
+    try:
+        if not any(getattr(_args, k, None) for k in ("lint", "unlock", "cleanup_metadata")):
+            check_adapters(c for c in expand(layout.CHECKPOINT, model=config["train"]["models"], variant=SHARD_VARIANTS)
+                           if not forced(layout.manifest(c), _args))
+    except PausetuneError as err:
+        sys.exit(f"config error: {err}")

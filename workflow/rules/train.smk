@@ -3,7 +3,8 @@
 # The folder is written atomically by `pausetune train`; its manifest.json is the declared output. A resumable
 # training state lives beside it in results/checkpoints/{model}/{variant}.state/ (not an output, so a failed or
 # killed job keeps it and the rerun continues from the last saved step).
-# params: only what changes the adapter; the model list, scheduler hints and thread count are no rerun triggers.
+# params: only what changes the adapter; the model list, scheduler hints and thread count are no rerun triggers,
+# nor train.loss_on under objective lm (the causal-LM loss is on every token; loss_on picks the retrieval span).
 
 
 rule train:
@@ -21,7 +22,8 @@ rule train:
         cfg=lambda wc: cfg(
             "seed",
             "pause",
-            train={k: v for k, v in config["train"].items() if k not in ("models", "resources", "threads")},
+            train={k: v for k, v in config["train"].items() if k not in ("models", "resources", "threads")
+                   and not (k == "loss_on" and config["train"]["objective"] == "lm")},
             models=model_cfgs(wc.model),
             **({"banks": config["banks"]} if config["train"]["objective"] == "retrieval" else {}),
         ),

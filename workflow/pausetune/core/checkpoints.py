@@ -25,6 +25,15 @@ def checkpoint_adapter_hash(ckpt_dir: str | Path) -> str:
     return got
 
 
+def check_adapters(ckpt_dirs) -> None:
+    """Each finished checkpoint's adapter against its manifest, while the DAG is built: Snakemake sees only the
+    manifest, so a damaged adapter under up-to-date cells would go unnoticed until an eval loads it. Hashed each
+    time (no mtime + size shortcut: bit rot keeps both): a LoRA adapter is megabytes, hashed in well under a second."""
+    for d in ckpt_dirs:
+        if (Path(d) / "manifest.json").exists():
+            checkpoint_adapter_hash(d)
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None = None,
                     quantization: str = "none", merge: bool = True):

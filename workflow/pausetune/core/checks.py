@@ -8,9 +8,9 @@ from .grid import expand_depths, expand_lengths, task_axes
 from .io import PausetuneError
 from .needles import check_task
 
-def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -> None:
+def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -> list[str]:
     """Config-level checks of the eval grid (a validated config: the schema's defaults are filled); one line naming
-    the key. Tokenizer checks if models are prepared."""
+    the key. Tokenizer checks if models are prepared; returns the models that are not (their budgets unchecked)."""
     ev, tasks = config["eval"], config["tasks"]
     models = config.get("models") or {}  # no default: a config may name none
     for m in ev["models"]:
@@ -53,11 +53,15 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
             if limit and n + ev["max_new_tokens"] > limit:
                 raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
                                      f"{ev['max_new_tokens']} exceeds models.{m}.max_context {limit}")
+    unchecked = []
     if prepared_root is not None:
         for m in ev["models"]:
             mdir = Path(prepared_root) / m
             if (mdir / "prepared.json").exists():
                 check_budgets(config, m, mdir)
+            else:
+                unchecked.append(m)
+    return unchecked
 
 
 def check_block(config: dict, model: str, variant: str, tasks: list[str], lengths: list[int],
@@ -85,23 +89,14 @@ def check_block(config: dict, model: str, variant: str, tasks: list[str], length
                                  f"{ev['max_new_tokens']} exceeds models.{model}.max_context {limit}")
 
 
-_TOKENIZERS: dict = {}
-
-
 def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None) -> None:
     """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens."""
     from .haystack import PromptBuilder, budget
-    from .models import max_context
+    from .models import max_context, prepared_tokenizer
     from .needles import build_task
 
     ev = config["eval"]
-    if tokenizer is None:
-        key = str(Path(model_dir).resolve())
-        if key not in _TOKENIZERS:
-            from .models import load_tokenizer
-
-            _TOKENIZERS[key] = load_tokenizer(model_dir)
-        tokenizer = _TOKENIZERS[key]
+    tokenizer = tokenizer or prepared_tokenizer(model_dir)
     check_max_context(config, model, model_dir)
     limit = max_context(model_dir, config["models"][model])
     per_task = {t: task_axes(config, t) for t in ev["tasks"]}

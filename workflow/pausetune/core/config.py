@@ -125,6 +125,39 @@ def yaml_error(path, e) -> PausetuneError:
     return PausetuneError(f"{where}: not valid YAML ({problem}{f', {context}' if context else ''})")
 
 
+# Values that YAML aliases may add beyond those written out: config/config.yaml's own anchors add about a hundred; an
+# alias bomb (a few hundred bytes, aliases of aliases) adds billions, which Snakemake's validate then prints.
+MAX_ALIAS_VALUES = 10_000
+
+
+def load_yaml(text: str, path):
+    """safe_load, refusing aliases that expand past MAX_ALIAS_VALUES (counted on the parsed graph, which shares
+    each anchored node: cheap however large the expansion) and nesting too deep for the parser, in one line."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(n) -> int:
+            if id(n) not in sizes:
+                kids = [x for kv in n.value for x in kv] if isinstance(n, yaml.MappingNode) else \
+                    n.value if isinstance(n, yaml.SequenceNode) else []
+                sizes[id(n)] = 1 + sum(expanded(k) for k in kids)
+            return sizes[id(n)]
+
+        extra = expanded(node) - len(sizes)  # values the aliases add: expanded size - nodes written
+        if extra > MAX_ALIAS_VALUES:
+            raise PausetuneError(f"{path}: YAML aliases expand to {extra} more values than the file writes out "
+                                 f"(at most {MAX_ALIAS_VALUES}: an alias bomb?); write the values out")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise PausetuneError(f"{path}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def check_yaml_file(path) -> None:
     """Read a config file as Snakemake does (JSON, else YAML) only to report what it would reject, in one line with
     file, line and column (Snakemake's own message names neither); a missing file is left to Snakemake."""
@@ -139,7 +172,7 @@ def check_yaml_file(path) -> None:
         data = json.loads(text)
     except ValueError:
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text, path)
         except yaml.YAMLError as e:
             raise yaml_error(path, e) from None
     if not isinstance(data, dict):
@@ -147,22 +180,27 @@ def check_yaml_file(path) -> None:
                              f"{'nothing' if data is None else type(data).__name__}")
 
 
-def snakemake_configfiles(argv: list[str]) -> list[str]:
-    """The files a snakemake command line passes as --configfile, found by Snakemake's own parser (abbreviations,
-    `--configfile=F`, profiles included); none when the line does not parse (Snakemake then says why)."""
+def snakemake_args(argv: list[str]):
+    """A snakemake command line as Snakemake's own parser reads it (abbreviations, `--configfile=F`, profiles
+    included); None when it does not parse (Snakemake then says why) or there is no Snakemake to parse it."""
     import contextlib
     import io
 
     try:
         import snakemake.cli
     except ImportError:  # the rules' conda envs have no Snakemake (and no command line of it to check)
-        return []
+        return None
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             _, args = snakemake.cli.parse_args(list(argv))
     except (SystemExit, Exception):
-        return []
-    return [str(p) for p in getattr(args, "configfile", None) or []]
+        return None
+    return args
+
+
+def snakemake_configfiles(argv: list[str]) -> list[str]:
+    """The files a snakemake command line passes as --configfile (snakemake_args)."""
+    return [str(p) for p in getattr(snakemake_args(argv), "configfile", None) or []]
 
 
 def check_snakemake_configfiles(argv: list[str]) -> None:
@@ -178,7 +216,7 @@ def load_config(paths: Iterable[str] = (), json_str: str | None = None) -> dict:
     for p in paths:
         try:
             with open(p, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
+                data = load_yaml(f.read(), p) or {}
         except FileNotFoundError:
             raise PausetuneError(f"{p}: config file not found") from None
         except yaml.YAMLError as e:

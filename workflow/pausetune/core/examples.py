@@ -30,7 +30,9 @@ The answer span [answer_start, answer_end) covers reply + end: the tokens that c
 from __future__ import annotations
 
 import copy
+import functools
 import random
+from pathlib import Path
 
 from .config import ExamplesConfig
 from .haystack import Boundaries, PromptBuilder, insert_needles
@@ -41,20 +43,41 @@ _PROBE = "\u241fPAUSETUNE-ANSWER\u241f"
 
 
 def check_config(config: dict) -> None:
-    """Config-level checks (while the DAG is built): the length range, the depths, the window of each tuned model."""
+    """Config-level checks (while the DAG is built): the length range, the depths, the window of each tuned model.
+    Under every train.objective: the examples of train.models are built under lm too (Snakemake's `all`, dvc.yaml)."""
     ex = ExamplesConfig.of(config)
     lo, hi = ex.lengths["min"], ex.lengths["max"]
     if lo > hi:
         raise PausetuneError(f"config key 'examples.lengths': min {lo} is above max {hi}")
     if ex.depths["min"] > ex.depths["max"]:
         raise PausetuneError("config key 'examples.depths': min is above max")
-    if config["train"]["objective"] != "retrieval":
-        return
     for m in config["train"]["models"]:
         limit = config["models"][m].get("max_context")
         if limit and hi > limit:
             raise PausetuneError(f"config key 'examples.lengths.max': {hi} tokens exceeds models.{m}.max_context "
                                  f"{limit} (the model window)")
+
+
+def check_window(config: dict, model: str, window: int) -> None:
+    """The length range inside a prepared model's own window (check_config has only the config's max_context)."""
+    hi = ExamplesConfig.of(config).lengths["max"]
+    if hi > window:
+        raise PausetuneError(f"config key 'examples.lengths.max': {hi} tokens exceeds the context window {window} of "
+                             f"model '{model}'")
+
+
+def check_examples_fit(config: dict, prepared_root) -> None:
+    """The examples stage's checks in a tuned model's own tokens and window, for each model of train.models already
+    prepared under `prepared_root`, while the DAG is built: Snakemake deletes the previous examples before their
+    job could find out. The length range inside the window; the longest training needles inside lengths.min."""
+    from .banks import bank
+    from .models import max_context, model_entry, prepared_tokenizer
+
+    for m in config["train"]["models"]:
+        mdir = Path(prepared_root) / m
+        if (mdir / "prepared.json").exists():
+            check_window(config, m, max_context(mdir, model_entry(config, m)))
+            ExampleBuilder(prepared_tokenizer(mdir), config, m).check_fits(bank(config, "train"))
 
 
 class ExampleBuilder:
@@ -69,10 +92,15 @@ class ExampleBuilder:
             cfg["prompt"] = {**cfg["prompt"], "plain_template": ex.authors_template}
         # placement on the plain document: boundaries without pause ids (the paused one is derived from it)
         self.prompts = PromptBuilder(tokenizer, cfg, model, None, boundaries=False)
-        self.bounds = Boundaries(tokenizer, cfg["eval"]["sentence_end"], None)
+        self.sentence_end = cfg["eval"]["sentence_end"]
         self.sep = separator_ids(tokenizer)
         self._memo: dict[str, tuple[list[int], list[int]]] = {}
         self.end_ids = self._end_ids()
+
+    @functools.cached_property
+    def bounds(self) -> Boundaries:
+        """Sentence boundaries: a pass over the vocabulary (a second), which only building needs, not check_fits."""
+        return Boundaries(self.tok, self.sentence_end, None)
 
     @property
     def layout(self) -> str:

@@ -46,6 +46,17 @@ def load_tokenizer(model_dir: str | Path):
     return tok
 
 
+_TOKENIZERS: dict = {}
+
+
+def prepared_tokenizer(model_dir: str | Path):
+    """load_tokenizer, once per process: the DAG-time checks (eval budgets, examples) each ask for it per model."""
+    key = str(Path(model_dir).resolve())
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(model_dir)
+    return _TOKENIZERS[key]
+
+
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     """Does this CPU multiply bf16 natively (AVX512_BF16 or AMX-BF16)? There bf16 GEMMs run ~4x fp32 through MKL
     (ENVIRONMENT.md: 726 vs 180 GFLOP/s on 2 cores); elsewhere torch emulates bf16 and it is slower than fp32."""

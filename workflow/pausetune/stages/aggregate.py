@@ -120,6 +120,19 @@ def find_cells(cells_dir: str | os.PathLike) -> list[str]:
     return sorted(glob.glob(str(root / "**" / "*.json"), recursive=True))
 
 
+def grid_cells(paths: list[str], cells_dir: str | os.PathLike, config: dict) -> tuple[list[str], list[str]]:
+    """(the cells of the config's eval grid among `paths` found under cells_dir, the others): what Snakemake hands
+    aggregate as its input list (core.grid.eval_targets), for a folder that may hold other grids' cells too."""
+    from ..core import layout
+    from ..core.grid import eval_targets
+
+    want = {str(Path(p).relative_to(layout.CELLS)) for p in eval_targets(config)}
+    kept, other = [], []
+    for p in paths:
+        (kept if str(Path(p).relative_to(cells_dir)) in want else other).append(p)
+    return kept, other
+
+
 def load_cells(paths: Iterable[str | os.PathLike], skip_bad: bool = False, skipped: list | None = None) -> list[dict]:
     """The cells, flattened. A damaged cell fails in one line naming it, or with `skip_bad` is left out and
     recorded in `skipped` ({path, reason}) for the tables manifest and the results page."""
@@ -519,6 +532,9 @@ def add_arguments(parser) -> None:
     src.add_argument("--cells-dir", metavar="DIR", help="take every *.json under DIR (recursively)")
     src.add_argument("--cells-from", metavar="FILE",
                      help="a text file listing cell paths, one a line (for grids too long for a command line)")
+    parser.add_argument("--grid", action="store_true",
+                        help="with --cells-dir: only the cells of the config's eval grid (what dvc.yaml runs: the "
+                             "folder may hold other grids' cells), naming the others in one line")
     parser.add_argument("--out-dir", required=True, metavar="DIR",
                         help="folder for cells.parquet, summary.csv, deltas.csv, summary.json, *_profile.csv, "
                              "measures.csv, measure_deltas.csv, layer_attention.csv")
@@ -529,10 +545,17 @@ def add_arguments(parser) -> None:
 
 
 def main(args, config: dict) -> int:
+    if args.grid and not args.cells_dir:
+        raise PausetuneError("--grid: only with --cells-dir")
     if args.cells:
         paths = list(args.cells)
     elif args.cells_dir:
         paths = find_cells(args.cells_dir)
+        if args.grid:
+            paths, other = grid_cells(paths, args.cells_dir, config)
+            if other:
+                print(f"aggregate: left out {len(other)} cell(s) under {args.cells_dir} outside the configured grid "
+                      f"(eval.models, variants, tasks, seeds, lengths, depths), e.g. {other[0]}", file=sys.stderr)
     else:
         try:
             with open(args.cells_from, encoding="utf-8") as f:

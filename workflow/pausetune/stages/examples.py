@@ -7,7 +7,8 @@ needle bank; pausetune.core.examples says how. The folder, written atomically, h
 made with (pause token included: training loads exactly it) and manifest.json (objective, template, answer span,
 length range, depths, needles per example, bank hashes, counts, essay splits, tokenizer fingerprint, code).
 Every check that can fail runs before anything is built: an empty bank, banks that overlap, a needle longer than
-the context range, a length range above the model window.
+the context range, a length range above the model window (Snakemake runs them all while it builds the DAG, for the
+models already prepared: pausetune.core.examples.check_examples_fit).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from ..core.banks import bank_hash, check_banks
 from ..core.config import ExamplesConfig, ShardsConfig
 from ..core.design import TRAIN_VARIANTS
-from ..core.examples import ExampleBuilder, check_config, example_rng
+from ..core.examples import ExampleBuilder, check_config, check_window, example_rng
 from ..core.fingerprint import code_record
 from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_parquet, sha256_file, write_json
 from ..core.splits import essay_split
@@ -39,9 +40,7 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
     train_bank, eval_bank = check_banks(config)
     ex, seed = ExamplesConfig.of(config), config["seed"]
     window = max_context(model_dir, entry)
-    if ex.lengths["max"] > window:
-        raise PausetuneError(f"config key 'examples.lengths.max': {ex.lengths['max']} tokens exceeds the context "
-                             f"window {window} of model '{model}'")
+    check_window(config, model, window)
     essays: dict[str, list[str]] = {}
     for path in paused_files:
         df = read_parquet(path, columns=["id", "paragraphs"])
