@@ -14,6 +14,9 @@ Random weights of a real shape (timing only; answers are noise, equality is repo
 Cost of the per-cell measures (eval.measure: answer log-prob, attention shares) against the same grid without:
     python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \
         --lengths 1000,2000 --depths 0,50,100 --measure-cost --skip-naive --repeat 3
+What a prefill grain (eval.prefill_chunk) costs in prefill FLOPs, from the token ids alone (no weights run):
+    python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \
+        --lengths 1000,2000,4000,8000 --depths 0,10,20,30,40,50,60,70,80,90,100 --plan-grains 0,128,256,512,1024
 The model dir gives the tokenizer (and, without --random-shape, the weights). Without --haystack the haystack is
 random ordinary tokens with a period every ~20 (only for --random-shape).
 """
@@ -81,6 +84,34 @@ def build_prompts(args, tok):
     return cells
 
 
+def plan_grains(args, tok) -> int:
+    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.engine.prefill_plan)."""
+    from transformers import AutoConfig
+
+    from pausetune.core.engine import prefill_plan
+
+    mcfg = AutoConfig.from_pretrained(args.model_dir)
+    cells = build_prompts(args, tok)
+    blocks: dict = {}
+    for (n, _), cp, _ in cells:
+        blocks.setdefault(n, []).append(cp)
+    naive = sum(prefill_flops(mcfg, 0, len(cp.ids)) for _, cp, _ in cells)
+    rows = {"per_cell": {"tokens": sum(len(cp.ids) for _, cp, _ in cells), "tflop": round(naive / 1e12, 3)}}
+    for g in (int(x) for x in args.plan_grains.split(",")):
+        tokens = flop = 0
+        for cps in blocks.values():
+            ids = [cp.ids for cp in cps]
+            trunk, steps = prefill_plan(ids, [cp.shareable for cp in cps], g or 1)
+            tokens += len(trunk) + sum(len(ids[i]) - keep for i, keep in steps)
+            flop += prefill_flops(mcfg, 0, len(trunk)) + sum(prefill_flops(mcfg, keep, len(ids[i])) for i, keep in steps)
+        rows[f"grain_{g}"] = {"tokens": tokens, "tflop": round(flop / 1e12, 3), "vs_per_cell": round(naive / flop, 3)}
+    for k, v in rows.items():
+        print(f"{k:>12}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT / "workflow"))
     from pausetune.core.config import EvalConfig
@@ -112,6 +143,9 @@ def main(argv=None) -> int:
     p.add_argument("--linear", default="auto", help="fp32 linear kernels: auto (the machine's measured choice) | mkl "
                    "| onednn (engine side; naive generate always runs the stock path)")
     p.add_argument("--no-peak", action="store_true", help="skip the GEMM peak measurement (bench/peak.py)")
+    p.add_argument("--plan-grains", default=None,
+                   help="only print the prefill tokens and FLOPs each grain (0: token-exact reuse, the engine before "
+                        "issue #29) computes per length block, against per-cell prefill; no weights run")
     p.add_argument("--allow-mismatch", action="store_true")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
@@ -121,7 +155,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference
+    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference, prefill_plan
     from pausetune.core.models import load_model, load_tokenizer
 
     if args.threads:
@@ -129,6 +163,8 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
                                                            else torch.float32)
     tok = load_tokenizer(args.model_dir)
+    if args.plan_grains is not None:
+        return plan_grains(args, tok)
     if args.random_shape:
         from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -169,7 +205,8 @@ def main(argv=None) -> int:
         prefill = trunk + sum(r.timing["prefill_s"] for r in res.values())
         lens = {key: len(cp.ids) for key, cp, _ in cells}
         keep = {k: r.timing["shared_prefix_tokens"] for k, r in res.items()}
-        trunk_len = max(eng._whole(min(cp.shareable, len(cp.ids) - 1)) for _, cp, _ in cells) if eng.reuse else 0
+        trunk_len = len(prefill_plan([cp.ids for _, cp, _ in cells], [cp.shareable for _, cp, _ in cells],
+                                     eng.chunk, eng.reuse)[0])
         flops = (prefill_flops(model.config, 0, trunk_len) if trunk_len else 0.0) + sum(
             prefill_flops(model.config, keep[k], lens[k]) for k in lens)
         computed = trunk_len + sum(lens[k] - keep[k] for k in lens)

@@ -146,11 +146,38 @@ def test_figures_edit_reruns_only_figures(project):
     assert planned == {"figure_heatmap": 1}, planned
 
 
+def test_fingerprint_ignores_docstrings_and_comments(tmp_path):
+    """A docstring or comment edit keeps every stage's fingerprint (so no cell or checkpoint is recomputed for it);
+    a change to what the code does, however small, changes it. Checked on a copy of the package, in a subprocess."""
+    import shutil
+
+    shutil.copytree(ROOT / "workflow" / "pausetune", tmp_path / "pausetune")
+    f = tmp_path / "pausetune" / "core" / "haystack.py"
+
+    def fp() -> str:
+        code = "from pausetune.core.fingerprint import fingerprint; print(fingerprint('pausetune.stages.eval'))"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        return proc.stdout.strip()
+
+    base = fp()
+    assert base == fingerprint("pausetune.stages.eval")  # the same hash from the project's own copy
+    text = f.read_text()
+    f.write_text(text.replace('"""', '"""Edited. ', 1).replace("\n", "\n# a comment\n", 3) + "\n# the end\n")
+    assert fp() == base
+    f.write_text(text + "\n_EDITED = 1\n")
+    assert fp() != base
+
+
 @pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
     smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
     before = cell(project)
-    edit(project, "core/haystack.py", '"""', '"""Edited. ')
+    edit(project, "core/haystack.py", '"""', '"""Edited. ')  # a docstring: the cells stay what they are
+    smk(project, "--", TABLE, configs=CONFIGS)
+    assert cell(project)["cell_id"] == before["cell_id"]
+    edit(project, "core/haystack.py", "from __future__ import annotations\n",
+         "from __future__ import annotations\n_EDITED = 1\n")  # code: a new identity
     planned = plan(project, TABLE, configs=CONFIGS)
     assert planned.get("eval") == 1, planned
     smk(project, "--", TABLE, configs=CONFIGS)

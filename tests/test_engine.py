@@ -251,6 +251,20 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     assert "% of peak" in out_text
 
 
+def test_bench_plan_grains_counts_the_engines_prefill(smollm2_dir, pg_paused, tmp_path):
+    """bench/eval_grid.py --plan-grains: prefill tokens per grain from the engine's own plan, no weights run; a
+    coarser grain borrows fewer tokens, and every grain computes less than per-cell prefill."""
+    import json
+
+    bench = _load_bench("eval_grid")
+    out = tmp_path / "plan.json"
+    assert bench.main([str(smollm2_dir), "--haystack", str(pg_paused), "--lengths", "1000,2000", "--depths",
+                       "0,50,100", "--plan-grains", "0,128,512", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    tokens = [rows[k]["tokens"] for k in ("grain_0", "grain_128", "grain_512", "per_cell")]
+    assert tokens == sorted(tokens) and tokens[0] < tokens[-1], rows
+
+
 def _load_bench(name):
     import importlib.util
 

@@ -452,6 +452,25 @@ def _lcp(a: list[int], b: list[int]) -> int:
     return int(diff[0, 0]) if len(diff) else n
 
 
+def prefill_plan(prompts: list[list[int]], shareable: list[int], grain: int, reuse: bool = True
+                 ) -> tuple[list[int], list[tuple[int, int]]]:
+    """What the engine prefills for a block, from token ids alone: the trunk (the longest shareable prefix cut down to
+    whole chunks of `grain`), then each prompt (index) in the order computed and the tokens it borrows from what the
+    cache holds then: the common prefix with the prompt before it (or the trunk), cut down to whole chunks and to
+    at most its length - 1. Without reuse: no trunk, nothing borrowed."""
+    if not reuse:
+        return [], [(i, 0) for i in range(len(prompts))]
+    whole = lambda n: n // grain * grain
+    lend = [whole(min(s, len(p) - 1)) for p, s in zip(prompts, shareable)]
+    t = max(range(len(prompts)), key=lambda i: (lend[i], -i))
+    trunk = list(prompts[t][:lend[t]])
+    steps, cached = [], trunk
+    for i in sorted(range(len(prompts)), key=lambda i: (-_lcp(trunk, prompts[i]), i)):
+        steps.append((i, whole(min(_lcp(cached, prompts[i]), len(prompts[i]) - 1))))
+        cached = prompts[i]
+    return trunk, steps
+
+
 class Engine:
     """Greedy answers for many prompts with one model, reusing KV across shared prefixes."""
 
@@ -585,38 +604,26 @@ class Engine:
                                       "prompt_tokens": len(r.ids), "new_tokens": len(ans),
                                       "shared_prefix_tokens": 0, "trunk_prefill_s": 0.0, "batch": 1}, meas)
 
-    def _whole(self, n: int) -> int:
-        """The longest prefix of n tokens made of whole chunks (what a cache may lend another prompt)."""
-        return n // self.chunk * self.chunk
-
     def _run_buffer(self, requests):
         cap = max(len(r.ids) for r in requests) + self.max_new + 1
         cache = BufferCache(_num_layers(self.model), cap)
-        cached: list[int] = []
-        trunk: list[int] = []
+        trunk, steps = prefill_plan([r.ids for r in requests], [r.shareable for r in requests], self.chunk,
+                                    self.reuse)
         t0 = self._now()
-        if self.reuse:
-            trunk_req = max(requests, key=lambda r: (self._whole(min(r.shareable, len(r.ids) - 1)),
-                                                     -requests.index(r)))
-            trunk = trunk_req.ids[:self._whole(min(trunk_req.shareable, len(trunk_req.ids) - 1))]
-            if trunk:
-                self._forward(trunk, cache, 0)
-                cached = list(trunk)
+        if trunk:
+            self._forward(trunk, cache, 0)
         trunk_s = self._now() - t0
-        order = sorted(range(len(requests)), key=lambda i: (-_lcp(trunk, requests[i].ids), i))
-        for g in range(0, len(order), self.batch_size):
-            group = [requests[i] for i in order[g:g + self.batch_size]]
-            lengths = [len(r.ids) for r in group]
+        for g in range(0, len(steps), self.batch_size):
+            group = [(requests[i], keep) for i, keep in steps[g:g + self.batch_size]]
+            lengths = [len(r.ids) for r, _ in group]
             batch, copy_s = None, 0.0
             firsts, timings, measures = [], [], []
-            for row, r in enumerate(group):
-                keep = self._whole(min(_lcp(cached, r.ids), len(r.ids) - 1)) if self.reuse else 0
+            for row, (r, keep) in enumerate(group):
                 cache.truncate(keep)
                 t1 = self._now()
                 logits = self._forward(r.ids[keep:], cache, keep)
                 firsts.append(logits.argmax(-1))
                 t2 = self._now()
-                cached = list(r.ids)
                 measures.append(self._measure(r, logits, cache))
                 timings.append({"prefill_s": t2 - t1, "measure_s": self._now() - t2, "prompt_tokens": len(r.ids),
                                 "shared_prefix_tokens": keep, "trunk_prefill_s": trunk_s, "batch": len(group)})
@@ -638,7 +645,7 @@ class Engine:
                                        [batch[1] - n for n in lengths])
                 del batch
             dec = self._now() - t3 + copy_s
-            for r, ans, tm, meas in zip(group, answers, timings, measures):
+            for (r, _), ans, tm, meas in zip(group, answers, timings, measures):
                 tm.update({"decode_s": dec, "new_tokens": len(ans)})
                 yield Result(r.key, ans, tm, meas)
 

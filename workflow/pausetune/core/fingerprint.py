@@ -4,6 +4,10 @@ A result made by code that no longer exists must never be served as current. Eac
 files it imports (statically: top-level and lazy imports alike, read from the source, nothing imported), so an
 edit to scoring.py changes every cell's code fingerprint while an edit to figures.py changes no cell. The same
 closure is what Snakemake rules take as inputs and what dvc.yaml lists as deps, so all three agree.
+
+A file is hashed as its syntax tree without docstrings (comments are not in the tree, line numbers are left out):
+tidying a comment or a docstring keeps every fingerprint, so no cell is recomputed for it, while any change to
+what the code does changes the hash.
 """
 from __future__ import annotations
 
@@ -83,12 +87,29 @@ def closure_files(module: str, exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(str(module_file(m).relative_to(REPO_DIR)) for m in closure(module, exclude))
 
 
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@lru_cache(maxsize=None)
+def code_hash(path: str, mtime_ns: int) -> str:
+    """sha256 of a source file's code: its syntax tree without docstrings, comments or positions."""
+    tree = _strip_docstrings(ast.parse(Path(path).read_text(encoding="utf-8")))
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
 def fingerprint(module: str, exclude: tuple[str, ...] = ()) -> str:
-    """sha256 over (path, content sha256) of the closure: changes exactly when the code `module` runs changes."""
+    """sha256 over (path, code hash) of the closure: changes exactly when the code `module` runs changes."""
     h = hashlib.sha256()
     for m in closure(module, exclude):
         f = module_file(m)
-        h.update(f"{f.relative_to(PKG_DIR).as_posix()}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+        h.update(f"{f.relative_to(PKG_DIR).as_posix()}\0{code_hash(str(f), f.stat().st_mtime_ns)}\n".encode())
     return h.hexdigest()
 
 
