@@ -59,8 +59,8 @@ def prefill_flops(cfg, start: int, end: int) -> float:
 def build_prompts(args, tok):
     sys.path.insert(0, str(ROOT / "workflow"))
     from pausetune.core.config import load_config
+    from pausetune.core.cells import cell_prompts
     from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
-    from pausetune.core.needles import build_task
 
     config = load_config([str(ROOT / "config" / "config.yaml")], json.dumps({
         "models": {"bench": {"source": {"kind": "path", "path": str(args.model_dir)}, "chat_template": True}},
@@ -74,12 +74,9 @@ def build_prompts(args, tok):
         period = tok.encode(".", add_special_tokens=False)[0]
         stream = [period if rng.random() < 0.05 else rng.randrange(1000, 20000) for _ in range(need)]
     builder = PromptBuilder(tok, config, "bench")
-    cells = []
-    for n in args.lengths:
-        for d in args.depths:
-            task = build_task(args.task, config["tasks"][args.task], 0, args.seed, n, d)
-            cp = builder.build(stream, n, d, task.needles, task.question)
-            cells.append(((n, d), cp, task))
+    grid = [(args.task, n, d) for n in args.lengths for d in args.depths]
+    cells = [((n, d), cp, inst) for (_, n, d), (inst, cp) in
+             zip(grid, cell_prompts(builder, stream, config | {"seed": 0}, args.seed, grid))]
     args.prompt_format = builder.format
     return cells
 
@@ -184,7 +181,7 @@ def main(argv=None) -> int:
            "batch_size": args.batch_size, "prefill_chunk": args.prefill_chunk}
 
     def run_engine(label, measure=False, **kw):
-        from pausetune.stages.eval import cell_measure
+        from pausetune.core.cells import cell_measure
 
         eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size),
                      prefill_chunk=args.prefill_chunk, linear=args.linear, **kw)

@@ -1,4 +1,4 @@
-"""Benchmark: our LoRA training step (pausetune.stages.train) against a plain transformers.Trainer + peft step.
+"""Benchmark: our LoRA training step (pausetune.core.lora + core.objectives) against a plain transformers.Trainer + peft step.
 
 Both run in the same invocation, one after the other, each in its own subprocess (so each peak-memory figure
 is its own), on the same model, the same LoRA config (config `train.lora`, default the paper's r16 on all seven
@@ -140,7 +140,8 @@ def run_one(args, impl: str) -> dict:
     import torch
 
     from pausetune.core.models import default_device
-    from pausetune.stages.train import make_optimizer, prepare_peft, train_step
+    from pausetune.core.lora import make_optimizer, prepare_peft
+    from pausetune.core.objectives import train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,7 +164,7 @@ def run_one(args, impl: str) -> dict:
     if impl == "ours":
         import contextlib
 
-        from pausetune.stages.train import autocast_dtype
+        from pausetune.core.lora import autocast_dtype
 
         amp_dtype = autocast_dtype(args.autocast, info["dtype"], str(device))
 

@@ -52,6 +52,16 @@ def test_stages_never_import_other_stages():
                 raise AssertionError(f"stages/{f.name} imports .{node.module} (a stage may import only core)")
 
 
+def test_rules_and_benches_import_only_core():
+    """Rules and benches read the package's libraries (core), never a stage: a stage is a step, run as a command."""
+    import re
+
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk")), *sorted((ROOT / "bench").glob("*.py"))]
+    pattern = re.compile(r"^\s*(from\s+pausetune\.stages\b|import\s+pausetune\.stages\b)", re.M)
+    offenders = [f"{f.relative_to(ROOT)}: {m.group(0).strip()}" for f in files for m in pattern.finditer(f.read_text())]
+    assert not offenders, offenders
+
+
 def test_dvc_code_deps_are_the_import_closures():
     proc = subprocess.run([sys.executable, "scripts/dvc_code_deps.py", "--check"], cwd=ROOT, capture_output=True,
                           text=True)

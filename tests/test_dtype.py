@@ -22,7 +22,7 @@ def test_auto_resolves_per_device():
 
 
 def test_cells_record_their_kernel_family():
-    from pausetune.stages.eval import kernels
+    from pausetune.core.cells import kernels
 
     k = kernels("cpu")
     assert k["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and k["native_bf16"] == cpu_native_bf16()
@@ -90,7 +90,7 @@ def test_linear_route_record_says_exactly_which_route_runs():
 
 
 def test_fp32_cells_record_the_linear_route(monkeypatch):
-    from pausetune.stages.eval import kernels
+    from pausetune.core.cells import kernels
 
     monkeypatch.setenv("PAUSETUNE_FP32_LINEAR", "onednn")
     assert kernels("cpu", "float32")["linear_fp32"] == {"prefill": "onednn", "decode": "onednn"}

@@ -163,7 +163,8 @@ def test_needle_longer_than_range_and_range_above_window_fail_before_building(ti
 
 # ------------------------------------------------------------------------------------------------- training
 def test_loss_mask_and_head_only_on_loss_positions(examples, tiny_dir):
-    from pausetune.stages.train import build_model, collate, masked_loss
+    from pausetune.core.lora import build_model
+    from pausetune.core.objectives import collate, masked_loss
 
     torch.set_num_threads(2)
     from transformers import AutoTokenizer
@@ -189,7 +190,8 @@ def test_loss_mask_and_head_only_on_loss_positions(examples, tiny_dir):
 
 
 def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, tmp_path):
-    from pausetune.stages.train import Retrieval, build_model, collate, make_optimizer, train_step
+    from pausetune.core.objectives import Retrieval, collate, train_step
+    from pausetune.core.lora import build_model, make_optimizer
 
     torch.set_num_threads(2)
     from transformers import AutoTokenizer

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from pausetune.stages.aggregate import cells_frame, find_cells, load_cells
-from pausetune.stages.figures import build_chart, delta_data, heatmap_data, profile_data, report_targets, save_chart
+from pausetune.core.targets import report_targets
+from pausetune.stages.figures import build_chart, delta_data, heatmap_data, profile_data, save_chart
 from pausetune.core.io import PausetuneError
 
 from conftest import ROOT, run_cli
@@ -272,7 +273,7 @@ def eval_targets(config):
 
 include: "workflow/rules/report.smk"
 
-from pausetune.stages.figures import report_targets
+from pausetune.core.targets import report_targets
 
 
 rule all:

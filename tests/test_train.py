@@ -54,7 +54,7 @@ def adapter_tensors(ckpt: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------ units
 def test_data_order_reshuffles_each_epoch_and_is_stateless():
-    from pausetune.stages.train import DataOrder
+    from pausetune.core.objectives import DataOrder
 
     a, b = DataOrder(10, seed=0), DataOrder(10, seed=0)
     e0, e1 = a.rows(0, 10), a.rows(10, 10)
@@ -64,7 +64,8 @@ def test_data_order_reshuffles_each_epoch_and_is_stateless():
 
 
 def test_loss_falls_on_fixed_batch_and_only_lora_and_pause_row_train(tiny_dir, tiny_shards):
-    from pausetune.stages.train import build_model, make_optimizer, train_step
+    from pausetune.core.lora import build_model, make_optimizer
+    from pausetune.core.objectives import train_step
 
     torch.set_num_threads(THREADS)
     tok = shard_tok(tiny_shards["pause"])
@@ -166,7 +167,9 @@ def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards
 
 
 def test_nf4_qlora_on_cpu_loss_falls_bf16_activations_and_adapter_saves(tiny_dir, tiny_shards, tmp_path):
-    from pausetune.stages.train import build_model, make_optimizer, train, train_step
+    from pausetune.stages.train import train
+    from pausetune.core.lora import build_model, make_optimizer
+    from pausetune.core.objectives import train_step
     from pausetune.core.checkpoints import load_checkpoint
 
     torch.set_num_threads(THREADS)
@@ -221,7 +224,8 @@ def test_gpt2_style_targets_and_untied_head_pause_row():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from pausetune.core.io import PausetuneError
-    from pausetune.stages.train import make_optimizer, prepare_peft, train_step
+    from pausetune.core.lora import make_optimizer, prepare_peft
+    from pausetune.core.objectives import train_step
 
     base_cfg = load_cfg()["train"]
     torch.manual_seed(0)
@@ -277,7 +281,8 @@ def train_args(tiny_config, tiny_dir, shards, out, variant="pause", train=None, 
 
 
 def test_cli_run_killed_with_sigkill_resumes_to_the_same_adapter(tiny_config, tiny_dir, tiny_shards, tmp_path):
-    from pausetune.stages.train import state_dir_for, train
+    from pausetune.stages.train import train
+    from pausetune.core.trainstate import state_dir_for
 
     shards = tiny_shards["pause"]
     # the uninterrupted reference (in this process: same code, same config, same thread count)

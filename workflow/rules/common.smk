@@ -88,7 +88,7 @@ def paused_inputs(wildcards=None):
 
 def all_targets():
     """Everything the default target builds: shards, checkpoints, eval cells, tables, figures, the results page."""
-    from pausetune.stages.figures import report_targets
+    from pausetune.core.targets import report_targets
     from pausetune.core.grid import eval_targets
 
     targets = []

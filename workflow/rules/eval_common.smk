@@ -6,7 +6,7 @@
 # The grid is checked here, while the DAG is built (one line naming the config key): pausetune.core.checks.check_eval.
 import os
 
-from pausetune.stages.eval import EVAL_RESULT_KEYS
+from pausetune.core.cells import EVAL_RESULT_KEYS
 from pausetune.core.grid import block_shape, eval_targets, grid_axes
 from pausetune.core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth
 from pausetune.core.checks import check_eval

@@ -1,5 +1,5 @@
 # Publish: the results page (config publish.page), generated from results/tables/ and the figures, never by hand.
-from pausetune.stages.figures import report_targets
+from pausetune.core.targets import report_targets
 
 
 rule publish:

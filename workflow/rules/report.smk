@@ -5,7 +5,7 @@
 report: "../report/workflow.rst"
 
 from pausetune.core.design import VARIANTS as _VARIANTS
-from pausetune.stages.figures import MECHANISM_PROFILES
+from pausetune.core.targets import MECHANISM_PROFILES
 
 FIG_VARIANTS = "|".join(_VARIANTS)
 VS_BASELINE = "|".join(v for v in _VARIANTS if v != "baseline")
@@ -45,7 +45,7 @@ rule aggregate:
 
 
 # One rule per figure family; each target is a figure stem written as .html, .png and .svg. The stems are
-# pausetune.stages.figures.figure_stem's (layout.FIGURES/{kind}/...), the mechanism's only where eval.measure asks.
+# pausetune.core.targets.figure_stem's (layout.FIGURES/{kind}/...), the mechanism's only where eval.measure asks.
 _MVT = {"model": "{model}", "task": "{task}"}
 FIGURE_RULES = [
     # name, stem under results/figures, caption, category, labels, wildcard constraints,

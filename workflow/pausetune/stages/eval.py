@@ -31,154 +31,15 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (tas
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..core import layout
+from ..core.cells import (block_identity, cell_measure, cell_prompts, cell_record, scan, store, timing_path,
+                          versions)
 from ..core.config import EvalConfig, ShardsConfig
-from ..core.fingerprint import fingerprint
-from ..core.io import PausetuneError, clean_dead_tmp, dumps_json, read_json, sha256_file, write_json
-
-SCORING = "pausetune.core.scoring"
-
-
-def code_identity() -> dict:
-    """The code a cell comes from: generation (this stage's import closure without scoring) and scoring apart, so
-    a scoring edit rescores cached answers instead of regenerating them, and any other edit misses the cache."""
-    from ..core.scoring import scoring_code
-
-    return {"generate": fingerprint(__name__, exclude=(SCORING,)), "score": scoring_code()}
-
-# eval keys that change a cell's answer: part of its identity and of the Snakemake rule's params. prefill_chunk and
-# batch_size are among them: they fix the chunk and decode-batch shapes whose GEMM rounding a cell's numbers carry
-# (core.engine). reuse_prefix, block, threads (in `kernels`), device (its type is) are not.
-EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
-                    "measure", "prefill_chunk", "batch_size")
-
-
-def cell_measure(tok, inst, cp, pause_ids, what, plain: bool):
-    """The engine's Measure for one cell (None when eval.measure is empty)."""
-    from ..core.engine import Measure
-
-    if not what:
-        return None
-    prefix = " " if plain else ""
-    answers = [tok.encode(prefix + a, add_special_tokens=False) for a in inst.answers]
-    if any(not a for a in answers):
-        raise PausetuneError(f"task '{inst.name}': an expected answer encodes to no tokens")
-    spans = [(cp.needle_positions[i], cp.needle_positions[i] + cp.needle_lengths[i]) for i in inst.targets]
-    return Measure(answers=answers, needles=spans, pause_ids=list(pause_ids or []), logprob="logprob" in what,
-                   attention="attention" in what)
-
-
-def measure_fields(inst, m: dict | None) -> dict:
-    """A cell's measure fields from the engine's result (see the module doc)."""
-    if not m:
-        return {}
-    out = {}
-    if m.get("answer_logprob"):  # a task without answer texts has none
-        out.update(answer_texts=list(inst.answers), answer_logprob=m["answer_logprob"],
-                   answer_token_logprobs=m["answer_token_logprobs"],
-                   answer_logprob_mean=round(sum(m["answer_logprob"]) / len(m["answer_logprob"]), 7),
-                   needle_rank=m["needle_rank"], needle_margin=m["needle_margin"])
-    a = m.get("attention")
-    if a:
-        def mean(xs):
-            xs = [x for x in xs if x is not None]
-            return round(sum(xs) / len(xs), 7) if xs else None
-
-        out.update(attention=a, needle_attention=mean(a["needle"]), pause_attention=mean(a["pause"]),
-                   sink_attention=mean(a["sink"]), needle_attention_ratio=mean(a["needle_ratio"]))
-    return out
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from .. import __version__
-
-    out = {"pausetune": __version__}
-    for pkg in ("torch", "transformers", "peft"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    from ..core.models import resolve_path
-
-    path, _ = resolve_path(model_dir)
-    h = hashlib.sha256()
-    for f in (Path(model_dir) / "prepared.json", path / "config.json"):
-        h.update(f.read_bytes() if f.exists() else b"-")
-    return h.hexdigest()
-
-
-def _entry(entry: dict | None) -> dict | None:
-    """A models entry as part of a cell's identity: max_context only gates checks, it changes no answer."""
-    return None if entry is None else {k: v for k, v in entry.items() if k != "max_context"}
-
-
-def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
-                   dtype: str, device_type: str) -> dict:
-    from ..core.design import PAUSED
-
-    ev = config["eval"]
-    ident = {
-        "model": model, "variant": variant, "model_entry": _entry(config["models"][model]),
-        "model_sha256": model_fingerprint(model_dir), "adapter_sha256": adapter_sha,
-        "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS}, "prompt": config["prompt"],
-        "pause": config["pause"] if PAUSED[variant] else None,
-        "split": {"seed": config["seed"], **{k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}},
-        "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
-        "dtype": dtype, "device_type": device_type, "versions": versions(),
-        "code_generate": code_identity()["generate"], "kernels": kernels(device_type, dtype),
-    }
-    if ev.get("judge") and ev["judge"].get("kind") == "local":
-        ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
-    return ident
-
-
-def kernels(device_type: str, dtype: str | None = None) -> dict:
-    """The kernel family a cell's numbers come from: on a CPU torch dispatches GEMMs and attention by the
-    instruction set (AVX2 / AVX512 / AMX paths round differently) and splits them by thread count, so both are
-    part of a cell's identity; in fp32 on
-    a CPU also the linear kernels (MKL or oneDNN, per input size) the machine measured fastest
-    (core.models.fp32_linear_kernels), which the engine then uses."""
-    import torch
-
-    out = {"attention": "pausetune split flash (chunks on a cache), sdpa elsewhere"}
-    if device_type == "cpu":
-        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        # A GEMM's reduction is split by thread: 1 and 2 threads give different bf16 log-probs for the same cell
-        # (SmolLM2 pause-tuned, 2K, depth 50: -3.559 vs -3.428), so a cell made with other threads is another cell.
-        out["threads"] = torch.get_num_threads()
-        from ..core.models import cpu_native_bf16, fp32_linear_kernels, linear_route_record
-
-        out["native_bf16"] = cpu_native_bf16()
-        if dtype == "float32":
-            out["linear_fp32"] = linear_route_record(fp32_linear_kernels())
-    elif device_type == "cuda":
-        out["cuda"] = torch.version.cuda
-        out["device"] = torch.cuda.get_device_name()
-    return out
-
-
-def cell_id(block_ident: dict, task_spec: dict, task: str, seed: int, length: int, depth: float) -> str:
-    from ..core.design import format_depth
-
-    data = {"block": block_ident, "task": task, "task_spec": task_spec, "seed": seed, "length": int(length),
-            "depth": format_depth(depth)}
-    return hashlib.sha256(dumps_json(data).encode()).hexdigest()
-
-
-def _depth_value(d: float):
-    return int(d) if float(d).is_integer() else float(d)
+from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json
 
 
 def is_oom(e: BaseException) -> bool:
@@ -235,26 +96,23 @@ def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict)
                              f"({len(leak)} in all); shards and eval disagree on the split (seed / shards keys)")
 
 
-def timing_path(cell: Path, results: str) -> Path:
-    return Path(layout.timing(str(cell), results))
-
-
 def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, int, float]], seed: int,
               model_dir, haystack: list[str], checkpoint=None, shard_manifest=None,
               judge_model_dir=None, results: str = layout.RESULTS, cells_cache: str | None = None,
               device: str | None = None, force: bool = False, log=print) -> dict:
-    """Evaluate one block, cells (task, length, depth) of one haystack seed; returns {computed, cached, skipped}."""
+    """Evaluate one block, cells (task, length, depth) of one haystack seed: plan (what is done) -> load -> prompts
+    -> generate -> store. Returns {computed, cached, skipped, rescored}."""
     import torch
 
+    from ..core.checks import check_block, check_budgets, check_judge
+    from ..core.design import CHECKPOINT, PAUSED, format_depth
     from ..core.engine import Engine, Request, eos_ids_of
-    from ..core.design import PAUSED, format_depth
     from ..core.grid import cell_path
-    from ..core.checks import check_block, check_budgets
     from ..core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays, stream_meta
-    from ..core.models import default_device, model_entry, torch_dtype
-    from ..core.needles import build_task
+    from ..core.models import default_device, load_tokenizer, model_entry, torch_dtype
     from ..core.scoring import make_judge, score_cell
 
+    # 1. Plan: the block's identity, and which of its cells are done (in place, or in the finished-cell cache).
     ev = config["eval"]
     tasks = list(dict.fromkeys(t for t, _, _ in cells))
     check_block(config, model, variant, tasks, sorted({n for _, n, _ in cells}), sorted({d for _, _, d in cells}))
@@ -262,6 +120,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     device = device or evc.device or default_device()
     dname = evc.dtype if evc.dtype != "auto" else model_entry(config, model)["dtype"]
     dtype_resolved = str(torch_dtype(dname, device)).replace("torch.", "")
+    device_type = torch.device(device).type
     if evc.threads:
         torch.set_num_threads(evc.threads)
     cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
@@ -269,61 +128,20 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     # the same folders, so only those whose writer is gone.
     block_dirs = {Path(cell_path(model, variant, t, seed, n, d, results)).parent for t, n, d in cells}
     clean_dead_tmp(cache_root, *block_dirs, *(timing_path(c, results) for c in block_dirs))
-
     adapter_sha = None
-    from ..core.design import CHECKPOINT
-
     if variant in CHECKPOINT and checkpoint:
         from ..core.checkpoints import checkpoint_adapter_hash
 
         adapter_sha = checkpoint_adapter_hash(checkpoint)
-    ident = block_identity(config, model, variant, model_dir, haystack, adapter_sha, dtype_resolved,
-                           torch.device(device).type)
-
-    # 1. What is already done. A cell (in place or cached) made by the same generation code counts; if the scoring
-    # code changed since, its stored answer is rescored (no generation), and it is written again.
-    todo, counts = [], {"computed": 0, "cached": 0, "skipped": 0, "rescored": 0}
-    score_code = code_identity()["score"]
-    restale = []  # (cell data, out path) whose answers need the current scoring
-    for t, n, d in cells:
-        cid = cell_id(ident, config["tasks"][t], t, seed, n, d)
-        out = Path(cell_path(model, variant, t, seed, n, d, results))
-        cached = cache_root / f"{cid}.json"
-        if not force and out.exists():
-            try:
-                data = json.loads(out.read_text())
-                if data.get("cell_id") == cid:
-                    if data.get("code", {}).get("score") == score_code:
-                        counts["skipped"] += 1
-                    else:
-                        restale.append((data, out))
-                    continue
-            except (json.JSONDecodeError, OSError):
-                pass
-        if not force and cached.exists():
-            try:
-                data = read_json(cached)
-                if data.get("cell_id") == cid:
-                    data.pop("timing", None)  # cached by a version that kept timings in the cell
-                    if data.get("code", {}).get("score") == score_code:
-                        write_json(out, data)
-                        counts["cached"] += 1
-                    else:
-                        restale.append((data, out))
-                    continue
-            except PausetuneError:
-                pass
-        todo.append((t, n, d, cid, out))
+    ident = block_identity(config, model, variant, model_dir, haystack, adapter_sha, dtype_resolved, device_type)
+    todo, restale, counts = scan(cells, ident, config, model=model, variant=variant, seed=seed, results=results,
+                                 cache_root=cache_root, force=force)
     if restale or todo:
-        from ..core.checks import check_judge
-
         check_judge(ev.get("judge"))  # before any model loads
     if restale:
         call = make_judge(config, judge_model_dir, dname, device)
         for data, out in restale:
-            new = score_cell(data, ev.get("judge"), call)
-            write_json(cache_root / f"{new['cell_id']}.json", new)  # the cache first: a computed cell is never lost
-            write_json(out, new)
+            store(score_cell(data, ev.get("judge"), call), out, cache_root, results)
             counts["rescored"] += 1
     rescored = f", {counts['rescored']} rescored" if counts["rescored"] else ""
     if not todo:
@@ -331,9 +149,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             f"from the cell cache{rescored})")
         return counts
 
-    # 2. Sizes first (tokenizer only: one-line errors before any weights load), then model and haystack.
-    from ..core.models import load_tokenizer
-
+    # 2. Load: sizes first (tokenizer only: one-line errors before any weights load), then model and haystack.
     mine: dict[str, dict] = {}  # this block's pending grid, per task
     for t, n, d, _, _ in todo:
         g = mine.setdefault(t, {"lengths": set(), "depths": set()})
@@ -347,34 +163,28 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     _check_holdout(hay_ids, shard_manifest, config)
     net, tok, pause_ids, adapter_sha2, _ = load_variant(variant, config, model, model_dir, checkpoint, dname, device)
     adapter_sha = adapter_sha or adapter_sha2
-    by_id = dict(essays)
+
+    # 3. Prompts: one token stream per seed, each cell's needles and question placed in it.
     order = essay_order(hay_ids, seed)
     builder = PromptBuilder(tok, config, model, pause_ids)
-    insts = {}
     bank = None
     if any(config["tasks"][t].get("bank") for t in tasks):
         from ..core.banks import check_banks
 
         bank = check_banks(config)[1]
-    for t, n, d, cid, out in todo:
-        insts[cid] = build_task(t, config["tasks"][t], config["seed"], seed, n, d, bank=bank)
-    need = max(n for _, n, _, _, _ in todo)
-    stream = build_stream(tok, by_id, order, need, pause_ids)
-    method = Path(haystack[0]).stem
-    hmeta = stream_meta(haystack, order, method, PAUSED[variant], config["pause"])
+    stream = build_stream(tok, dict(essays), order, max(n for _, n, _, _, _ in todo), pause_ids)
+    hmeta = stream_meta(haystack, order, Path(haystack[0]).stem, PAUSED[variant], config["pause"])
     if pause_ids:
         hmeta["pause_ids"] = list(pause_ids)
+    built = dict(zip((cid for _, _, _, cid, _ in todo),
+                     cell_prompts(builder, stream, config, seed, [(t, n, d) for t, n, d, _, _ in todo], bank)))
+    requests = [Request(cid, cp.ids, cp.shareable,
+                        cell_measure(tok, inst, cp, pause_ids, evc.measure, builder.format == "plain"))
+                for cid, (inst, cp) in built.items()]
 
-    prompts, requests = {}, []
-    for t, n, d, cid, out in todo:
-        inst = insts[cid]
-        cp = builder.build(stream, n, d, inst.needles, inst.question, task=t)
-        prompts[cid] = cp
-        m = cell_measure(tok, inst, cp, pause_ids, evc.measure, builder.format == "plain")
-        requests.append(Request(cid, cp.ids, cp.shareable, m))
-    eos = eos_ids_of(net, tok)
-    engine = Engine(net, eos, evc.max_new_tokens, batch_size=evc.batch_size, reuse_prefix=evc.reuse_prefix,
-                    prefill_chunk=evc.prefill_chunk,
+    # 4. Generate, and store each cell as soon as it is answered.
+    engine = Engine(net, eos_ids_of(net, tok), evc.max_new_tokens, batch_size=evc.batch_size,
+                    reuse_prefix=evc.reuse_prefix, prefill_chunk=evc.prefill_chunk,
                     linear=ident["kernels"].get("linear_fp32"))
     judge_call = make_judge(config, judge_model_dir, dname, device)
     vers = versions()
@@ -384,34 +194,16 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     try:
         for res in engine.run(requests):
             t, n, d, out = info[res.key]
-            inst, cp = insts[res.key], prompts[res.key]
-            answer = tok.decode(res.new_ids, skip_special_tokens=True).strip()
-            cell = {
-                "cell_id": res.key, "model": model, "variant": variant, "task": t, "kind": inst.kind, "seed": seed,
-                "length": int(n), "depth": _depth_value(d),
-                "context_tokens": len(cp.ids), "haystack_tokens": cp.haystack_tokens,
-                "needle_tokens": cp.needle_tokens, "needle_positions": cp.needle_positions,
-                "needle_depths": cp.needle_depths, "depth_actual": cp.depth_actual,
-                "needles": inst.needles, "question": inst.question,
-                "expected": [[f] for f in inst.facts]
-                if inst.kind not in ("single", "multi") or config["tasks"][t].get("bank")
-                else config["tasks"][t]["expected"],
-                "facts": inst.facts, "reference": inst.reference, "answer": answer, "answer_tokens": len(res.new_ids),
-                "prompt_sha256": cp.sha256(), "prompt_format": builder.format,
-                "haystack": hmeta, "adapter_sha256": adapter_sha, "model_sha256": ident["model_sha256"],
-                "dtype": dtype_resolved, "device_type": torch.device(device).type, "versions": vers,
-                "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS if k != "judge"},
-                "code": {"generate": ident["code_generate"]}, "kernels": ident["kernels"],
-            }
-            if inst.keys:
-                cell["ruler"] = inst.keys
-            cell.update(measure_fields(inst, res.measures))
+            inst, cp = built[res.key]
+            cell = cell_record(key=res.key, answer=tok.decode(res.new_ids, skip_special_tokens=True).strip(),
+                               new_ids=res.new_ids, measures=res.measures, inst=inst, cp=cp, task=t, seed=seed,
+                               length=n, depth=d, model=model, variant=variant, config=config,
+                               prompt_format=builder.format, haystack=hmeta, adapter_sha=adapter_sha, ident=ident,
+                               dtype=dtype_resolved, device_type=device_type, versions=vers)
             if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
                 write_json(cache_root / f"{res.key}.json", cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)
-            write_json(cache_root / f"{res.key}.json", cell)  # the cache first: a computed answer is never lost
-            write_json(out, cell)
-            write_json(timing_path(out, results), {"cell_id": res.key, "device": str(device), **{
+            store(cell, out, cache_root, results, {"device": str(device), **{
                 k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.timing.items()}})
             counts["computed"] += 1
             done_lengths.add(n)
