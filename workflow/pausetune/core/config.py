@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .io import PausetuneError
+from .io import PausetuneError, cut, quote
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
 
@@ -52,11 +52,11 @@ def _one_line(error) -> str:
     if error.validator == "required":
         return f"config key '{path or '<top>'}': {error.message}"
     expected = {
-        "type": lambda: f"expected {error.validator_value}, got {json.dumps(error.instance)}",
-        "enum": lambda: f"expected one of {error.validator_value}, got {json.dumps(error.instance)}",
-        "const": lambda: f"expected {json.dumps(error.validator_value)}, got {json.dumps(error.instance)}",
-        "pattern": lambda: f"expected a string matching {error.validator_value}, got {json.dumps(error.instance)}",
-    }.get(error.validator, lambda: error.message)()
+        "type": lambda: f"expected {error.validator_value}, got {quote(error.instance)}",
+        "enum": lambda: f"expected one of {error.validator_value}, got {quote(error.instance)}",
+        "const": lambda: f"expected {json.dumps(error.validator_value)}, got {quote(error.instance)}",
+        "pattern": lambda: f"expected a string matching {error.validator_value}, got {quote(error.instance)}",
+    }.get(error.validator, lambda: cut(error.message))()
     return f"config key '{path or '<top>'}': {expected}"
 
 

@@ -43,7 +43,16 @@ def expand_lengths(spec) -> list[int]:
         vals = [lo * (hi / lo) ** (i / (num - 1)) for i in range(num)]
     else:
         vals = [lo + (hi - lo) * i / (num - 1) for i in range(num)]
-    return sorted(set(int(round(v)) for v in vals))
+    return _distinct(sorted(set(int(round(v)) for v in vals)), num, "eval.lengths", "lengths")
+
+
+def _distinct(vals, num: int, key: str, unit: str):
+    """A spacing spec's values, refused when rounding merged some: `num` 200 depths between 0 and 100 are 101 whole
+    percents, and a grid silently smaller than asked would be reported as the one asked for."""
+    if len(vals) < num:
+        raise PausetuneError(f"config key '{key}': num {num} gives only {len(vals)} distinct {unit} between min and "
+                             f"max once rounded")
+    return vals
 
 
 def _logistic(x: float, big: float = 100, x0: float = 50, k: float = 0.1) -> float:
@@ -65,6 +74,7 @@ def expand_depths(spec) -> list[float]:
             vals = [_logistic(x) for x in xs]
         else:
             vals = [float(round(x)) for x in xs]
+        _distinct(set(vals), num, "eval.depths", "depths")
     out = []
     for v in vals:
         if not 0 <= v <= 100:

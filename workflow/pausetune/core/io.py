@@ -33,6 +33,20 @@ class PausetuneError(Exception):
     """A user-facing error: the CLI prints its message as one line and exits 1, without a traceback."""
 
 
+QUOTE_LIMIT = 200  # characters of a value an error line shows
+
+
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """At most `limit` characters of a text an error line quotes, its full size said: a 2000-word needle or a huge
+    mapping must not bury the line."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: Any) -> str:
+    """A value as an error line shows it: JSON, cut()."""
+    return cut(json.dumps(value, ensure_ascii=False, default=str))
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -90,7 +90,7 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
                 local = snapshot_download(src["id"], revision=src.get("revision"),
                                           allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
             except Exception as e:
-                why = "the hub is unreachable (offline, or HF_HUB_OFFLINE set)" if hub_unreachable(e) \
+                why = "the hub is unreachable: offline, or HF_HUB_OFFLINE set" if hub_unreachable(e) \
                     else type(e).__name__
                 raise PausetuneError(
                     f"models.{name}: could not download '{src['id']}' from the HF hub ({why}); "

@@ -1,0 +1,74 @@
+"""Hostile and careless input (issue 29): names that would leave the project or run in a shell, folders the pipeline
+did not write, cell files from elsewhere, model folders that a later job would refuse, values too long to quote.
+
+Each is tried the way a user meets it: Snakemake with a config overlay in one project copy (mostly `-n` or a run
+that must stop before its first job), and the `pausetune` CLI (what DVC runs). Every check asserts one error line
+and that nothing outside the project copy or the test's tmp folder was created or touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DEFAULT_CONFIG, ROOT, run_cli
+from test_faults import CONFIGS, error_lines, ok, smk
+from test_workflow import make_project
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project copy one level down in its own tmp folder, so `../victim` is the test's and nobody else's."""
+    return make_project(tmp_path_factory.mktemp("hostile") / "project")
+
+
+def overlay(project: Path, name: str, data: dict) -> str:
+    (project / name).write_text(yaml.safe_dump(data))
+    return name
+
+
+def one_config_error(proc: subprocess.CompletedProcess) -> str:
+    """The run stopped with exactly one `config error:` line, before Snakemake planned or ran any job."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("config error: "), out[-3000:]
+    assert "Building DAG of jobs" not in out and "rule " not in out, out[-3000:]
+    return lines[0]
+
+
+def everything_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+# ------------------------------------------------------------------------------- 13. values in error lines
+def test_grid_size_and_long_values_in_one_short_line(project, tmp_path, tiny_config):
+    line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,
+                                overlay(project, "depths.yaml", {"eval": {"depths": {"num": 150}}})))
+    assert line == "config error: config key 'eval.depths': num 150 gives only 101 distinct depths between min " \
+                   "and max once rounded", line
+    needle = " ".join(["word"] * 2000)
+    triple = {"needle": needle, "question": "What?", "answer": "word"}
+    line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS, overlay(
+        project, "long.yaml", {"banks": {"train": {"extra": [triple, triple]}}})))
+    assert line.startswith("config error: config key 'banks.train': needle \"word word") and len(line) < 320, line
+    assert line.endswith(f"... ({len(needle) + 2} characters) appears twice"), line
+    # the hub, offline: one parenthesis, not two nested
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    over = json.dumps({"models": {"h": {"source": {"kind": "hub", "id": "nobody/no-such-model-pausetune"}}}})
+    proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "prepare-model", *tiny_config, "--config-json",
+                           over, "--model", "h", "--output", str(tmp_path / "h")], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        "pausetune prepare-model: error: models.h: could not download 'nobody/no-such-model-pausetune' from the HF "
+        "hub (the hub is unreachable: offline, or HF_HUB_OFFLINE set); download it elsewhere and use a model source "
+        "of kind 'path'"], proc.stderr
