@@ -50,6 +50,61 @@ def everything_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+# ------------------------------------------------------------------------------------ 1. names as paths
+SMOLLM2_SOURCE = yaml.safe_load(DEFAULT_CONFIG.read_text())["models"]["smollm2"]["source"]
+
+
+def test_a_name_that_leaves_the_project_is_refused_before_any_job(project):
+    victim = project.parent / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("data\n")
+    outside = lambda: {p for p in everything_under(project.parent) if not p.startswith(project.name)}
+    before = outside()
+    name = overlay(project, "victim.yaml", {"models": {"../victim": {"source": SMOLLM2_SOURCE}},
+                                            "train": {"models": ["smollm2", "../victim"]}})
+    line = one_config_error(smk(project, "--configfile", *CONFIGS, name, "--until", "prepare_model"))
+    assert line == ("config error: config key 'models': expected a name: a letter or digit, then letters, digits, "
+                    "'_', '.', '-' (names become folder names and shell words), got \"../victim\""), line
+    # the lists that name entries are held to the same pattern (a task, a source, a model to tune)
+    for key, data in [("tasks", {"tasks": {"../t": {"kind": "single", "needles": ["x"]}}}),
+                      ("shards.sources.0", {"shards": {"sources": ["../../s"]}}),
+                      ("train.models.0", {"train": {"models": ["a/b"]}})]:
+        line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS, overlay(project, "bad.yaml", data)))
+        assert line.startswith(f"config error: config key '{key}': expected a name"), line
+    assert (victim / "notes.txt").read_text() == "data\n" and sorted(os.listdir(victim)) == ["notes.txt"]
+    assert outside() == before == {"victim", "victim/notes.txt"}
+
+
+def test_cli_refuses_a_name_and_never_replaces_a_folder_it_did_not_write(project, tmp_path, tiny_dir):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("data\n")
+    # the DVC route: `pausetune prepare-model --model ${key} --output data/models/${key}`
+    over = json.dumps({"models": {"../victim": {"source": {"kind": "path", "path": str(tiny_dir)}}}})
+    proc = run_cli("prepare-model", "--config", str(DEFAULT_CONFIG), "--config-json", over, "--model", "../victim",
+                   "--output", "data/models/../victim", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("pausetune prepare-model: error: config key 'models': "
+                                                           "expected a name"), proc.stderr
+    # a good name, but --output a user's folder: refused before anything is created or removed there
+    over = json.dumps({"models": {"p": {"source": {"kind": "path", "path": str(tiny_dir)}}}})
+    proc = run_cli("prepare-model", "--config", str(DEFAULT_CONFIG), "--config-json", over, "--model", "p",
+                   "--output", str(victim), check=False)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [
+        f"pausetune prepare-model: error: {victim}: exists and was not written by pausetune (no .pausetune-output "
+        f"in it); refusing to replace it as the output folder: move it away or choose another path"], proc.stderr
+    assert sorted(os.listdir(victim)) == ["notes.txt"] and (victim / "notes.txt").read_text() == "data\n"
+    assert sorted(os.listdir(tmp_path)) == ["victim"]
+    # a folder an older version prepared (its prepared.json, no marker) is the pipeline's: replaced, then marked
+    old = tmp_path / "models" / "p"
+    old.mkdir(parents=True)
+    (old / "prepared.json").write_text(json.dumps({"name": "p", "kind": "path", "path": "elsewhere"}))
+    (old / "stale.txt").write_text("from the old run")
+    run_cli("prepare-model", "--config", str(DEFAULT_CONFIG), "--config-json", over, "--model", "p",
+            "--output", str(old))
+    assert sorted(os.listdir(old)) == [".pausetune-output", "prepared.json"]
+    assert json.loads((old / "prepared.json").read_text())["path"] == str(tiny_dir.resolve())
+
+
 # ------------------------------------------------------------------------------- 13. values in error lines
 def test_grid_size_and_long_values_in_one_short_line(project, tmp_path, tiny_config):
     line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,

@@ -66,6 +66,16 @@ def model_cfgs(model):
 
 SHARD_VARIANTS = ["pause", "plain"]
 
+# Every name wildcard matches only a name (the schema's pattern, pausetune.core.layout): no path that leaves its
+# folder, no shell word, is ever a job's.
+NAME = layout.name_pattern().lstrip("^").rstrip("$")
+
+
+wildcard_constraints:
+    model=NAME,
+    source=NAME,
+    task=NAME,
+
 
 def wildcards_of(template):
     """A core.layout template as a shell-command pattern: {model} -> {wildcards.model}."""

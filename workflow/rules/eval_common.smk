@@ -93,7 +93,7 @@ EVAL_SHAPE = block_shape(config)  # pausetune.core.grid: outputs, log and grid a
 EVAL_OUT, EVAL_LOG, EVAL_ARGS = EVAL_SHAPE["out"], EVAL_SHAPE["log"], EVAL_SHAPE["args"]
 
 
-EVAL_WILDCARDS = dict(model="[^/]+", variant="|".join(VARIANTS), task="[^/]+", seed="-?[0-9]+", length="[0-9]+",
+EVAL_WILDCARDS = dict(model=NAME, variant="|".join(VARIANTS), task=NAME, seed="-?[0-9]+", length="[0-9]+",
                       depth="[0-9]+(\\.[0-9]+)?")
 EVAL_SHELL = (
     "pausetune eval --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"

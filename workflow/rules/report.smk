@@ -94,8 +94,8 @@ for _name, _stem, _caption, _category, _labels, _constraints, _kind, _variant, _
             ),
             svg=f"{layout.FIGURES}/{_stem}.svg",
         wildcard_constraints:
-            model="[^/]+",
-            task="[^/]+",
+            model=NAME,
+            task=NAME,
             **_constraints,
         params:
             stem=lambda wc, output: output.png[: -len(".png")],

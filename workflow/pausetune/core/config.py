@@ -41,8 +41,20 @@ def _validator_with_defaults():
     return jsonschema.validators.extend(base, {"properties": set_defaults})
 
 
+# What the schema's name and path patterns ($defs name, relpath) mean, for the one error line.
+PATTERN_MEANING = {
+    "name": "a name: a letter or digit, then letters, digits, '_', '.', '-' (names become folder names and shell "
+            "words)",
+}
+
+
 def _one_line(error) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
+    defs = load_schema()["$defs"]
+    meaning = next((m for d, m in PATTERN_MEANING.items() if error.schema is not None and error.validator in
+                    ("pattern", "type") and error.schema.get("pattern") == defs[d]["pattern"]), None)
+    if meaning:
+        return f"config key '{path or '<top>'}': expected {meaning}, got {quote(error.instance)}"
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         allowed = sorted(error.schema.get("properties", {}))

@@ -90,7 +90,8 @@ def expand_depths(spec) -> list[float]:
 
 def cell_path(model: str, variant: str, task: str, seed: int, length: int, depth: float,
               root: str = layout.RESULTS) -> str:
-    return layout.cell(root).format(model=model, variant=variant, task=task, seed=seed, length=int(length),
+    return layout.cell(root).format(model=layout.check_name(model, "model"), variant=variant,
+                                    task=layout.check_name(task, "task"), seed=seed, length=int(length),
                                     depth=format_depth(depth))
 
 
