@@ -105,6 +105,48 @@ def test_cli_refuses_a_name_and_never_replaces_a_folder_it_did_not_write(project
     assert json.loads((old / "prepared.json").read_text())["path"] == str(tiny_dir.resolve())
 
 
+# --------------------------------------------------------------------------------- 2. quoted shell commands
+SHELLS = r"""
+import json, sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+    wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile").resolve(),
+                      config_settings=ConfigSettings(configfiles=[Path(p).resolve() for p in sys.argv[1:]]),
+                      workdir=Path(".").resolve())
+    print(json.dumps({r.name: r.shellcmd for r in wf._workflow.rules if r.shellcmd}))
+"""
+
+
+@pytest.mark.parametrize("block", ["cell", "length", "seed"])
+def test_every_placeholder_in_a_shell_command_is_quoted(project, block):
+    """The rules' shell commands as Snakemake holds them (f-strings resolved, the eval block's own arguments in):
+    every `{...}` Snakemake fills in when a job runs is quoted with `:q`."""
+    name = overlay(project, f"block_{block}.yaml", {"eval": {"block": block}})
+    proc = subprocess.run([sys.executable, "-c", SHELLS, *CONFIGS, name], cwd=project, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(project / "workflow")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shells = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"download", "pause", "prepare_model", "shards", "examples", "train", "eval", "aggregate",
+            "figure_heatmap", "publish"} <= set(shells)
+    unquoted = {rule: field for rule, cmd in shells.items() for _, field, spec, _ in string.Formatter().parse(cmd)
+                if field is not None and not (spec or "").endswith("q")}
+    assert unquoted == {}, unquoted
+
+
+def test_shell_metacharacters_in_a_name_or_the_page_are_refused(project):
+    for data in [{"sources": {"x$(touch PWNED)": {"kind": "local", "path": "essays"}},
+                  "shards": {"sources": ["x$(touch PWNED)"]}, "eval": {"haystack_sources": ["x$(touch PWNED)"]}},
+                 {"publish": {"page": "results/x;touch PWNED.md"}},
+                 {"publish": {"page": "../page.md"}},
+                 {"eval": {"device": "cpu;touch PWNED"}}]:
+        line = one_config_error(smk(project, "--configfile", *CONFIGS, overlay(project, "pwn.yaml", data)))
+        assert "PWNED" in line or "../page.md" in line, line
+    assert not [p for p in project.parent.rglob("PWNED*")]
+
+
 # ------------------------------------------------------------------------------- 13. values in error lines
 def test_grid_size_and_long_values_in_one_short_line(project, tmp_path, tiny_config):
     line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,

@@ -22,6 +22,6 @@ rule publish:
     benchmark:
         layout.benchmark("publish", "publish"),
     shell:
-        f"pausetune publish --config-json {{params.cfg:q}} --tables {layout.TABLES} --figures {{input.figures}}"
-        f" --checkpoints {{input.checkpoints}} --shards {{input.shards}} --benchmarks {layout.BENCHMARKS}"
-        f" --run-info {layout.RUN_INFO} --output {{output.page}} 2>&1 | tee {{log}}"
+        f"pausetune publish --config-json {{params.cfg:q}} --tables {layout.TABLES} --figures {{input.figures:q}}"
+        f" --checkpoints {{input.checkpoints:q}} --shards {{input.shards:q}} --benchmarks {layout.BENCHMARKS}"
+        f" --run-info {layout.RUN_INFO} --output {{output.page:q}} 2>&1 | tee {{log:q}}"

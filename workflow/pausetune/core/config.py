@@ -45,6 +45,7 @@ def _validator_with_defaults():
 PATTERN_MEANING = {
     "name": "a name: a letter or digit, then letters, digits, '_', '.', '-' (names become folder names and shell "
             "words)",
+    "relpath": "a relative path inside the project: parts of letters, digits, '_', '.', '-', none '.' or '..'",
 }
 
 

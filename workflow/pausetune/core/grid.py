@@ -17,6 +17,7 @@ prompt sizes against each length) run here only when the model is already prepar
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 
 from . import layout
@@ -156,13 +157,13 @@ def block_shape(config: dict) -> dict:
 
     if mode == "cell":
         out, name = [cell], job + "/depth{depth}"
-        args = "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"
+        args = "--tasks {wildcards.task:q} --lengths {wildcards.length:q} --depths {wildcards.depth:q}"
     elif mode == "length":
         out, name = [cell.replace("{depth}", d) for d in depths], job
-        args = f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(depths)}"
+        args = f"--tasks {{wildcards.task:q}} --lengths {{wildcards.length:q}} --depths {shlex.join(depths)}"
     else:
         out = [p for t, (ls, ds) in ax["per_task"].items() for p in spell(t, ls, [format_depth(d) for d in ds])]
-        name, args = "{model}/{variant}/seed{seed}", f"--tasks {' '.join(ax['tasks'])}"
+        name, args = "{model}/{variant}/seed{seed}", f"--tasks {shlex.join(ax['tasks'])}"
     return {"out": out, "log": layout.log("eval", name), "benchmark": layout.benchmark("eval", name), "args": args}
 
 
