@@ -147,6 +147,34 @@ def test_shell_metacharacters_in_a_name_or_the_page_are_refused(project):
     assert not [p for p in project.parent.rglob("PWNED*")]
 
 
+# ----------------------------------------------------------------------- 3. publish's folders are its own
+def test_publish_refuses_a_folder_it_did_not_write(project):
+    (project / "mydocs").mkdir()
+    (project / "mydocs" / "notes.md").write_text("mine\n")
+    for key in ("figures_dir", "tables_dir"):
+        line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,
+                                    overlay(project, "pub.yaml", {"publish": {key: "mydocs"}})))
+        assert line == (f"config error: config key 'publish.{key}': mydocs: exists and was not written by pausetune "
+                        f"(no .pausetune-output in it); refusing to replace it as the folder publish writes: move it "
+                        f"away or choose another path"), line
+    assert sorted(os.listdir(project / "mydocs")) == ["notes.md"]
+    # the study's committed docs/figures and docs/tables carry the marker; a folder an older publish wrote (PNGs
+    # only, Snakemake's timestamp) is publish's too
+    for folder in ("docs/figures", "docs/tables"):
+        shutil.copytree(ROOT / folder, project / folder)
+    old = project / "results" / "results_figures"
+    old.mkdir(parents=True)
+    for f in ("heatmap_tiny_single_baseline.png", ".snakemake_timestamp"):
+        (old / f).write_bytes(b"")
+    ok(smk(project, "-n", "--configfile", *CONFIGS, "config/study.yaml"))
+    ok(smk(project, "-n", "--configfile", *CONFIGS))
+    (old / "mine.txt").write_text("mine\n")
+    line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS))
+    assert "config key 'publish.figures_dir': results/results_figures: exists and was not written" in line
+    assert (old / "mine.txt").read_text() == "mine\n"
+    shutil.rmtree(project / "results")
+
+
 # ------------------------------------------------------------------------------- 13. values in error lines
 def test_grid_size_and_long_values_in_one_short_line(project, tmp_path, tiny_config):
     line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,

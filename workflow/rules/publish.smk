@@ -1,5 +1,11 @@
 # Publish: the results page (config publish.page), generated from results/tables/ and the figures, never by hand.
 from pausetune.stages.figures import report_targets
+from pausetune.stages.publish import check_output_dirs
+
+try:
+    check_output_dirs(config)  # the folder outputs below: Snakemake empties them before publish runs
+except PausetuneError as e:
+    sys.exit(f"config error: {e}")
 
 
 rule publish:

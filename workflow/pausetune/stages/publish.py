@@ -20,7 +20,7 @@ from pathlib import Path
 from ..core import layout
 from ..core.config import EvalConfig, ExamplesConfig, PromptConfig, PublishConfig, ShardsConfig, TrainConfig
 from ..core.design import VARIANTS
-from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, read_json, write_text
+from ..core.io import PausetuneError, atomic_path, check_ours, clean_dead_tmp, mark, read_json, write_text
 
 PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
 # The authors' recipe (paper + Unsloth notebook, MISSION.md): what each run's recipe is held against on its page.
@@ -549,6 +549,23 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     return "\n".join(L).rstrip() + "\n"
 
 
+def output_dirs(config: dict) -> dict[str, tuple[str, object]]:
+    """publish.figures_dir and tables_dir: config key -> (folder, which names an older publish wrote there)."""
+    pub = config["publish"]
+    return {"publish.figures_dir": (pub["figures_dir"], lambda n: n.endswith(".png")),
+            "publish.tables_dir": (pub["tables_dir"], lambda n: n in SHARED_TABLES)}
+
+
+def check_output_dirs(config: dict) -> None:
+    """Snakemake empties a folder output before its job runs (DVC too): refuse, while the DAG is built, a folder
+    publish did not write (`figures_dir: docs` would empty docs/). One line naming the key."""
+    for key, (folder, only) in output_dirs(config).items():
+        try:
+            check_ours(folder, "folder publish writes", legacy=(), only=only)
+        except PausetuneError as e:
+            raise PausetuneError(f"config key '{key}': {e}") from None
+
+
 def add_arguments(p) -> None:
     p.add_argument("--tables", default=layout.TABLES)
     p.add_argument("--figures", nargs="*", default=[], help="PNG files to copy next to the page and show")
@@ -563,12 +580,12 @@ def main(args, config: dict) -> int:
     page = Path(args.output or config["publish"]["page"])
     # a killed run's temp files beside the page and in its figure and table folders (only a dead writer's)
     clean_dead_tmp(page.parent, config["publish"]["figures_dir"], *filter(None, [config["publish"].get("tables_dir")]))
+    check_output_dirs(config)  # nothing written into a folder publish would not replace
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
-    Path(config["publish"]["figures_dir"]).mkdir(parents=True, exist_ok=True)  # a declared output, even if empty
-    if config["publish"].get("tables_dir"):
-        Path(config["publish"]["tables_dir"]).mkdir(parents=True, exist_ok=True)
+    for folder, _ in output_dirs(config).values():  # declared outputs, even if empty; publish's from now on
+        mark(folder)
     write_text(page, text)
     print(f"publish: {page}")
     return 0
