@@ -175,6 +175,35 @@ def test_publish_refuses_a_folder_it_did_not_write(project):
     shutil.rmtree(project / "results")
 
 
+# ------------------------------------------------------------------------------- 4. rescore and cell ids
+def test_rescore_refuses_a_cell_whose_id_is_a_path(tmp_path):
+    cache = tmp_path / "a" / "b" / ".cells"
+    cache.mkdir(parents=True)
+    cells = tmp_path / "a" / "b" / "eval"
+    cells.mkdir()
+    hostile = {"cell_id": "../../x", "answer": "The best thing is to eat a sandwich.", "facts": ["sandwich"],
+               "question": "What is the best thing?"}
+    for name, data, why in [
+        ("depth0.json", hostile, 'cell_id "../../x": expected 64 hex digits (a sha256, as eval computes it)'),
+        ("depth50.json", 5, "a JSON object expected, got 5"),
+    ]:
+        f = cells / name
+        f.write_text(json.dumps(data))
+        before = everything_under(tmp_path)
+        proc = run_cli("rescore", "--config", str(DEFAULT_CONFIG), "--cells", str(f), "--cells-cache", str(cache),
+                       "--force", check=False)
+        assert proc.returncode == 1 and proc.stderr.splitlines() == [
+            f"pausetune rescore: error: {f}: not a cell ({why})"], proc.stderr
+        assert everything_under(tmp_path) == before and f.read_text() == json.dumps(data)
+        f.unlink()
+    # the id eval computes is taken, and the cache entry lands in the cache
+    good = {**hostile, "cell_id": "0123456789abcdef" * 4}
+    (cells / "depth0.json").write_text(json.dumps(good))
+    run_cli("rescore", "--config", str(DEFAULT_CONFIG), "--cells", str(cells), "--cells-cache", str(cache))
+    assert json.loads((cache / f"{good['cell_id']}.json").read_text())["score"] == 10.0
+    assert not (tmp_path / "x.json").exists()
+
+
 # ------------------------------------------------------------------------------- 13. values in error lines
 def test_grid_size_and_long_values_in_one_short_line(project, tmp_path, tiny_config):
     line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,

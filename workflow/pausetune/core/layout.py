@@ -53,6 +53,19 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+CELL_ID = re.compile(r"^[0-9a-f]{64}$")  # a cell's id: the sha256 (hex) of its identity (stages/eval.py cell_id)
+
+
+def cached_cell(cache_root, cell_id) -> str:
+    """{cache_root}/{cell_id}.json, for an id of the computed form only: a cell file read from elsewhere must not
+    name a path (`../../x`) the cache would write to."""
+    from .io import PausetuneError, quote
+
+    if not isinstance(cell_id, str) or not CELL_ID.match(cell_id):
+        raise PausetuneError(f"cell_id {quote(cell_id)}: expected 64 hex digits (a sha256, as eval computes it)")
+    return f"{cache_root}/{cell_id}.json"
+
+
 def manifest(folder: str) -> str:
     return f"{folder}/{MANIFEST}"
 
