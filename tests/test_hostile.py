@@ -204,6 +204,72 @@ def test_rescore_refuses_a_cell_whose_id_is_a_path(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+# ------------------------------------------------------------------- 10. model folders a later job refuses
+def model_folder(src: Path, dest: Path, pickle_only: bool = False, auto_map: bool = False) -> Path:
+    """A copy of a prepared model's folder: its weights as a pickle file only, or a tokenizer of its own code
+    (auto_map) that leaves a file named RAN in the working folder when it runs."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("prepared.json", ".pausetune-output"))
+    if pickle_only:
+        import torch
+        from safetensors.torch import load_file
+
+        torch.save(load_file(dest / "model.safetensors"), dest / "pytorch_model.bin")
+        (dest / "model.safetensors").unlink()
+    if auto_map:
+        (dest / "tok_own.py").write_text('open("RAN", "w").write("ran")\n'
+                                         "from transformers import PreTrainedTokenizerFast\n\n\n"
+                                         "class OwnTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+        cfg = json.loads((dest / "tokenizer_config.json").read_text())
+        cfg.update(auto_map={"AutoTokenizer": [None, "tok_own.OwnTokenizer"]}, tokenizer_class="OwnTokenizer")
+        (dest / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+def test_prepare_model_refuses_what_eval_would(project, tmp_path, tiny_dir):
+    pickled = model_folder(tiny_dir, tmp_path / "pickled", pickle_only=True)
+    own = model_folder(tiny_dir, tmp_path / "own", auto_map=True)
+    models = {"pk": {"source": {"kind": "path", "path": str(pickled)}},
+              "own": {"source": {"kind": "path", "path": str(own)}}}
+    expected = {
+        "pk": f"models.pk.source.path: {pickled} has no .safetensors weights (only pytorch_model.bin; pickle weights "
+              f"are never loaded): convert them to safetensors first",
+        "own": f"models.own.source.path: {own / 'tokenizer_config.json'} maps to code shipped in the model folder "
+               f"(auto_map), which runs only under models.own.trust_remote_code: true; nothing was run",
+    }
+    # the CLI (DVC's route)
+    for name, line in expected.items():
+        proc = run_cli("prepare-model", "--config", str(DEFAULT_CONFIG), "--config-json", json.dumps(
+            {"models": models}), "--model", name, "--output", str(tmp_path / "out" / name), cwd=tmp_path, check=False)
+        assert proc.returncode == 1 and proc.stderr.splitlines() == [f"pausetune prepare-model: error: {line}"], \
+            proc.stderr
+    # Snakemake with an overlay: the prepare_model job stops with the same line, and nothing ran the folder's code
+    name = overlay(project, "folders.yaml", {"models": models})
+    for model, line in expected.items():
+        proc = smk(project, "--configfile", *CONFIGS, name, "--", f"data/models/{model}/prepared.json")
+        assert proc.returncode == 1 and f"pausetune prepare-model: error: {line}" in proc.stdout + proc.stderr, \
+            (proc.stdout + proc.stderr)[-3000:]
+        assert "Traceback" not in proc.stdout + proc.stderr
+        assert not (project / "data" / "models" / model).exists()
+    assert not (project / "RAN").exists() and not (tmp_path / "RAN").exists()
+    # Trusted, the folder prepares; under `snakemake -n` the budget checks then load its tokenizer: its code runs
+    # (what the README says). A folder prepared before these checks, untrusted: one line, nothing run.
+    trusted = overlay(project, "trusted.yaml", {"models": {"own": {**models["own"], "trust_remote_code": True}},
+                                                "eval": {"models": ["own"], "variants": ["baseline"],
+                                                         "lengths": [600], "depths": [0]}})
+    ok(smk(project, "--configfile", *CONFIGS, trusted, "--", "data/models/own/prepared.json"))
+    assert not (project / "RAN").exists()
+    ok(smk(project, "-n", "--configfile", *CONFIGS, trusted))
+    assert (project / "RAN").exists()
+    (project / "RAN").unlink()
+    prepared = json.loads((project / "data/models/own/prepared.json").read_text())
+    (project / "data/models/own/prepared.json").write_text(json.dumps({**prepared, "trust_remote_code": False}))
+    line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS, trusted))
+    assert line == (f"config error: {own}: the model folder ships its own code (auto_map), which runs only under its "
+                    f"models entry's trust_remote_code: true; nothing was run"), line
+    assert not (project / "RAN").exists()
+    shutil.rmtree(project / "data" / "models")
+
+
 # ------------------------------------------------------------------------------- 13. values in error lines
 def test_grid_size_and_long_values_in_one_short_line(project, tmp_path, tiny_config):
     line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS,
