@@ -22,8 +22,11 @@ configfile: "config/config.yaml"
 # environment puts first on PATH: the project venv, or a conda env from envs/ (dependencies only) under
 # --software-deployment-method conda. So there is no installed copy to fall out of step with the Snakefile.
 # (Snakemake formats the prefix like a command: literal braces are doubled.)
+import os, shlex
+
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={workflow.basedir}/workflow${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(os.path.join(workflow.basedir, 'workflow'))}"
+    "${{PYTHONPATH:+:$PYTHONPATH}}; "
     'pausetune() {{ python -m pausetune.cli "$@"; }}; '
 )
 

@@ -543,13 +543,12 @@ def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, p
     results, tables, fig = tmp_path / "results", tmp_path / "tables", tmp_path / "figures" / "heatmap"
     cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
     timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
-    publish = {"page": str(tmp_path / "site" / "page.md"), "figures_dir": str(tmp_path / "site" / "figures"),
-               "tables_dir": str(tmp_path / "site" / "tables")}
+    publish = {"page": "site/page.md", "figures_dir": "site/figures", "tables_dir": "site/tables"}  # under tmp_path
     # every folder the eval, aggregate, figures, publish and download stages write: the cell's, the timing's, the
     # cell cache, the tables, a figure's, the page's and its figure and table folders, data/raw
     raw, paused = tmp_path / "raw", tmp_path / "paused"
-    folders = [cell.parent, timing.parent, results / ".cells", tables, fig, Path(publish["page"]).parent,
-               Path(publish["figures_dir"]), Path(publish["tables_dir"]), raw, paused]
+    folders = [cell.parent, timing.parent, results / ".cells", tables, fig, (tmp_path / publish["page"]).parent,
+               tmp_path / publish["figures_dir"], tmp_path / publish["tables_dir"], raw, paused]
     dead = hold_temp_files(*(f / "dead.json" for f in folders))
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
@@ -570,7 +569,7 @@ def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, p
             assert temp_files(f, "dead.json") == [], f  # the killed writer's: gone
             assert len(temp_files(f, "live.json")) == 1, f  # the live one's: untouched
         assert cell.exists() and (tables / "manifest.json").exists() and (fig / "tiny.png").exists()
-        assert Path(publish["page"]).exists()
+        assert (tmp_path / publish["page"]).exists()
         # rescore rewrites cells and cache entries: a killed writer's temp files there go too
         again = hold_temp_files(cell.parent / "dead2.json", results / ".cells" / "dead2.json")
         os.kill(again.pid, signal.SIGKILL)

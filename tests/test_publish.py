@@ -17,9 +17,9 @@ def publish(tmp_path: Path, cells_dir: Path, name: str) -> str:
     aggregate(sorted(str(p) for p in cells_dir.rglob("depth*.json")), tables, b=200, seed=0)
     page = tmp_path / f"{name}.md"
     run_cli("publish", "--config", str(DEFAULT_CONFIG), "--config-json",
-            json.dumps({"publish": {"figures_dir": str(tmp_path / "figs"), "tables_dir": str(tmp_path / "docs_tables")}}),
+            json.dumps({"publish": {"figures_dir": "figs", "tables_dir": "docs_tables"}}),  # under the cwd
             "--tables", str(tables), "--benchmarks", str(tmp_path / "nobench"), "--run-info", str(tmp_path / "none"),
-            "--output", str(page))
+            "--output", str(page), cwd=tmp_path)
     return page.read_text(), tables
 
 
@@ -77,9 +77,9 @@ def test_figure_order_and_what_was_not_recorded(tmp_path):
     for order in (figs, sorted(figs), list(reversed(figs))):
         page = tmp_path / "page.md"
         run_cli("publish", "--config", str(DEFAULT_CONFIG), "--config-json",
-                json.dumps({"publish": {"figures_dir": str(tmp_path / "figs")}, "eval": {"tasks": ["single", "multi"]}}),
+                json.dumps({"publish": {"figures_dir": "figs"}, "eval": {"tasks": ["single", "multi"]}}),
                 "--tables", str(tables), "--benchmarks", str(tmp_path / "nobench"),
-                "--run-info", str(tmp_path / "none"), "--output", str(page), "--figures", *order)
+                "--run-info", str(tmp_path / "none"), "--output", str(page), "--figures", *order, cwd=tmp_path)
         pages.append(page.read_text())
     assert pages[0] == pages[1] == pages[2]
     shown = re.findall(r"!\[([^\]]+)\]", pages[0])

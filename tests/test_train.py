@@ -329,7 +329,8 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_adapter(tiny_config, ti
     assert [r.get("loss", r.get("val_loss")) for r in log] == [r.get("loss", r.get("val_loss")) for r in ref_log]
 
     # the checkpoint folder, its manifest and its log
-    assert {p.name for p in out.iterdir()} == {"adapter", "tokenizer", "train_log.jsonl", "manifest.json"}
+    assert {p.name for p in out.iterdir()} == {"adapter", "tokenizer", "train_log.jsonl", "manifest.json",
+                                              ".pausetune-output"}  # the pipeline's own: a rerun may replace it
     assert (out / "tokenizer" / "tokenizer.json").exists()
     for key in ("train", "seed", "shards", "packages", "wall_time_s", "final_train_loss", "final_val_loss",
                 "trainable_params", "adapter_sha256", "pause_ids", "steps", "tokens_seen", "peak_mem_mb"):

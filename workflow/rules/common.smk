@@ -70,10 +70,20 @@ def model_cfgs(model):
 
 SHARD_VARIANTS = ["pause", "plain"]
 
+# Every name wildcard matches only a name (the schema's pattern, pausetune.core.layout): no path that leaves its
+# folder, no shell word, is ever a job's.
+NAME = layout.name_pattern().lstrip("^").rstrip("$")
+
+
+wildcard_constraints:
+    model=NAME,
+    source=NAME,
+    task=NAME,
+
 
 def wildcards_of(template):
-    """A core.layout template as a shell-command pattern: {model} -> {wildcards.model}."""
-    return template.replace("{", "{wildcards.")
+    """A core.layout template as a shell-command pattern, each wildcard quoted: {model} -> {wildcards.model:q}."""
+    return template.replace("{", "{wildcards.").replace("}", ":q}")
 
 
 def model_source_inputs(wc):
@@ -129,13 +139,11 @@ def code(stage):
 
 def figure_args(wc, kind, variant, reference):
     """The `pausetune figures` arguments of one figure job ({name} = that wildcard's value)."""
-    import shlex
-
     value = lambda x: getattr(wc, x[1:-1]) if x.startswith("{") else x
-    args = [f"--kind {value(kind)}", f"--model {shlex.quote(wc.model)}", f"--task {shlex.quote(wc.task)}"]
-    args += [f"--variant {wc.variant}"] if variant else []
-    args += [f"--reference {value(reference)}"] if reference else []
-    return " ".join(args)
+    args = ["--kind", value(kind), "--model", wc.model, "--task", wc.task]
+    args += ["--variant", wc.variant] if variant else []
+    args += ["--reference", value(reference)] if reference else []
+    return args
 
 
 def forced(path, args):

@@ -18,7 +18,7 @@ rule download:
     benchmark:
         layout.benchmark("download", "{source}"),
     shell:
-        "pausetune download --config-json {params.cfg:q} --source {wildcards.source} --output {output} 2>&1 | tee {log}"
+        "pausetune download --config-json {params.cfg:q} --source {wildcards.source:q} --output {output:q} 2>&1 | tee {log:q}"
 
 
 rule pause:
@@ -37,8 +37,8 @@ rule pause:
     benchmark:
         layout.benchmark("pause", "{source}/{method}"),
     shell:
-        "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input.raw}"
-        " --output {output.data} --stats {output.stats} 2>&1 | tee {log}"
+        "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input.raw:q}"
+        " --output {output.data:q} --stats {output.stats:q} 2>&1 | tee {log:q}"
 
 
 rule prepare_model:
@@ -56,8 +56,8 @@ rule prepare_model:
     benchmark:
         layout.benchmark("prepare_model", "{model}"),
     shell:
-        "pausetune prepare-model --config-json {params.cfg:q} --model {wildcards.model}"
-        f" --output {wildcards_of(layout.MODEL)} 2>&1 | tee {{log}}"
+        "pausetune prepare-model --config-json {params.cfg:q} --model {wildcards.model:q}"
+        f" --output {wildcards_of(layout.MODEL)} 2>&1 | tee {{log:q}}"
 
 
 rule examples:
@@ -81,9 +81,9 @@ rule examples:
     benchmark:
         layout.benchmark("examples", "{model}/{variant}"),
     shell:
-        "pausetune examples --config-json {params.cfg:q} --inputs {input.paused} --model {wildcards.model}"
-        f" --model-dir {wildcards_of(layout.MODEL)} --variant {{wildcards.variant}}"
-        f" --output {wildcards_of(layout.EXAMPLES)} 2>&1 | tee {{log}}"
+        "pausetune examples --config-json {params.cfg:q} --inputs {input.paused:q} --model {wildcards.model:q}"
+        f" --model-dir {wildcards_of(layout.MODEL)} --variant {{wildcards.variant:q}}"
+        f" --output {wildcards_of(layout.EXAMPLES)} 2>&1 | tee {{log:q}}"
 
 
 rule shards:
@@ -104,5 +104,5 @@ rule shards:
     benchmark:
         layout.benchmark("shards", "{model}/{variant}"),
     shell:
-        f"pausetune shards --config-json {{params.cfg:q}} --inputs {{input.paused}} --model-dir {wildcards_of(layout.MODEL)}"
-        f" --variant {{wildcards.variant}} --output {wildcards_of(layout.SHARDS)} 2>&1 | tee {{log}}"
+        f"pausetune shards --config-json {{params.cfg:q}} --inputs {{input.paused:q}} --model-dir {wildcards_of(layout.MODEL)}"
+        f" --variant {{wildcards.variant:q}} --output {wildcards_of(layout.SHARDS)} 2>&1 | tee {{log:q}}"

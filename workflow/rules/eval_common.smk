@@ -5,6 +5,7 @@
 # Finished cells are also kept in results/.cells/ (not an output), so a failed block's rerun redoes only the rest.
 # The grid is checked here, while the DAG is built (one line naming the config key): pausetune.core.checks.check_eval.
 import os
+import shlex
 
 from pausetune.core.cells import EVAL_RESULT_KEYS
 from pausetune.core.grid import block_shape, eval_targets, grid_axes
@@ -71,7 +72,7 @@ def eval_extra_args(wc, input):
         args += ["--checkpoint", os.path.dirname(input.checkpoint), "--shard-manifest", input.shards]
     if "judge" in input.keys():
         args += ["--judge-model-dir", os.path.dirname(input.judge)]
-    return " ".join(args)
+    return args
 
 
 def eval_runtime_args():
@@ -81,7 +82,7 @@ def eval_runtime_args():
     if not ev["reuse_prefix"]:
         args.append("--no-reuse")
     if ev.get("device"):
-        args.append(f"--device {ev['device']}")
+        args.append(f"--device {shlex.quote(ev['device'])}")
     return " ".join(args)
 
 
@@ -93,10 +94,11 @@ EVAL_SHAPE = block_shape(config)  # pausetune.core.grid: outputs, log and grid a
 EVAL_OUT, EVAL_LOG, EVAL_ARGS = EVAL_SHAPE["out"], EVAL_SHAPE["log"], EVAL_SHAPE["args"]
 
 
-EVAL_WILDCARDS = dict(model="[^/]+", variant="|".join(VARIANTS), task="[^/]+", seed="-?[0-9]+", length="[0-9]+",
+EVAL_WILDCARDS = dict(model=NAME, variant="|".join(VARIANTS), task=NAME, seed="-?[0-9]+", length="[0-9]+",
                       depth="[0-9]+(\\.[0-9]+)?")
 EVAL_SHELL = (
-    "pausetune eval --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
-    f" --seed {{wildcards.seed}} {EVAL_ARGS} --model-dir {wildcards_of(layout.MODEL)}"
-    f" --haystack {{input.haystack}} {{params.extra}} --threads {{threads}} {eval_runtime_args()} 2>&1 | tee {{log}}"
+    "pausetune eval --config-json {params.cfg:q} --model {wildcards.model:q} --variant {wildcards.variant:q}"
+    f" --seed {{wildcards.seed:q}} {EVAL_ARGS} --model-dir {wildcards_of(layout.MODEL)}"
+    f" --haystack {{input.haystack:q}} {{params.extra:q}} --threads {{threads:q}} {eval_runtime_args()}"
+    " 2>&1 | tee {log:q}"
 )

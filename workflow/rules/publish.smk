@@ -1,5 +1,10 @@
 # Publish: the results page (config publish.page), generated from results/tables/ and the figures, never by hand.
-from pausetune.core.targets import report_targets
+from pausetune.core.targets import check_output_dirs, report_targets
+
+try:
+    check_output_dirs(config)  # the folder outputs below: Snakemake empties them before publish runs
+except PausetuneError as e:
+    sys.exit(f"config error: {e}")
 
 
 rule publish:
@@ -22,6 +27,6 @@ rule publish:
     benchmark:
         layout.benchmark("publish", "publish"),
     shell:
-        f"pausetune publish --config-json {{params.cfg:q}} --tables {layout.TABLES} --figures {{input.figures}}"
-        f" --checkpoints {{input.checkpoints}} --shards {{input.shards}} --benchmarks {layout.BENCHMARKS}"
-        f" --run-info {layout.RUN_INFO} --output {{output.page}} 2>&1 | tee {{log}}"
+        f"pausetune publish --config-json {{params.cfg:q}} --tables {layout.TABLES} --figures {{input.figures:q}}"
+        f" --checkpoints {{input.checkpoints:q}} --shards {{input.shards:q}} --benchmarks {layout.BENCHMARKS}"
+        f" --run-info {layout.RUN_INFO} --output {{output.page:q}} 2>&1 | tee {{log:q}}"

@@ -41,7 +41,7 @@ rule aggregate:
     shell:
         "printf '%s\\n' {input.cells:q} > {params.cells_list:q} &&"
         " pausetune aggregate --config-json {params.cfg:q} --cells-from {params.cells_list:q}"
-        f" --out-dir {layout.TABLES} 2>&1 | tee {{log}}"
+        f" --out-dir {layout.TABLES} 2>&1 | tee {{log:q}}"
 
 
 # One rule per figure family; each target is a figure stem written as .html, .png and .svg. The stems are
@@ -94,8 +94,8 @@ for _name, _stem, _caption, _category, _labels, _constraints, _kind, _variant, _
             ),
             svg=f"{layout.FIGURES}/{_stem}.svg",
         wildcard_constraints:
-            model="[^/]+",
-            task="[^/]+",
+            model=NAME,
+            task=NAME,
             **_constraints,
         params:
             stem=lambda wc, output: output.png[: -len(".png")],
@@ -107,4 +107,4 @@ for _name, _stem, _caption, _category, _labels, _constraints, _kind, _variant, _
         benchmark:
             layout.benchmark("figures", _stem),
         shell:
-            "pausetune figures --cells-table {input.cells} {params.args} --output {params.stem:q} 2>&1 | tee {log}"
+            "pausetune figures --cells-table {input.cells:q} {params.args:q} --output {params.stem:q} 2>&1 | tee {log:q}"

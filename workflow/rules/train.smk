@@ -27,8 +27,8 @@ rule train:
             models=model_cfgs(wc.model),
             **({"banks": config["banks"]} if config["train"]["objective"] == "retrieval" else {}),
         ),
-        data=lambda wc: ("--examples " if config["train"]["objective"] == "retrieval" else "--shards ")
-        + train_data(wc.model, wc.variant),
+        data=lambda wc: ["--examples" if config["train"]["objective"] == "retrieval" else "--shards",
+                         train_data(wc.model, wc.variant)],
     threads: config["train"]["threads"] or total_cores()
     resources:
         mem_mb=config["train"]["resources"]["mem_mb"],
@@ -41,7 +41,7 @@ rule train:
     benchmark:
         layout.benchmark("train", "{model}/{variant}"),
     shell:
-        "pausetune train --config-json {params.cfg:q} --model {wildcards.model} --variant {wildcards.variant}"
-        f" --model-dir {wildcards_of(layout.MODEL)} {{params.data}}"
-        f" --output {wildcards_of(layout.CHECKPOINT)} --threads {{threads}}"
-        " --metrics {output.metrics} --loss-curve {output.loss_curve} 2>&1 | tee {log}"
+        "pausetune train --config-json {params.cfg:q} --model {wildcards.model:q} --variant {wildcards.variant:q}"
+        f" --model-dir {wildcards_of(layout.MODEL)} {{params.data:q}}"
+        f" --output {wildcards_of(layout.CHECKPOINT)} --threads {{threads:q}}"
+        " --metrics {output.metrics:q} --loss-curve {output.loss_curve:q} 2>&1 | tee {log:q}"

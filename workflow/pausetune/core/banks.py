@@ -21,7 +21,7 @@ import json
 import random
 
 from .config import BanksConfig
-from .io import PausetuneError
+from .io import PausetuneError, quote
 
 # (needle, question, subject list, answer list); {s} is the subject, {a} the answer.
 NAMES = ["Maria", "Tobias", "Aiko", "Rahul", "Elena", "Kwame", "Sofia", "Lars", "Priya", "Mateo", "Ingrid",
@@ -199,7 +199,7 @@ def bank(config: dict, which: str) -> list[dict]:
     seen: set[str] = set()
     for r in rows:
         if _norm(r["needle"]) in seen:
-            raise PausetuneError(f"config key 'banks.{which}': needle '{r['needle']}' appears twice")
+            raise PausetuneError(f"config key 'banks.{which}': needle {quote(r['needle'])} appears twice")
         seen.add(_norm(r["needle"]))
     return rows
 
@@ -236,9 +236,9 @@ def check_banks(config: dict) -> tuple[list[dict], list[dict]]:
     for i, r in enumerate(train):
         key = "banks.train.extra" if i >= len(train) - len(_extra(config, "train")) else "banks.train"
         if _norm(r["needle"]) in needles:
-            raise PausetuneError(f"config key '{key}': training needle '{r['needle']}' is also in "
+            raise PausetuneError(f"config key '{key}': training needle {quote(r['needle'])} is also in "
                                  f"{needles[_norm(r['needle'])]}; the banks must be disjoint")
         if _norm(r["answer"]) in answers:
-            raise PausetuneError(f"config key '{key}': training answer '{r['answer']}' is also an answer of "
+            raise PausetuneError(f"config key '{key}': training answer {quote(r['answer'])} is also an answer of "
                                  f"{answers[_norm(r['answer'])]}; the banks must be disjoint")
     return train, evalb

@@ -176,7 +176,7 @@ def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, se
     for t, n, d in cells:
         cid = cell_id(ident, config["tasks"][t], t, seed, n, d)
         out = Path(cell_path(model, variant, t, seed, n, d, results))
-        cached = cache_root / f"{cid}.json"
+        cached = Path(layout.cached_cell(cache_root, cid))
         if not force and out.exists():
             try:
                 data = json.loads(out.read_text())
@@ -245,7 +245,7 @@ def cell_record(*, key: str, answer: str, new_ids: list, measures: dict | None, 
 
 def store(cell: dict, out: Path, cache_root: Path, results: str, timing: dict | None = None) -> None:
     """The cache first (a computed answer is never lost), then the cell in place, then its timing beside it."""
-    write_json(cache_root / f"{cell['cell_id']}.json", cell)
+    write_json(layout.cached_cell(cache_root, cell["cell_id"]), cell)
     write_json(out, cell)
     if timing is not None:
         write_json(timing_path(out, results), {"cell_id": cell["cell_id"], **timing})

@@ -1,4 +1,4 @@
-"""Config loading and validation against workflow/schemas/config.schema.yaml.
+"""Config loading and validation against the schema (pausetune/schemas/config.schema.yaml; workflow/schemas/ links it).
 
 The schema is the one source of truth for keys, types and defaults: the Snakefile validates with it
 (Snakemake's `validate`), and every CLI subcommand validates the config it is handed the same way, so a
@@ -15,9 +15,9 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from .io import PausetuneError
+from .io import PausetuneError, cut, quote
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"  # shipped in the package
 
 
 def load_schema() -> dict:
@@ -41,8 +41,21 @@ def _validator_with_defaults():
     return jsonschema.validators.extend(base, {"properties": set_defaults})
 
 
+# What the schema's name and path patterns ($defs name, relpath) mean, for the one error line.
+PATTERN_MEANING = {
+    "name": "a name: a letter or digit, then letters, digits, '_', '.', '-' (names become folder names and shell "
+            "words)",
+    "relpath": "a relative path inside the project: parts of letters, digits, '_', '.', '-', none '.' or '..'",
+}
+
+
 def _one_line(error) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
+    defs = load_schema()["$defs"]
+    meaning = next((m for d, m in PATTERN_MEANING.items() if error.schema is not None and error.validator in
+                    ("pattern", "type") and error.schema.get("pattern") == defs[d]["pattern"]), None)
+    if meaning:
+        return f"config key '{path or '<top>'}': expected {meaning}, got {quote(error.instance)}"
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         allowed = sorted(error.schema.get("properties", {}))
@@ -52,11 +65,11 @@ def _one_line(error) -> str:
     if error.validator == "required":
         return f"config key '{path or '<top>'}': {error.message}"
     expected = {
-        "type": lambda: f"expected {error.validator_value}, got {json.dumps(error.instance)}",
-        "enum": lambda: f"expected one of {error.validator_value}, got {json.dumps(error.instance)}",
-        "const": lambda: f"expected {json.dumps(error.validator_value)}, got {json.dumps(error.instance)}",
-        "pattern": lambda: f"expected a string matching {error.validator_value}, got {json.dumps(error.instance)}",
-    }.get(error.validator, lambda: error.message)()
+        "type": lambda: f"expected {error.validator_value}, got {quote(error.instance)}",
+        "enum": lambda: f"expected one of {error.validator_value}, got {quote(error.instance)}",
+        "const": lambda: f"expected {json.dumps(error.validator_value)}, got {quote(error.instance)}",
+        "pattern": lambda: f"expected a string matching {error.validator_value}, got {quote(error.instance)}",
+    }.get(error.validator, lambda: cut(error.message))()
     return f"config key '{path or '<top>'}': {expected}"
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .config import ExamplesConfig
 from .haystack import Boundaries, PromptBuilder, insert_needles
-from .io import PausetuneError
+from .io import PausetuneError, quote
 from .tokens import encode_paragraphs, separator_ids
 
 _PROBE = "\u241fPAUSETUNE-ANSWER\u241f"
@@ -154,7 +154,7 @@ class ExampleBuilder:
         if worst >= lo:
             raise PausetuneError(
                 f"config key 'examples.lengths.min': {lo} tokens cannot hold the template, {k} needle(s) and the "
-                f"reply ({worst} tokens with training needle '{which['needle']}'); the needle is longer than the "
+                f"reply ({worst} tokens with training needle {quote(which['needle'])}); the needle is longer than the "
                 f"context range, raise examples.lengths.min")
 
     def _essay(self, eid: str, paragraphs: list[str]) -> tuple[list[int], list[int]]:
@@ -193,7 +193,7 @@ class ExampleBuilder:
         hay_n = length - self.fixed_tokens(triples)
         if hay_n < 1:
             raise PausetuneError(f"config key 'examples.lengths.min': length {length} leaves no context for needle "
-                                 f"'{triples[0]['needle']}'")
+                                 f"{quote(triples[0]['needle'])}")
         hay, ends = self.stream(essays, order, hay_n)
         doc, starts = insert_needles(hay, enc, depth, self.bounds)
         hay_pos = [s - sum(len(enc[j]) for j in range(len(enc)) if starts[j] < s) for s in starts]

@@ -17,6 +17,7 @@ prompt sizes against each length) run here only when the model is already prepar
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 
 from . import layout
@@ -43,7 +44,16 @@ def expand_lengths(spec) -> list[int]:
         vals = [lo * (hi / lo) ** (i / (num - 1)) for i in range(num)]
     else:
         vals = [lo + (hi - lo) * i / (num - 1) for i in range(num)]
-    return sorted(set(int(round(v)) for v in vals))
+    return _distinct(sorted(set(int(round(v)) for v in vals)), num, "eval.lengths", "lengths")
+
+
+def _distinct(vals, num: int, key: str, unit: str):
+    """A spacing spec's values, refused when rounding merged some: `num` 200 depths between 0 and 100 are 101 whole
+    percents, and a grid silently smaller than asked would be reported as the one asked for."""
+    if len(vals) < num:
+        raise PausetuneError(f"config key '{key}': num {num} gives only {len(vals)} distinct {unit} between min and "
+                             f"max once rounded")
+    return vals
 
 
 def _logistic(x: float, big: float = 100, x0: float = 50, k: float = 0.1) -> float:
@@ -65,6 +75,7 @@ def expand_depths(spec) -> list[float]:
             vals = [_logistic(x) for x in xs]
         else:
             vals = [float(round(x)) for x in xs]
+        _distinct(set(vals), num, "eval.depths", "depths")
     out = []
     for v in vals:
         if not 0 <= v <= 100:
@@ -80,7 +91,8 @@ def expand_depths(spec) -> list[float]:
 
 def cell_path(model: str, variant: str, task: str, seed: int, length: int, depth: float,
               root: str = layout.RESULTS) -> str:
-    return layout.cell(root).format(model=model, variant=variant, task=task, seed=seed, length=int(length),
+    return layout.cell(root).format(model=layout.check_name(model, "model"), variant=variant,
+                                    task=layout.check_name(task, "task"), seed=seed, length=int(length),
                                     depth=format_depth(depth))
 
 
@@ -145,13 +157,13 @@ def block_shape(config: dict) -> dict:
 
     if mode == "cell":
         out, name = [cell], job + "/depth{depth}"
-        args = "--tasks {wildcards.task} --lengths {wildcards.length} --depths {wildcards.depth}"
+        args = "--tasks {wildcards.task:q} --lengths {wildcards.length:q} --depths {wildcards.depth:q}"
     elif mode == "length":
         out, name = [cell.replace("{depth}", d) for d in depths], job
-        args = f"--tasks {{wildcards.task}} --lengths {{wildcards.length}} --depths {' '.join(depths)}"
+        args = f"--tasks {{wildcards.task:q}} --lengths {{wildcards.length:q}} --depths {shlex.join(depths)}"
     else:
         out = [p for t, (ls, ds) in ax["per_task"].items() for p in spell(t, ls, [format_depth(d) for d in ds])]
-        name, args = "{model}/{variant}/seed{seed}", f"--tasks {' '.join(ax['tasks'])}"
+        name, args = "{model}/{variant}/seed{seed}", f"--tasks {shlex.join(ax['tasks'])}"
     return {"out": out, "log": layout.log("eval", name), "benchmark": layout.benchmark("eval", name), "args": args}
 
 

@@ -33,6 +33,20 @@ class PausetuneError(Exception):
     """A user-facing error: the CLI prints its message as one line and exits 1, without a traceback."""
 
 
+QUOTE_LIMIT = 200  # characters of a value an error line shows
+
+
+def cut(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """At most `limit` characters of a text an error line quotes, its full size said: a 2000-word needle or a huge
+    mapping must not bury the line."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quote(value: Any) -> str:
+    """A value as an error line shows it: JSON, cut()."""
+    return cut(json.dumps(value, ensure_ascii=False, default=str))
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -96,10 +110,53 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+# A folder output's mark of origin, written into every folder atomic_dir (and publish) makes: a rerun replaces a
+# folder whole, so it replaces only one that carries it. Outputs of versions before the mark carry one of the
+# pipeline's own record files instead (a JSON object), and count as marked.
+OUTPUT_MARKER = ".pausetune-output"
+MARKER_TEXT = "written by pausetune: a rerun of its stage replaces this folder whole\n"
+LEGACY_RECORDS = ("manifest.json", "prepared.json", "state.json")
+
+
+def ours(folder: str | os.PathLike, legacy: tuple[str, ...] = LEGACY_RECORDS, only=None) -> bool:
+    """May the pipeline replace (delete) `folder`? Yes when it is missing or empty (but for atomic_path's and
+    atomic_dir's temp files and Snakemake's timestamp), or carries OUTPUT_MARKER, or one of `legacy` (a JSON object:
+    the record an older version wrote last), or holds only files for which `only(name)` is true (what an older
+    version wrote there)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return not (folder.exists() or folder.is_symlink())
+    names = [p.name for p in folder.iterdir()
+             if not (_TAGGED.match(p.name) or _UNTAGGED.match(p.name) or p.name == ".snakemake_timestamp")]
+    if OUTPUT_MARKER in names or not names or (only is not None and all(map(only, names))):
+        return True
+    for name in legacy:
+        try:
+            if isinstance(json.loads((folder / name).read_text(encoding="utf-8")), dict):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def check_ours(folder: str | os.PathLike, what: str = "output folder", **kw) -> None:
+    """One line, before anything is created or removed, where replacing `folder` would delete what the pipeline
+    did not write (a user's folder named by --output, or by a config value)."""
+    if not ours(folder, **kw):
+        raise PausetuneError(f"{folder}: exists and was not written by pausetune (no {OUTPUT_MARKER} in it); "
+                             f"refusing to replace it as the {what}: move it away or choose another path")
+
+
+def mark(folder: str | os.PathLike) -> None:
+    write_text(Path(folder) / OUTPUT_MARKER, MARKER_TEXT)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; swap it into place only if the block finishes."""
+    """Yield a temp folder beside `path`; swap it into place only if the block finishes. Refuses, before anything,
+    a `path` the pipeline did not write (check_ours); marks the folder it writes."""
     path = Path(path)
+    check_ours(path)
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent))
@@ -108,6 +165,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.chmod(tmp, 0o777 & ~_umask())
         with _writing(path, _FULL):
             yield tmp
+            mark(tmp)
         with _writing(path):
             if path.exists():
                 old = path.with_name(f".{path.name}.old")

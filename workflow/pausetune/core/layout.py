@@ -5,6 +5,9 @@ holds dvc.yaml to the Snakefile's outputs, so a path is spelled here and nowhere
 """
 from __future__ import annotations
 
+import functools
+import re
+
 # data/: what the data stages build
 RAW = "data/raw/{source}.parquet"
 PAUSED = "data/paused/{source}/{method}.parquet"
@@ -31,16 +34,51 @@ MANIFEST = "manifest.json"  # a folder output's declared file: written last, so 
 PREPARED = "prepared.json"  # a prepared model's declared file
 
 
+@functools.lru_cache(maxsize=None)
+def name_pattern() -> str:
+    """The pattern of every name formatted into these templates (the schema's $defs.name: its one home)."""
+    from .config import load_schema
+
+    return load_schema()["$defs"]["name"]["pattern"]
+
+
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a name, else one line naming `what`: a name formatted into a template must not leave its
+    folder (`../x`) or break a shell word, whichever route (Snakemake, DVC, the CLI) formats it."""
+    from .config import PATTERN_MEANING
+    from .io import PausetuneError, quote
+
+    if not isinstance(value, str) or not re.match(name_pattern(), value):
+        raise PausetuneError(f"{what}: expected {PATTERN_MEANING['name']}, got {quote(value)}")
+    return value
+
+
+CELL_ID = re.compile(r"^[0-9a-f]{64}$")  # a cell's id: the sha256 (hex) of its identity (stages/eval.py cell_id)
+
+
+def cached_cell(cache_root, cell_id) -> str:
+    """{cache_root}/{cell_id}.json, for an id of the computed form only: a cell file read from elsewhere must not
+    name a path (`../../x`) the cache would write to."""
+    from .io import PausetuneError, quote
+
+    if not isinstance(cell_id, str) or not CELL_ID.match(cell_id):
+        raise PausetuneError(f"cell_id {quote(cell_id)}: expected 64 hex digits (a sha256, as eval computes it)")
+    return f"{cache_root}/{cell_id}.json"
+
+
 def manifest(folder: str) -> str:
     return f"{folder}/{MANIFEST}"
 
 
 def prepared(model: str = "{model}") -> str:
+    if model != "{model}":
+        check_name(model, "model")
     return f"{MODEL.format(model=model)}/{PREPARED}"
 
 
 def train_data(model: str, variant: str, objective: str) -> str:
     """What a checkpoint trains on: retrieval examples (train.objective retrieval) or LM shards (lm)."""
+    check_name(model, "model")
     return (EXAMPLES if objective == "retrieval" else SHARDS).format(model=model, variant=variant)
 
 

@@ -36,11 +36,28 @@ def resolve_path(model_dir: str | Path) -> tuple[Path, dict]:
     return (model_dir / path if not path.is_absolute() else path), info
 
 
+def _refusal(path: Path, e: Exception) -> PausetuneError | None:
+    """transformers' refusals of a folder prepared before prepare-model checked for them (remote code not trusted,
+    no safetensors weights), as one line; None for anything else."""
+    text = str(e)
+    if "trust_remote_code" in text:
+        return PausetuneError(f"{path}: the model folder ships its own code (auto_map), which runs only under its "
+                              f"models entry's trust_remote_code: true; nothing was run")
+    if "safetensors" in text and isinstance(e, OSError):
+        return PausetuneError(f"{path}: no .safetensors weights (pickle weights are never loaded)")
+    return None
+
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
     path, info = resolve_path(model_dir)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=info.get("trust_remote_code") is True)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=info.get("trust_remote_code") is True)
+    except (OSError, ValueError) as e:
+        if _refusal(path, e) is None:
+            raise
+        raise _refusal(path, e) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -138,7 +155,12 @@ def load_model(model_dir: str | Path, dtype: str = "auto", device: str | None = 
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        if _refusal(path, e) is None:
+            raise
+        raise _refusal(path, e) from None
     if quantization != "nf4":
         model.to(device)
     model.eval()

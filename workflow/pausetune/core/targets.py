@@ -1,11 +1,11 @@
-"""The report's files: every table and figure a grid gets, and each figure's path stem (one home, which the rules,
-the publish step and the figures stage share)."""
+"""The report's files: every table and figure a grid gets, each figure's path stem, and the folders publish copies
+them to (one home, which the rules, the publish step and the figures stage share)."""
 from __future__ import annotations
 
 from . import layout
 from .config import EvalConfig
 from .design import VARIANTS
-from .io import PausetuneError
+from .io import PausetuneError, check_ours
 
 KINDS = ("heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
          "attention_layer")
@@ -13,6 +13,8 @@ MAP_KINDS = ("heatmap", "delta", "logprob", "logprob_delta")  # one figure per v
 MECHANISM_PROFILES = ("attention_depth", "pause_depth", "attention_layer")
 FORMATS = ("html", "png", "svg")
 TABLE_FILES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
+SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "measures.csv",
+                 "measure_deltas.csv", "layer_attention.csv", "manifest.json")
 
 
 def figure_stem(kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline",
@@ -60,3 +62,20 @@ def mechanism_stems(measure: list[str], variants: list[str], model: str, task: s
         kinds = ["attention_depth", "attention_layer"] + (["pause_depth"] if any(PAUSED[v] for v in variants) else [])
         stems += [figure_stem(k, model, task, root=figures) for k in kinds]
     return stems
+
+
+def output_dirs(config: dict) -> dict[str, tuple[str, object]]:
+    """publish.figures_dir and tables_dir: config key -> (folder, which names an older publish wrote there)."""
+    pub = config["publish"]
+    return {"publish.figures_dir": (pub["figures_dir"], lambda n: n.endswith(".png")),
+            "publish.tables_dir": (pub["tables_dir"], lambda n: n in SHARED_TABLES)}
+
+
+def check_output_dirs(config: dict) -> None:
+    """Snakemake empties a folder output before its job runs (DVC too): refuse, while the DAG is built, a folder
+    publish did not write (`figures_dir: docs` would empty docs/). One line naming the key."""
+    for key, (folder, only) in output_dirs(config).items():
+        try:
+            check_ours(folder, "folder publish writes", legacy=(), only=only)
+        except PausetuneError as e:
+            raise PausetuneError(f"config key '{key}': {e}") from None

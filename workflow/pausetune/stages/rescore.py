@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import layout
-from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json
+from ..core.io import PausetuneError, clean_dead_tmp, quote, read_json, write_json
 from ..core.scoring import make_judge, score_cell, scoring_code
 
 
@@ -34,9 +34,15 @@ def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model
     cells = []
     for f in files:
         data = read_json(f)
+        if not isinstance(data, dict):
+            raise PausetuneError(f"{f}: not a cell (a JSON object expected, got {quote(data)})")
         for key in ("cell_id", "answer", "facts", "question"):
             if key not in data:
                 raise PausetuneError(f"{f}: not a cell (no '{key}')")
+        try:
+            layout.cached_cell("", data["cell_id"])
+        except PausetuneError as e:
+            raise PausetuneError(f"{f}: not a cell ({e})") from None
         cells.append((f, data))
     stale = [(f, d) for f, d in cells if force or d.get("code", {}).get("score") != current]
     call = make_judge(config, judge_model_dir) if stale else None
@@ -46,7 +52,7 @@ def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model
     for f, data in stale:
         new = score_cell(data, config["eval"].get("judge"), call)
         if cells_cache:
-            write_json(Path(cells_cache) / f"{new['cell_id']}.json", new)
+            write_json(layout.cached_cell(cells_cache, new["cell_id"]), new)
         write_json(f, new)
         changed += new.get("score") != data.get("score")
     log(f"rescore: {len(files)} cells, {len(stale)} rescored with scoring code {current[:12]}, "

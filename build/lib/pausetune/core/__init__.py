@@ -1,0 +1,1 @@
+"""Libraries: pure functions and I/O helpers; nothing here imports from pausetune.stages."""

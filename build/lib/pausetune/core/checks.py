@@ -1,0 +1,167 @@
+"""Checks of an eval grid before anything runs: config-level (while the DAG is built) and in the model's own tokens."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .design import BLOCKS, CHECKPOINT, VARIANTS, format_depth
+from .grid import expand_depths, expand_lengths, task_axes
+from .io import PausetuneError
+from .needles import check_task
+
+def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -> list[str]:
+    """Config-level checks of the eval grid (a validated config: the schema's defaults are filled); one line naming
+    the key. Tokenizer checks if models are prepared; returns the models that are not (their budgets unchecked)."""
+    ev, tasks = config["eval"], config["tasks"]
+    models = config.get("models") or {}  # no default: a config may name none
+    for m in ev["models"]:
+        if m not in models:
+            raise PausetuneError(f"config key 'eval.models': unknown model '{m}'; known: {sorted(models)}")
+    for v in ev["variants"]:
+        if v not in VARIANTS:
+            raise PausetuneError(f"config key 'eval.variants': unknown variant '{v}'; known: {list(VARIANTS)}")
+        if v in CHECKPOINT:
+            for m in ev["models"]:
+                if m not in config["train"]["models"]:
+                    raise PausetuneError(f"config key 'eval.variants': '{v}' needs a checkpoint of model '{m}', "
+                                         f"which train.models does not list")
+    for t in ev["tasks"]:
+        if t not in tasks:
+            raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {sorted(tasks)}")
+        check_task(t, tasks[t])
+    if ev["block"] not in BLOCKS:
+        raise PausetuneError(f"config key 'eval.block': expected one of {list(BLOCKS)}")
+    for s in ev["haystack_sources"]:
+        if config.get("sources") and s not in config["sources"]:
+            raise PausetuneError(f"config key 'eval.haystack_sources': unknown source '{s}'")
+    for t in ev["task_grid"]:
+        if t not in tasks:
+            raise PausetuneError(f"config key 'eval.task_grid.{t}': unknown task '{t}'; known: {sorted(tasks)}")
+    per_task = {t: task_axes(config, t) for t in ev["tasks"]}
+    lengths = sorted({n for ls, _ in per_task.values() for n in ls}) or expand_lengths(ev["lengths"])
+    expand_depths(ev["depths"])
+    if ev["block"] == "length" and len({tuple(ds) for _, ds in per_task.values()}) > 1:
+        raise PausetuneError("config key 'eval.task_grid': tasks with different depths need eval.block seed or cell "
+                             "(a length block's outputs are one depth list)")
+    judge = ev.get("judge")
+    if judge and judge.get("kind") == "local" and judge.get("model") not in models:
+        raise PausetuneError(f"config key 'eval.judge.model': unknown model '{judge.get('model')}'")
+    if judge and judge.get("kind") == "openai" and not (judge.get("base_url") and judge.get("model")):
+        raise PausetuneError("config key 'eval.judge': kind 'openai' needs base_url and model")
+    for m in ev["models"]:
+        limit = models[m].get("max_context")
+        for n in lengths:
+            if limit and n + ev["max_new_tokens"] > limit:
+                raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
+                                     f"{ev['max_new_tokens']} exceeds models.{m}.max_context {limit}")
+    unchecked = []
+    if prepared_root is not None:
+        for m in ev["models"]:
+            mdir = Path(prepared_root) / m
+            if (mdir / "prepared.json").exists():
+                check_budgets(config, m, mdir)
+            else:
+                unchecked.append(m)
+    return unchecked
+
+
+def check_block(config: dict, model: str, variant: str, tasks: list[str], lengths: list[int],
+                depths: list[float]) -> None:
+    """The CLI's checks of the one block it runs (its config may hold only this block's keys)."""
+    models, ev = config.get("models") or {}, config["eval"]
+    if model not in models:
+        raise PausetuneError(f"config key 'models': unknown model '{model}'; known: {sorted(models)}")
+    if variant not in VARIANTS:
+        raise PausetuneError(f"config key 'eval.variants': unknown variant '{variant}'; known: {list(VARIANTS)}")
+    for t in tasks:
+        if t not in config["tasks"]:
+            known = sorted(config["tasks"])
+            raise PausetuneError(f"config key 'eval.tasks': unknown task '{t}'; known: {known}")
+        check_task(t, config["tasks"][t])
+    for d in depths:
+        if not 0 <= float(d) <= 100:
+            raise PausetuneError(f"config key 'eval.depths': depth {format_depth(d)} is outside 0-100")
+    for n in lengths:
+        if int(n) < 1:
+            raise PausetuneError(f"config key 'eval.lengths': length {n} is not positive")
+        limit = models[model].get("max_context")
+        if limit and int(n) + ev["max_new_tokens"] > limit:
+            raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
+                                 f"{ev['max_new_tokens']} exceeds models.{model}.max_context {limit}")
+
+
+def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None) -> None:
+    """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens."""
+    from .haystack import PromptBuilder, budget
+    from .models import max_context, prepared_tokenizer
+    from .needles import build_task
+
+    ev = config["eval"]
+    tokenizer = tokenizer or prepared_tokenizer(model_dir)
+    check_max_context(config, model, model_dir)
+    limit = max_context(model_dir, config["models"][model])
+    per_task = {t: task_axes(config, t) for t in ev["tasks"]}
+    for n in sorted({n for ls, _ in per_task.values() for n in ls}):
+        if n + ev["max_new_tokens"] > limit:
+            raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
+                                 f"{ev['max_new_tokens']} exceeds the context window of model '{model}' ({limit})")
+    builder = PromptBuilder(tokenizer, config, model, boundaries=False)
+    for t in ev["tasks"]:
+        spec = config["tasks"][t]
+        lengths, depths = per_task[t]
+        fixed = spec["kind"] in ("single", "multi") and not spec.get("bank")  # the same needles: count them once
+        bank = None
+        if spec.get("bank"):
+            from .banks import bank as eval_bank
+
+            bank = eval_bank(config, "eval")
+        for s in ev["seeds"][:1] if fixed else ev["seeds"]:
+            for n in lengths:
+                for d in depths[:1] if fixed else depths:
+                    inst = build_task(t, spec, config["seed"], s, n, d, bank=bank)
+                    nt = sum(len(x) for x in builder.encode_needles(inst.needles))
+                    budget(n, ev, nt, builder.overhead(inst.question), task=t)
+
+
+def check_judge(judge: dict | None, timeout: float = 10.0) -> None:
+    """An openai judge's key and endpoint, checked before any model loads: otherwise a missing key or a dead
+    endpoint shows only after the model load and the first generation."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    if not judge or judge.get("kind") != "openai":
+        return
+    env = judge["api_key_env"]
+    key = os.environ.get(env)
+    if not key:
+        raise PausetuneError(f"config key 'eval.judge.api_key_env': environment variable {env} is not set")
+    url = judge["base_url"].rstrip("/") + "/models"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:  # it answered: reachable; only a refused key is worth stopping for
+        if e.code in (401, 403):
+            raise PausetuneError(f"judge endpoint {judge['base_url']}: refused the key in ${env} (HTTP {e.code})") \
+                from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PausetuneError(f"judge endpoint {judge['base_url']}: unreachable ({reason}); check eval.judge.base_url "
+                             f"and the network, or set eval.judge to null") from None
+
+
+def check_max_context(config: dict, model: str, model_dir: str | Path) -> None:
+    """models.X.max_context may lower the prepared model's own window (max_position_embeddings), never raise it."""
+    import json
+
+    from .models import resolve_path
+
+    limit = config["models"][model].get("max_context")
+    if not limit:
+        return
+    path, _ = resolve_path(model_dir)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    own = cfg.get("max_position_embeddings") or cfg.get("n_positions")
+    if own and int(limit) > int(own):
+        raise PausetuneError(f"config key 'models.{model}.max_context': {limit} exceeds the model's own window "
+                             f"({own}, max_position_embeddings in {Path(path) / 'config.json'})")

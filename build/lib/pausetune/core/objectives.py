@@ -1,0 +1,191 @@
+"""Training objectives and their data: the causal-LM loss over packed essay rows (`lm`) and the paper's
+supervised retrieval (`retrieval`: loss on the answer span only, or on every token); one optimizer step, the
+validation loss, collation, and the stateless data order.
+
+The step loss is the exact mean over the step's loss tokens, and the LM head runs only on the hidden states that
+carry a label (`masked_loss`): with answer-only loss that is a few dozen positions of a 2K-token example, not a
+[T, vocabulary] logit tensor. The data order is stateless: global row g is row `perm(epoch)[g % N]` with
+`perm(epoch)` a permutation seeded by (seed, epoch), so epochs are reshuffled and a resumed run reads exactly the
+rows an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+
+class LM:
+    """Causal-LM loss over packed rows (LongTensors [B, T], all of one length): the mean over a micro-batch's
+    B*(T-1) predicted tokens; the step's loss is the mean of its micro-batch means, which is the exact token mean
+    since every row has the same length."""
+    name = "lm"
+
+    @staticmethod
+    def loss(model, ids):
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    @staticmethod
+    def divisor(micro_batches) -> int:
+        return len(micro_batches)
+
+    @staticmethod
+    def tokens(micro_batches) -> int:
+        return sum(int(ids.numel()) for ids in micro_batches)
+
+    @staticmethod
+    def total(model, ids) -> tuple[float, int]:
+        """(summed loss, count) of a validation batch: row means weighted by rows."""
+        return float(LM.loss(model, ids)) * len(ids), len(ids)
+
+
+class Retrieval:
+    """Loss on the labelled tokens of right-padded (ids, mask, labels) batches: the step's loss is the exact mean
+    over all of its loss tokens (answer spans differ in length)."""
+    name = "retrieval"
+
+    @staticmethod
+    def loss(model, batch):
+        return masked_loss(model, *batch)[0]
+
+    @staticmethod
+    def divisor(micro_batches) -> int:
+        return max(sum(int((labels[:, 1:] != -100).sum()) for _, _, labels in micro_batches), 1)
+
+    @staticmethod
+    def tokens(micro_batches) -> int:
+        return sum(int(mask.sum()) for _, mask, _ in micro_batches)
+
+    @staticmethod
+    def total(model, batch) -> tuple[float, int]:
+        loss, n = masked_loss(model, *batch)
+        return float(loss), n
+
+
+OBJECTIVES = {"lm": LM, "retrieval": Retrieval}
+
+
+def train_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float | None, objective=LM):
+    """One optimizer step over `micro_batches`; returns (loss, grad_norm, lr), lr being the rate this step used."""
+    import torch
+
+    model.train()
+    divisor = objective.divisor(micro_batches)
+    total = 0.0
+    for batch in micro_batches:
+        loss = objective.loss(model, batch)
+        (loss / divisor).backward()
+        total += float(loss.detach())
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / divisor, float(norm), float(lr)
+
+
+def validation_loss(model, batches, objective=LM) -> float | None:
+    """Mean loss over validation batches (per row for lm, per loss token for retrieval); None when there are none."""
+    import torch
+
+    if not batches:
+        return None
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            s, n = objective.total(model, batch)
+            total, count = total + s, count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def collate(rows: list[dict], pad_id: int, loss_on: str = "answer"):
+    """Right-padded (input_ids, attention_mask, labels) of retrieval examples; labels -100 outside the loss span
+    (the answer span, or every real token with loss_on 'all') and on padding."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        mask[i, :n] = 1
+        a, b = (int(r["answer_start"]), int(r["answer_end"])) if loss_on == "answer" else (1, n)
+        labels[i, a:b] = ids[i, a:b]
+    return ids, mask, labels
+
+
+def masked_loss(model, ids, mask, labels):
+    """(sum of token losses, number of loss tokens), the LM head applied only where there is loss.
+
+    The transformer body runs on every position; the head (vocabulary-sized, the largest activation of a long
+    example) only on the hidden states whose next token carries a label. Equal to the causal-LM loss of
+    `model(labels=...)` (tests/test_examples.py checks it); models whose head does more than a linear map (logit
+    soft-capping, logit scaling) are not supported by this path."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.base_model(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return F.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
+
+
+class TrainData:
+    """The rows one run trains on, and how a list of row indices becomes a micro-batch on the device."""
+
+    def __init__(self, folder: Path, objective, pad_id: int, loss_on: str, eval_rows: int | None):
+        from ..core.shardfiles import load_shards
+
+        dd, _ = load_shards(str(folder))
+        self.objective, self.pad_id, self.loss_on = objective, pad_id, loss_on
+        retrieval = objective is Retrieval
+        self.rows = dd["train"] if retrieval else dd["train"].with_format("torch")
+        self.raw = dd["train"]
+        n_val = len(dd["validation"]) if "validation" in dd else 0
+        self.n_val = min(n_val, eval_rows) if eval_rows else n_val
+        if not self.n_val:
+            self.val = None
+        elif retrieval:
+            self.val = [dd["validation"][i] for i in range(self.n_val)]
+        else:
+            self.val = dd["validation"].with_format("torch")[:self.n_val]["input_ids"].long()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: list[int], device):
+        if self.objective is Retrieval:
+            return tuple(t.to(device) for t in collate([self.rows[j] for j in idx], self.pad_id, self.loss_on))
+        return self.rows[idx]["input_ids"].long().to(device)
+
+    def val_batches(self, batch_size: int, device) -> list:
+        if self.val is None:
+            return []
+        if self.objective is Retrieval:
+            return [tuple(t.to(device) for t in collate(self.val[i:i + batch_size], self.pad_id, self.loss_on))
+                    for i in range(0, len(self.val), batch_size)]
+        return [self.val[i:i + batch_size].to(device) for i in range(0, len(self.val), batch_size)]
+
+
+class DataOrder:
+    """Global row g -> training row perm(epoch)[g % n], perm(epoch) seeded by (seed, epoch): stateless, resumable."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, []
+
+    def perm(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            order = list(range(self.n))
+            random.Random(f"{self.seed}:train-order:{epoch}").shuffle(order)
+            self._epoch, self._perm = epoch, order
+        return self._perm
+
+    def rows(self, start: int, count: int) -> list[int]:
+        return [self.perm(g // self.n)[g % self.n] for g in range(start, start + count)]

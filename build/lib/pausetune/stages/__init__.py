@@ -1,0 +1,1 @@
+"""Stages: one module per `pausetune` subcommand; each imports only pausetune.core."""

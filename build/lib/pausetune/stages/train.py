@@ -1,0 +1,483 @@
+"""Stage `train`: LoRA / QLoRA pause-tuning of one (model, variant) checkpoint.
+
+results/checkpoints/{model}/{variant}/ holds
+- `adapter/`: the peft LoRA adapter (safetensors; in the `pause` variant with the trained pause-token row),
+- `tokenizer/`: the tokenizer the shards were made with (pause token included): eval loads exactly it,
+- `train_log.jsonl`: one line per optimizer step (loss, lr, grad norm, tokens/s, peak memory) and one per
+  validation pass (`val_loss`),
+- `manifest.json`: resolved train config, shard hashes, seed, package versions, wall time, final losses, counts.
+The folder is written with `atomic_dir`: it appears complete or not at all.
+
+The recipe (every value from config `train`): peft LoRA on the configured projections of a frozen base
+(core.lora: targets, the trainable pause row, QLoRA), AdamW (torch) with decoupled weight decay on the LoRA
+weights, clipped gradients, a linear (or cosine / constant) schedule with warmup, `grad_accum` micro-batches of
+`batch_size` rows per optimizer step, in a stateless seeded data order (core.objectives).
+
+Objective (config `train.objective`, core.objectives): `lm` is the causal-LM loss over packed essay rows of
+`--shards`; `retrieval` (the paper's) trains on `--examples` (stage `examples`: an essay context with a hidden
+needle, the question, the answer), right-padded micro-batches, loss on the answer span only (`train.loss_on:
+answer`) or on every token (`all`).
+
+Resumable (core.trainstate): every `save_every` steps the training state (trainable weights, optimizer, scheduler,
+RNG, step) goes atomically into `{output}.state/` (beside the output, so Snakemake does not delete it on failure). A job
+killed at any point and started again continues from the last saved step and reaches bitwise the same adapter
+on the CPU (same seed, fp32, same thread count). A state from a different run (config or inputs changed) is
+discarded. After a successful finish the state folder is removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core import layout
+from ..core.checkpoints import dir_hashes
+from ..core.config import TrainConfig
+from ..core.design import TRAIN_VARIANTS
+from ..core.fingerprint import code_record, fingerprint
+from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_json, sha256_file, write_json, write_text
+from ..core.lora import autocast_dtype, build_model, check_target_modules, make_optimizer, meta_model
+from ..core.objectives import OBJECTIVES, DataOrder, Retrieval, TrainData, train_step, validation_loss
+from ..core.trainstate import (DamagedState, canonical_adapter_config, load_state, restore_state, save_state,
+                               state_dir_for)
+# config keys of `train` that do not change the trained adapter (the run key ignores them)
+_NON_RECIPE_KEYS = ("models", "threads", "resources", "save_every")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def _load_shard_tokenizer(shard_dir: Path):
+    from transformers import AutoTokenizer
+
+    tok_dir = shard_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        raise PausetuneError(f"{tok_dir}: missing (expected the tokenizer the shards were made with)")
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir: str | Path, config: dict) -> dict:
+    """Every check that can fail before a model is loaded; one-line PausetuneError naming the file or key.
+
+    Returns {"entry", "shard_manifest", "tokenizer" (the shards' own), "pause_ids", "max_context"}.
+    """
+    from ..core.models import load_tokenizer, max_context, model_entry
+    from ..core.tokens import setup_pause, tokenizer_fingerprint
+
+    if variant not in TRAIN_VARIANTS:
+        raise PausetuneError(f"train variant '{variant}': expected one of {TRAIN_VARIANTS}")
+    entry = model_entry(config, model_name)
+    model_dir, shard_dir = Path(model_dir), Path(shard_dir)
+    if not (model_dir / "prepared.json").exists():
+        raise PausetuneError(f"{model_dir}/prepared.json: missing (run `pausetune prepare-model --model {model_name}`)")
+    mpath = shard_dir / "manifest.json"
+    cfg = TrainConfig.of(config)
+    objective = cfg.objective
+    if not mpath.exists():
+        made_by = "an examples folder made by `pausetune examples`" if objective == "retrieval" \
+            else "a shard folder made by `pausetune shards`"
+        raise PausetuneError(f"{mpath}: missing (expected {made_by})")
+    manifest = read_json(mpath)
+    if manifest.get("objective") != objective:
+        raise PausetuneError(f"{mpath}: made for objective '{manifest.get('objective')}', config key "
+                             f"'train.objective' is '{objective}' (retrieval trains on --examples, lm on --shards)")
+    if objective == "retrieval":
+        from ..core.banks import bank, bank_hash
+
+        for which in ("train", "eval"):
+            if manifest.get("banks", {}).get(which, {}).get("sha256") != bank_hash(bank(config, which)):
+                raise PausetuneError(f"{mpath}: made from another {which} needle bank than config 'banks' says; "
+                                     f"rebuild the examples")
+    made_as = manifest.get("variant")
+    if made_as != variant:
+        extra = " and have no pause token" if variant == "pause" else ""
+        raise PausetuneError(f"{mpath}: shards were made for variant '{made_as}'{extra}; "
+                             f"train --variant {variant} needs shards of variant '{variant}'")
+    tok = _load_shard_tokenizer(shard_dir)
+    fp = manifest.get("tokenizer_fingerprint")
+    pause_ids = [int(i) for i in manifest.get("pause_ids") or []]
+    if variant == "pause":
+        spause = manifest.get("pause") or {}
+        if not pause_ids:
+            raise PausetuneError(f"{mpath}: variant 'pause' but 'pause_ids' is empty (no pause token in these shards)")
+        if spause.get("mode") in ("special", "reserved"):
+            token = spause.get("token") if spause.get("mode") == "special" else spause.get("reserved_token")
+            if token not in tok.get_vocab() or tok.convert_tokens_to_ids(token) != pause_ids[0]:
+                raise PausetuneError(f"{shard_dir}/tokenizer: pause token '{token}' missing or not id {pause_ids[0]} "
+                                     f"(manifest pause_ids); rebuild the shards")
+        cpause = config["pause"]
+        for key in ("mode", "token"):
+            if key in spause and cpause[key] != spause[key]:
+                raise PausetuneError(f"{mpath}: shards were made with pause.{key}={spause[key]!r}, "
+                                     f"config says pause.{key}={cpause[key]!r}; rebuild the shards")
+    if tokenizer_fingerprint(tok) != fp:
+        raise PausetuneError(f"{shard_dir}/tokenizer: fingerprint {tokenizer_fingerprint(tok)} does not match "
+                             f"the shard manifest's {fp} (a damaged shard folder); rebuild the shards")
+    base_tok = load_tokenizer(model_dir)
+    if variant == "pause":
+        setup_pause(base_tok, manifest.get("pause") or config["pause"])
+    if tokenizer_fingerprint(base_tok) != fp:
+        raise PausetuneError(
+            f"{mpath}: shards were made with another tokenizer (fingerprint {fp}) than model '{model_name}' "
+            f"in {model_dir} ({tokenizer_fingerprint(base_tok)} with the shards' pause token added); "
+            f"rebuild the shards for this model")
+    window = max_context(model_dir, entry)
+    if objective == "retrieval" and int(manifest["lengths"]["max"]) > window:
+        raise PausetuneError(f"{mpath}: example lengths up to {manifest['lengths']['max']} exceed the maximum context "
+                             f"{window} of model '{model_name}' (config key 'examples.lengths.max')")
+    if int(manifest["seq_len"]) > window:
+        raise PausetuneError(f"{mpath}: seq_len {manifest['seq_len']} exceeds the maximum context {window} of "
+                             f"model '{model_name}' (config key 'shards.seq_len' or 'models.{model_name}.max_context')")
+    if not manifest.get("splits", {}).get("train", {}).get("rows"):
+        raise PausetuneError(f"{mpath}: no training rows")
+    check_target_modules(meta_model(model_dir), cfg.lora.target_modules)
+    return {"entry": entry, "shard_manifest": manifest, "tokenizer": tok, "pause_ids": pause_ids,
+            "max_context": window}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def package_versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("pausetune", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets",
+                "safetensors", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
+
+
+def _recipe(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RECIPE_KEYS}
+
+
+def check_pause_rows(data: TrainData, variant: str, pause_ids: list[int], folder: Path) -> None:
+    """A pause checkpoint must see pauses: one line when its rows hold none."""
+    if variant != "pause":
+        return
+    if data.objective is Retrieval:
+        if not any(data.raw["pause_positions"]):
+            raise PausetuneError(f"{folder}: variant 'pause' but no pause marker occurs in the examples")
+        return
+    import numpy as np
+
+    if not np.isin(np.asarray(data.raw.with_format("numpy")["input_ids"]), pause_ids).any():
+        raise PausetuneError(f"{folder}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
+
+
+
+
+
+
+# ------------------------------------------------------------------------------------------------- train
+@dataclass
+class Run:
+    """One training run: made by `setup`, advanced by `loop`, written by `finalize`."""
+    name: str
+    variant: str
+    cfg: TrainConfig
+    seed: int
+    device: str
+    model_dir: Path
+    data_dir: Path
+    output: Path
+    checked: dict
+    data: TrainData
+    model: object
+    info: dict
+    optimizer: object
+    scheduler: object
+    amp_dtype: str | None
+    run_key: str
+    t_start: float
+    step: int = 0
+    log: list = field(default_factory=list)
+    resumed_from: list = field(default_factory=list)
+    prior_train_s: float = 0.0
+    train_s: float = 0.0
+
+    @property
+    def state_dir(self) -> Path:
+        return state_dir_for(self.output)
+
+    def amp(self):
+        """bf16 matmuls over fp32 weights (AMX / AVX512_BF16 / tensor cores); fp32 master weights and optimizer."""
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=getattr(torch, self.amp_dtype))
+
+    def val_loss(self) -> float | None:
+        with self.amp():
+            return validation_loss(self.model, self.data.val_batches(self.cfg.batch_size, self.device),
+                                   self.data.objective)
+
+
+def _fresh_model(run_args: dict, cfg: TrainConfig, seed: int):
+    """Seeded model, optimizer and scheduler: the same for a new run and for one that starts over."""
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model, info = build_model(cfg=cfg, **run_args)
+    return (model, info, *make_optimizer(model, cfg))
+
+
+def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
+          config: dict, device: str | None = None, threads: int | None = None) -> Run:
+    """Check the inputs, load the data and the model, and restore the saved state of this exact run if any."""
+    import torch
+
+    from ..core.models import default_device
+
+    t_start = time.time()
+    cfg = TrainConfig.of(config)
+    threads = threads or cfg.threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed, device = int(config["seed"]), device or default_device()
+    output, data_dir, model_dir = Path(output), Path(data_dir), Path(model_dir)
+    checked = check_inputs(model_name, variant, model_dir, data_dir, config)
+    if cfg.dtype == "auto":  # like eval: the model entry's dtype, then the machine's rule
+        cfg = cfg.replace(dtype=checked["entry"]["dtype"])
+    tok, pause_ids = checked["tokenizer"], checked["pause_ids"]
+    objective = OBJECTIVES[cfg.objective]
+    data = TrainData(data_dir, objective, tok.pad_token_id, cfg.loss_on, cfg.eval_rows)
+    check_pause_rows(data, variant, pause_ids, data_dir)
+    run_key = hashlib.sha256(json.dumps({
+        "recipe": _recipe(cfg), "seed": seed, "variant": variant, "model": model_name,
+        "shards": sha256_file(data_dir / "manifest.json"), "prepared": sha256_file(model_dir / "prepared.json"),
+        "device": str(device).split(":")[0], "code": fingerprint(__name__),  # never resume another code's state
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+    model_args = dict(model_dir=model_dir, tokenizer=tok, pause_ids=pause_ids, device=device,
+                      pause_mode=(checked["shard_manifest"].get("pause") or {}).get("mode"))
+    model, info, optimizer, scheduler = _fresh_model(model_args, cfg, seed)
+    if objective is Retrieval:
+        mcfg = model.get_base_model().config
+        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+            if getattr(mcfg, key, None) not in (None, 1, 1.0):
+                raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
+                                     f"(LM head on the loss positions only) does not; use train.objective lm")
+    info["autocast"] = autocast_dtype(cfg.autocast, info["dtype"], str(device))
+    run = Run(model_name, variant, cfg, seed, device, model_dir, data_dir, output, checked, data, model, info,
+              optimizer, scheduler, info["autocast"], run_key, t_start)
+
+    clean_stale_tmp(run.state_dir)  # a killed run's temp folders (one job at a time writes this output)
+    clean_stale_tmp(output)
+    meta = load_state(run.state_dir, run_key)
+    if meta is not None:
+        try:
+            restore_state(run.state_dir, model, optimizer, scheduler)
+        except DamagedState as e:  # the only state kept is unreadable: start over, as a fresh run would
+            print(f"train {model_name}/{variant}: {run.state_dir}: damaged training state ({e}); starting over from "
+                  f"step 0", file=sys.stderr)
+            shutil.rmtree(run.state_dir, ignore_errors=True)
+            meta = None
+            run.model, info, run.optimizer, run.scheduler = _fresh_model(model_args, cfg, seed)
+            run.info = {**info, "autocast": run.amp_dtype}
+    if meta is not None:
+        run.step, run.log = int(meta["step"]), list(meta["log"])
+        run.resumed_from = list(meta.get("resumed_from", [])) + [run.step]
+        run.prior_train_s = float(meta.get("train_time_s", 0.0))
+        print(f"train {model_name}/{variant}: resuming from step {run.step} ({run.state_dir})", file=sys.stderr)
+    return run
+
+
+def loop(run: Run, progress: bool = True) -> None:
+    """The optimizer steps, from `run.step` to train.max_steps: log each, validate and save the state on schedule."""
+    import torch
+    from tqdm.auto import tqdm
+
+    cfg, data, device = run.cfg, run.data, run.device
+    bs, accum = cfg.batch_size, cfg.grad_accum
+    order = DataOrder(len(data), run.seed)
+    tokens_seen = next((int(r["tokens"]) for r in reversed(run.log) if "tokens" in r), 0)
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc=f"train {run.name}/{run.variant}", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    t_loop = time.time()
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    while run.step < cfg.max_steps:
+        t0 = time.time()
+        first = run.step * accum * bs  # stateless data order: a resumed run reads the rows this step would
+        micro = [data.batch(order.rows(first + k * bs, bs), device) for k in range(accum)]
+        with run.amp():
+            loss, gnorm, lr = train_step(run.model, micro, run.optimizer, run.scheduler, cfg.max_grad_norm,
+                                         data.objective)
+        tokens = data.objective.tokens(micro)
+        tokens_seen += tokens
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.time() - t0
+        run.step += 1
+        mem, mem_kind = peak_memory_mb(device)
+        rec = {"step": run.step, "loss": loss, "lr": lr, "grad_norm": gnorm, "tokens": tokens_seen,
+               "tokens_per_s": tokens / dt if dt > 0 else None, "step_time_s": dt,
+               "peak_mem_mb": round(mem, 1), "mem_kind": mem_kind}
+        run.log.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        last = run.step >= cfg.max_steps
+        if cfg.eval_every and run.step % cfg.eval_every == 0 and not last and data.val is not None:
+            v = run.val_loss()
+            run.log.append({"step": run.step, "val_loss": v, "val_rows": data.n_val})
+            bar.write(f"step {run.step}: validation loss {v:.4f} ({data.n_val} rows)", file=sys.stderr)
+        if cfg.save_every and run.step % cfg.save_every == 0 and not last:
+            save_state(run.state_dir, run.model, run.optimizer, run.scheduler, run.step, run.run_key, run.log,
+                       {"resumed_from": run.resumed_from, "train_time_s": run.prior_train_s + time.time() - t_loop})
+    bar.close()
+    run.train_s = run.prior_train_s + time.time() - t_loop
+
+
+def finalize(run: Run, config: dict) -> dict:
+    """The last validation pass, then the checkpoint folder, written atomically; the saved state goes."""
+    import torch
+
+    from ..core.models import resolve_path
+
+    val = run.val_loss() if run.data.val is not None else None
+    if val is not None:
+        run.log.append({"step": run.step, "val_loss": val, "val_rows": run.data.n_val})
+    mem, mem_kind = peak_memory_mb(run.device)
+    cfg, smanifest, retrieval = run.cfg, run.checked["shard_manifest"], run.data.objective is Retrieval
+    _, prepared = resolve_path(run.model_dir)
+    with atomic_dir(run.output) as tmp:
+        run.model.save_pretrained(str(tmp / "adapter"), safe_serialization=True, save_embedding_layers=False)
+        canonical_adapter_config(tmp / "adapter" / "adapter_config.json")
+        run.checked["tokenizer"].save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in run.log))
+        manifest = {
+            "code": code_record(__name__),
+            "model": run.name,
+            "variant": run.variant,
+            "seed": run.seed,
+            "train": cfg.to_dict(),
+            "pause": config.get("pause"),
+            "model_entry": run.checked["entry"],
+            "base_model": {k: prepared.get(k) for k in ("name", "kind", "source", "commit", "gguf_sha256")},
+            "device": str(run.device),
+            "threads": torch.get_num_threads(),
+            "objective": cfg.objective,
+            "loss_on": cfg.loss_on if retrieval else "all",
+            **({"retrieval": {k: smanifest.get(k) for k in ("template", "layout", "answer", "answer_span",
+                                                            "lengths", "length_unit", "depths",
+                                                            "needles_per_example", "banks")}} if retrieval else {}),
+            ("examples" if retrieval else "shards"): {
+                "path": str(run.data_dir),
+                "manifest_sha256": sha256_file(run.data_dir / "manifest.json"),
+                "dataset_sha256": dir_hashes(run.data_dir / "dataset"),
+                "tokenizer_fingerprint": smanifest.get("tokenizer_fingerprint"),
+                "seq_len": int(smanifest["seq_len"]),
+                "train_rows": len(run.data),
+                "validation_rows_used": run.data.n_val,
+            },
+            "pause_ids": run.checked["pause_ids"],
+            "steps": run.step,
+            "tokens_seen": next((int(r["tokens"]) for r in reversed(run.log) if "tokens" in r), 0),
+            "epochs_seen": run.step * cfg.batch_size * cfg.grad_accum / len(run.data),
+            "final_train_loss": next((r["loss"] for r in reversed(run.log) if "loss" in r), None),
+            "final_val_loss": val,
+            "first_train_loss": next((r["loss"] for r in run.log if "loss" in r), None),
+            "peak_mem_mb": round(mem, 1),
+            "mem_kind": mem_kind,
+            "train_time_s": round(run.train_s, 3),
+            "wall_time_s": None,
+            "resumed_from": run.resumed_from,
+            "run_key": run.run_key,
+            "adapter_sha256": sha256_file(tmp / "adapter" / "adapter_model.safetensors"),
+            "packages": package_versions(),
+            **run.info,
+        }
+        manifest["wall_time_s"] = round(time.time() - run.t_start, 3)
+        write_json(tmp / "manifest.json", manifest)
+    shutil.rmtree(run.state_dir, ignore_errors=True)
+    return manifest
+
+
+def train(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
+          config: dict, device: str | None = None, threads: int | None = None, progress: bool = True,
+          return_model: bool = False):
+    """Train one checkpoint into `output` (atomically); return its manifest (and the peft model if asked)."""
+    run = setup(model_name, variant, model_dir, data_dir, output, config, device, threads)
+    loop(run, progress)
+    manifest = finalize(run, config)
+    return (manifest, run.model) if return_model else manifest
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+def training_metrics(checkpoint_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(flat metrics, loss curve rows) of a finished checkpoint, for `dvc metrics` and `dvc plots`."""
+    ck = Path(checkpoint_dir)
+    m = read_json(ck / "manifest.json")
+    name = f"{m.get('model')}/{m.get('variant')}"
+    metrics = {k: (round(m[k], 6) if isinstance(m.get(k), float) else m.get(k))
+               for k in ("final_train_loss", "final_val_loss", "first_train_loss", "steps", "tokens_seen",
+                         "train_time_s", "trainable_params")}
+    curve = []
+    for line in (ck / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            curve.append({"panel": name, "series": "train", "step": r["step"], "loss": round(r["loss"], 6)})
+        elif "val_loss" in r:
+            curve.append({"panel": name, "series": "validation", "step": r["step"], "loss": round(r["val_loss"], 6)})
+    return metrics, curve
+
+
+def write_metrics(checkpoint_dir, metrics_path, curve_path) -> None:
+    metrics, curve = training_metrics(checkpoint_dir)
+    if metrics_path:
+        write_json(metrics_path, metrics)
+    if curve_path:
+        lines = ["panel,series,step,loss"] + [f"{r['panel']},{r['series']},{r['step']},{r['loss']}" for r in curve]
+        write_text(curve_path, "\n".join(lines) + "\n")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="name of an entry of config 'models'")
+    p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
+    p.add_argument("--model-dir", required=True, help=layout.MODEL)
+    p.add_argument("--shards", default=None, help=f"{layout.SHARDS} (train.objective lm)")
+    p.add_argument("--examples", default=None, help=f"{layout.EXAMPLES} (train.objective retrieval)")
+    p.add_argument("--output", required=True, help=layout.CHECKPOINT)
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (overrides config train.threads)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--metrics", default=None, help="also write the final losses here (flat JSON, for dvc metrics)")
+    p.add_argument("--loss-curve", default=None, help="also write the loss per step here (CSV, for dvc plots)")
+
+
+def main(args, config: dict) -> int:
+    objective = TrainConfig.of(config).objective
+    data = args.examples if objective == "retrieval" else args.shards
+    if not data:
+        want = f"--examples {layout.EXAMPLES}" if objective == "retrieval" else f"--shards {layout.SHARDS}"
+        raise PausetuneError(f"config key 'train.objective' is '{objective}': pass {want}")
+    m = train(args.model, args.variant, args.model_dir, data, args.output, config, device=args.device,
+              threads=args.threads, progress=not args.no_progress)
+    write_metrics(args.output, args.metrics, args.loss_curve)
+    val = f"{m['final_val_loss']:.4f}" if m["final_val_loss"] is not None else "n/a"
+    print(f"train {args.model}/{args.variant}: {m['steps']} steps, {m['tokens_seen']} tokens, "
+          f"loss {m['first_train_loss']:.4f} -> {m['final_train_loss']:.4f}, validation loss {val}, "
+          f"{m['trainable_params']} trainable params, {m['train_time_s']:.0f} s -> {args.output}")
+    return 0
