@@ -271,6 +271,13 @@ def test_tuned_variants(tiny_dir, pg_paused, tmp_path, checkpoints, tiny_shards)
     rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-tuned", depths=("0",),
                              extra=["--checkpoint", str(checkpoints["plain"])]), config_json=SMALL)
     assert rc == 1 and "a 'plain' checkpoint" in err and err.count("\n") == 1
+    # a pause checkpoint read with other pause settings than it was trained with (the CLI or DVC route: Snakemake
+    # would retrain it): one line, before any cell
+    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path / "other", variant="pause-tuned", depths=("0",),
+                             extra=["--checkpoint", str(checkpoints["pause"])]),
+                  config_json={**SMALL, "pause": {"token": "<WAIT>"}})
+    assert rc == 1 and "trained with pause" in err and "'<WAIT>'" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "other" / "eval").exists()
 
 
 @pytest.mark.parametrize("change, message", [

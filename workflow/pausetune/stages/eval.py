@@ -69,6 +69,13 @@ def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, 
         if mf.get("variant") not in (None, CHECKPOINT[variant]):
             raise PausetuneError(f"{checkpoint}: a '{mf.get('variant')}' checkpoint, variant {variant} needs "
                                  f"'{CHECKPOINT[variant]}'")
+        if PAUSED[variant]:  # the markers the haystack gets must be those the adapter was trained with
+            from ..core.config import PauseConfig
+
+            trained, asked = PauseConfig.from_dict(mf.get("pause") or {}), PauseConfig.of(config)
+            if trained != asked:
+                raise PausetuneError(f"{checkpoint}: trained with pause {trained.to_dict()}, config 'pause' is "
+                                     f"{asked.to_dict()}: retrain it, or set config 'pause' back")
         adapter = checkpoint_adapter_hash(checkpoint)
         net, tok, manifest = load_checkpoint(model_dir, checkpoint, dtype=dtype, device=device)
     else:
