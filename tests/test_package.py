@@ -15,9 +15,17 @@ from conftest import DEFAULT_CONFIG, ROOT
 
 
 def test_wheel_installs_and_runs_a_stage_outside_the_checkout(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "workflow", src / "workflow", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True)
+                            "-w", str(wheels), str(src)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("pausetune-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

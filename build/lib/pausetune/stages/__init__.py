@@ -1,1 +1,0 @@
-"""Stages: one module per `pausetune` subcommand; each imports only pausetune.core."""
