@@ -17,8 +17,7 @@ import yaml
 
 from conftest import ROOT
 from pausetune.core.fingerprint import closure, closure_files, fingerprint
-from test_reruns import plan, smk
-from test_workflow import make_project
+from helpers import build, copy_project, plan, snakemake
 
 PKG = ROOT / "workflow" / "pausetune"
 
@@ -83,10 +82,10 @@ def cell(project: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("code"))
+def project(tmp_path_factory, data_project):
+    p = copy_project(data_project, tmp_path_factory.mktemp("code"))  # the data stages built: eval onwards runs
     (p / "code.yaml").write_text(yaml.safe_dump(OVERLAY))
-    smk(p, "--", TABLE, FIGURE, configs=CONFIGS)
+    build(p, TABLE, FIGURE, configs=CONFIGS)
     return p
 
 
@@ -107,7 +106,7 @@ def test_scoring_edit_rescores_without_generating(project):
          "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n")
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned.get("eval") == 1 and planned.get("aggregate") == 1, planned
-    proc = smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
+    proc = snakemake(project, "--configfile", *CONFIGS, "--", TABLE, FIGURE)
     log = (project / "logs").rglob("*.log")
     eval_log = next(p for p in log if "eval" in str(p)).read_text()
     assert "nothing to do (0 done, 0 from the cell cache, 2 rescored)" in eval_log, eval_log
@@ -140,7 +139,7 @@ def test_rescore_command_follows_scoring_code(project):
 
 @pytest.mark.integration
 def test_figures_edit_reruns_only_figures(project):
-    smk(project, "--", TABLE, FIGURE, configs=CONFIGS)  # settle after the rescore
+    build(project, TABLE, FIGURE, configs=CONFIGS)  # settle after the rescore
     edit(project, "stages/figures.py", '"""', '"""Edited. ', )
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned == {"figure_heatmap": 1}, planned
@@ -148,12 +147,12 @@ def test_figures_edit_reruns_only_figures(project):
 
 @pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
-    smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
+    build(project, TABLE, FIGURE, configs=CONFIGS)
     before = cell(project)
     edit(project, "core/haystack.py", '"""', '"""Edited. ')
     planned = plan(project, TABLE, configs=CONFIGS)
     assert planned.get("eval") == 1, planned
-    smk(project, "--", TABLE, configs=CONFIGS)
+    build(project, TABLE, configs=CONFIGS)
     after = cell(project)
     assert after["code"]["generate"] != before["code"]["generate"]
     assert after["cell_id"] != before["cell_id"]  # a new cache entry: the old one is never served for this code

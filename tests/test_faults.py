@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
-from test_workflow import _job_counts, make_project
+from helpers import copy_project, job_counts
 
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
 MINE = {"sources": {"mine": {"kind": "local", "path": "essays"}}, "shards": {"sources": ["mine"]},
@@ -52,8 +52,8 @@ def error_lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("faults"))
+def project(tmp_path_factory, data_project):
+    p = copy_project(data_project, tmp_path_factory.mktemp("faults"))
     (p / "essays").mkdir()
     for name, text in ESSAYS.items():
         (p / "essays" / f"{name}.txt").write_text(text)
@@ -101,7 +101,7 @@ def test_recovery_commands_without_cores(project):
         out = ok(smk(project, "--configfile", *CONFIGS, "mine.yaml", *args, cores=False))
         assert "requires a total number of cores" not in out
     proc = smk(project, "--report", "report.html", cores=False)
-    # nothing is built yet, so the report has nothing to show; but it gets that far
+    # no figure is built yet, so the report has nothing to show; but it gets that far
     assert "requires a total number of cores" not in proc.stdout + proc.stderr
     assert "marked for report but does not exist" in proc.stdout + proc.stderr
 
@@ -146,7 +146,7 @@ def test_max_context_checked_and_no_rerun_trigger(project):
     # a smaller max_context gates checks only: nothing reruns (it used to rerun the models and every cell)
     (project / "ctx.yaml").write_text(yaml.safe_dump({"models": {"tiny": {"max_context": 2048}}}))
     out = ok(smk(project, "-n", "--configfile", *CONFIGS, "one.yaml", "ctx.yaml", "--", cell))
-    assert _job_counts(out) == {}, out[-3000:]
+    assert job_counts(out) == {}, out[-3000:]
     # larger than the prepared model's window (tiny: 4096 positions): refused while the DAG is built
     (project / "ctx.yaml").write_text(yaml.safe_dump({"models": {"tiny": {"max_context": 16384}}}))
     proc = smk(project, "-n", "--configfile", *CONFIGS, "one.yaml", "ctx.yaml", "--", cell)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_workflow import _job_counts, make_project
+import helpers
+from helpers import make_project
 
 pytestmark = [pytest.mark.integration]
 
@@ -31,26 +31,8 @@ CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
 CHECKPOINT = "results/checkpoints/tiny/pause/manifest.json"
 FIGURE = "results/figures/heatmap/tiny/single/pause-tuned.png"
 RAW = "data/raw/paul_graham.parquet"
-
-
-def smk(project: Path, *args: str, configs=CONFIGS) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *configs, *args],
-                          cwd=project, capture_output=True, text=True, env=env, timeout=1800)
-    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
-def plan(project: Path, *targets: str, extra=(), configs=CONFIGS) -> dict[str, int]:
-    """Jobs per rule that `snakemake -n` would run for these targets."""
-    proc = smk(project, "-n", *extra, "--", *targets, configs=configs)
-    return _job_counts(proc.stdout + proc.stderr)
-
-
-def build(project: Path, *targets: str, configs=CONFIGS) -> dict[str, int]:
-    """Run Snakemake for these targets; the jobs per rule it ran (its own job table)."""
-    proc = smk(project, "--", *targets, configs=configs)
-    return _job_counts(proc.stdout + proc.stderr)
+plan = partial(helpers.plan, configs=CONFIGS)
+build = partial(helpers.build, configs=CONFIGS)
 
 
 def built(project: Path, top: str) -> set[str]:
