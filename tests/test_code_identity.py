@@ -1,8 +1,9 @@
 """Cells, checkpoints and tables know the code that made them; edits rerun exactly what they touch.
 
-Library-level: the import closure each stage runs, and that core/ never imports stages/. Workflow-level, in one
-copy of the project (real Snakemake on the tiny model): edit scoring.py, figures.py and haystack.py of the copy
-and check what `snakemake -n` plans, what reruns, and that the cell cache never serves a cell of other code.
+Library-level: the import closure each stage runs, and that core/ never imports stages/. Workflow-level, in a
+project built once (real Snakemake on the tiny model), each test in its own copy of it: edit scoring.py,
+figures.py or haystack.py of the copy and check what `snakemake -n` plans, what reruns, and that the cell cache
+never serves a cell of other code.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import yaml
 
 from conftest import ROOT
 from pausetune.core.fingerprint import closure, closure_files, fingerprint
-from helpers import build, copy_project, plan, snakemake
+from helpers import Built, build, copy_project, plan, snakemake
 
 PKG = ROOT / "workflow" / "pausetune"
 
@@ -68,6 +69,9 @@ CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "code.yaml"]
 CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
 TABLE = "results/tables/summary.csv"
 FIGURE = "results/figures/heatmap/tiny/single/baseline.png"
+# A real change to the scoring rule: facts are never found, so every score becomes 1.
+NEVER_FOUND = ("def fact_found(fact: str, answer_norm: str) -> bool:\n",
+               "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n")
 
 
 def edit(project: Path, rel: str, old: str, new: str) -> None:
@@ -82,18 +86,24 @@ def cell(project: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, data_project):
-    p = copy_project(data_project, tmp_path_factory.mktemp("code"))  # the data stages built: eval onwards runs
+def built(tmp_path_factory, data_project) -> Built:
+    """The grid's cells, table and figure, built once on the session's data stages; tests read it, never edit it."""
+    p = copy_project(data_project, tmp_path_factory.mktemp("code"))
     (p / "code.yaml").write_text(yaml.safe_dump(OVERLAY))
-    build(p, TABLE, FIGURE, configs=CONFIGS)
-    return p
+    return Built(p, build(p, TABLE, FIGURE, configs=CONFIGS))
+
+
+@pytest.fixture
+def project(built, tmp_path):
+    """A test's own copy of the built project, to edit."""
+    return copy_project(built, tmp_path / "project")
 
 
 @pytest.mark.integration
-def test_cells_checkpoints_tables_record_their_code(project):
-    c = cell(project)
+def test_cells_checkpoints_tables_record_their_code(built):
+    c = cell(built.path)
     assert set(c["code"]) == {"generate", "score"} and all(len(v) == 64 for v in c["code"].values())
-    man = json.loads((project / "results/tables/manifest.json").read_text())
+    man = json.loads((built.path / "results/tables/manifest.json").read_text())
     assert man["code"]["module"] == "pausetune.stages.aggregate" and man["cells"] == 2
     assert man["cell_code"]["generate"] == [c["code"]["generate"]]
 
@@ -101,9 +111,7 @@ def test_cells_checkpoints_tables_record_their_code(project):
 @pytest.mark.integration
 def test_scoring_edit_rescores_without_generating(project):
     before = cell(project)
-    # A real change to the scoring rule: facts are never found, so every score becomes 1.
-    edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n",
-         "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n")
+    edit(project, "core/scoring.py", *NEVER_FOUND)
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned.get("eval") == 1 and planned.get("aggregate") == 1, planned
     proc = snakemake(project, "--configfile", *CONFIGS, "--", TABLE, FIGURE)
@@ -119,9 +127,11 @@ def test_scoring_edit_rescores_without_generating(project):
 
 @pytest.mark.integration
 def test_rescore_command_follows_scoring_code(project):
-    # Undo the edit; `pausetune rescore` brings the cells back to today's scoring without generation.
-    edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n",
-         "def fact_found(fact: str, answer_norm: str) -> bool:\n")
+    # Cells scored by the edited rule, then the edit undone: `pausetune rescore` brings them back to today's
+    # scoring without generation.
+    edit(project, "core/scoring.py", *NEVER_FOUND)
+    build(project, TABLE, configs=CONFIGS)
+    edit(project, "core/scoring.py", *reversed(NEVER_FOUND))
     env_path = f"{project / 'workflow'}"
     proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "rescore", "--config", *CONFIGS[:2],
                            "--cells", "results/eval"], cwd=project, capture_output=True, text=True,
@@ -139,7 +149,6 @@ def test_rescore_command_follows_scoring_code(project):
 
 @pytest.mark.integration
 def test_figures_edit_reruns_only_figures(project):
-    build(project, TABLE, FIGURE, configs=CONFIGS)  # settle after the rescore
     edit(project, "stages/figures.py", '"""', '"""Edited. ', )
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned == {"figure_heatmap": 1}, planned
@@ -147,7 +156,6 @@ def test_figures_edit_reruns_only_figures(project):
 
 @pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
-    build(project, TABLE, FIGURE, configs=CONFIGS)
     before = cell(project)
     edit(project, "core/haystack.py", '"""', '"""Edited. ')
     planned = plan(project, TABLE, configs=CONFIGS)
