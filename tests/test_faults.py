@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
-from helpers import copy_project, job_counts
+from helpers import job_counts, make_project
 
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
 MINE = {"sources": {"mine": {"kind": "local", "path": "essays"}}, "shards": {"sources": ["mine"]},
@@ -52,8 +52,8 @@ def error_lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, data_project):
-    p = copy_project(data_project, tmp_path_factory.mktemp("faults"))
+def project(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("faults"))
     (p / "essays").mkdir()
     for name, text in ESSAYS.items():
         (p / "essays" / f"{name}.txt").write_text(text)
@@ -101,7 +101,7 @@ def test_recovery_commands_without_cores(project):
         out = ok(smk(project, "--configfile", *CONFIGS, "mine.yaml", *args, cores=False))
         assert "requires a total number of cores" not in out
     proc = smk(project, "--report", "report.html", cores=False)
-    # no figure is built yet, so the report has nothing to show; but it gets that far
+    # nothing is built yet, so the report has nothing to show; but it gets that far
     assert "requires a total number of cores" not in proc.stdout + proc.stderr
     assert "marked for report but does not exist" in proc.stdout + proc.stderr
 
