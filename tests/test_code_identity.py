@@ -1,8 +1,9 @@
 """Cells, checkpoints and tables know the code that made them; edits rerun exactly what they touch.
 
-Library-level: the import closure each stage runs, and that core/ never imports stages/. Workflow-level, in one
-copy of the project (real Snakemake on the tiny model): edit scoring.py, figures.py and haystack.py of the copy
-and check what `snakemake -n` plans, what reruns, and that the cell cache never serves a cell of other code.
+Library-level: the import closure each stage runs, and that core/ never imports stages/. Workflow-level, in a
+project built once (real Snakemake on the tiny model), each test in its own copy of it: edit scoring.py,
+figures.py or haystack.py of the copy and check what `snakemake -n` plans, what reruns, and that the cell cache
+never serves a cell of other code.
 """
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ import yaml
 
 from conftest import ROOT
 from pausetune.core.fingerprint import closure, closure_files, fingerprint
-from test_reruns import plan, smk
-from test_workflow import make_project
+from helpers import Built, build, copy_project, plan, snakemake
 
 PKG = ROOT / "workflow" / "pausetune"
 
@@ -79,6 +79,9 @@ CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "code.yaml"]
 CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
 TABLE = "results/tables/summary.csv"
 FIGURE = "results/figures/heatmap/tiny/single/baseline.png"
+# A real change to the scoring rule: facts are never found, so every score becomes 1.
+NEVER_FOUND = ("def fact_found(fact: str, answer_norm: str) -> bool:\n",
+               "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n")
 
 
 def edit(project: Path, rel: str, old: str, new: str) -> None:
@@ -93,18 +96,24 @@ def cell(project: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("code"))
+def built(tmp_path_factory, data_project) -> Built:
+    """The grid's cells, table and figure, built once on the session's data stages; tests read it, never edit it."""
+    p = copy_project(data_project, tmp_path_factory.mktemp("code"))
     (p / "code.yaml").write_text(yaml.safe_dump(OVERLAY))
-    smk(p, "--", TABLE, FIGURE, configs=CONFIGS)
-    return p
+    return Built(p, build(p, TABLE, FIGURE, configs=CONFIGS))
+
+
+@pytest.fixture
+def project(built, tmp_path):
+    """A test's own copy of the built project, to edit."""
+    return copy_project(built, tmp_path / "project")
 
 
 @pytest.mark.integration
-def test_cells_checkpoints_tables_record_their_code(project):
-    c = cell(project)
+def test_cells_checkpoints_tables_record_their_code(built):
+    c = cell(built.path)
     assert set(c["code"]) == {"generate", "score"} and all(len(v) == 64 for v in c["code"].values())
-    man = json.loads((project / "results/tables/manifest.json").read_text())
+    man = json.loads((built.path / "results/tables/manifest.json").read_text())
     assert man["code"]["module"] == "pausetune.stages.aggregate" and man["cells"] == 2
     assert man["cell_code"]["generate"] == [c["code"]["generate"]]
 
@@ -112,12 +121,10 @@ def test_cells_checkpoints_tables_record_their_code(project):
 @pytest.mark.integration
 def test_scoring_edit_rescores_without_generating(project):
     before = cell(project)
-    # A real change to the scoring rule: facts are never found, so every score becomes 1.
-    edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n",
-         "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n")
+    edit(project, "core/scoring.py", *NEVER_FOUND)
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned.get("eval") == 1 and planned.get("aggregate") == 1, planned
-    proc = smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
+    proc = snakemake(project, "--configfile", *CONFIGS, "--", TABLE, FIGURE)
     log = (project / "logs").rglob("*.log")
     eval_log = next(p for p in log if "eval" in str(p)).read_text()
     assert "nothing to do (0 done, 0 from the cell cache, 2 rescored)" in eval_log, eval_log
@@ -130,9 +137,11 @@ def test_scoring_edit_rescores_without_generating(project):
 
 @pytest.mark.integration
 def test_rescore_command_follows_scoring_code(project):
-    # Undo the edit; `pausetune rescore` brings the cells back to today's scoring without generation.
-    edit(project, "core/scoring.py", "def fact_found(fact: str, answer_norm: str) -> bool:\n    return False\n",
-         "def fact_found(fact: str, answer_norm: str) -> bool:\n")
+    # Cells scored by the edited rule, then the edit undone: `pausetune rescore` brings them back to today's
+    # scoring without generation.
+    edit(project, "core/scoring.py", *NEVER_FOUND)
+    build(project, TABLE, configs=CONFIGS)
+    edit(project, "core/scoring.py", *reversed(NEVER_FOUND))
     env_path = f"{project / 'workflow'}"
     proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "rescore", "--config", *CONFIGS[:2],
                            "--cells", "results/eval"], cwd=project, capture_output=True, text=True,
@@ -150,7 +159,6 @@ def test_rescore_command_follows_scoring_code(project):
 
 @pytest.mark.integration
 def test_figures_edit_reruns_only_figures(project):
-    smk(project, "--", TABLE, FIGURE, configs=CONFIGS)  # settle after the rescore
     edit(project, "stages/figures.py", '"""', '"""Edited. ', )
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned == {"figure_heatmap": 1}, planned
@@ -181,7 +189,6 @@ def test_fingerprint_ignores_docstrings_and_comments(tmp_path):
 
 @pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
-    smk(project, "--", TABLE, FIGURE, configs=CONFIGS)
     before = cell(project)
     edit(project, "core/haystack.py", '"""', '"""Edited. ')  # a docstring: the cells stay what they are
     smk(project, "--", TABLE, configs=CONFIGS)
@@ -190,7 +197,7 @@ def test_haystack_edit_misses_the_cache(project):
          "from __future__ import annotations\n_EDITED = 1\n")  # code: a new identity
     planned = plan(project, TABLE, configs=CONFIGS)
     assert planned.get("eval") == 1, planned
-    smk(project, "--", TABLE, configs=CONFIGS)
+    build(project, TABLE, configs=CONFIGS)
     after = cell(project)
     assert after["code"]["generate"] != before["code"]["generate"]
     assert after["cell_id"] != before["cell_id"]  # a new cache entry: the old one is never served for this code

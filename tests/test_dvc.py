@@ -31,7 +31,7 @@ import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG
 from pausetune.core.config import deep_merge
-from test_workflow import make_project
+from helpers import make_project
 
 pytestmark = [pytest.mark.integration]
 

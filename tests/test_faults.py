@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
-from test_workflow import _job_counts, make_project
+from helpers import job_counts, make_project
 
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
 MINE = {"sources": {"mine": {"kind": "local", "path": "essays"}}, "shards": {"sources": ["mine"]},
@@ -146,7 +146,7 @@ def test_max_context_checked_and_no_rerun_trigger(project):
     # a smaller max_context gates checks only: nothing reruns (it used to rerun the models and every cell)
     (project / "ctx.yaml").write_text(yaml.safe_dump({"models": {"tiny": {"max_context": 2048}}}))
     out = ok(smk(project, "-n", "--configfile", *CONFIGS, "one.yaml", "ctx.yaml", "--", cell))
-    assert _job_counts(out) == {}, out[-3000:]
+    assert job_counts(out) == {}, out[-3000:]
     # larger than the prepared model's window (tiny: 4096 positions): refused while the DAG is built
     (project / "ctx.yaml").write_text(yaml.safe_dump({"models": {"tiny": {"max_context": 16384}}}))
     proc = smk(project, "-n", "--configfile", *CONFIGS, "one.yaml", "ctx.yaml", "--", cell)

@@ -15,7 +15,7 @@ from pausetune.stages.figures import build_chart, delta_data, heatmap_data, prof
 from pausetune.core.io import PausetuneError
 
 from conftest import ROOT, run_cli
-from test_workflow import snakemake
+from helpers import job_counts, snakemake
 
 FIXTURE = ROOT / "tests" / "fixtures" / "cells"
 M, T = "smollm2", "single"
@@ -289,19 +289,6 @@ def make_report_project(dest: Path) -> Path:
     (dest / "Snakefile").write_text(SNAKEFILE)
     shutil.copytree(FIXTURE, dest / "results" / "eval", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return dest
-
-
-def job_counts(text: str) -> dict[str, int]:
-    counts, on = {}, False
-    for line in text.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            on = True
-        elif on and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.mark.slow

@@ -1,22 +1,23 @@
-"""Partial reruns by target: real Snakemake runs in one project copy on the tiny config.
+"""Partial reruns by target: real Snakemake runs in project copies on the tiny config.
 
 One eval cell, one checkpoint and one figure can each be requested alone and build only what they need;
 touching the raw essays reruns exactly their dependants; `--forcerun` of one rule reruns it and what follows.
-The tests build on each other in file order (one project, outputs accumulating), as a user's session would.
+The builds accumulate as a user's session would (a cell, then a checkpoint, then a figure: module fixtures, each
+on a copy of the one before); every test works in its own copy, so none depends on another having run.
 """
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_workflow import _job_counts, make_project
+import helpers
+from helpers import Built, copy_project, make_project
 
 pytestmark = [pytest.mark.integration]
 
@@ -31,26 +32,8 @@ CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
 CHECKPOINT = "results/checkpoints/tiny/pause/manifest.json"
 FIGURE = "results/figures/heatmap/tiny/single/pause-tuned.png"
 RAW = "data/raw/paul_graham.parquet"
-
-
-def smk(project: Path, *args: str, configs=CONFIGS) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *configs, *args],
-                          cwd=project, capture_output=True, text=True, env=env, timeout=1800)
-    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
-def plan(project: Path, *targets: str, extra=(), configs=CONFIGS) -> dict[str, int]:
-    """Jobs per rule that `snakemake -n` would run for these targets."""
-    proc = smk(project, "-n", *extra, "--", *targets, configs=configs)
-    return _job_counts(proc.stdout + proc.stderr)
-
-
-def build(project: Path, *targets: str, configs=CONFIGS) -> dict[str, int]:
-    """Run Snakemake for these targets; the jobs per rule it ran (its own job table)."""
-    proc = smk(project, "--", *targets, configs=configs)
-    return _job_counts(proc.stdout + proc.stderr)
+plan = partial(helpers.plan, configs=CONFIGS)
+build = partial(helpers.build, configs=CONFIGS)
 
 
 def built(project: Path, top: str) -> set[str]:
@@ -58,50 +41,73 @@ def built(project: Path, top: str) -> set[str]:
     return {str(p.relative_to(project)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("reruns"))
+def fresh(dest: Path) -> Path:
+    """A project copy with this module's overlays, nothing built."""
+    p = make_project(dest)
     (p / "reruns.yaml").write_text(yaml.safe_dump(OVERLAY))
     (p / "block_cell.yaml").write_text(yaml.safe_dump({"eval": {"block": "cell"}}))
     return p
 
 
-def test_one_cell_alone(project):
+@pytest.fixture(scope="module")
+def cell_built(tmp_path_factory) -> Built:
+    """From nothing, one cell alone (eval.block = cell: the job is that one cell)."""
+    p = fresh(tmp_path_factory.mktemp("reruns_cell"))
+    return Built(p, build(p, CELL, configs=CONFIGS + ["block_cell.yaml"]))
+
+
+@pytest.fixture(scope="module")
+def checkpoint_built(tmp_path_factory, cell_built) -> Built:
+    """Then one checkpoint alone."""
+    p = copy_project(cell_built, tmp_path_factory.mktemp("reruns_checkpoint"))
+    return Built(p, build(p, CHECKPOINT))
+
+
+@pytest.fixture(scope="module")
+def figure_built(tmp_path_factory, checkpoint_built) -> Built:
+    """Then one figure alone."""
+    p = copy_project(checkpoint_built, tmp_path_factory.mktemp("reruns_figure"))
+    return Built(p, build(p, FIGURE))
+
+
+@pytest.fixture
+def project(figure_built, tmp_path) -> Path:
+    """A test's own copy of the project with the cell, the checkpoint and the figure built."""
+    return copy_project(figure_built, tmp_path / "project")
+
+
+def test_one_cell_alone(tmp_path, cell_built):
     # Its block (all depths of its length: one model load) and what that needs: no shards, no training.
-    assert plan(project, CELL) == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}
-    # With eval.block = cell the job is that one cell. Build it.
-    t0 = time.time()
-    ran = build(project, CELL, configs=CONFIGS + ["block_cell.yaml"])
+    assert plan(fresh(tmp_path), CELL) == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}
+    # With eval.block = cell the job is that one cell (built by cell_built).
+    project, ran = cell_built
     assert ran == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}, ran
     assert built(project, "results/eval") == {CELL}
     assert not (project / "data" / "shards").exists() and not (project / "results" / "checkpoints").exists()
-    print(f"\none cell alone: {time.time() - t0:.0f}s")
 
 
-def test_one_checkpoint_alone(project):
+def test_one_checkpoint_alone(checkpoint_built, tmp_path):
     # The data stages are done: the pause shards and one training job, not the plain ones.
-    t0 = time.time()
-    assert build(project, CHECKPOINT) == {"shards": 1, "train": 1}
+    project, ran = checkpoint_built
+    assert ran == {"shards": 1, "train": 1}, ran
     assert (project / CHECKPOINT).exists()
     assert not (project / "results/checkpoints/tiny/plain").exists()
     assert not (project / "data/shards/tiny/plain").exists()
     assert built(project, "results/eval") == {CELL}
-    print(f"\none checkpoint alone: {time.time() - t0:.0f}s")
     # train.loss_on is unused under objective lm (the loss is on every token): no rerun trigger there
+    project = copy_project(checkpoint_built, tmp_path / "project")
     (project / "loss_all.yaml").write_text(yaml.safe_dump({"train": {"loss_on": "all"}}))
     assert plan(project, CHECKPOINT, configs=CONFIGS + ["loss_all.yaml"]) == {}
 
 
-def test_one_figure_alone(project):
+def test_one_figure_alone(figure_built):
     # A figure reads the cells table, which is built from every cell of the grid: so the whole grid (both
-    # blocks: the lone cell built above is not a whole block), the table, and this one figure; no other figure.
-    t0 = time.time()
-    ran = build(project, FIGURE)
+    # blocks: the lone cell built before is not a whole block), the table, and this one figure; no other figure.
+    project, ran = figure_built
     assert ran == {"eval": 2, "aggregate": 1, "figure_heatmap": 1}, ran
     stem = FIGURE[: -len(".png")]
     assert built(project, "results/figures") == {f"{stem}.{ext}" for ext in ("html", "png", "svg")}
     assert (project / "results/tables/cells.parquet").exists()
-    print(f"\none figure alone: {time.time() - t0:.0f}s")
 
 
 def test_forcerun_one_rule(project):
@@ -151,6 +157,6 @@ def test_seed_block_with_a_task_grid(project):
         multi, CELL, "results/eval/tiny/baseline/single/seed0/len1000/depth100.json"}
     cell = json.loads((project / multi).read_text())
     assert cell["task"] == "multi" and len(cell["needle_positions"]) == 3
-    # the whole grid: one eval job per variant and seed (the earlier essay edit left the checkpoint to rebuild)
+    # the whole grid: one eval job per variant and seed
     counts = plan(project, "results/tables/cells.parquet", configs=configs, extra=["--forcerun", "eval"])
     assert counts["eval"] == 2 and counts["aggregate"] == 1, counts

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from test_workflow import _job_counts, make_project
+from helpers import job_counts, make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -101,7 +101,7 @@ def dry_run_jobs(project: Path, env: dict, *args: str) -> tuple[dict, list[dict]
             res = dict(kv.split("=", 1) for kv in line.strip()[len("resources: "):].split(", "))
             jobs.append({"rule": rule, "resources": res, "threads": threads})
             rule = None
-    return _job_counts(out), jobs
+    return job_counts(out), jobs
 
 
 def resources_of(jobs: list[dict], rule: str) -> list[dict]:

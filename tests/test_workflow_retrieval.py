@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from test_workflow import make_project, prebuilt_data, snakemake
+from helpers import copy_project, snakemake
 
 OVERLAY = {
     "train": {"models": ["tiny"], "objective": "retrieval", "max_steps": 2, "warmup_steps": 0, "grad_accum": 1,
@@ -20,9 +20,9 @@ CONFIGS = ["--configfile", "config/config.yaml", "tests/configs/tiny.yaml", "ret
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, pg_raw, pg_paused, smollm2_dir, tiny_dir):
-    # the data stages come from the session's fixtures (same tiny config): this module tests what follows them
-    p = make_project(tmp_path_factory.mktemp("retrieval"), prebuilt_data(pg_raw, pg_paused, smollm2_dir, tiny_dir))
+def project(tmp_path_factory, data_project):
+    # the data stages come from the session's build (same tiny config): this module tests what follows them
+    p = copy_project(data_project, tmp_path_factory.mktemp("retrieval"))
     (p / "retrieval.yaml").write_text(yaml.safe_dump(OVERLAY))
     return p
 
