@@ -20,7 +20,7 @@ import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, run_cli
 from test_faults import CONFIGS, error_lines, ok, smk
-from test_workflow import make_project
+from helpers import make_project
 
 pytestmark = [pytest.mark.integration]
 

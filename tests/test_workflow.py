@@ -8,7 +8,6 @@ import pytest
 
 from conftest import ROOT
 from helpers import DATA_TARGETS, TINY_CONFIGS, copy_project, job_counts, snakemake
-from helpers import make_project  # noqa: F401  (tests/test_hostile.py on issue-29-names imports it from here)
 
 pytestmark = [pytest.mark.integration]
 
