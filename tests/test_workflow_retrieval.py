@@ -88,6 +88,26 @@ def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project):
     assert all((project / p).read_bytes() == data for p, data in kept.items())
 
 
+def test_token_level_checks_run_once_per_input(project):
+    """The DAG-time checks in the models' own tokens (seconds: transformers and a tokenizer load) are skipped when
+    they passed before with the same inputs, and never hide a failure: another config is checked again."""
+    marks = project / ".snakemake" / "pausetune-checks"
+    target = "results/checkpoints/tiny/pause/manifest.json"
+    snakemake(project, *CONFIGS, "-n", "--", target)
+    before = set(marks.iterdir())
+    assert len(before) >= 2  # eval budgets and examples fit
+    snakemake(project, *CONFIGS, "-n", "--", target)
+    assert set(marks.iterdir()) == before  # the same inputs: nothing new was checked
+    needle = "The " + "very " * 150 + "old keeper hid the zorbleflax under the stairs."  # fails in tokens only
+    (project / "too_long.yaml").write_text(yaml.safe_dump({"banks": {"train": {"extra": [
+        {"needle": needle, "question": "What did the keeper hide?", "answer": "zorbleflax"}]}}}))
+    for _ in range(2):  # a failure leaves no mark: the second call fails the same way
+        proc = snakemake(project, *CONFIGS, "too_long.yaml", "-n", "--", target, check=False)
+        assert proc.returncode == 1 and error_lines(proc)[0].startswith(
+            "config error: config key 'examples.lengths.min'"), said(proc)[-2000:]
+    assert set(marks.iterdir()) == before
+
+
 def test_damaged_adapter_noticed_while_the_dag_is_built(project):
     ckpt = "results/checkpoints/tiny/pause"
     target = f"{ckpt}/manifest.json"

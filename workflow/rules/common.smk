@@ -2,6 +2,7 @@ import sys
 
 from pausetune.core import layout
 from pausetune.core.banks import check_banks
+from pausetune.core.checks import once
 from pausetune.core.checkpoints import check_adapters
 from pausetune.core.config import snakemake_args, subset, validate as validate_config
 from pausetune.core.examples import check_config as check_examples, check_examples_fit
@@ -41,7 +42,7 @@ try:
     check_banks(config)
     check_examples(config)
     if workflow.is_main_process:
-        check_examples_fit(config, layout.MODELS)
+        once(layout.CHECKS, "examples fit", config, layout.MODELS, check_examples_fit, config, layout.MODELS)
 except PausetuneError as err:
     sys.exit(f"config error: {err}")
 

@@ -10,12 +10,14 @@ import shlex
 from pausetune.core.cells import EVAL_RESULT_KEYS
 from pausetune.core.grid import block_shape, eval_targets, grid_axes
 from pausetune.core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth
-from pausetune.core.checks import check_eval
+from pausetune.core.checks import check_eval, once
 
 try:
     # The tokenizer-level budget checks cost seconds; job steps (SLURM, --cores N subprocesses) re-parse this file
     # for every job, and the main process has already checked: they keep only the cheap config-level checks.
-    check_eval(config, prepared_root=layout.MODELS if workflow.is_main_process else None)
+    check_eval(config, prepared_root=None)
+    if workflow.is_main_process:  # the same in each model's tokens, unless it passed before with the same inputs
+        once(layout.CHECKS, "eval budgets", config, layout.MODELS, check_eval, config, prepared_root=layout.MODELS)
 except PausetuneError as e:
     sys.exit(f"config error: {e}")
 

@@ -165,3 +165,31 @@ def check_max_context(config: dict, model: str, model_dir: str | Path) -> None:
     if own and int(limit) > int(own):
         raise PausetuneError(f"config key 'models.{model}.max_context': {limit} exceeds the model's own window "
                              f"({own}, max_position_embeddings in {Path(path) / 'config.json'})")
+
+
+def once(store: str | Path, name: str, config: dict, models_root: str | Path, check, /, *args, **kwargs) -> None:
+    """Run a DAG-time check in the models' own tokens unless it passed before with the same inputs. Snakemake parses
+    the Snakefile afresh on every call, and such a check loads transformers and a tokenizer (about 4 s, more than
+    the rest of a `snakemake -n`). The key: the check, the whole config, the checking code (its fingerprint) and the
+    size and time of every prepared model's prepared.json (a re-prepared model is another input); a pass leaves an
+    empty file named by the key under `store`, a failure none, so a failing input is checked again every time."""
+    import hashlib
+    import json
+
+    from .fingerprint import fingerprint
+
+    h = hashlib.sha256(json.dumps({"check": name, "config": config, "code": fingerprint(check.__module__)},
+                                  sort_keys=True, default=str).encode())
+    for m in sorted(config.get("models") or {}):
+        f = Path(models_root) / m / "prepared.json"
+        try:
+            st = f.stat()
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}\0-\n".encode())
+    mark = Path(store) / h.hexdigest()
+    if mark.exists():
+        return
+    check(*args, **kwargs)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.touch()

@@ -28,6 +28,7 @@ CELLS_CACHE = "results/.cells"  # finished cells by id: not an output, so a fail
 TABLES = "results/tables"
 FIGURES = "results/figures"
 RUN_INFO = "results/run_info.json"  # the command that ran (Snakemake's onstart), for the page
+CHECKS = ".snakemake/pausetune-checks"  # DAG-time checks that passed, by their inputs (core.checks.once)
 BENCHMARKS = "benchmarks"
 
 MANIFEST = "manifest.json"  # a folder output's declared file: written last, so it exists only when the rest does
