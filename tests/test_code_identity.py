@@ -191,7 +191,7 @@ def test_fingerprint_ignores_docstrings_and_comments(tmp_path):
 def test_haystack_edit_misses_the_cache(project):
     before = cell(project)
     edit(project, "core/haystack.py", '"""', '"""Edited. ')  # a docstring: the cells stay what they are
-    smk(project, "--", TABLE, configs=CONFIGS)
+    build(project, TABLE, configs=CONFIGS)
     assert cell(project)["cell_id"] == before["cell_id"]
     edit(project, "core/haystack.py", "from __future__ import annotations\n",
          "from __future__ import annotations\n_EDITED = 1\n")  # code: a new identity
