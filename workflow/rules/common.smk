@@ -138,15 +138,6 @@ def code(stage):
     return [os.path.relpath(f) if os.path.abspath(root) == os.getcwd() else f for f in files]
 
 
-def figure_args(wc, kind, variant, reference):
-    """The `pausetune figures` arguments of one figure job ({name} = that wildcard's value)."""
-    value = lambda x: getattr(wc, x[1:-1]) if x.startswith("{") else x
-    args = ["--kind", value(kind), "--model", wc.model, "--task", wc.task]
-    args += ["--variant", wc.variant] if variant else []
-    args += ["--reference", value(reference)] if reference else []
-    return args
-
-
 def forced(path, args):
     """Does this snakemake command line (snakemake_args) rebuild `path` whatever its state: --force of it,
     --forcerun of it or of train, --forceall? Read from the line: Snakemake sets its DAG settings after this file."""
