@@ -150,8 +150,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT / "workflow"))
+    from pausetune.core.kernels import set_threads
+
+    set_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     dtypes = args.dtypes.split(",")
     res = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

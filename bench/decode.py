@@ -104,10 +104,10 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT / "workflow"))
     from pausetune.core.engine import Engine, Request
+    from pausetune.core.kernels import set_threads
     from pausetune.core.models import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_model(args.model_dir, args.dtype, "cpu")
     prompts = make_prompts(args.length, args.cells)
     T = args.new_tokens

@@ -67,6 +67,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
+
 ATTN_NAME = "pausetune"
 SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
 
@@ -160,26 +162,27 @@ def probing(row: int = 0):
 
 
 def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc)."""
+    """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc); the path
+    a call takes is core.kernels.attention_path's."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
     if _PROBE is not None:
         _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _query_row(query, key, scaling, _PROBE_ROW)))
-    if _ROWS is not None and q_len == 1:
+    path = attention_path(query.device.type, q_len, kv_len, attention_mask is not None, dropout, _ROWS is not None)
+    if path == "rows":
         return _rows_attention(query, key, value, scaling), None
-    if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
-        if query.device.type == "cpu":
-            out = _split_lower_right_cpu(query, key, value, scaling)
-        else:
-            from torch.nn.attention.bias import causal_lower_right
+    if path == "split_cpu":
+        return _split_lower_right_cpu(query, key, value, scaling).transpose(1, 2).contiguous(), None
+    if path == "lower_right":
+        from torch.nn.attention.bias import causal_lower_right
 
-            g = query.shape[1] // key.shape[1]
-            if g > 1:
-                key = key.repeat_interleave(g, dim=1)
-                value = value.repeat_interleave(g, dim=1)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(q_len, kv_len),
-                                                 scale=scaling)
+        g = query.shape[1] // key.shape[1]
+        if g > 1:
+            key = key.repeat_interleave(g, dim=1)
+            value = value.repeat_interleave(g, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(q_len, kv_len),
+                                             scale=scaling)
         return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   **kwargs)
@@ -203,59 +206,6 @@ def attention_impl(model, name: str):
     finally:
         if name != old:
             model.set_attn_implementation(old)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# fp32 linear kernels
-
-
-ONEDNN_MIN_ROWS = 16  # inputs of at least this many rows are "prefill" sized (core.models.LINEAR_CLASSES)
-
-
-def linear_route(route: dict, rows: int) -> str:
-    """The kernel ('mkl' | 'onednn') a route ({'prefill', 'decode'[, 'decode1']}) gives an fp32 linear whose input
-    has `rows` rows: >= 16 'prefill', 2..15 'decode', 1 'decode1' (the 'decode' route where the route has none:
-    records from before the one-row class, and core.models.linear_route_record, which omits it when equal)."""
-    if rows >= ONEDNN_MIN_ROWS:
-        return route.get("prefill", "mkl")
-    if rows == 1 and "decode1" in route:
-        return route["decode1"]
-    return route.get("decode", "mkl")
-
-
-@contextlib.contextmanager
-def linear_kernels(model, route: dict | None):
-    """Within: every fp32 nn.Linear of the model runs through oneDNN with a prepacked weight for the input-size
-    classes `route` gives 'onednn' (linear_route), through MKL (F.linear) otherwise. A no-op unless the model is
-    fp32 on a CPU and some class's route says oneDNN. The packed copies are dropped on exit."""
-    import torch.nn as nn
-
-    p = next(model.parameters())
-    use = {rows: linear_route(route, rows) == "onednn" for rows in (1, 2, ONEDNN_MIN_ROWS)} if route else {}
-    if not any(use.values()) or p.dtype != torch.float32 or p.device.type != "cpu":
-        yield
-        return
-    one, few, big = use[1], use[2], use[ONEDNN_MIN_ROWS]
-    pw = torch.ops.mkldnn._linear_pointwise
-    patched = []
-    for mod in model.modules():
-        if type(mod) is not nn.Linear or mod.weight.dtype != torch.float32:
-            continue
-        packed = torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), 512)
-
-        def fwd(x, mod=mod, packed=packed):
-            rows = x.numel() // x.shape[-1]
-            if (big if rows >= ONEDNN_MIN_ROWS else one if rows == 1 else few) and x.dtype == torch.float32:
-                return pw(x, packed, mod.bias, "none", [], "")
-            return F.linear(x, mod.weight, mod.bias)
-
-        mod.forward = fwd
-        patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            del mod.forward  # back to the class's forward
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -476,22 +426,10 @@ class Engine:
 
     def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, *, prefill_chunk: int, batch_size: int = 1,
                  reuse_prefix: bool = True, attn: str = ATTN_NAME, linear: str | dict | None = None):
-        from .models import warm_math_kernels
-
         warm_math_kernels()  # before the first forward: see its doc (a model need not come from load_model)
         self.model = model
-        # fp32 on a CPU: which linear kernels (None/'mkl': F.linear; 'onednn'; 'auto': the machine's measured
-        # choice, core.models.fp32_linear_kernels; or a {'prefill', 'decode'[, 'decode1']} route: linear_route)
         p = next(model.parameters())
-        if linear == "auto":
-            linear = None
-            if p.dtype == torch.float32 and p.device.type == "cpu":
-                from .models import fp32_linear_kernels
-
-                linear = fp32_linear_kernels()
-        elif isinstance(linear, str):
-            linear = {"prefill": linear, "decode": linear, "decode1": linear}
-        self.linear = linear
+        self.linear = engine_linear(linear, p.dtype, p.device.type)  # fp32 on a CPU: MKL or oneDNN, per size
         self.attn = attn  # "sdpa": stock attention for chunks on a cache too (the bench's ablation)
         self.eos = sorted(set(int(i) for i in eos_ids))
         self.max_new = int(max_new_tokens)
@@ -719,6 +657,11 @@ class Engine:
             dst._v.zero_()
             dst._set_length(n_max)
         return bc, n_max
+
+
+def is_oom(e: BaseException) -> bool:
+    """Out of device (or host) memory, as torch raises it."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def _sync_now(device) -> float:
