@@ -80,10 +80,10 @@ def grid_prompts(args, tok):
 
 
 def plan_grains(args, tok) -> int:
-    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.engine.prefill_plan)."""
+    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.kvcache.prefill_plan)."""
     from transformers import AutoConfig
 
-    from pausetune.core.engine import prefill_plan
+    from pausetune.core.kvcache import prefill_plan
 
     mcfg = AutoConfig.from_pretrained(args.model_dir)
     cells = grid_prompts(args, tok)
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference, prefill_plan
+    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference
+    from pausetune.core.kvcache import prefill_plan
     from pausetune.core.kernels import STOCK_ATTENTION, set_threads, torch_dtype
     from pausetune.core.models import load_model, load_tokenizer
 

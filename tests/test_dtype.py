@@ -102,3 +102,24 @@ def test_fp32_cells_record_the_linear_route(monkeypatch):
     monkeypatch.setattr(kernels_module, "fp32_linear_kernels",
                         lambda: {"prefill": "mkl", "decode": "onednn", "decode1": "mkl", "source": "probe"})
     assert cell_kernels("cpu", "float32")["linear_fp32"] == {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"}
+
+
+def test_autocast_only_over_fp32_weights_where_bf16_is_native():
+    from pausetune.core.kernels import autocast_dtype
+
+    assert autocast_dtype("auto", "float32", "cuda") == "bfloat16" and autocast_dtype("auto", "bfloat16", "cuda") is None
+    assert autocast_dtype("auto", "float32", "cpu") == ("bfloat16" if cpu_native_bf16() else None)
+    assert autocast_dtype("bfloat16", "float32", "cpu") == "bfloat16" and autocast_dtype("none", "float32", "cuda") is None
+
+
+def test_attention_path_per_call():
+    """The engine's attention takes the split lower-right path only for unpadded chunks on a cache; the trunk prefill
+    (q == kv), single decode steps and masked calls stay on the stock function, as `model.generate` runs them."""
+    from pausetune.core.kernels import STOCK_ATTENTION, attention_path
+
+    assert attention_path("cpu", 64, 192, False, 0.0, False) == "split_cpu"
+    assert attention_path("cuda", 64, 192, False, 0.0, False) == "lower_right"
+    assert attention_path("cpu", 1, 192, False, 0.0, True) == "rows"  # a batched decode step, row by row
+    for call in [(64, 64, False, 0.0, False), (1, 192, False, 0.0, False), (64, 192, True, 0.0, False),
+                 (64, 192, False, 0.1, False)]:
+        assert attention_path("cpu", *call) == attention_path("cuda", *call) == STOCK_ATTENTION

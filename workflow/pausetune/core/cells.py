@@ -1,5 +1,6 @@
 """A cell's identity and record: what determines its numbers (hashed into `cell_id`), the fields a cell file holds,
-and the finished-cell cache (`results/.cells/{cell_id}.json`) that a failed or recut block's rerun reads.
+and the finished-cell cache (`results/.cells/{cell_id}.json`) that a failed or recut block's rerun reads; a block's
+plan (its identity and which cells are done) and its prompts, built the one way eval and the benches build them.
 
 `cell_id` is the sha256 of everything that determines the cell: coordinates, task, prompt, eval settings that change
 answers (EVAL_RESULT_KEYS, the prefill grain and decode width among them: core.engine), pause and split settings,
@@ -136,8 +137,6 @@ def _depth_value(d: float):
 
 def timing_path(cell: Path, results: str) -> Path:
     return Path(layout.timing(str(cell), results))
-
-
 
 
 def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, seed: int, results: str,

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .io import PausetuneError, read_json, sha256_file
 
+
 def dir_hashes(d: Path) -> dict:
     return {str(p.relative_to(d)): sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()}
 

@@ -23,11 +23,11 @@ would get other log-probs and sometimes other words under the same identity. So 
    `batch_size` 1 the decode runs on the shared cache itself and is cropped back afterwards.
 Both knobs are therefore part of a cell's identity (stage eval), while prefix reuse itself changes no bit.
 
-Reuse is decided on token ids alone (longest common prefix with the cached ids), so it is correct by
-construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
+Reuse is decided on token ids alone (longest common prefix with the cached ids: core.kvcache.prefill_plan), so it
+is correct by construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
 
 Two things make the CPU path faster than stock HF:
-- The cache is a preallocated buffer (`BufferLayer`): appending writes in place and cropping moves a length,
+- The cache is a preallocated buffer (core.kvcache.BufferCache): appending writes in place and cropping moves a length,
   instead of `torch.cat` copying the whole cache on every forward (which costs as much as a decode step on a CPU).
 - A chunk of `q` new tokens on top of `past` cached ones needs a lower-right causal mask. HF builds it as an
   explicit `q x (past+q)` boolean mask, and SDPA with an explicit mask runs a kernel that computes every masked
@@ -65,9 +65,10 @@ from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
 from .kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
+from .kvcache import BufferCache, crop_to, num_layers, prefill_plan, supports_buffer_cache
 
 ATTN_NAME = "pausetune"
 SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
@@ -209,98 +210,6 @@ def attention_impl(model, name: str):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Cache
-
-
-class BufferLayer(DynamicLayer):
-    """A DynamicLayer backed by a preallocated buffer: in-place appends, O(1) crops, views as keys/values."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = int(capacity)
-        self.length = 0
-        self._k = self._v = None
-
-    def allocate(self, batch: int, heads: int, head_dim: int, v_dim: int, dtype, device) -> None:
-        self._k = torch.empty((batch, heads, self.capacity, head_dim), dtype=dtype, device=device)
-        self._v = torch.empty((batch, heads, self.capacity, v_dim), dtype=dtype, device=device)
-        self.device = device
-        self.is_initialized = True
-        self._set_length(0)
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        b, h, _, d = key_states.shape
-        self.allocate(b, h, d, value_states.shape[-1], key_states.dtype, key_states.device)
-
-    def _set_length(self, n: int) -> None:
-        self.length = n
-        self.keys = self._k[:, :, :n]
-        self.values = self._v[:, :, :n]
-
-    def _grow(self, need: int) -> None:
-        cap = max(need, self.capacity * 2)
-        k, v = self._k, self._v
-        self._k = torch.empty((*k.shape[:2], cap, k.shape[3]), dtype=k.dtype, device=k.device)
-        self._v = torch.empty((*v.shape[:2], cap, v.shape[3]), dtype=v.dtype, device=v.device)
-        self._k[:, :, :self.length] = k[:, :, :self.length]
-        self._v[:, :, :self.length] = v[:, :, :self.length]
-        self.capacity = cap
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n = key_states.shape[-2]
-        end = self.length + n
-        if end > self.capacity:
-            self._grow(end)
-        self._k[:, :, self.length:end] = key_states
-        self._v[:, :, self.length:end] = value_states
-        self._set_length(end)
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:  # HF 5.x convention: negative = remove that many
-            tokens_to_remove = -(self.length - tokens_to_remove)
-        if self.is_initialized:
-            self._set_length(max(0, self.length + tokens_to_remove))
-
-    def truncate(self, n: int) -> None:
-        if self.is_initialized:
-            self._set_length(min(n, self.length))
-
-class BufferCache(Cache):
-    def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[BufferLayer(capacity) for _ in range(num_layers)])
-
-    def truncate(self, n: int) -> None:
-        for layer in self.layers:
-            layer.truncate(n)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[layer_idx].get_seq_length() if self.layers else 0
-
-
-def _num_layers(model) -> int:
-    cfg = model.config.get_text_config(decoder=True)
-    return int(cfg.num_hidden_layers)
-
-
-def supports_buffer_cache(model) -> bool:
-    """Full-attention decoders only (no sliding-window or linear-attention layers)."""
-    cfg = model.config.get_text_config(decoder=True)
-    types = getattr(cfg, "layer_types", None)
-    if types and any(t != "full_attention" for t in types):
-        return False
-    return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Engine
 
 
@@ -329,13 +238,6 @@ class Result:
     new_ids: list[int]
     timing: dict = field(default_factory=dict)
     measures: dict | None = None
-
-
-def _cut(cache, n: int) -> None:
-    if hasattr(cache, "truncate"):
-        cache.truncate(n)
-    elif cache.get_seq_length() > n:
-        cache.crop(n - cache.get_seq_length())  # HF 5.x: a negative count removes that many tokens
 
 
 def _r(x: float) -> float:
@@ -390,35 +292,6 @@ def eos_ids_of(model, tokenizer) -> list[int]:
             continue
         ids.update([src] if isinstance(src, int) else list(src))
     return sorted(ids)
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    ta = torch.as_tensor(a[:n])
-    tb = torch.as_tensor(b[:n])
-    diff = (ta != tb).nonzero()
-    return int(diff[0, 0]) if len(diff) else n
-
-
-def prefill_plan(prompts: list[list[int]], shareable: list[int], grain: int, reuse: bool = True
-                 ) -> tuple[list[int], list[tuple[int, int]]]:
-    """What the engine prefills for a block, from token ids alone: the trunk (the longest shareable prefix cut down to
-    whole chunks of `grain`), then each prompt (index) in the order computed and the tokens it borrows from what the
-    cache holds then: the common prefix with the prompt before it (or the trunk), cut down to whole chunks and to
-    at most its length - 1. Without reuse: no trunk, nothing borrowed."""
-    if not reuse:
-        return [], [(i, 0) for i in range(len(prompts))]
-    whole = lambda n: n // grain * grain
-    lend = [whole(min(s, len(p) - 1)) for p, s in zip(prompts, shareable)]
-    t = max(range(len(prompts)), key=lambda i: (lend[i], -i))
-    trunk = list(prompts[t][:lend[t]])
-    steps, cached = [], trunk
-    for i in sorted(range(len(prompts)), key=lambda i: (-_lcp(trunk, prompts[i]), i)):
-        steps.append((i, whole(min(_lcp(cached, prompts[i]), len(prompts[i]) - 1))))
-        cached = prompts[i]
-    return trunk, steps
 
 
 class Engine:
@@ -544,7 +417,7 @@ class Engine:
 
     def _run_buffer(self, requests):
         cap = max(len(r.ids) for r in requests) + self.max_new + 1
-        cache = BufferCache(_num_layers(self.model), cap)
+        cache = BufferCache(num_layers(self.model), cap)
         trunk, steps = prefill_plan([r.ids for r in requests], [r.shareable for r in requests], self.chunk,
                                     self.reuse)
         t0 = self._now()
@@ -614,7 +487,7 @@ class Engine:
                     x = torch.tensor([a[:-1]], dtype=torch.long, device=self.device)
                     pos = torch.arange(n, n + len(a) - 1, device=self.device).unsqueeze(0)
                     lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
-                    _cut(cache, n)
+                    crop_to(cache, n)
                 if len(a) > 1:
                     lp = torch.log_softmax(lg.float(), -1)
                     idx = torch.arange(len(a) - 1, device=lp.device)
@@ -634,12 +507,12 @@ class Engine:
         (logits of every position, [layers, n] attention rows)."""
         last = n - 1
         saved = [(layer.keys[:, :, last:n].clone(), layer.values[:, :, last:n].clone()) for layer in cache.layers]
-        _cut(cache, last)
+        crop_to(cache, last)
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         pos = torch.arange(last, last + len(ids), device=self.device).unsqueeze(0)
         with attention_impl(self.model, ATTN_NAME), probing(0) as rows:
             lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
-        _cut(cache, n)
+        crop_to(cache, n)
         for layer, (k, v) in zip(cache.layers, saved):
             layer.keys[:, :, last:n] = k
             layer.values[:, :, last:n] = v

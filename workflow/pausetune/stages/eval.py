@@ -38,8 +38,16 @@ from pathlib import Path
 
 from ..core import layout
 from ..core.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_path, timing_record
+from ..core.checkpoints import load_variant
+from ..core.checks import check_block, check_budgets, check_judge
 from ..core.config import EvalConfig, ShardsConfig
+from ..core.design import CHECKPOINT, PAUSED, format_depth, parse_depth
+from ..core.grid import cell_path, task_axes
+from ..core.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
 from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json
+from ..core.kernels import set_threads
+from ..core.models import load_tokenizer
+from ..core.scoring import make_judge, score_cell
 
 
 def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict) -> None:
@@ -61,15 +69,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
               device: str | None = None, force: bool = False, log=print) -> dict:
     """Evaluate one block, cells (task, length, depth) of one haystack seed: plan (what is done) -> load -> prompts
     -> generate -> store. Returns {computed, cached, skipped, rescored}."""
-    from ..core.checkpoints import load_variant
-    from ..core.checks import check_block, check_budgets, check_judge
-    from ..core.design import PAUSED, format_depth
-    from ..core.engine import Engine, Request, eos_ids_of
-    from ..core.grid import cell_path
-    from ..core.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
-    from ..core.kernels import set_threads
-    from ..core.models import load_tokenizer
-    from ..core.scoring import make_judge, score_cell
+    from ..core.engine import Engine, Request, eos_ids_of  # torch: imported when a block runs
 
     # 1. Plan: the block's identity, and which of its cells are done (in place, or in the finished-cell cache).
     ev, evc = config["eval"], EvalConfig.of(config)
@@ -87,7 +87,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     counts = plan.counts
     if plan.restale or plan.todo:
         check_judge(ev.get("judge"))  # before any model loads
-    rescore(plan, config, judge_model_dir, cache_root, results)
+    _rescore(plan, config, judge_model_dir, cache_root, results)
     rescored = f", {counts['rescored']} rescored" if counts["rescored"] else ""
     if not plan.todo:
         log(f"eval {model}/{variant} seed{seed}: nothing to do ({counts['skipped']} done, {counts['cached']} "
@@ -119,7 +119,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                     linear=plan.ident["kernels"].get("linear_fp32"))
     judge_call = make_judge(config, judge_model_dir, plan.dtype, plan.device)
     t_block = time.perf_counter()
-    with out_of_memory_as_error(engine, plan, {n for _, n, *_ in todo.values()}) as done_lengths:
+    with _out_of_memory_as_error(engine, plan, {n for _, n, *_ in todo.values()}) as done_lengths:
         for res in engine.run(requests):
             t, n, d, out, inst, cp = todo[res.key]
             answer = tok.decode(res.new_ids, skip_special_tokens=True).strip()
@@ -138,10 +138,8 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     return counts
 
 
-def rescore(plan, config: dict, judge_model_dir, cache_root: Path, results: str) -> None:
+def _rescore(plan, config: dict, judge_model_dir, cache_root: Path, results: str) -> None:
     """Cells answered by this generation code but scored by other scoring code: scored again, answers kept."""
-    from ..core.scoring import make_judge, score_cell
-
     if plan.restale:
         call = make_judge(config, judge_model_dir, plan.dtype, plan.device)
         for data, out in plan.restale:
@@ -150,7 +148,7 @@ def rescore(plan, config: dict, judge_model_dir, cache_root: Path, results: str)
 
 
 @contextlib.contextmanager
-def out_of_memory_as_error(engine, plan, lengths: set[int]):
+def _out_of_memory_as_error(engine, plan, lengths: set[int]):
     """Within: out of memory is one line naming the first length not finished (the yielded set holds the finished
     ones) and the batch; the cells stored before stay."""
     from ..core.engine import is_oom
@@ -201,9 +199,6 @@ def add_arguments(p) -> None:
 
 def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depths: list[str] | None) -> list:
     """The cells a CLI call evaluates: the given lengths x depths, or each task's configured grid."""
-    from ..core.design import parse_depth
-    from ..core.grid import task_axes
-
     out = []
     for t in tasks:  # unknown task names: run_block's check_block says so
         ls, ds = task_axes(config, t) if lengths is None or depths is None else (None, None)
@@ -214,8 +209,6 @@ def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depth
 
 
 def main(args, config: dict) -> int:
-    from ..core.design import CHECKPOINT
-
     ev = config["eval"]
     if args.threads:
         ev["threads"] = args.threads
