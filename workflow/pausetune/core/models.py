@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import filled
 from .io import PausetuneError, read_json
-from .kernels import STOCK_ATTENTION, default_device, torch_dtype, warm_math_kernels
+from .kernels import STOCK_ATTENTION, default_device, warm_math_kernels, weights_dtype
 
 
 def model_entry(config: dict, name: str) -> dict:
@@ -82,18 +82,16 @@ def load_model(model_dir: str | Path, dtype: str = "auto", device: str | None = 
     warm_math_kernels()
     path, info = resolve_path(model_dir)
     device = device or default_device()
-    kwargs = {"dtype": torch_dtype(dtype, device), "use_safetensors": True,
+    kwargs = {"dtype": weights_dtype(dtype, device, quantization), "use_safetensors": True,
               "trust_remote_code": info.get("trust_remote_code") is True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization == "nf4":
-        import torch
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["dtype"] = torch.bfloat16
+            bnb_4bit_compute_dtype=kwargs["dtype"])
         kwargs["device_map"] = {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
