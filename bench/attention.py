@@ -106,7 +106,8 @@ def model_case(model_dir: str, dtype_name: str, n: int, repeat: int) -> dict:
     sys.path.insert(0, str(ROOT / "workflow"))
     sys.path.insert(0, str(ROOT / "bench"))
     from eval_grid import prefill_flops
-    from pausetune.core.engine import ATTN_NAME, BufferCache, Engine, _num_layers, attention_impl
+    from pausetune.core.engine import ATTN_NAME, Engine, attention_impl
+    from pausetune.core.kvcache import BufferCache, num_layers
     from pausetune.core.models import load_model
 
     model = load_model(model_dir, dtype_name, "cpu")
@@ -114,12 +115,12 @@ def model_case(model_dir: str, dtype_name: str, n: int, repeat: int) -> dict:
     ids = [rng.randrange(1000, 20000) for _ in range(n)]
     p = n // 2
     eng = Engine(model, [], 1, prefill_chunk=n)  # one chunk per call: the kernels, not the grain
-    cache = BufferCache(_num_layers(model), n + 8)
+    cache = BufferCache(num_layers(model), n + 8)
     with torch.inference_mode(), attention_impl(model, ATTN_NAME):
         eng._forward(ids[:p], cache, 0)
 
         def plain():
-            c = BufferCache(_num_layers(model), n + 8)
+            c = BufferCache(num_layers(model), n + 8)
             eng._forward(ids, c, 0)
 
         def chunk():
@@ -150,8 +151,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT / "workflow"))
+    from pausetune.core.kernels import set_threads
+
+    set_threads(args.threads)
     lengths = [int(x) for x in args.lengths.split(",")]
     dtypes = args.dtypes.split(",")
     res = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -44,7 +44,8 @@ def profile_decode(model, prompts: list[list[int]], bs: int, new_tokens: int, li
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pausetune.core.engine import ATTN_NAME, BufferCache, Engine, _num_layers, attention_impl
+    from pausetune.core.engine import ATTN_NAME, Engine, attention_impl
+    from pausetune.core.kvcache import BufferCache, num_layers
 
     eng = Engine(model, [], new_tokens, batch_size=bs, linear=linear, prefill_chunk=max(map(len, prompts)))
     rows = prompts[:bs]
@@ -52,7 +53,7 @@ def profile_decode(model, prompts: list[list[int]], bs: int, new_tokens: int, li
     with torch.inference_mode(), attention_impl(model, ATTN_NAME), eng.linear_kernels():
         firsts, caches = [], []
         for ids in rows:
-            c = BufferCache(_num_layers(model), len(ids) + new_tokens + 1)
+            c = BufferCache(num_layers(model), len(ids) + new_tokens + 1)
             firsts.append(eng._forward(ids, c, 0).argmax(-1))
             caches.append(c)
         if bs == 1:
@@ -104,10 +105,10 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(ROOT / "workflow"))
     from pausetune.core.engine import Engine, Request
+    from pausetune.core.kernels import set_threads
     from pausetune.core.models import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_model(args.model_dir, args.dtype, "cpu")
     prompts = make_prompts(args.length, args.cells)
     T = args.new_tokens

@@ -56,11 +56,12 @@ def prefill_flops(cfg, start: int, end: int) -> float:
     return 2 * per_layer * layers * n + 4 * layers * cfg.num_attention_heads * hd * attended
 
 
-def build_prompts(args, tok):
+def grid_prompts(args, tok):
+    """The grid's cells as eval builds them (core.cells.build_prompts), on a real or a random-token haystack."""
     sys.path.insert(0, str(ROOT / "workflow"))
+    from pausetune.core.cells import build_prompts
     from pausetune.core.config import load_config
-    from pausetune.core.cells import cell_prompts
-    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.haystack import build_stream, essay_order, haystack_ids, load_essays
 
     config = load_config([str(ROOT / "config" / "config.yaml")], json.dumps({
         "models": {"bench": {"source": {"kind": "path", "path": str(args.model_dir)}, "chat_template": True}},
@@ -73,22 +74,19 @@ def build_prompts(args, tok):
         rng = random.Random(args.seed)
         period = tok.encode(".", add_special_tokens=False)[0]
         stream = [period if rng.random() < 0.05 else rng.randrange(1000, 20000) for _ in range(need)]
-    builder = PromptBuilder(tok, config, "bench")
     grid = [(args.task, n, d) for n in args.lengths for d in args.depths]
-    cells = [((n, d), cp, inst) for (_, n, d), (inst, cp) in
-             zip(grid, cell_prompts(builder, stream, config | {"seed": 0}, args.seed, grid))]
-    args.prompt_format = builder.format
-    return cells
+    args.prompt_format, prompts = build_prompts(tok, config | {"seed": 0}, "bench", stream, args.seed, grid)
+    return [((n, d), cp, inst) for (_, n, d), (inst, cp) in zip(grid, prompts)]
 
 
 def plan_grains(args, tok) -> int:
-    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.engine.prefill_plan)."""
+    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.kvcache.prefill_plan)."""
     from transformers import AutoConfig
 
-    from pausetune.core.engine import prefill_plan
+    from pausetune.core.kvcache import prefill_plan
 
     mcfg = AutoConfig.from_pretrained(args.model_dir)
-    cells = build_prompts(args, tok)
+    cells = grid_prompts(args, tok)
     blocks: dict = {}
     for (n, _), cp, _ in cells:
         blocks.setdefault(n, []).append(cp)
@@ -152,13 +150,13 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference, prefill_plan
+    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference
+    from pausetune.core.kvcache import prefill_plan
+    from pausetune.core.kernels import STOCK_ATTENTION, set_threads, torch_dtype
     from pausetune.core.models import load_model, load_tokenizer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.device.startswith("cuda")
-                                                           else torch.float32)
+    set_threads(args.threads)
+    dtype = torch_dtype(args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"), args.device)
     tok = load_tokenizer(args.model_dir)
     if args.plan_grains is not None:
         return plan_grains(args, tok)
@@ -169,10 +167,10 @@ def main(argv=None) -> int:
         cfg = LlamaConfig(**SHAPES[args.random_shape], bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
         with torch.device(args.device):  # random weights of the real shape, built in place in bf16 (no download)
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa").eval()
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=STOCK_ATTENTION).eval()
     else:
         model = load_model(args.model_dir, str(dtype).replace("torch.", ""), args.device)
-    cells = build_prompts(args, tok)
+    cells = grid_prompts(args, tok)
     eos = eos_ids_of(model, tok)
     prompt_tokens = sum(len(cp.ids) for _, cp, _ in cells)
     out = {"model": args.random_shape or str(args.model_dir), "device": args.device, "dtype": str(dtype),

@@ -61,7 +61,7 @@ def parse(argv=None):
     src.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of a real architecture's shape")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="auto: bf16 on GPU and on CPUs with native bf16, else fp32 (core.models.torch_dtype)")
+                   help="auto: bf16 on GPU and on CPUs with native bf16, else fp32 (core.kernels.torch_dtype)")
     p.add_argument("--autocast", default="none", choices=["auto", "none", "bfloat16"],
                    help="ours: train.autocast (bf16 matmuls over fp32 weights); the Trainer side uses its bf16 flag")
     p.add_argument("--quantization", default="none", choices=["none", "nf4"])
@@ -97,7 +97,8 @@ def load_base(args, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from pausetune.core.models import load_model, torch_dtype
+    from pausetune.core.kernels import STOCK_ATTENTION, torch_dtype
+    from pausetune.core.models import load_model
 
     if args.model_dir:
         return load_model(args.model_dir, args.dtype, device, args.quantization)
@@ -115,7 +116,7 @@ def load_base(args, device):
             json.dump({"name": args.random_shape, "kind": "random", "path": "."}, f)
         return load_model(tmp, args.dtype, device, "nf4")
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=STOCK_ATTENTION)
     return model
 
 
@@ -139,12 +140,11 @@ def sync(device):
 def run_one(args, impl: str) -> dict:
     import torch
 
-    from pausetune.core.models import default_device
+    from pausetune.core.kernels import default_device, set_threads
     from pausetune.core.lora import make_optimizer, prepare_peft
     from pausetune.core.objectives import train_step
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = args.device or default_device()
     cfg = train_cfg(args)
     t0 = time.perf_counter()
@@ -164,7 +164,7 @@ def run_one(args, impl: str) -> dict:
     if impl == "ours":
         import contextlib
 
-        from pausetune.core.lora import autocast_dtype
+        from pausetune.core.kernels import autocast_dtype
 
         amp_dtype = autocast_dtype(args.autocast, info["dtype"], str(device))
 

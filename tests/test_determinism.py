@@ -5,7 +5,7 @@ function's first call; when torch splits the first large `cos` (the RoPE table o
 two threads, the two first calls race and one thread can compute its half on another path, 1 ulp off in fp32. The
 same SmolLM2 tuned cell then gave three different answer log-probs in fresh processes. It showed only with other
 work just before the forward (an MKL GEMM, as a LoRA merge does, and a parquet read, as eval's haystack load does):
-3 of 10 and 4 of 8 fresh processes computed another RoPE table. `core.models.warm_math_kernels` (run by
+3 of 10 and 4 of 8 fresh processes computed another RoPE table. `core.kernels.warm_math_kernels` (run by
 `load_model` and `Engine`) settles every path on one thread first.
 """
 from __future__ import annotations

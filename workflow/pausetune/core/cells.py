@@ -1,5 +1,6 @@
 """A cell's identity and record: what determines its numbers (hashed into `cell_id`), the fields a cell file holds,
-and the finished-cell cache (`results/.cells/{cell_id}.json`) that a failed or recut block's rerun reads.
+and the finished-cell cache (`results/.cells/{cell_id}.json`) that a failed or recut block's rerun reads; a block's
+plan (its identity and which cells are done) and its prompts, built the one way eval and the benches build them.
 
 `cell_id` is the sha256 of everything that determines the cell: coordinates, task, prompt, eval settings that change
 answers (EVAL_RESULT_KEYS, the prefill grain and decode width among them: core.engine), pause and split settings,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout
@@ -103,6 +105,7 @@ def _entry(entry: dict | None) -> dict | None:
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
                    dtype: str, device_type: str) -> dict:
     from .design import PAUSED
+    from .kernels import cell_kernels
 
     ev = config["eval"]
     ident = {
@@ -113,36 +116,11 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
         "split": {"seed": config["seed"], **{k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}},
         "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
         "dtype": dtype, "device_type": device_type, "versions": versions(),
-        "code_generate": code_identity()["generate"], "kernels": kernels(device_type, dtype),
+        "code_generate": code_identity()["generate"], "kernels": cell_kernels(device_type, dtype),
     }
     if ev.get("judge") and ev["judge"].get("kind") == "local":
         ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
     return ident
-
-
-def kernels(device_type: str, dtype: str | None = None) -> dict:
-    """The kernel family a cell's numbers come from: on a CPU torch dispatches GEMMs and attention by the
-    instruction set (AVX2 / AVX512 / AMX paths round differently) and splits them by thread count, so both are
-    part of a cell's identity; in fp32 on
-    a CPU also the linear kernels (MKL or oneDNN, per input size) the machine measured fastest
-    (core.models.fp32_linear_kernels), which the engine then uses."""
-    import torch
-
-    out = {"attention": "pausetune split flash (chunks on a cache), sdpa elsewhere"}
-    if device_type == "cpu":
-        out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        # A GEMM's reduction is split by thread: 1 and 2 threads give different bf16 log-probs for the same cell
-        # (SmolLM2 pause-tuned, 2K, depth 50: -3.559 vs -3.428), so a cell made with other threads is another cell.
-        out["threads"] = torch.get_num_threads()
-        from .models import cpu_native_bf16, fp32_linear_kernels, linear_route_record
-
-        out["native_bf16"] = cpu_native_bf16()
-        if dtype == "float32":
-            out["linear_fp32"] = linear_route_record(fp32_linear_kernels())
-    elif device_type == "cuda":
-        out["cuda"] = torch.version.cuda
-        out["device"] = torch.cuda.get_device_name()
-    return out
 
 
 def cell_id(block_ident: dict, task_spec: dict, task: str, seed: int, length: int, depth: float) -> str:
@@ -159,8 +137,6 @@ def _depth_value(d: float):
 
 def timing_path(cell: Path, results: str) -> Path:
     return Path(layout.timing(str(cell), results))
-
-
 
 
 def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, seed: int, results: str,
@@ -204,43 +180,107 @@ def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, se
     return todo, restale, counts
 
 
-def cell_prompts(builder, stream: list[int], config: dict, seed: int, cells: list, bank=None) -> list:
-    """(task instance, prompt) of each (task, length, depth) cell: the one way eval and the benches build them."""
+@dataclass
+class BlockPlan:
+    """One block of cells: what it is (identity, device, dtype) and what of it is left to do (scan)."""
+    model: str
+    variant: str
+    seed: int
+    device: str
+    dtype: str  # what the model loads with: eval.dtype, or the model entry's (kernels.load_dtype)
+    dtype_resolved: str  # what that is here, part of every cell's identity (kernels.dtype_name)
+    device_type: str
+    adapter_sha: str | None
+    ident: dict
+    todo: list  # [(task, length, depth, cell_id, path)]
+    restale: list  # [(cell, path)]: answered by this code, scored by other code
+    counts: dict  # {computed, cached, skipped, rescored}
+
+    def pending_grid(self) -> dict:
+        """{task: {lengths, depths}} of the cells left to compute (what the budget check must pass)."""
+        grid: dict[str, dict] = {}
+        for t, n, d, _, _ in self.todo:
+            g = grid.setdefault(t, {"lengths": set(), "depths": set()})
+            g["lengths"].add(n)
+            g["depths"].add(d)
+        return {t: {k: sorted(v) for k, v in g.items()} for t, g in grid.items()}
+
+
+def plan_block(config: dict, *, model: str, variant: str, cells: list, seed: int, model_dir, haystack: list[str],
+               checkpoint, results: str, cache_root: Path, device: str | None, force: bool) -> BlockPlan:
+    """The block's device and dtype, its identity, and which of its cells are done (in place or in the cache)."""
+    import torch
+
+    from .checkpoints import check_checkpoint, checkpoint_adapter_hash
+    from .config import EvalConfig
+    from .design import CHECKPOINT
+    from .kernels import default_device, dtype_name, load_dtype
+    from .models import model_entry
+
+    evc = EvalConfig.of(config)
+    device = device or evc.device or default_device()
+    dtype = load_dtype(evc.dtype, model_entry(config, model)["dtype"])
+    resolved, device_type = dtype_name(dtype, device), torch.device(device).type
+    adapter = None
+    if variant in CHECKPOINT and checkpoint:
+        check_checkpoint(checkpoint, variant, config)
+        adapter = checkpoint_adapter_hash(checkpoint)
+    ident = block_identity(config, model, variant, model_dir, haystack, adapter, resolved, device_type)
+    todo, restale, counts = scan(cells, ident, config, model=model, variant=variant, seed=seed, results=results,
+                                 cache_root=cache_root, force=force)
+    return BlockPlan(model, variant, seed, device, dtype, resolved, device_type, adapter, ident, todo, restale, counts)
+
+
+def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, cells: list, pause_ids=None
+                  ) -> tuple[str, list]:
+    """The prompt format and the (task instance, prompt) of each (task, length, depth) cell on a haystack stream:
+    the one way eval and the benches build them (a bank task's needles come from the eval bank)."""
+    from .haystack import PromptBuilder
     from .needles import build_task
 
+    bank = None
+    if any(config["tasks"][t].get("bank") for t, _, _ in cells):
+        from .banks import check_banks
+
+        bank = check_banks(config)[1]
+    builder = PromptBuilder(tok, config, model, pause_ids)
     out = []
     for t, n, d in cells:
         inst = build_task(t, config["tasks"][t], config["seed"], seed, n, d, bank=bank)
         out.append((inst, builder.build(stream, n, d, inst.needles, inst.question, task=t)))
-    return out
+    return builder.format, out
 
 
-def cell_record(*, key: str, answer: str, new_ids: list, measures: dict | None, inst, cp, task: str, seed: int,
-                length: int, depth: float, model: str, variant: str, config: dict, prompt_format: str,
-                haystack: dict, adapter_sha: str | None, ident: dict, dtype: str, device_type: str,
-                versions: dict) -> dict:
-    """The cell file's fields (unscored): coordinates, prompt facts, answer, provenance, measures."""
-    spec = config["tasks"][task]
+def cell_record(plan: "BlockPlan", res, answer: str, inst, cp, task: str, length: int, depth: float, config: dict,
+                prompt_format: str, haystack: dict) -> dict:
+    """The cell file's fields (unscored): coordinates, prompt facts, answer, provenance, measures. res: the engine's
+    Result for this cell."""
+    spec, ident = config["tasks"][task], plan.ident
     cell = {
-        "cell_id": key, "model": model, "variant": variant, "task": task, "kind": inst.kind, "seed": seed,
-        "length": int(length), "depth": _depth_value(depth),
+        "cell_id": res.key, "model": plan.model, "variant": plan.variant, "task": task, "kind": inst.kind,
+        "seed": plan.seed, "length": int(length), "depth": _depth_value(depth),
         "context_tokens": len(cp.ids), "haystack_tokens": cp.haystack_tokens,
         "needle_tokens": cp.needle_tokens, "needle_positions": cp.needle_positions,
         "needle_depths": cp.needle_depths, "depth_actual": cp.depth_actual,
         "needles": inst.needles, "question": inst.question,
         "expected": [[f] for f in inst.facts] if inst.kind not in ("single", "multi") or spec.get("bank")
         else spec["expected"],
-        "facts": inst.facts, "reference": inst.reference, "answer": answer, "answer_tokens": len(new_ids),
+        "facts": inst.facts, "reference": inst.reference, "answer": answer, "answer_tokens": len(res.new_ids),
         "prompt_sha256": cp.sha256(), "prompt_format": prompt_format,
-        "haystack": haystack, "adapter_sha256": adapter_sha, "model_sha256": ident["model_sha256"],
-        "dtype": dtype, "device_type": device_type, "versions": versions,
+        "haystack": haystack, "adapter_sha256": plan.adapter_sha, "model_sha256": ident["model_sha256"],
+        "dtype": plan.dtype_resolved, "device_type": plan.device_type, "versions": ident["versions"],
         "eval": {k: config["eval"].get(k) for k in EVAL_RESULT_KEYS if k != "judge"},
         "code": {"generate": ident["code_generate"]}, "kernels": ident["kernels"],
     }
     if inst.keys:
         cell["ruler"] = inst.keys
-    cell.update(measure_fields(inst, measures))
+    cell.update(measure_fields(inst, res.measures))
     return cell
+
+
+def timing_record(device: str, timing: dict) -> dict:
+    """What a run measured for one cell (its timing file, never the cell): the device and the engine's timings."""
+    return {"device": str(device), **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in timing.items()}}
 
 
 def store(cell: dict, out: Path, cache_root: Path, results: str, timing: dict | None = None) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from .io import PausetuneError, read_json, sha256_file
 
+
 def dir_hashes(d: Path) -> dict:
     return {str(p.relative_to(d)): sha256_file(p) for p in sorted(d.rglob("*")) if p.is_file()}
 
@@ -49,7 +50,8 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .models import default_device, load_model
+    from .kernels import default_device
+    from .models import load_model
     from .tokens import fit_embeddings, tokenizer_fingerprint
 
     ckpt_dir = Path(ckpt_dir)
@@ -74,3 +76,48 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
         model = model.merge_and_unload()
     model.eval()
     return model, tok, manifest
+
+
+def check_checkpoint(checkpoint, variant: str, config: dict) -> dict:
+    """A tuned variant's checkpoint, before anything loads: its manifest's variant is the one the eval variant needs,
+    and (paused variants) its pause settings are the config's: the markers the haystack gets must be those the
+    adapter was trained with. One line otherwise; returns the manifest."""
+    from .config import PauseConfig
+    from .design import CHECKPOINT, PAUSED
+
+    mf = read_json(Path(checkpoint) / "manifest.json")
+    if mf.get("variant") not in (None, CHECKPOINT[variant]):
+        raise PausetuneError(f"{checkpoint}: a '{mf.get('variant')}' checkpoint, variant {variant} needs "
+                             f"'{CHECKPOINT[variant]}'")
+    if PAUSED[variant]:
+        trained, asked = PauseConfig.from_dict(mf.get("pause") or {}), PauseConfig.of(config)
+        if trained != asked:
+            raise PausetuneError(f"{checkpoint}: trained with pause {trained.to_dict()}, config 'pause' is "
+                                 f"{asked.to_dict()}: retrain it, or set config 'pause' back")
+    return mf
+
+
+def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, dtype: str, device: str):
+    """An eval variant's model and tokenizer: the base (`baseline`; `pause-prompt` with the pause token added, its
+    embedding row the exact mean), or the base with the variant's checkpoint merged (`pause-tuned`, `plain-tuned`).
+    Returns (model, tokenizer, pause_ids or None); the checkpoint was checked when the block was planned
+    (check_checkpoint, checkpoint_adapter_hash)."""
+    from .design import CHECKPOINT, PAUSED
+    from .models import load_model, load_tokenizer
+    from .tokens import fit_embeddings, setup_pause
+
+    if variant in CHECKPOINT:
+        if not checkpoint:
+            raise PausetuneError(f"eval {variant}: --checkpoint results/checkpoints/{model}/{CHECKPOINT[variant]} "
+                                 "is required")
+        net, tok, _ = load_checkpoint(model_dir, checkpoint, dtype=dtype, device=device)
+    else:
+        tok = load_tokenizer(model_dir)
+        net = load_model(model_dir, dtype, device)
+    pause_ids = None
+    if PAUSED[variant]:
+        pause_ids = setup_pause(tok, config["pause"])
+        fit_embeddings(net, tok)  # no-op unless the tokenizer grew (pause-prompt, special mode)
+    if net.get_input_embeddings().weight.shape[0] < len(tok):
+        raise PausetuneError(f"model '{model}': embedding has fewer rows than the tokenizer ({len(tok)})")
+    return net, tok, pause_ids

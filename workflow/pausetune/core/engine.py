@@ -23,11 +23,11 @@ would get other log-probs and sometimes other words under the same identity. So 
    `batch_size` 1 the decode runs on the shared cache itself and is cropped back afterwards.
 Both knobs are therefore part of a cell's identity (stage eval), while prefix reuse itself changes no bit.
 
-Reuse is decided on token ids alone (longest common prefix with the cached ids), so it is correct by
-construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
+Reuse is decided on token ids alone (longest common prefix with the cached ids: core.kvcache.prefill_plan), so it
+is correct by construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
 
 Two things make the CPU path faster than stock HF:
-- The cache is a preallocated buffer (`BufferLayer`): appending writes in place and cropping moves a length,
+- The cache is a preallocated buffer (core.kvcache.BufferCache): appending writes in place and cropping moves a length,
   instead of `torch.cat` copying the whole cache on every forward (which costs as much as a decode step on a CPU).
 - A chunk of `q` new tokens on top of `past` cached ones needs a lower-right causal mask. HF builds it as an
   explicit `q x (past+q)` boolean mask, and SDPA with an explicit mask runs a kernel that computes every masked
@@ -65,7 +65,10 @@ from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
+
+from .kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
+from .kvcache import BufferCache, crop_to, num_layers, prefill_plan, supports_buffer_cache
 
 ATTN_NAME = "pausetune"
 SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
@@ -160,26 +163,27 @@ def probing(row: int = 0):
 
 
 def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc)."""
+    """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc); the path
+    a call takes is core.kernels.attention_path's."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
     if _PROBE is not None:
         _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _query_row(query, key, scaling, _PROBE_ROW)))
-    if _ROWS is not None and q_len == 1:
+    path = attention_path(query.device.type, q_len, kv_len, attention_mask is not None, dropout, _ROWS is not None)
+    if path == "rows":
         return _rows_attention(query, key, value, scaling), None
-    if attention_mask is None and 1 < q_len < kv_len and dropout == 0.0:
-        if query.device.type == "cpu":
-            out = _split_lower_right_cpu(query, key, value, scaling)
-        else:
-            from torch.nn.attention.bias import causal_lower_right
+    if path == "split_cpu":
+        return _split_lower_right_cpu(query, key, value, scaling).transpose(1, 2).contiguous(), None
+    if path == "lower_right":
+        from torch.nn.attention.bias import causal_lower_right
 
-            g = query.shape[1] // key.shape[1]
-            if g > 1:
-                key = key.repeat_interleave(g, dim=1)
-                value = value.repeat_interleave(g, dim=1)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(q_len, kv_len),
-                                                 scale=scaling)
+        g = query.shape[1] // key.shape[1]
+        if g > 1:
+            key = key.repeat_interleave(g, dim=1)
+            value = value.repeat_interleave(g, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=causal_lower_right(q_len, kv_len),
+                                             scale=scaling)
         return out.transpose(1, 2).contiguous(), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                   **kwargs)
@@ -203,151 +207,6 @@ def attention_impl(model, name: str):
     finally:
         if name != old:
             model.set_attn_implementation(old)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# fp32 linear kernels
-
-
-ONEDNN_MIN_ROWS = 16  # inputs of at least this many rows are "prefill" sized (core.models.LINEAR_CLASSES)
-
-
-def linear_route(route: dict, rows: int) -> str:
-    """The kernel ('mkl' | 'onednn') a route ({'prefill', 'decode'[, 'decode1']}) gives an fp32 linear whose input
-    has `rows` rows: >= 16 'prefill', 2..15 'decode', 1 'decode1' (the 'decode' route where the route has none:
-    records from before the one-row class, and core.models.linear_route_record, which omits it when equal)."""
-    if rows >= ONEDNN_MIN_ROWS:
-        return route.get("prefill", "mkl")
-    if rows == 1 and "decode1" in route:
-        return route["decode1"]
-    return route.get("decode", "mkl")
-
-
-@contextlib.contextmanager
-def linear_kernels(model, route: dict | None):
-    """Within: every fp32 nn.Linear of the model runs through oneDNN with a prepacked weight for the input-size
-    classes `route` gives 'onednn' (linear_route), through MKL (F.linear) otherwise. A no-op unless the model is
-    fp32 on a CPU and some class's route says oneDNN. The packed copies are dropped on exit."""
-    import torch.nn as nn
-
-    p = next(model.parameters())
-    use = {rows: linear_route(route, rows) == "onednn" for rows in (1, 2, ONEDNN_MIN_ROWS)} if route else {}
-    if not any(use.values()) or p.dtype != torch.float32 or p.device.type != "cpu":
-        yield
-        return
-    one, few, big = use[1], use[2], use[ONEDNN_MIN_ROWS]
-    pw = torch.ops.mkldnn._linear_pointwise
-    patched = []
-    for mod in model.modules():
-        if type(mod) is not nn.Linear or mod.weight.dtype != torch.float32:
-            continue
-        packed = torch.ops.mkldnn._reorder_linear_weight(mod.weight.detach(), 512)
-
-        def fwd(x, mod=mod, packed=packed):
-            rows = x.numel() // x.shape[-1]
-            if (big if rows >= ONEDNN_MIN_ROWS else one if rows == 1 else few) and x.dtype == torch.float32:
-                return pw(x, packed, mod.bias, "none", [], "")
-            return F.linear(x, mod.weight, mod.bias)
-
-        mod.forward = fwd
-        patched.append(mod)
-    try:
-        yield
-    finally:
-        for mod in patched:
-            del mod.forward  # back to the class's forward
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Cache
-
-
-class BufferLayer(DynamicLayer):
-    """A DynamicLayer backed by a preallocated buffer: in-place appends, O(1) crops, views as keys/values."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = int(capacity)
-        self.length = 0
-        self._k = self._v = None
-
-    def allocate(self, batch: int, heads: int, head_dim: int, v_dim: int, dtype, device) -> None:
-        self._k = torch.empty((batch, heads, self.capacity, head_dim), dtype=dtype, device=device)
-        self._v = torch.empty((batch, heads, self.capacity, v_dim), dtype=dtype, device=device)
-        self.device = device
-        self.is_initialized = True
-        self._set_length(0)
-
-    def lazy_initialization(self, key_states, value_states) -> None:
-        b, h, _, d = key_states.shape
-        self.allocate(b, h, d, value_states.shape[-1], key_states.dtype, key_states.device)
-
-    def _set_length(self, n: int) -> None:
-        self.length = n
-        self.keys = self._k[:, :, :n]
-        self.values = self._v[:, :, :n]
-
-    def _grow(self, need: int) -> None:
-        cap = max(need, self.capacity * 2)
-        k, v = self._k, self._v
-        self._k = torch.empty((*k.shape[:2], cap, k.shape[3]), dtype=k.dtype, device=k.device)
-        self._v = torch.empty((*v.shape[:2], cap, v.shape[3]), dtype=v.dtype, device=v.device)
-        self._k[:, :, :self.length] = k[:, :, :self.length]
-        self._v[:, :, :self.length] = v[:, :, :self.length]
-        self.capacity = cap
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n = key_states.shape[-2]
-        end = self.length + n
-        if end > self.capacity:
-            self._grow(end)
-        self._k[:, :, self.length:end] = key_states
-        self._v[:, :, self.length:end] = value_states
-        self._set_length(end)
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove > 0:  # HF 5.x convention: negative = remove that many
-            tokens_to_remove = -(self.length - tokens_to_remove)
-        if self.is_initialized:
-            self._set_length(max(0, self.length + tokens_to_remove))
-
-    def truncate(self, n: int) -> None:
-        if self.is_initialized:
-            self._set_length(min(n, self.length))
-
-class BufferCache(Cache):
-    def __init__(self, num_layers: int, capacity: int):
-        super().__init__(layers=[BufferLayer(capacity) for _ in range(num_layers)])
-
-    def truncate(self, n: int) -> None:
-        for layer in self.layers:
-            layer.truncate(n)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[layer_idx].get_seq_length() if self.layers else 0
-
-
-def _num_layers(model) -> int:
-    cfg = model.config.get_text_config(decoder=True)
-    return int(cfg.num_hidden_layers)
-
-
-def supports_buffer_cache(model) -> bool:
-    """Full-attention decoders only (no sliding-window or linear-attention layers)."""
-    cfg = model.config.get_text_config(decoder=True)
-    types = getattr(cfg, "layer_types", None)
-    if types and any(t != "full_attention" for t in types):
-        return False
-    return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -379,13 +238,6 @@ class Result:
     new_ids: list[int]
     timing: dict = field(default_factory=dict)
     measures: dict | None = None
-
-
-def _cut(cache, n: int) -> None:
-    if hasattr(cache, "truncate"):
-        cache.truncate(n)
-    elif cache.get_seq_length() > n:
-        cache.crop(n - cache.get_seq_length())  # HF 5.x: a negative count removes that many tokens
 
 
 def _r(x: float) -> float:
@@ -442,56 +294,15 @@ def eos_ids_of(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    ta = torch.as_tensor(a[:n])
-    tb = torch.as_tensor(b[:n])
-    diff = (ta != tb).nonzero()
-    return int(diff[0, 0]) if len(diff) else n
-
-
-def prefill_plan(prompts: list[list[int]], shareable: list[int], grain: int, reuse: bool = True
-                 ) -> tuple[list[int], list[tuple[int, int]]]:
-    """What the engine prefills for a block, from token ids alone: the trunk (the longest shareable prefix cut down to
-    whole chunks of `grain`), then each prompt (index) in the order computed and the tokens it borrows from what the
-    cache holds then: the common prefix with the prompt before it (or the trunk), cut down to whole chunks and to
-    at most its length - 1. Without reuse: no trunk, nothing borrowed."""
-    if not reuse:
-        return [], [(i, 0) for i in range(len(prompts))]
-    whole = lambda n: n // grain * grain
-    lend = [whole(min(s, len(p) - 1)) for p, s in zip(prompts, shareable)]
-    t = max(range(len(prompts)), key=lambda i: (lend[i], -i))
-    trunk = list(prompts[t][:lend[t]])
-    steps, cached = [], trunk
-    for i in sorted(range(len(prompts)), key=lambda i: (-_lcp(trunk, prompts[i]), i)):
-        steps.append((i, whole(min(_lcp(cached, prompts[i]), len(prompts[i]) - 1))))
-        cached = prompts[i]
-    return trunk, steps
-
-
 class Engine:
     """Greedy answers for many prompts with one model, reusing KV across shared prefixes."""
 
     def __init__(self, model, eos_ids: Iterable[int], max_new_tokens: int, *, prefill_chunk: int, batch_size: int = 1,
                  reuse_prefix: bool = True, attn: str = ATTN_NAME, linear: str | dict | None = None):
-        from .models import warm_math_kernels
-
         warm_math_kernels()  # before the first forward: see its doc (a model need not come from load_model)
         self.model = model
-        # fp32 on a CPU: which linear kernels (None/'mkl': F.linear; 'onednn'; 'auto': the machine's measured
-        # choice, core.models.fp32_linear_kernels; or a {'prefill', 'decode'[, 'decode1']} route: linear_route)
         p = next(model.parameters())
-        if linear == "auto":
-            linear = None
-            if p.dtype == torch.float32 and p.device.type == "cpu":
-                from .models import fp32_linear_kernels
-
-                linear = fp32_linear_kernels()
-        elif isinstance(linear, str):
-            linear = {"prefill": linear, "decode": linear, "decode1": linear}
-        self.linear = linear
+        self.linear = engine_linear(linear, p.dtype, p.device.type)  # fp32 on a CPU: MKL or oneDNN, per size
         self.attn = attn  # "sdpa": stock attention for chunks on a cache too (the bench's ablation)
         self.eos = sorted(set(int(i) for i in eos_ids))
         self.max_new = int(max_new_tokens)
@@ -606,7 +417,7 @@ class Engine:
 
     def _run_buffer(self, requests):
         cap = max(len(r.ids) for r in requests) + self.max_new + 1
-        cache = BufferCache(_num_layers(self.model), cap)
+        cache = BufferCache(num_layers(self.model), cap)
         trunk, steps = prefill_plan([r.ids for r in requests], [r.shareable for r in requests], self.chunk,
                                     self.reuse)
         t0 = self._now()
@@ -676,7 +487,7 @@ class Engine:
                     x = torch.tensor([a[:-1]], dtype=torch.long, device=self.device)
                     pos = torch.arange(n, n + len(a) - 1, device=self.device).unsqueeze(0)
                     lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
-                    _cut(cache, n)
+                    crop_to(cache, n)
                 if len(a) > 1:
                     lp = torch.log_softmax(lg.float(), -1)
                     idx = torch.arange(len(a) - 1, device=lp.device)
@@ -696,12 +507,12 @@ class Engine:
         (logits of every position, [layers, n] attention rows)."""
         last = n - 1
         saved = [(layer.keys[:, :, last:n].clone(), layer.values[:, :, last:n].clone()) for layer in cache.layers]
-        _cut(cache, last)
+        crop_to(cache, last)
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         pos = torch.arange(last, last + len(ids), device=self.device).unsqueeze(0)
         with attention_impl(self.model, ATTN_NAME), probing(0) as rows:
             lg = self.model(input_ids=x, position_ids=pos, cache=cache, use_cache=True).logits[0]
-        _cut(cache, n)
+        crop_to(cache, n)
         for layer, (k, v) in zip(cache.layers, saved):
             layer.keys[:, :, last:n] = k
             layer.values[:, :, last:n] = v
@@ -719,6 +530,11 @@ class Engine:
             dst._v.zero_()
             dst._set_length(n_max)
         return bc, n_max
+
+
+def is_oom(e: BaseException) -> bool:
+    """Out of device (or host) memory, as torch raises it."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def _sync_now(device) -> float:

@@ -115,13 +115,18 @@ def build_stream(tokenizer, essays: dict[str, list[str]], order: list[str], min_
     return ids
 
 
-def stream_meta(paused_files: list[str], order: list[str], method: str, paused: bool, pause_cfg: dict) -> dict:
-    return {"sources": sorted(Path(p).parent.name for p in paused_files),
-            "files_sha256": {Path(p).parent.name: sha256_file(p) for p in paused_files},
-            "essays": len(order),
-            "order_sha256": hashlib.sha256("\n".join(order).encode()).hexdigest(),
-            "paragraph_method": method, "paused": paused,
-            "pause_mode": pause_cfg.get("mode") if paused else None}
+def stream_meta(paused_files: list[str], order: list[str], method: str, paused: bool, pause_cfg: dict,
+                pause_ids: list[int] | None = None) -> dict:
+    """A cell's `haystack` field: which files, in which order, with which markers."""
+    out = {"sources": sorted(Path(p).parent.name for p in paused_files),
+           "files_sha256": {Path(p).parent.name: sha256_file(p) for p in paused_files},
+           "essays": len(order),
+           "order_sha256": hashlib.sha256("\n".join(order).encode()).hexdigest(),
+           "paragraph_method": method, "paused": paused,
+           "pause_mode": pause_cfg.get("mode") if paused else None}
+    if pause_ids:
+        out["pause_ids"] = list(pause_ids)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

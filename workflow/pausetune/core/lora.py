@@ -1,5 +1,5 @@
 """LoRA / QLoRA wrapping of a frozen base, for training: target projections, the trainable pause-embedding row,
-the optimizer, autocast.
+the optimizer (the autocast dtype is core.kernels').
 
 Pause token: in `special` (and `reserved`) mode with a single pause id, the embedding row of the pause token
 is trained through peft's `trainable_token_indices` (one row, no full-embedding copy, base weights frozen).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .config import TrainConfig
 from .io import PausetuneError
+from .kernels import autocast_dtype  # noqa: F401  (stages/train imports it from here; the choice is core.kernels')
 
 
 def linear_module_names(model) -> list[str]:
@@ -144,8 +145,9 @@ def prepare_peft(model, cfg, pause_ids: list[int] | None = None, pause_mode: str
 
 def build_model(model_dir, tokenizer, cfg, pause_ids=None, pause_mode=None, device: str | None = None):
     """Load the base from a prepared model dir, fit its embeddings to `tokenizer`, wrap with LoRA."""
-    from ..core.models import default_device, load_model
-    from ..core.tokens import fit_embeddings
+    from .kernels import default_device
+    from .models import load_model
+    from .tokens import fit_embeddings
 
     cfg = _train_config(cfg)
     device = device or default_device()
@@ -178,17 +180,3 @@ def make_optimizer(model, cfg):
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
     sched = get_scheduler(name, opt, num_warmup_steps=int(cfg.warmup_steps), num_training_steps=int(cfg.max_steps))
     return opt, sched
-
-
-def autocast_dtype(setting: str, weights_dtype: str, device: str) -> str | None:
-    """The autocast dtype of a training run, or None. `auto`: bfloat16 when the weights are fp32 and the device
-    multiplies bf16 natively (a GPU, or a CPU with AVX512_BF16 / AMX: measured there ~1.5x fp32 per step for
-    SmolLM2 LoRA, where plain bf16 weights lose to the casts between bf16 weights and fp32 adapters)."""
-    from ..core.models import cpu_native_bf16
-
-    if setting == "none" or weights_dtype != "float32":
-        return None
-    if setting == "bfloat16":
-        return "bfloat16"
-    native = device.startswith("cuda") or (device.startswith("cpu") and cpu_native_bf16())
-    return "bfloat16" if native else None

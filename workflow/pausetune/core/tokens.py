@@ -27,20 +27,26 @@ from .io import PausetuneError
 PARAGRAPH_SEP = "\n\n"
 
 
+def pause_token(pause: dict) -> str | None:
+    """The one vocabulary token the marker is (`special`: pause.token, `reserved`: pause.reserved_token), or None
+    (`text`: the marker is ordinary text, several tokens)."""
+    cfg = PauseConfig.from_dict(pause)
+    return {"special": cfg.token, "reserved": cfg.reserved_token}.get(cfg.mode)
+
+
 def setup_pause(tokenizer, pause: dict) -> list[int]:
     """Make the tokenizer know the pause marker (mutates it in special mode); return the marker's ids."""
     cfg = PauseConfig.from_dict(pause)
-    mode, token = cfg.mode, cfg.token
-    if mode == "special":
+    token = pause_token(pause)
+    if cfg.mode == "special":
         if token not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
         return [tokenizer.convert_tokens_to_ids(token)]
-    if mode == "text":
-        return tokenizer.encode(" " + token, add_special_tokens=False)
-    reserved = cfg.reserved_token
-    if not reserved or reserved not in tokenizer.get_vocab():
-        raise PausetuneError(f"config key 'pause.reserved_token': '{reserved}' is not a token of this tokenizer")
-    return [tokenizer.convert_tokens_to_ids(reserved)]
+    if cfg.mode == "text":
+        return tokenizer.encode(" " + cfg.token, add_special_tokens=False)
+    if not token or token not in tokenizer.get_vocab():
+        raise PausetuneError(f"config key 'pause.reserved_token': '{token}' is not a token of this tokenizer")
+    return [tokenizer.convert_tokens_to_ids(token)]
 
 
 def encode_paragraphs(tokenizer, paragraphs: list[str], pause_ids: list[int] | None,

@@ -31,63 +31,23 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (tas
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
 
 from ..core import layout
-from ..core.cells import (block_identity, cell_measure, cell_prompts, cell_record, scan, store, timing_path,
-                          versions)
+from ..core.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_path, timing_record
+from ..core.checkpoints import load_variant
+from ..core.checks import check_block, check_budgets, check_judge
 from ..core.config import EvalConfig, ShardsConfig
+from ..core.design import CHECKPOINT, PAUSED, format_depth, parse_depth
+from ..core.grid import cell_path, task_axes
+from ..core.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
 from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json
-
-
-def is_oom(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
-
-
-# ---------------------------------------------------------------------------------------------------------
-
-
-def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, dtype: str, device: str):
-    """(model, tokenizer, pause_ids or None, adapter_sha256 or None, checkpoint manifest or None)."""
-    from ..core.design import CHECKPOINT, PAUSED
-    from ..core.models import load_model, load_tokenizer
-    from ..core.tokens import fit_embeddings, setup_pause
-
-    manifest = None
-    adapter = None
-    if variant in CHECKPOINT:
-        from ..core.checkpoints import checkpoint_adapter_hash, load_checkpoint
-
-        if not checkpoint:
-            raise PausetuneError(f"eval {variant}: --checkpoint results/checkpoints/{model}/{CHECKPOINT[variant]} "
-                                 "is required")
-        mf = read_json(Path(checkpoint) / "manifest.json")
-        if mf.get("variant") not in (None, CHECKPOINT[variant]):
-            raise PausetuneError(f"{checkpoint}: a '{mf.get('variant')}' checkpoint, variant {variant} needs "
-                                 f"'{CHECKPOINT[variant]}'")
-        if PAUSED[variant]:  # the markers the haystack gets must be those the adapter was trained with
-            from ..core.config import PauseConfig
-
-            trained, asked = PauseConfig.from_dict(mf.get("pause") or {}), PauseConfig.of(config)
-            if trained != asked:
-                raise PausetuneError(f"{checkpoint}: trained with pause {trained.to_dict()}, config 'pause' is "
-                                     f"{asked.to_dict()}: retrain it, or set config 'pause' back")
-        adapter = checkpoint_adapter_hash(checkpoint)
-        net, tok, manifest = load_checkpoint(model_dir, checkpoint, dtype=dtype, device=device)
-    else:
-        tok = load_tokenizer(model_dir)
-        net = load_model(model_dir, dtype, device)
-    pause_ids = None
-    if PAUSED[variant]:
-        pause_ids = setup_pause(tok, config["pause"])
-        fit_embeddings(net, tok)  # no-op unless the tokenizer grew (pause-prompt, special mode)
-    if net.get_input_embeddings().weight.shape[0] < len(tok):
-        raise PausetuneError(f"model '{model}': embedding has fewer rows than the tokenizer ({len(tok)})")
-    return net, tok, pause_ids, adapter, manifest
+from ..core.kernels import set_threads
+from ..core.models import load_tokenizer
+from ..core.scoring import make_judge, score_cell
 
 
 def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict) -> None:
@@ -109,127 +69,102 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
               device: str | None = None, force: bool = False, log=print) -> dict:
     """Evaluate one block, cells (task, length, depth) of one haystack seed: plan (what is done) -> load -> prompts
     -> generate -> store. Returns {computed, cached, skipped, rescored}."""
-    import torch
-
-    from ..core.checks import check_block, check_budgets, check_judge
-    from ..core.design import CHECKPOINT, PAUSED, format_depth
-    from ..core.engine import Engine, Request, eos_ids_of
-    from ..core.grid import cell_path
-    from ..core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays, stream_meta
-    from ..core.models import default_device, load_tokenizer, model_entry, torch_dtype
-    from ..core.scoring import make_judge, score_cell
+    from ..core.engine import Engine, Request, eos_ids_of  # torch: imported when a block runs
 
     # 1. Plan: the block's identity, and which of its cells are done (in place, or in the finished-cell cache).
-    ev = config["eval"]
-    tasks = list(dict.fromkeys(t for t, _, _ in cells))
-    check_block(config, model, variant, tasks, sorted({n for _, n, _ in cells}), sorted({d for _, _, d in cells}))
-    evc = EvalConfig.of(config)
-    device = device or evc.device or default_device()
-    dname = evc.dtype if evc.dtype != "auto" else model_entry(config, model)["dtype"]
-    dtype_resolved = str(torch_dtype(dname, device)).replace("torch.", "")
-    device_type = torch.device(device).type
-    if evc.threads:
-        torch.set_num_threads(evc.threads)
+    ev, evc = config["eval"], EvalConfig.of(config)
+    check_block(config, model, variant, list(dict.fromkeys(t for t, _, _ in cells)), sorted({n for _, n, _ in cells}),
+                sorted({d for _, _, d in cells}))
+    set_threads(evc.threads)
     cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
     # A killed job's temp files here (the cache, this block's cell and timing folders); blocks run in parallel into
     # the same folders, so only those whose writer is gone.
     block_dirs = {Path(cell_path(model, variant, t, seed, n, d, results)).parent for t, n, d in cells}
     clean_dead_tmp(cache_root, *block_dirs, *(timing_path(c, results) for c in block_dirs))
-    adapter_sha = None
-    if variant in CHECKPOINT and checkpoint:
-        from ..core.checkpoints import checkpoint_adapter_hash
-
-        adapter_sha = checkpoint_adapter_hash(checkpoint)
-    ident = block_identity(config, model, variant, model_dir, haystack, adapter_sha, dtype_resolved, device_type)
-    todo, restale, counts = scan(cells, ident, config, model=model, variant=variant, seed=seed, results=results,
-                                 cache_root=cache_root, force=force)
-    if restale or todo:
+    plan = plan_block(config, model=model, variant=variant, cells=cells, seed=seed, model_dir=model_dir,
+                      haystack=haystack, checkpoint=checkpoint, results=results, cache_root=cache_root,
+                      device=device, force=force)
+    counts = plan.counts
+    if plan.restale or plan.todo:
         check_judge(ev.get("judge"))  # before any model loads
-    if restale:
-        call = make_judge(config, judge_model_dir, dname, device)
-        for data, out in restale:
-            store(score_cell(data, ev.get("judge"), call), out, cache_root, results)
-            counts["rescored"] += 1
+    _rescore(plan, config, judge_model_dir, cache_root, results)
     rescored = f", {counts['rescored']} rescored" if counts["rescored"] else ""
-    if not todo:
+    if not plan.todo:
         log(f"eval {model}/{variant} seed{seed}: nothing to do ({counts['skipped']} done, {counts['cached']} "
             f"from the cell cache{rescored})")
         return counts
 
-    # 2. Load: sizes first (tokenizer only: one-line errors before any weights load), then model and haystack.
-    mine: dict[str, dict] = {}  # this block's pending grid, per task
-    for t, n, d, _, _ in todo:
-        g = mine.setdefault(t, {"lengths": set(), "depths": set()})
-        g["lengths"].add(n)
-        g["depths"].add(d)
-    mine = {t: {k: sorted(v) for k, v in g.items()} for t, g in mine.items()}
-    check_budgets(config | {"eval": {**ev, "tasks": list(mine), "task_grid": mine, "seeds": [seed]}}, model,
+    # 2. Load: sizes first (tokenizer only: one-line errors before any weights load), then haystack and model.
+    pending = plan.pending_grid()
+    check_budgets(config | {"eval": {**ev, "tasks": list(pending), "task_grid": pending, "seeds": [seed]}}, model,
                   model_dir, tokenizer=load_tokenizer(model_dir))
     essays = load_essays(haystack)
     hay_ids = haystack_ids([e for e, _ in essays], config)
     _check_holdout(hay_ids, shard_manifest, config)
-    net, tok, pause_ids, adapter_sha2, _ = load_variant(variant, config, model, model_dir, checkpoint, dname, device)
-    adapter_sha = adapter_sha or adapter_sha2
+    net, tok, pause_ids = load_variant(variant, config, model, model_dir, checkpoint, plan.dtype, plan.device)
 
     # 3. Prompts: one token stream per seed, each cell's needles and question placed in it.
     order = essay_order(hay_ids, seed)
-    builder = PromptBuilder(tok, config, model, pause_ids)
-    bank = None
-    if any(config["tasks"][t].get("bank") for t in tasks):
-        from ..core.banks import check_banks
+    stream = build_stream(tok, dict(essays), order, max(n for _, n, _, _, _ in plan.todo), pause_ids)
+    hmeta = stream_meta(haystack, order, Path(haystack[0]).stem, PAUSED[variant], config["pause"], pause_ids)
+    fmt, prompts = build_prompts(tok, config, model, stream, seed, [(t, n, d) for t, n, d, _, _ in plan.todo],
+                                 pause_ids)
+    todo = {cid: (t, n, d, out, inst, cp) for (t, n, d, cid, out), (inst, cp) in zip(plan.todo, prompts)}
+    requests = [Request(cid, cp.ids, cp.shareable, cell_measure(tok, inst, cp, pause_ids, evc.measure, fmt == "plain"))
+                for cid, (_, _, _, _, inst, cp) in todo.items()]
 
-        bank = check_banks(config)[1]
-    stream = build_stream(tok, dict(essays), order, max(n for _, n, _, _, _ in todo), pause_ids)
-    hmeta = stream_meta(haystack, order, Path(haystack[0]).stem, PAUSED[variant], config["pause"])
-    if pause_ids:
-        hmeta["pause_ids"] = list(pause_ids)
-    built = dict(zip((cid for _, _, _, cid, _ in todo),
-                     cell_prompts(builder, stream, config, seed, [(t, n, d) for t, n, d, _, _ in todo], bank)))
-    requests = [Request(cid, cp.ids, cp.shareable,
-                        cell_measure(tok, inst, cp, pause_ids, evc.measure, builder.format == "plain"))
-                for cid, (inst, cp) in built.items()]
-
-    # 4. Generate, and store each cell as soon as it is answered.
+    # 4. Generate, and 5. store each cell as soon as it is answered (out of memory: one line, the done cells kept).
     engine = Engine(net, eos_ids_of(net, tok), evc.max_new_tokens, batch_size=evc.batch_size,
                     reuse_prefix=evc.reuse_prefix, prefill_chunk=evc.prefill_chunk,
-                    linear=ident["kernels"].get("linear_fp32"))
-    judge_call = make_judge(config, judge_model_dir, dname, device)
-    vers = versions()
-    info = {cid: (t, n, d, out) for t, n, d, cid, out in todo}
-    done_lengths: set = set()
+                    linear=plan.ident["kernels"].get("linear_fp32"))
+    judge_call = make_judge(config, judge_model_dir, plan.dtype, plan.device)
     t_block = time.perf_counter()
-    try:
+    with _out_of_memory_as_error(engine, plan, {n for _, n, *_ in todo.values()}) as done_lengths:
         for res in engine.run(requests):
-            t, n, d, out = info[res.key]
-            inst, cp = built[res.key]
-            cell = cell_record(key=res.key, answer=tok.decode(res.new_ids, skip_special_tokens=True).strip(),
-                               new_ids=res.new_ids, measures=res.measures, inst=inst, cp=cp, task=t, seed=seed,
-                               length=n, depth=d, model=model, variant=variant, config=config,
-                               prompt_format=builder.format, haystack=hmeta, adapter_sha=adapter_sha, ident=ident,
-                               dtype=dtype_resolved, device_type=device_type, versions=vers)
+            t, n, d, out, inst, cp = todo[res.key]
+            answer = tok.decode(res.new_ids, skip_special_tokens=True).strip()
+            cell = cell_record(plan, res, answer, inst, cp, t, n, d, config, fmt, hmeta)
             if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
                 write_json(layout.cached_cell(cache_root, res.key), cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)
-            store(cell, out, cache_root, results, {"device": str(device), **{
-                k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.timing.items()}})
+            store(cell, out, cache_root, results, timing_record(plan.device, res.timing))
             counts["computed"] += 1
             done_lengths.add(n)
             log(f"eval {model}/{variant}/{t} seed{seed} len{n} depth{format_depth(d)}: score {cell['score']:g} "
                 f"({cell['context_tokens']} tokens, prefill {res.timing['prefill_s']:.2f}s, "
                 f"reused {res.timing['shared_prefix_tokens']})")
-    except Exception as e:
-        if not is_oom(e):
-            raise
-        block_lengths = {info[r.key][1] for r in requests}
-        pending = sorted(block_lengths - done_lengths) or sorted(block_lengths)
-        raise PausetuneError(
-            f"out of memory at length {pending[0]} (eval.batch_size {engine.batch_size}, "
-            f"{'prefix reuse' if engine.reuse else 'no reuse'}, device {device}); {counts['computed']} cells of this "
-            f"block were finished and kept; lower eval.batch_size or eval.prefill_chunk, or drop the length"
-        ) from None
     log(f"eval {model}/{variant} seed{seed}: {counts['computed']} computed, {counts['cached']} from cache{rescored}, "
         f"{counts['skipped']} already done, {time.perf_counter() - t_block:.1f}s")
     return counts
+
+
+def _rescore(plan, config: dict, judge_model_dir, cache_root: Path, results: str) -> None:
+    """Cells answered by this generation code but scored by other scoring code: scored again, answers kept."""
+    if plan.restale:
+        call = make_judge(config, judge_model_dir, plan.dtype, plan.device)
+        for data, out in plan.restale:
+            store(score_cell(data, config["eval"].get("judge"), call), out, cache_root, results)
+            plan.counts["rescored"] += 1
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_error(engine, plan, lengths: set[int]):
+    """Within: out of memory is one line naming the first length not finished (the yielded set holds the finished
+    ones) and the batch; the cells stored before stay."""
+    from ..core.engine import is_oom
+
+    done: set[int] = set()
+    try:
+        yield done
+    except Exception as e:
+        if not is_oom(e):
+            raise
+        left = sorted(lengths - done) or sorted(lengths)
+        raise PausetuneError(
+            f"out of memory at length {left[0]} (eval.batch_size {engine.batch_size}, "
+            f"{'prefix reuse' if engine.reuse else 'no reuse'}, device {plan.device}); {plan.counts['computed']} cells "
+            f"of this block were finished and kept; lower eval.batch_size or eval.prefill_chunk, or drop the length"
+        ) from None
 
 
 def add_arguments(p) -> None:
@@ -264,9 +199,6 @@ def add_arguments(p) -> None:
 
 def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depths: list[str] | None) -> list:
     """The cells a CLI call evaluates: the given lengths x depths, or each task's configured grid."""
-    from ..core.design import parse_depth
-    from ..core.grid import task_axes
-
     out = []
     for t in tasks:  # unknown task names: run_block's check_block says so
         ls, ds = task_axes(config, t) if lengths is None or depths is None else (None, None)
@@ -277,8 +209,6 @@ def block_cells(config: dict, tasks: list[str], lengths: list[int] | None, depth
 
 
 def main(args, config: dict) -> int:
-    from ..core.design import CHECKPOINT
-
     ev = config["eval"]
     if args.threads:
         ev["threads"] = args.threads
