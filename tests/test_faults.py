@@ -234,14 +234,15 @@ def run_sh_project(project: Path):
     import hashlib
     import shutil
 
-    for name in ("scripts/run.sh", "scripts/setup.sh", "pyproject.toml"):
+    stamped = ("pyproject.toml", "requirements.lock", "scripts/setup.sh")  # what setup.sh's stamp hashes, in order
+    for name in ("scripts/run.sh", *stamped):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, project / name)
     bin_ = project / ".venv" / "bin"
     bin_.mkdir(parents=True, exist_ok=True)
     (bin_ / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     (bin_ / "python").chmod(0o755)
-    stamp = hashlib.sha256((project / "pyproject.toml").read_bytes() + (project / "scripts/setup.sh").read_bytes())
+    stamp = hashlib.sha256(b"".join((project / name).read_bytes() for name in stamped))
     (project / ".venv" / ".pausetune-installed").write_text(stamp.hexdigest()[:16] + "\n")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 
