@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv || { echo "setup: '$PY -m venv' failed; on Debian: apt-get install python3-venv" >&2; exit 1; }
 fi
 .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
-  echo "setup: requirements.lock is for Python 3.11, .venv has $(.venv/bin/python -V 2>&1); rm -r .venv and run PYTHON=python3.11 bash scripts/setup.sh" >&2
+  echo "setup: requirements.lock is for Python 3.11, .venv has $(.venv/bin/python -V 2>&1);" \
+    "rm -r .venv and run PYTHON=python3.11 bash scripts/setup.sh" >&2
   exit 1
 }
 stamp=.venv/.pausetune-installed

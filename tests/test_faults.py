@@ -2,8 +2,9 @@
 
 Part 1 drives real Snakemake in one bare project copy, each test building there what it needs (a module fixture
 what two tests share), so none depends on another having run: a local essay source, a typo in a task, recovery
-commands without --cores, a wrong wheel hash in an overlay, max_context, a malformed config. Part 2 runs the real `pausetune` CLI on the session's tiny model:
-damaged training state and adapter, write failures, a failing judge, a corrupt cell, stale temp folders.
+commands without --cores, a wrong wheel hash in an overlay, max_context, a malformed config. Part 2 runs the real
+`pausetune` CLI on the session's tiny model: damaged training state and adapter, write failures, a failing judge,
+a corrupt cell, stale temp folders.
 """
 from __future__ import annotations
 
