@@ -1,9 +1,10 @@
 """Bad input and faults (issue 15), each tried for real: one Snakemake project on the tiny config, and the CLI.
 
-Part 1 drives real Snakemake in one project copy (tests build on each other in file order, as a user's session
-would): a local essay source, a typo in a task, recovery commands without --cores, a wrong wheel hash in an
-overlay, max_context, a malformed config. Part 2 runs the real `pausetune` CLI on the session's tiny model:
-damaged training state and adapter, write failures, a failing judge, a corrupt cell, stale temp folders.
+Part 1 drives real Snakemake in one bare project copy, each test building there what it needs (a module fixture
+what two tests share), so none depends on another having run: a local essay source, a typo in a task, recovery
+commands without --cores, a wrong wheel hash in an overlay, max_context, a malformed config. Part 2 runs the real
+`pausetune` CLI on the session's tiny model: damaged training state and adapter, write failures, a failing judge,
+a corrupt cell, stale temp folders.
 """
 from __future__ import annotations
 
@@ -61,12 +62,18 @@ def project(tmp_path_factory):
     return p
 
 
-# ------------------------------------------------------------------------------------- 1. local source
-def test_local_source_through_snakemake(project):
+@pytest.fixture(scope="module")
+def mine(project) -> Path:
+    """The local source's essays, downloaded by Snakemake in the project."""
     ok(smk(project, "--configfile", *CONFIGS, "mine.yaml", "--", "data/raw/mine.parquet"))
+    return project / "data/raw/mine.parquet"
+
+
+# ------------------------------------------------------------------------------------- 1. local source
+def test_local_source_through_snakemake(project, mine):
     import pandas as pd
 
-    df = pd.read_parquet(project / "data/raw/mine.parquet")
+    df = pd.read_parquet(mine)
     assert sorted(df["id"]) == ["alpha", "beta"]
     # the CLI's own one-line errors now reach the user through Snakemake: a missing folder, a latin-1 file
     (project / "gone.yaml").write_text(yaml.safe_dump({"sources": {"gone": {"kind": "local", "path": "nowhere"}}}))
@@ -96,12 +103,12 @@ def test_typo_inside_a_task_is_an_error(project):
 
 
 # --------------------------------------------------------------------- 3. recovery commands without --cores
-def test_recovery_commands_without_cores(project):
-    for args in (["--unlock"], ["--cleanup-metadata", "data/raw/mine.parquet"], ["--summary"]):
+def test_recovery_commands_without_cores(project, mine):
+    for args in (["--unlock"], ["--cleanup-metadata", str(mine.relative_to(project))], ["--summary"]):
         out = ok(smk(project, "--configfile", *CONFIGS, "mine.yaml", *args, cores=False))
         assert "requires a total number of cores" not in out
     proc = smk(project, "--report", "report.html", cores=False)
-    # nothing is built yet, so the report has nothing to show; but it gets that far
+    # no figure is built, so the report has nothing to show; but it gets that far
     assert "requires a total number of cores" not in proc.stdout + proc.stderr
     assert "marked for report but does not exist" in proc.stdout + proc.stderr
 
@@ -234,14 +241,15 @@ def run_sh_project(project: Path):
     import hashlib
     import shutil
 
-    for name in ("scripts/run.sh", "scripts/setup.sh", "pyproject.toml"):
+    stamped = ("pyproject.toml", "requirements.lock", "scripts/setup.sh")  # what setup.sh's stamp hashes, in order
+    for name in ("scripts/run.sh", *stamped):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, project / name)
     bin_ = project / ".venv" / "bin"
     bin_.mkdir(parents=True, exist_ok=True)
     (bin_ / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     (bin_ / "python").chmod(0o755)
-    stamp = hashlib.sha256((project / "pyproject.toml").read_bytes() + (project / "scripts/setup.sh").read_bytes())
+    stamp = hashlib.sha256(b"".join((project / name).read_bytes() for name in stamped))
     (project / ".venv" / ".pausetune-installed").write_text(stamp.hexdigest()[:16] + "\n")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 

@@ -17,6 +17,7 @@ OVERLAY = {
     "eval": {"models": ["tiny"]},
 }
 CONFIGS = ["--configfile", "config/config.yaml", "tests/configs/tiny.yaml", "retrieval.yaml"]
+TARGET = "results/checkpoints/tiny/pause/manifest.json"
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +28,25 @@ def project(tmp_path_factory, data_project):
     return p
 
 
-def test_examples_stage_feeds_a_retrieval_train_job(project):
-    target = "results/checkpoints/tiny/pause/manifest.json"
-    dry = snakemake(project, *CONFIGS, "-n", "--", target)
-    out = dry.stdout + dry.stderr
+@pytest.fixture(scope="module")
+def trained(project) -> str:
+    """The retrieval checkpoint built by real Snakemake in the module's project, whichever test asks first; what
+    `snakemake -n` planned before the build."""
+    dry = snakemake(project, *CONFIGS, "-n", "--", TARGET)
+    snakemake(project, *CONFIGS, "--", TARGET)
+    return dry.stdout + dry.stderr
+
+
+def test_examples_stage_feeds_a_retrieval_train_job(project, trained):
+    out = trained
     assert "rule examples:" in out and "rule train:" in out and "rule shards:" not in out  # no shards needed
     assert not any(f"rule {r}:" in out for r in ("download", "pause", "prepare_model")), out  # shared, up to date
-    snakemake(project, *CONFIGS, "--", target)
-    m = json.loads((project / target).read_text())
+    m = json.loads((project / TARGET).read_text())
     ex = json.loads((project / "data/examples/tiny/pause/manifest.json").read_text())
     assert m["objective"] == "retrieval" and m["loss_on"] == "answer" and m["steps"] == 2
     assert m["examples"]["path"] == "data/examples/tiny/pause" and m["retrieval"]["banks"] == ex["banks"]
     assert ex["splits"]["train"]["rows"] == 6 and ex["variant"] == "pause"
-    again = snakemake(project, *CONFIGS, "-n", "--", target)
+    again = snakemake(project, *CONFIGS, "-n", "--", TARGET)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -47,8 +54,7 @@ def test_overlapping_banks_stop_the_dag_build_in_one_line(project):
     sf = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
     (project / "overlap.yaml").write_text(yaml.safe_dump(
         {"banks": {"train": {"extra": [{"needle": sf, "question": "What?", "answer": "a park"}]}}}))
-    proc = snakemake(project, *CONFIGS, "overlap.yaml", "-n", "--", "results/checkpoints/tiny/pause/manifest.json",
-                     check=False)
+    proc = snakemake(project, *CONFIGS, "overlap.yaml", "-n", "--", TARGET, check=False)
     assert proc.returncode != 0
     line = next(ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("config error:"))
     assert "banks.train.extra" in line and "San Francisco" in line
@@ -62,11 +68,10 @@ def error_lines(proc) -> list[str]:
     return [line for line in said(proc).splitlines() if "error" in line.lower()]
 
 
-def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project):
+def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project, trained):
     """Checks the examples job made only when it ran, after Snakemake had deleted the previous examples: one line
     while the DAG is built, no job, the earlier examples and checkpoint intact (a real run, not -n)."""
-    kept = {p: (project / p).read_bytes() for p in ("data/examples/tiny/pause/manifest.json",
-                                                    "results/checkpoints/tiny/pause/manifest.json")}
+    kept = {p: (project / p).read_bytes() for p in ("data/examples/tiny/pause/manifest.json", TARGET)}
     needle = "The " + "very " * 150 + "old keeper hid the zorbleflax under the stairs."
     cases = {
         # under objective lm the examples are built too (Snakemake's `all`, dvc.yaml): their window is checked
@@ -81,7 +86,7 @@ def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project):
     }
     for name, (overlay, line) in cases.items():
         (project / name).write_text(yaml.safe_dump(overlay))
-        proc = snakemake(project, *CONFIGS, name, "--", "results/checkpoints/tiny/pause/manifest.json", check=False)
+        proc = snakemake(project, *CONFIGS, name, "--", TARGET, check=False)
         errors = error_lines(proc)
         assert proc.returncode == 1 and len(errors) == 1 and errors[0].startswith(line), said(proc)[-3000:]
         assert "rule examples" not in said(proc)
@@ -92,25 +97,23 @@ def test_token_level_checks_run_once_per_input(project):
     """The DAG-time checks in the models' own tokens (seconds: transformers and a tokenizer load) are skipped when
     they passed before with the same inputs, and never hide a failure: another config is checked again."""
     marks = project / ".snakemake" / "pausetune-checks"
-    target = "results/checkpoints/tiny/pause/manifest.json"
-    snakemake(project, *CONFIGS, "-n", "--", target)
+    snakemake(project, *CONFIGS, "-n", "--", TARGET)
     before = set(marks.iterdir())
     assert len(before) >= 2  # eval budgets and examples fit
-    snakemake(project, *CONFIGS, "-n", "--", target)
+    snakemake(project, *CONFIGS, "-n", "--", TARGET)
     assert set(marks.iterdir()) == before  # the same inputs: nothing new was checked
     needle = "The " + "very " * 150 + "old keeper hid the zorbleflax under the stairs."  # fails in tokens only
     (project / "too_long.yaml").write_text(yaml.safe_dump({"banks": {"train": {"extra": [
         {"needle": needle, "question": "What did the keeper hide?", "answer": "zorbleflax"}]}}}))
     for _ in range(2):  # a failure leaves no mark: the second call fails the same way
-        proc = snakemake(project, *CONFIGS, "too_long.yaml", "-n", "--", target, check=False)
+        proc = snakemake(project, *CONFIGS, "too_long.yaml", "-n", "--", TARGET, check=False)
         assert proc.returncode == 1 and error_lines(proc)[0].startswith(
             "config error: config key 'examples.lengths.min'"), said(proc)[-2000:]
     assert set(marks.iterdir()) == before
 
 
-def test_damaged_adapter_noticed_while_the_dag_is_built(project):
-    ckpt = "results/checkpoints/tiny/pause"
-    target = f"{ckpt}/manifest.json"
+def test_damaged_adapter_noticed_while_the_dag_is_built(project, trained):
+    ckpt, target = "results/checkpoints/tiny/pause", TARGET
     assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))
     adapter = project / ckpt / "adapter" / "adapter_model.safetensors"
     good, st = adapter.read_bytes(), adapter.stat()
