@@ -192,3 +192,14 @@ def autocast_dtype(setting: str, weights_dtype: str, device: str) -> str | None:
         return "bfloat16"
     native = device.startswith("cuda") or (device.startswith("cpu") and cpu_native_bf16())
     return "bfloat16" if native else None
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """(peak memory in MiB, what was measured): CUDA's max allocated on a GPU, the process's max RSS on the CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
