@@ -21,8 +21,8 @@ answer`) or on every token (`all`).
 Resumable (core.trainstate): every `save_every` steps the training state (trainable weights, optimizer, scheduler,
 RNG, step) goes atomically into `{output}.state/` (beside the output, so Snakemake does not delete it on failure). A job
 killed at any point and started again continues from the last saved step and reaches bitwise the same adapter
-on the CPU (same seed, fp32, same thread count). A state from a different run (config or inputs changed) is
-discarded. After a successful finish the state folder is removed.
+on the CPU (same seed, fp32, same thread count). A state from a different run (another recipe, core.recipe, or
+other inputs or code) is discarded. After a successful finish the state folder is removed.
 """
 from __future__ import annotations
 
