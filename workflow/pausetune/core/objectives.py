@@ -22,7 +22,7 @@ class LM:
     B*(T-1) predicted tokens; the step's loss is the mean of its micro-batch means, which is the exact token mean
     since every row has the same length."""
     name = "lm"
-    data_arg, made_by = "--shards", "a shard folder made by `pausetune shards`"
+    made_by = "a shard folder made by `pausetune shards`"
 
     @staticmethod
     def check_data(manifest: dict, mpath, config: dict, window: int, model_name: str) -> None:
@@ -62,7 +62,7 @@ class Retrieval:
     """Loss on the labelled tokens of right-padded (ids, mask, labels) batches: the step's loss is the exact mean
     over all of its loss tokens (answer spans differ in length)."""
     name = "retrieval"
-    data_arg, made_by = "--examples", "an examples folder made by `pausetune examples`"
+    made_by = "an examples folder made by `pausetune examples`"
 
     @staticmethod
     def check_data(manifest: dict, mpath, config: dict, window: int, model_name: str) -> None:
