@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pausetune.stages.aggregate import (aggregate, cells_frame, deltas, depth_band, find_cells, flatten, length_band, load_cells, summarize)
+from pausetune.core.tables import cells_frame, deltas, depth_band, flatten, length_band, load_cells, summarize
+from pausetune.stages.aggregate import aggregate, find_cells
 from pausetune.core.design import MATCH
 from pausetune.core.stats import paired_bootstrap
 from pausetune.core.io import PausetuneError

@@ -137,15 +137,6 @@ def code(stage):
     return code_stamp(f"pausetune.stages.{stage}", layout.CODE.format(stage=stage), package)
 
 
-def figure_args(wc, kind, variant, reference):
-    """The `pausetune figures` arguments of one figure job ({name} = that wildcard's value)."""
-    value = lambda x: getattr(wc, x[1:-1]) if x.startswith("{") else x
-    args = ["--kind", value(kind), "--model", wc.model, "--task", wc.task]
-    args += ["--variant", wc.variant] if variant else []
-    args += ["--reference", value(reference)] if reference else []
-    return args
-
-
 def forced(path, args):
     """Does this snakemake command line (snakemake_args) rebuild `path` whatever its state: --force of it,
     --forcerun of it or of train, --forceall? Read from the line: Snakemake sets its DAG settings after this file."""

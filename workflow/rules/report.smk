@@ -1,14 +1,10 @@
 # Report stages: eval cells -> results/tables/ -> results/figures/ (+ `snakemake --report results/report.html`).
 # Every figure is its own target (one job writes its .html, .png and .svg); all of them: report_targets(config)
-# in pausetune.figures. Figures read only results/tables/cells.parquet, so they rerun whenever a cell changes.
+# in pausetune.core.targets. Figures read only results/tables/cells.parquet, so they rerun whenever a cell changes.
 
 report: "../report/workflow.rst"
 
-from pausetune.core.design import VARIANTS as _VARIANTS
-from pausetune.core.targets import MECHANISM_PROFILES
-
-FIG_VARIANTS = "|".join(_VARIANTS)
-VS_BASELINE = "|".join(v for v in _VARIANTS if v != "baseline")
+from pausetune.core.targets import FIGURE_RULES
 
 
 rule aggregate:
@@ -44,67 +40,40 @@ rule aggregate:
         f" --out-dir {layout.TABLES} 2>&1 | tee {{log:q}}"
 
 
-# One rule per figure family; each target is a figure stem written as .html, .png and .svg. The stems are
-# pausetune.core.targets.figure_stem's (layout.FIGURES/{kind}/...), the mechanism's only where eval.measure asks.
-_MVT = {"model": "{model}", "task": "{task}"}
-FIGURE_RULES = [
-    # name, stem under results/figures, caption, category, labels, wildcard constraints,
-    # --kind (a name or a {wildcard}), whether --variant is passed, --reference (None, a name or {reference})
-    ("figure_heatmap", "heatmap/{model}/{task}/{variant}", "heatmap", "NIAH heatmaps",
-     {**_MVT, "variant": "{variant}"}, {"variant": FIG_VARIANTS}, "heatmap", True, None),
-    ("figure_delta", "delta/{model}/{task}/{variant}", "delta", "Delta heatmaps (vs baseline)",
-     {**_MVT, "variant": "{variant}", "reference": "baseline"}, {"variant": VS_BASELINE}, "delta", True, "baseline"),
-    ("figure_delta_vs", "delta/{model}/{task}/{variant}_vs_{reference}", "delta", "Delta heatmaps (other references)",
-     {**_MVT, "variant": "{variant}", "reference": "{reference}"}, {"variant": FIG_VARIANTS, "reference": FIG_VARIANTS},
-     "delta", True, "{reference}"),
-    ("figure_profile", "{profile}/{model}/{task}", "profile", "Score vs length and depth",
-     {**_MVT, "figure": "{profile}"}, {"profile": "length|depth"}, "{profile}", False, None),
-    ("figure_logprob", "logprob/{model}/{task}/{variant}", "mechanism", "Answer log-prob maps",
-     {**_MVT, "variant": "{variant}"}, {"variant": FIG_VARIANTS}, "logprob", True, None),
-    ("figure_logprob_delta", "logprob_delta/{model}/{task}/{variant}", "mechanism", "Answer log-prob delta maps",
-     {**_MVT, "variant": "{variant}", "reference": "baseline"}, {"variant": VS_BASELINE}, "logprob_delta", True,
-     "baseline"),
-    ("figure_logprob_delta_vs", "logprob_delta/{model}/{task}/{variant}_vs_{reference}", "mechanism",
-     "Answer log-prob delta maps", {**_MVT, "variant": "{variant}", "reference": "{reference}"},
-     {"variant": FIG_VARIANTS, "reference": FIG_VARIANTS}, "logprob_delta", True, "{reference}"),
-    ("figure_mechanism", "{mechanism}/{model}/{task}", "mechanism", "Attention on the needle and the pauses",
-     {**_MVT, "figure": "{mechanism}"}, {"mechanism": "|".join(sorted(MECHANISM_PROFILES))}, "{mechanism}", False,
-     None),
-]
-
-
-# A loop of `rule:`; the shell line names no loop variable (Snakemake formats it again when the job runs, after
-# the loop has ended): each rule's arguments are a param bound to its own spec.
-for _name, _stem, _caption, _category, _labels, _constraints, _kind, _variant, _reference in FIGURE_RULES:
+# One rule per figure family, each a named record of pausetune.core.targets.FIGURE_RULES (its name, --kind, the
+# figure's path with wildcards, their constraints, its caption and category in the report). A loop of `rule:`;
+# the shell line names no loop variable (Snakemake formats it again when the job runs, after the loop has ended):
+# each rule's arguments are a param bound to its own record.
+for _fig in FIGURE_RULES:
 
     rule:
         name:
-            _name
+            _fig.name
         input:
             cells=layout.table("cells.parquet"),
             code=code("figures"),
         output:
-            html=f"{layout.FIGURES}/{_stem}.html",
+            html=f"{_fig.stem()}.html",
             png=report(
-                f"{layout.FIGURES}/{_stem}.png",
-                caption=f"../report/{_caption}.rst",
-                category=_category,
+                f"{_fig.stem()}.png",
+                caption=f"../report/{_fig.caption}.rst",
+                category=_fig.category,
                 subcategory="{model} / {task}",
-                labels=_labels,
+                labels=_fig.labels,
             ),
-            svg=f"{layout.FIGURES}/{_stem}.svg",
+            svg=f"{_fig.stem()}.svg",
         wildcard_constraints:
             model=NAME,
             task=NAME,
-            **_constraints,
+            **_fig.constraints,
         params:
             stem=lambda wc, output: output.png[: -len(".png")],
-            args=lambda wc, spec=(_kind, _variant, _reference): figure_args(wc, *spec),
+            args=lambda wc, fig=_fig: fig.args(wc),
         conda:
             "../../envs/report.yaml"
         log:
-            layout.log("figures", _stem),
+            layout.log("figures", _fig.path),
         benchmark:
-            layout.benchmark("figures", _stem),
+            layout.benchmark("figures", _fig.path),
         shell:
             "pausetune figures --cells-table {input.cells:q} {params.args:q} --output {params.stem:q} 2>&1 | tee {log:q}"

@@ -1,6 +1,8 @@
-"""The report's files: every table and figure a grid gets, each figure's path stem, and the folders publish copies
-them to (one home, which the rules, the publish step and the figures stage share)."""
+"""The report's files: every table and figure a grid gets, the rule that draws each family of figures, and the
+folders publish copies them to (one home, which the rules, the publish step and the figures stage share)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from . import layout
 from .config import EvalConfig
@@ -15,17 +17,85 @@ FORMATS = ("html", "png", "svg")
 TABLE_FILES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
 SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "measures.csv",
                  "measure_deltas.csv", "layer_attention.csv", "manifest.json")
+ANY_VARIANT = "|".join(VARIANTS)
+NOT_BASELINE = "|".join(v for v in VARIANTS if v != "baseline")
+
+
+@dataclass(frozen=True)
+class FigureRule:
+    """One family of figures and the Snakemake rule that draws it (report.smk makes one rule per record): each
+    figure is {kind}/{figure} under results/figures, written as .html, .png and .svg by `pausetune figures`."""
+
+    name: str  # the rule's name
+    kind: str  # --kind: a kind, or a {wildcard} whose constraint lists the kinds
+    figure: str  # the figure's path under its kind's folder, with {wildcards}; --variant is passed where it has one
+    constraints: dict  # wildcard -> regex, besides {model} and {task} (any name)
+    caption: str  # workflow/report/{caption}.rst: the figure's text in `snakemake --report`
+    category: str  # its section there
+    reference: str | None = None  # --reference: a variant, "{reference}" (a wildcard), or None (not passed)
+
+    @property
+    def path(self) -> str:
+        return f"{self.kind}/{self.figure}"
+
+    def stem(self, root: str = layout.FIGURES) -> str:
+        return layout.figure_stem(self.kind, self.figure, root)
+
+    @property
+    def labels(self) -> dict:
+        """The figure's labels in `snakemake --report`: model, task, and what tells its figures apart."""
+        out = {"model": "{model}", "task": "{task}"}
+        if self.kind.startswith("{"):
+            out["figure"] = self.kind
+        if "{variant}" in self.figure:
+            out["variant"] = "{variant}"
+        if self.reference:
+            out["reference"] = self.reference
+        return out
+
+    def args(self, wildcards) -> list[str]:
+        """The `pausetune figures` arguments of one job ({name}: that wildcard's value)."""
+        value = lambda x: getattr(wildcards, x[1:-1]) if x.startswith("{") else x
+        args = ["--kind", value(self.kind), "--model", wildcards.model, "--task", wildcards.task]
+        args += ["--variant", wildcards.variant] if "{variant}" in self.figure else []
+        args += ["--reference", value(self.reference)] if self.reference else []
+        return args
+
+    def draws(self, kind: str, reference: str) -> bool:
+        """Is a figure of `kind` against `reference` one of this rule's? (the first rule that says so names it)"""
+        kinds = self.constraints[self.kind[1:-1]].split("|") if self.kind.startswith("{") else [self.kind]
+        return kind in kinds and self.reference in (None, reference, "{reference}")
+
+
+FIGURE_RULES = (
+    FigureRule("figure_heatmap", "heatmap", "{model}/{task}/{variant}", {"variant": ANY_VARIANT},
+               caption="heatmap", category="NIAH heatmaps"),
+    FigureRule("figure_delta", "delta", "{model}/{task}/{variant}", {"variant": NOT_BASELINE},
+               caption="delta", category="Delta heatmaps (vs baseline)", reference="baseline"),
+    FigureRule("figure_delta_vs", "delta", "{model}/{task}/{variant}_vs_{reference}",
+               {"variant": ANY_VARIANT, "reference": ANY_VARIANT},
+               caption="delta", category="Delta heatmaps (other references)", reference="{reference}"),
+    FigureRule("figure_profile", "{profile}", "{model}/{task}", {"profile": "length|depth"},
+               caption="profile", category="Score vs length and depth"),
+    FigureRule("figure_logprob", "logprob", "{model}/{task}/{variant}", {"variant": ANY_VARIANT},
+               caption="mechanism", category="Answer log-prob maps"),
+    FigureRule("figure_logprob_delta", "logprob_delta", "{model}/{task}/{variant}", {"variant": NOT_BASELINE},
+               caption="mechanism", category="Answer log-prob delta maps", reference="baseline"),
+    FigureRule("figure_logprob_delta_vs", "logprob_delta", "{model}/{task}/{variant}_vs_{reference}",
+               {"variant": ANY_VARIANT, "reference": ANY_VARIANT},
+               caption="mechanism", category="Answer log-prob delta maps", reference="{reference}"),
+    FigureRule("figure_mechanism", "{mechanism}", "{model}/{task}", {"mechanism": "|".join(sorted(MECHANISM_PROFILES))},
+               caption="mechanism", category="Attention on the needle and the pauses"),
+)
 
 
 def figure_stem(kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline",
                 root: str = layout.FIGURES) -> str:
-    if kind in ("heatmap", "logprob"):
-        return layout.figure_stem(kind, f"{model}/{task}/{variant}", root)
-    if kind in ("delta", "logprob_delta"):
-        name = variant if reference == "baseline" else f"{variant}_vs_{reference}"
-        return layout.figure_stem(kind, f"{model}/{task}/{name}", root)
-    if kind in ("length", "depth") + MECHANISM_PROFILES:
-        return layout.figure_stem(kind, f"{model}/{task}", root)
+    """The path, without extension, of one figure: its rule's, with these values."""
+    for rule in FIGURE_RULES:
+        if rule.draws(kind, reference):
+            name = rule.figure.format(model=model, task=task, variant=variant, reference=reference)
+            return layout.figure_stem(kind, name, root)
     raise PausetuneError(f"--kind {kind}: expected one of {KINDS}")
 
 

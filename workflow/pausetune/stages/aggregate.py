@@ -1,116 +1,25 @@
 """Stage `aggregate`: eval cells (one JSON each) -> results/tables/.
 
-Outputs (all written atomically into --out-dir):
-
-cells.parquet
-    One row per cell, every field flattened: nested dicts become dotted columns (``haystack.order_sha256``,
-    ``versions.transformers``), lists become JSON strings (``needle_positions`` = ``"[812, 1630]"``,
-    ``expected`` = ``'[["sandwich", "Dolores Park"]]'``). A ``path`` column names the source file.
-    Sorted by model, variant, task, seed, length, depth.
-
-summary.csv  (tidy, long; one row per group, ``kind`` says which grouping)
-    columns: kind, model, variant, task, band, band_lo, band_hi, n, mean_score, score_sem, mean_recall, exact_rate
-    - kind ``overall``: one row per model x variant x task over all its cells (band ``all``).
-    - kind ``depth_band``: needle depth in bands [0,20) [20,40) [40,60) [60,80) [80,100]: left-closed, the last
-      band closed on both sides so depth 100 lands in ``80-100`` and depth 20 in ``20-40``.
-    - kind ``length_band``: context length in octaves anchored at 1,000 tokens: [1000*2^k, 1000*2^(k+1)),
-      labelled ``1K-2K``, ``2K-4K`` ... ``128K-256K`` (``500-1K`` below). On the paper's doubling grid
-      (1K, 2K, 4K ... 128K) every length is its own band; a linear grid (1K..16K in 35 steps) gets 4-5 bands.
-    Bands with no cell get no row. ``n`` is the number of scored cells behind the row; ``score_sem`` the
-    standard error of the mean score (cells treated as independent; NaN for n < 2).
-
-deltas.csv  (one row per comparison: variant against a reference variant, per model x task)
-    columns: model, task, variant, reference, n (matched cells), n_variant, n_reference, mean_variant,
-    mean_reference, diff, diff_ci_low, diff_ci_high, pct, pct_ci_low, pct_ci_high, bootstrap_b, bootstrap_seed
-    Comparisons: every variant against ``baseline`` (the paper's headline: average improvement in percent), and
-    ``pause-tuned`` against ``plain-tuned`` and against ``pause-prompt`` (what tuning on pauses adds beyond
-    tuning on the essays / beyond the markers alone). A comparison is made only when both variants have cells.
-    Cells are matched on (model, task, seed, length, depth); only matched cells enter the means.
-    ``pct`` = (mean_variant - mean_reference) / mean_reference x 100 on score; ``diff`` the same in score points.
-    Intervals: paired percentile bootstrap, 95%: resample the matched cells with replacement ``B`` times
-    (default 2000), recompute pct and diff each time, take the 2.5% and 97.5% quantiles. The generator of each
-    comparison is seeded with (config seed, CRC32 of "model/task/variant/reference"), so an interval does not
-    change when other variants or models are added to the grid.
-
-depth_profile.csv, length_profile.csv  (long; for `dvc plots`, template .dvc/plots/panels.json)
-    columns: panel ("{model}/{task}"), series (the variant), model, task, variant, depth | length, n, mean_score,
-    mean_recall
-    One row per exact depth (over all lengths and seeds) or per exact length (over all depths and seeds).
-
-measures.csv  (the per-cell measures of the mechanism, eval.measure; long, one row per group)
-    columns: scope, model, task, variant, band, length, depth, n, mean_logprob, mean_needle_attention,
-    mean_pause_attention, mean_sink_attention, mean_needle_ratio
-    scope ``overall`` (band ``all``), ``depth_band`` (the bands above), ``point`` (one exact length x depth, over
-    seeds). ``mean_logprob`` is the mean of the cells' ``answer_logprob_mean`` (the summed teacher-forced log-prob
-    of each expected answer, averaged over a cell's answers); the attention columns are the layer means of the last
-    prompt token's attention share on the needle, the pauses and the first 4 tokens, and the needle's share over
-    its share of the tokens. Cells without measures (eval.measure off, or made before it) are left out (``n``
-    counts the cells that have the measure); a grid without any measure gives a table with the header only.
-
-measure_deltas.csv  (paired comparisons of the measures, the score's design)
-    columns: metric, scope, model, task, variant, reference, band, length, depth, n, mean_variant,
-    mean_reference, diff, diff_ci_low, diff_ci_high, bootstrap_b, bootstrap_seed
-    metric ``logprob`` | ``needle_attention`` | ``pause_attention`` (the last only between two paused variants),
-    for the comparisons of deltas.csv, per scope (overall, depth band, point) on the cells matched as there.
-    Differences only (a percentage of a log-prob means nothing); the same paired percentile bootstrap, seeded
-    with (config seed, CRC32 of "model/task|metric|scope|band/variant/reference").
-
-layer_attention.csv  (where in the network attention moves)
-    columns: model, task, variant, layer, n, needle, pause, sink, rest: mean over cells of each layer's shares.
-
-summary.json  (flat keys for DVC metrics; floats rounded to 4 decimals, NaN written as null)
-    {model}/{variant}/{task}/mean_score | mean_recall | exact_rate | n
-    {model}/{variant}/{task}/pct_vs_baseline | pct_ci_low | pct_ci_high | diff_vs_baseline | n_matched
-    {model}/{variant}/{task}/pct_vs_{reference} | pct_vs_{reference}_ci_low | pct_vs_{reference}_ci_high
-        | diff_vs_{reference} | n_matched_vs_{reference}      (for the non-baseline references)
-    {model}/{variant}/{task}/mean_logprob | mean_needle_attention | mean_pause_attention   (cells with measures)
-    {model}/{variant}/{task}/{metric}_diff_vs_{reference} | ..._ci_low | ..._ci_high     (overall measure deltas)
+Reads the grid's cells (a damaged one is named, or left out under report.skip_bad_cells), computes every table
+and writes each atomically into --out-dir: cells.parquet, summary.csv, deltas.csv, depth_profile.csv,
+length_profile.csv, measures.csv, measure_deltas.csv, layer_attention.csv, summary.json (DVC metrics) and
+manifest.json (the code that made them). What each table holds and how its intervals are drawn: core/tables.py.
 """
 from __future__ import annotations
 
 import glob
-import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Iterable
 
-from ..core.design import COMPARISONS, KEY, MATCH, VARIANTS, fmt_tokens
-from ..core.fingerprint import code_record
-from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json, write_parquet, write_text
+from ..core import layout
 from ..core.config import ReportConfig
-from ..core.stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
-
-REQUIRED = KEY + ["score"]
-# metric name in the measure tables -> the cell field it averages
-MEASURE_COLUMNS = {"logprob": "answer_logprob_mean", "needle_attention": "needle_attention",
-                   "pause_attention": "pause_attention", "sink_attention": "sink_attention",
-                   "needle_ratio": "needle_attention_ratio"}
-DELTA_METRICS = ("logprob", "needle_attention", "pause_attention")
-LAYER_PARTS = ("needle", "pause", "sink", "rest")
-DEPTH_EDGES = [0, 20, 40, 60, 80, 100]
-LENGTH_ANCHOR = 1000
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-
-def flatten(obj: dict, prefix: str = "") -> dict:
-    """Nested dicts -> dotted keys; lists -> JSON strings (parquet-safe, round-trips with json.loads)."""
-    out = {}
-    for k, v in obj.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            if v:
-                out.update(flatten(v, name + "."))
-            else:
-                out[name] = None
-        elif isinstance(v, (list, tuple)):
-            out[name] = json.dumps(list(v), ensure_ascii=False)
-        else:
-            out[name] = v
-    return out
+from ..core.fingerprint import code_record
+from ..core.grid import eval_targets
+from ..core.io import PausetuneError, clean_dead_tmp, write_json, write_parquet, write_text
+from ..core.stats import DEFAULT_BOOTSTRAP
+from ..core.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
+                           measures_table, profile, summarize, summary_json)
 
 
 def find_cells(cells_dir: str | os.PathLike) -> list[str]:
@@ -123,364 +32,11 @@ def find_cells(cells_dir: str | os.PathLike) -> list[str]:
 def grid_cells(paths: list[str], cells_dir: str | os.PathLike, config: dict) -> tuple[list[str], list[str]]:
     """(the cells of the config's eval grid among `paths` found under cells_dir, the others): what Snakemake hands
     aggregate as its input list (core.grid.eval_targets), for a folder that may hold other grids' cells too."""
-    from ..core import layout
-    from ..core.grid import eval_targets
-
     want = {str(Path(p).relative_to(layout.CELLS)) for p in eval_targets(config)}
     kept, other = [], []
     for p in paths:
         (kept if str(Path(p).relative_to(cells_dir)) in want else other).append(p)
     return kept, other
-
-
-def load_cells(paths: Iterable[str | os.PathLike], skip_bad: bool = False, skipped: list | None = None) -> list[dict]:
-    """The cells, flattened. A damaged cell fails in one line naming it, or with `skip_bad` is left out and
-    recorded in `skipped` ({path, reason}) for the tables manifest and the results page."""
-    cells = []
-    for p in paths:
-        try:
-            cell = read_json(p)
-            if not isinstance(cell, dict):
-                raise PausetuneError(f"{p}: an eval cell must be a JSON object")
-            missing = [k for k in REQUIRED if k not in cell]
-            if missing:
-                raise PausetuneError(f"{p}: eval cell lacks key(s) {missing}")
-        except PausetuneError as e:
-            if not skip_bad:
-                raise PausetuneError(f"{e}; delete it and rerun (Snakemake recomputes its block), or set report."
-                                     f"skip_bad_cells: true to leave it out (the results page says so)") from None
-            if skipped is not None:
-                skipped.append({"path": str(p), "reason": str(e)})
-            continue
-        cell = flatten(cell)
-        cell["path"] = str(p)
-        cells.append(cell)
-    return cells
-
-
-def cells_frame(cells: list[dict]):
-    """The cells.parquet table: one row per cell, typed key columns, sorted, duplicates refused."""
-    import pandas as pd
-
-    if not cells:
-        raise PausetuneError("no eval cells given (--cells / --cells-dir / --cells-from matched nothing)")
-    df = pd.DataFrame(cells)
-    for col in ("model", "variant", "task"):
-        df[col] = df[col].astype(str)
-    try:
-        df["seed"] = df["seed"].astype("int64")
-        df["length"] = df["length"].astype("int64")
-        df["depth"] = df["depth"].astype("float64")
-        df["score"] = pd.to_numeric(df["score"], errors="raise").astype("float64")
-    except (TypeError, ValueError) as e:
-        raise PausetuneError(f"eval cells: a key field is not numeric ({e})") from None
-    for col in ("recall",) + tuple(MEASURE_COLUMNS.values()):
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    if "exact" in df:
-        df["exact"] = df["exact"].map(lambda x: None if x is None or (isinstance(x, float) and math.isnan(x))
-                                      else bool(x)).astype("boolean")
-    dup = df[df.duplicated(KEY, keep=False)]
-    if len(dup):
-        first = dup.sort_values(KEY).head(2)["path"].tolist()
-        raise PausetuneError(f"two eval cells share model/variant/task/seed/length/depth: {first[0]} and {first[1]}")
-    # Columns of mixed types (int in one cell, str in another) would not go into parquet: store them as JSON.
-    for col in df.columns:
-        if df[col].dtype == object:
-            kinds = {type(x) for x in df[col] if x is not None and not (isinstance(x, float) and math.isnan(x))}
-            if len(kinds) > 1:
-                df[col] = df[col].map(lambda x: None if x is None else (x if isinstance(x, str) else json.dumps(x)))
-    front = [c for c in KEY + ["score", "recall", "exact"] if c in df]
-    df = df[front + [c for c in df.columns if c not in front]]
-    return df.sort_values(KEY, kind="stable").reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------------------------- bands
-
-
-
-
-def depth_band(depth: float) -> tuple[str, float, float]:
-    """[0,20) [20,40) [40,60) [60,80) [80,100]: label, low, high."""
-    d = float(depth)
-    if not 0 <= d <= 100:
-        raise PausetuneError(f"needle depth {depth}: expected 0..100 %")
-    i = min(int(d // 20), 4)
-    lo, hi = DEPTH_EDGES[i], DEPTH_EDGES[i + 1]
-    return f"{lo}-{hi}", float(lo), float(hi)
-
-
-def length_band(length: int) -> tuple[str, float, float]:
-    """Octaves anchored at 1,000 tokens: [1000*2^k, 1000*2^(k+1)): label, low, high."""
-    if length < 1:
-        raise PausetuneError(f"context length {length}: expected a positive number of tokens")
-    k = math.floor(math.log2(length / LENGTH_ANCHOR))
-    lo, hi = LENGTH_ANCHOR * 2.0**k, LENGTH_ANCHOR * 2.0 ** (k + 1)
-    # log2 rounding at exact powers: keep lo <= length < hi
-    if length < lo:
-        lo, hi = lo / 2, lo
-    elif length >= hi:
-        lo, hi = hi, hi * 2
-    return f"{fmt_tokens(lo)}-{fmt_tokens(hi)}", lo, hi
-
-
-# ----------------------------------------------------------------------------------------------- summary
-
-SUMMARY_COLUMNS = ["kind", "model", "variant", "task", "band", "band_lo", "band_hi", "n", "mean_score",
-                   "score_sem", "mean_recall", "exact_rate"]
-DELTA_COLUMNS = ["model", "task", "variant", "reference", "n", "n_variant", "n_reference", "mean_variant",
-                 "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high",
-                 "bootstrap_b", "bootstrap_seed"]
-
-
-def _group_stats(g) -> dict:
-    import numpy as np
-
-    s = g["score"].dropna()
-    n = int(len(s))
-    rec = g["recall"].dropna() if "recall" in g else []
-    ex = g["exact"].dropna() if "exact" in g else []
-    return {
-        "n": n,
-        "mean_score": float(s.mean()) if n else math.nan,
-        "score_sem": float(s.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan,
-        "mean_recall": float(np.mean(rec)) if len(rec) else math.nan,
-        "exact_rate": float(np.mean(ex.astype(float))) if len(ex) else math.nan,
-    }
-
-
-def summarize(df):
-    """summary.csv as a DataFrame (see the module docstring)."""
-    import pandas as pd
-
-    df = df[df["score"].notna()].copy()
-    df["_depth_band"] = [depth_band(d) for d in df["depth"]]
-    df["_length_band"] = [length_band(n) for n in df["length"]]
-    rows = []
-    for (model, variant, task), g in df.groupby(["model", "variant", "task"], sort=True):
-        rows.append({"kind": "overall", "model": model, "variant": variant, "task": task, "band": "all",
-                     "band_lo": math.nan, "band_hi": math.nan, **_group_stats(g)})
-        for kind, col in (("depth_band", "_depth_band"), ("length_band", "_length_band")):
-            for band, gb in sorted(g.groupby(col, sort=False), key=lambda kv: kv[0][1]):
-                rows.append({"kind": kind, "model": model, "variant": variant, "task": task, "band": band[0],
-                             "band_lo": band[1], "band_hi": band[2], **_group_stats(gb)})
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    order = {"overall": 0, "depth_band": 1, "length_band": 2}
-    out["_k"] = out["kind"].map(order)
-    out["_v"] = out["variant"].map(lambda v: VARIANTS.index(v) if v in VARIANTS else len(VARIANTS))
-    out = out.sort_values(["model", "task", "_k", "_v", "variant", "band_lo"], kind="stable", na_position="first")
-    return out.drop(columns=["_k", "_v"]).reset_index(drop=True)
-
-
-def profile(df, axis: str):
-    """Mean score per model x task x variant x exact depth (or length): the curves `dvc plots` draws."""
-    import pandas as pd
-
-    df = df[df["score"].notna()]
-    rows = []
-    for (model, task, variant, x), g in df.groupby(["model", "task", "variant", axis], sort=True):
-        rows.append({"panel": f"{model}/{task}", "series": variant, "model": model, "task": task, "variant": variant, axis: x,
-                     "n": len(g), "mean_score": float(g["score"].mean()),
-                     "mean_recall": float(g["recall"].mean()) if "recall" in g else math.nan})
-    return pd.DataFrame(rows, columns=["panel", "series", "model", "task", "variant", axis, "n", "mean_score", "mean_recall"])
-
-
-
-
-
-
-def matched(df, model: str, task: str, variant: str, reference: str):
-    """Matched cells of two variants: a frame with MATCH columns + score_v, score_r (sorted, deterministic)."""
-    sel = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
-    a = sel[sel["variant"] == variant][MATCH + ["score"]]
-    r = sel[sel["variant"] == reference][MATCH + ["score"]]
-    m = a.merge(r, on=MATCH, suffixes=("_v", "_r"), how="inner")
-    return m.sort_values(MATCH, kind="stable").reset_index(drop=True), len(a), len(r)
-
-
-def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
-    """deltas.csv as a DataFrame (see the module docstring)."""
-    import pandas as pd
-
-    rows = []
-    present = df[df["score"].notna()].groupby(["model", "task"])["variant"].agg(set)
-    for (model, task), variants in present.items():
-        for variant, reference in COMPARISONS:
-            if variant not in variants or reference not in variants:
-                continue
-            m, n_v, n_r = matched(df, model, task, variant, reference)
-            cseed = comparison_seed(seed, model, task, variant, reference)
-            stats = paired_bootstrap(m["score_v"].to_numpy(), m["score_r"].to_numpy(), b=b, seed=cseed)
-            rows.append({"model": model, "task": task, "variant": variant, "reference": reference, "n": len(m),
-                         "n_variant": n_v, "n_reference": n_r,
-                         "mean_variant": float(m["score_v"].mean()) if len(m) else math.nan,
-                         "mean_reference": float(m["score_r"].mean()) if len(m) else math.nan,
-                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed)})
-    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
-
-
-# ----------------------------------------------------------------------------------------------- measures
-
-MEASURE_TABLE_COLUMNS = ["scope", "model", "task", "variant", "band", "length", "depth", "n"] + [
-    f"mean_{m}" for m in MEASURE_COLUMNS]
-MEASURE_DELTA_COLUMNS = ["metric", "scope", "model", "task", "variant", "reference", "band", "length", "depth", "n",
-                         "mean_variant", "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "bootstrap_b",
-                         "bootstrap_seed"]
-
-
-def _measured(df):
-    """The cells that carry measures (any of them), with a depth-band column."""
-    cols = [c for c in MEASURE_COLUMNS.values() if c in df]
-    if not cols:
-        return df.iloc[0:0].assign(_band="")
-    sel = df[df[cols].notna().any(axis=1)].copy()
-    sel["_band"] = [depth_band(d)[0] for d in sel["depth"]]
-    return sel
-
-
-def _scopes(g):
-    """(scope, band, length, depth, rows) for the overall, depth-band and point groupings of one frame."""
-    yield "overall", "all", math.nan, math.nan, g
-    for band, gb in sorted(g.groupby("_band"), key=lambda kv: float(kv[0].split("-")[0])):
-        yield "depth_band", band, math.nan, math.nan, gb
-    for (n, d), gp in g.groupby(["length", "depth"], sort=True):
-        yield "point", "", int(n), float(d), gp
-
-
-def measures_table(df):
-    """measures.csv as a DataFrame (module docstring)."""
-    import pandas as pd
-
-    sel = _measured(df)
-    rows = []
-    for (model, task, variant), g in sel.groupby(["model", "task", "variant"], sort=True):
-        for scope, band, n, d, gs in _scopes(g):
-            row = {"scope": scope, "model": model, "task": task, "variant": variant, "band": band, "length": n,
-                   "depth": d, "n": int(len(gs))}
-            for m, col in MEASURE_COLUMNS.items():
-                vals = gs[col].dropna() if col in gs else []
-                row[f"mean_{m}"] = float(vals.mean()) if len(vals) else math.nan
-            rows.append(row)
-    out = pd.DataFrame(rows, columns=MEASURE_TABLE_COLUMNS)
-    if len(out):
-        out["_s"] = out["scope"].map({"overall": 0, "depth_band": 1, "point": 2})
-        out["_v"] = out["variant"].map(lambda v: VARIANTS.index(v) if v in VARIANTS else len(VARIANTS))
-        out = out.sort_values(["model", "task", "_s", "_v", "variant", "band", "length", "depth"], kind="stable")
-        out = out.drop(columns=["_s", "_v"]).reset_index(drop=True)
-    return out
-
-
-def measure_deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
-    """measure_deltas.csv as a DataFrame (module docstring)."""
-    import pandas as pd
-
-    from ..core.design import PAUSED
-
-    sel = _measured(df)
-    rows = []
-    for (model, task), g in sel.groupby(["model", "task"], sort=True):
-        present = set(g["variant"])
-        for variant, reference in COMPARISONS:
-            if variant not in present or reference not in present:
-                continue
-            for metric in DELTA_METRICS:
-                col = MEASURE_COLUMNS[metric]
-                both_paused = PAUSED.get(variant) and PAUSED.get(reference)
-                if col not in g or (metric == "pause_attention" and not both_paused):
-                    continue
-                a = g[(g["variant"] == variant) & g[col].notna()][MATCH + ["_band", col]]
-                r = g[(g["variant"] == reference) & g[col].notna()][MATCH + [col]]
-                m = a.merge(r, on=MATCH, suffixes=("_v", "_r")).sort_values(MATCH, kind="stable")
-                if m.empty:
-                    continue
-                for scope, band, n, d, gs in _scopes(m):
-                    cseed = comparison_seed(seed, model, f"{task}|{metric}|{scope}|{band or f'{n}/{d:g}'}",
-                                            variant, reference)
-                    st = paired_bootstrap(gs[f"{col}_v"].to_numpy(), gs[f"{col}_r"].to_numpy(), b=b, seed=cseed)
-                    rows.append({"metric": metric, "scope": scope, "model": model, "task": task, "variant": variant,
-                                 "reference": reference, "band": band, "length": n, "depth": d, "n": int(len(gs)),
-                                 "mean_variant": float(gs[f"{col}_v"].mean()),
-                                 "mean_reference": float(gs[f"{col}_r"].mean()),
-                                 **{k: st[k] for k in ("diff", "diff_ci_low", "diff_ci_high")},
-                                 "bootstrap_b": int(b), "bootstrap_seed": int(seed)})
-    return pd.DataFrame(rows, columns=MEASURE_DELTA_COLUMNS)
-
-
-def layer_attention(df):
-    """layer_attention.csv: per model x task x variant x layer, the mean share of each part (module docstring)."""
-    import numpy as np
-    import pandas as pd
-
-    cols = [f"attention.{p}" for p in LAYER_PARTS]
-    rows = []
-    if all(c in df for c in cols):
-        sel = df[df[cols[0]].notna()]
-        for (model, task, variant), g in sel.groupby(["model", "task", "variant"], sort=True):
-            parts = {p: [json.loads(x) if isinstance(x, str) else x for x in g[f"attention.{p}"]] for p in LAYER_PARTS}
-            layers = {len(x) for x in parts["needle"]}
-            if len(layers) != 1:
-                raise PausetuneError(f"cells of {model}/{variant}/{task}: attention lists of different layer counts "
-                                     f"{sorted(layers)}")
-            means = {p: np.asarray(v, dtype=float).mean(axis=0) for p, v in parts.items()}
-            for layer in range(layers.pop()):
-                rows.append({"model": model, "task": task, "variant": variant, "layer": layer, "n": int(len(g)),
-                             **{p: float(means[p][layer]) for p in LAYER_PARTS}})
-    return pd.DataFrame(rows, columns=["model", "task", "variant", "layer", "n", *LAYER_PARTS])
-
-
-def _num(x):
-    if x is None:
-        return None
-    if isinstance(x, (bool,)):
-        return x
-    if isinstance(x, int):
-        return x
-    x = float(x)
-    if math.isnan(x) or math.isinf(x):
-        return None
-    return round(x, 4)
-
-
-def summary_json(summary, deltas_df, measures=None, mdeltas=None) -> dict:
-    """Flat, human-readable keys for DVC metrics (see the module docstring)."""
-    out = {}
-    if measures is not None:
-        for r in measures[measures["scope"] == "overall"].itertuples(index=False):
-            base = f"{r.model}/{r.variant}/{r.task}"
-            for m in ("logprob", "needle_attention", "pause_attention"):
-                out[f"{base}/mean_{m}"] = _num(getattr(r, f"mean_{m}"))
-    if mdeltas is not None:
-        for r in mdeltas[mdeltas["scope"] == "overall"].itertuples(index=False):
-            key = f"{r.model}/{r.variant}/{r.task}/{r.metric}_diff_vs_{r.reference}"
-            out[key] = _num(r.diff)
-            out[f"{key}_ci_low"] = _num(r.diff_ci_low)
-            out[f"{key}_ci_high"] = _num(r.diff_ci_high)
-    for r in summary[summary["kind"] == "overall"].itertuples(index=False):
-        base = f"{r.model}/{r.variant}/{r.task}"
-        out[f"{base}/mean_score"] = _num(r.mean_score)
-        out[f"{base}/mean_recall"] = _num(r.mean_recall)
-        out[f"{base}/exact_rate"] = _num(r.exact_rate)
-        out[f"{base}/n"] = int(r.n)
-    for r in deltas_df.itertuples(index=False):
-        base = f"{r.model}/{r.variant}/{r.task}"
-        if r.reference == "baseline":
-            out[f"{base}/pct_vs_baseline"] = _num(r.pct)
-            out[f"{base}/pct_ci_low"] = _num(r.pct_ci_low)
-            out[f"{base}/pct_ci_high"] = _num(r.pct_ci_high)
-            out[f"{base}/diff_vs_baseline"] = _num(r.diff)
-            out[f"{base}/n_matched"] = int(r.n)
-        else:
-            tag = f"vs_{r.reference}"
-            out[f"{base}/pct_{tag}"] = _num(r.pct)
-            out[f"{base}/pct_{tag}_ci_low"] = _num(r.pct_ci_low)
-            out[f"{base}/pct_{tag}_ci_high"] = _num(r.pct_ci_high)
-            out[f"{base}/diff_{tag}"] = _num(r.diff)
-            out[f"{base}/n_matched_{tag}"] = int(r.n)
-    return out
-
-
-def _csv(df) -> str:
-    return df.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def tables_manifest(df, skipped: list | None = None) -> dict:
@@ -498,7 +54,7 @@ def tables_manifest(df, skipped: list | None = None) -> dict:
 
 def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0,
               skip_bad: bool = False) -> dict:
-    """Read the cells, write the four tables into out_dir; return {name: DataFrame or dict}."""
+    """Read the cells, write every table into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
     clean_dead_tmp(out_dir)  # a killed run's temp tables (only a dead writer's: someone may aggregate beside us)
@@ -510,14 +66,14 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     metrics = summary_json(summary, delta, meas, mdelta)
     out = Path(out_dir)
     write_parquet(out / "cells.parquet", df)
-    write_text(out / "summary.csv", _csv(summary))
-    write_text(out / "deltas.csv", _csv(delta))
+    write_text(out / "summary.csv", csv_text(summary))
+    write_text(out / "deltas.csv", csv_text(delta))
     write_json(out / "summary.json", metrics)
     for axis in ("depth", "length"):
-        write_text(out / f"{axis}_profile.csv", _csv(profile(df, axis)))
-    write_text(out / "measures.csv", _csv(meas))
-    write_text(out / "measure_deltas.csv", _csv(mdelta))
-    write_text(out / "layer_attention.csv", _csv(layers))
+        write_text(out / f"{axis}_profile.csv", csv_text(profile(df, axis)))
+    write_text(out / "measures.csv", csv_text(meas))
+    write_text(out / "measure_deltas.csv", csv_text(mdelta))
+    write_text(out / "layer_attention.csv", csv_text(layers))
     write_json(out / "manifest.json", tables_manifest(df, skipped))
     return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "measures": meas,
             "measure_deltas": mdelta, "layer_attention": layers, "skipped": skipped}

@@ -1,0 +1,364 @@
+"""The results page's text: numbers as words, the fixed rules that read an interval, and each section.
+
+Every sentence is made from the tables by a rule (an interval that contains 0 is "no detectable effect"), so the
+page says nothing the data does not; the publish stage puts the sections together and copies the files they link.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from .config import EvalConfig, PromptConfig, PublishConfig
+from .design import VARIANTS
+from .io import PausetuneError, read_json, read_parquet
+from .tables import variant_rank
+from .targets import KINDS
+
+PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        raise PausetuneError(f"{path}: file not found (run the aggregate stage first)")
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def num(x, digits: int = 2) -> str:
+    if x in (None, "", "nan", "NaN"):
+        return "–"
+    return f"{float(x):.{digits}f}"
+
+
+def signed(x, digits: int = 1) -> str:
+    if x in (None, "", "nan", "NaN"):
+        return "–"
+    return f"{float(x):+.{digits}f}"
+
+
+def interval(row: dict, key: str = "pct", digits: int = 1) -> str:
+    return f"{signed(row[key], digits)} [{signed(row[key + '_ci_low'], digits)}, {signed(row[key + '_ci_high'], digits)}]"
+
+
+def verdict(row: dict, what: str) -> str:
+    """One sentence from a paired comparison: the interval decides, not the point estimate."""
+    lo, hi = float(row["pct_ci_low"]), float(row["pct_ci_high"])
+    head = (f"{what}: {interval(row)}% mean score ({num(row['mean_variant'])} vs {num(row['mean_reference'])}, "
+            f"n = {row['n']} matched cells)")
+    if lo > 0:
+        return head + " — an improvement whose 95% interval excludes zero."
+    if hi < 0:
+        return head + " — a degradation whose 95% interval excludes zero."
+    pct, need = float(row["pct"]), ""
+    # the side of the interval that reaches zero decides (percentile intervals are not symmetric)
+    near = pct - lo if pct > 0 else hi - pct
+    if pct != 0 and near > 0:
+        cells = math.ceil((near / abs(pct)) ** 2 * int(row["n"]))
+        need = (f" At this spread, an effect of the observed size would need roughly {cells} matched cells to "
+                f"resolve (the interval shrinks as 1/sqrt(n))." if cells > int(row["n"]) else
+                " The interval's near end sits at zero: a few more matched cells (or seeds) would settle it.")
+    return head + " — no detectable effect: the interval contains zero." + need
+
+
+def band_changes(summary: list[dict], model: str, task: str, variant: str, kind: str, min_diff: float) -> list[str]:
+    rows = {(r["variant"], r["band"]): r for r in summary
+            if r["kind"] == kind and r["model"] == model and r["task"] == task}
+    out = []
+    for (v, band), r in rows.items():
+        base = rows.get(("baseline", band))
+        if v != variant or base is None:
+            continue
+        diff = float(r["mean_score"]) - float(base["mean_score"])
+        if abs(diff) >= min_diff:
+            out.append(f"{band} ({signed(diff)} points, {num(r['mean_score'])} vs {num(base['mean_score'])}, "
+                       f"n = {r['n']}/{base['n']})")
+    return out
+
+
+def figure_rel(f: str) -> Path:
+    """results/figures/heatmap/M/T/V.png -> heatmap/M/T/V.png (the last four parts if no `figures` folder)."""
+    src = Path(f)
+    return Path(*(src.parts[src.parts.index("figures") + 1:] if "figures" in src.parts[:-1] else src.parts[-4:]))
+
+
+def figure_order(figures: list[str], config: dict) -> list[str]:
+    """Per model and task (in config order): heatmaps, deltas, profiles, variants in design order. Snakemake passes
+    the grid's list, DVC a glob: the page must not depend on which."""
+    ev = EvalConfig.of(config)
+    models, tasks = list(ev.models), list(ev.tasks)
+    names = list(VARIANTS) + ["pause-tuned_vs_plain-tuned"]
+
+    def rank(seq, x):
+        return (seq.index(x), "") if x in seq else (len(seq), x)
+
+    def key(f):
+        p = figure_rel(f).with_suffix("").parts
+        kind, model, task, name = (list(p) + ["", "", "", ""])[:4]
+        return (rank(models, model), rank(tasks, task), rank(KINDS, kind), rank(names, name), p)
+
+    return sorted(figures, key=key)
+
+
+def where_baseline_fails(tables: Path, model: str, task: str) -> str | None:
+    """The lost-in-the-middle region: (length, depth) points where the baseline misses in some seed, and every
+    variant's mean score there. Selected on the baseline's misses, so it favours any other variant (regression
+    to the mean); the page says so."""
+    path = tables / "cells.parquet"
+    if not path.exists():
+        return None
+    df = read_parquet(path, columns=["model", "task", "variant", "seed", "length", "depth", "score"])
+    df = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
+    base = df[df["variant"] == "baseline"].groupby(["length", "depth"])["score"].min()
+    hard = base[base < 10].index
+    if len(hard) == 0 or len(hard) == len(base):
+        return None
+    pts = df.set_index(["length", "depth"]).loc[lambda d: d.index.isin(hard)].reset_index()
+    means = pts.groupby("variant")["score"].agg(["mean", "size"])
+    order = [v for v in VARIANTS if v in means.index]
+    by_len: dict[int, list[str]] = defaultdict(list)
+    for n, d in sorted(hard):
+        by_len[int(n)].append(f"{float(d):g}")
+    where = "; ".join(f"{n} tokens: depths {', '.join(ds)}" for n, ds in sorted(by_len.items()))
+    vals = ", ".join(f"{v} {num(means.loc[v, 'mean'])} (n = {int(means.loc[v, 'size'])})" for v in order)
+    return (f"- Where the baseline misses the needle in at least one seed ({len(hard)} of {len(base)} length x depth "
+            f"points; {where}), mean score: {vals}. These points are chosen by the baseline's misses, so this "
+            "comparison leans toward the other variants; the paired intervals above are the unbiased test.")
+
+
+ANSWER_KINDS = ("answered", "copies the prompt", "runs to the token limit", "other miss")
+
+
+def _words(text: str) -> list[str]:
+    """Lowercase word tokens (the report env has no torch, so nothing from core.scoring's closure)."""
+    import re
+
+    return re.findall(r"\w+", (text or "").lower())
+
+
+def answer_kind(answer: str, recall: float, answer_tokens: int, max_new_tokens: int, prompt_text: str) -> str:
+    """How an answer went, for the failure-mode count: `answered` (some fact found); else `copies the prompt`
+    (it repeats 4 consecutive words of the system line or the instruction: the tuned-on-raw-text failure; the
+    question is left out, since restating it is how a normal answer starts);
+    else `runs to the token limit` (no fact and no end of turn within eval.max_new_tokens: an essay-like
+    continuation); else `other miss` (a short wrong answer)."""
+    if recall and recall > 0:
+        return "answered"
+    words, ref = _words(answer), _words(prompt_text)
+    grams = {tuple(ref[i:i + 4]) for i in range(len(ref) - 3)}
+    if any(tuple(words[i:i + 4]) in grams for i in range(len(words) - 3)):
+        return "copies the prompt"
+    if answer_tokens >= max_new_tokens:
+        return "runs to the token limit"
+    return "other miss"
+
+
+def answer_kinds_section(tables: Path, config: dict) -> list[str]:
+    """Per task and variant, how many answers fall in each kind: whether tuning broke the answering itself."""
+    path = tables / "cells.parquet"
+    if not path.exists():
+        return []
+    df = read_parquet(path)
+    need = {"variant", "task", "answer", "recall", "question"}
+    if not need <= set(df.columns) or df.empty:
+        return []
+    if "answer_tokens" not in df.columns:  # cells of older runs: no token count, so no `runs to the token limit`
+        df = df.assign(answer_tokens=None)
+    pr = PromptConfig.of(config)
+    limit = EvalConfig.of(config).max_new_tokens
+    instruction = " ".join([pr.system, pr.instruction])
+    kinds = [answer_kind(a, r, int(t) if t is not None and t == t else 0, limit, instruction)
+             for a, r, t in zip(df["answer"], df["recall"], df["answer_tokens"])]
+    df = df.assign(kind=kinds)
+    L = ["## How the answers went", "",
+         "Every cell's answer, by kind (`answered`: at least one fact found; `copies the prompt`: no fact, and 4 "
+         "consecutive words of the system line or instruction repeated (not the question: restating it is how an answer starts); `runs to the token limit`: no "
+         f"fact and no end of turn within {limit} tokens, an essay-like continuation; `other miss`: a short wrong "
+         "answer). n cells per row.", "",
+         "| task | variant | n | " + " | ".join(ANSWER_KINDS) + " |", "| --- | --- | ---: |" + " ---: |" * len(ANSWER_KINDS)]
+    for (task, variant), g in sorted(df.groupby(["task", "variant"]),
+                                     key=lambda kv: (kv[0][0], variant_rank(kv[0][1]))):
+        counts = g["kind"].value_counts()
+        L.append(f"| {task} | {variant} | {len(g)} | " + " | ".join(
+            f"{int(counts.get(k, 0))} ({100 * counts.get(k, 0) / len(g):.0f}%)" for k in ANSWER_KINDS) + " |")
+    L.append("")
+    base = df[df["variant"] == "baseline"]
+    rows = []
+    for task, g in base.groupby("task"):
+        perfect = sorted(int(n) for n, s in g.groupby("length")["score"] if (s == 10).all())
+        if not perfect:
+            continue
+        at = df[(df["task"] == task) & df["length"].isin(perfect)]
+        means = at.groupby("variant")["score"].agg(["mean", "size"])
+        order = [v for v in VARIANTS if v in means.index]
+        rows.append(f"- {task}: the untuned baseline scores 10 in every cell at {', '.join(map(str, perfect))} "
+                    "tokens; there, mean score " + ", ".join(
+                        f"{v} {num(means.loc[v, 'mean'])} (n = {int(means.loc[v, 'size'])})" for v in order)
+                    + ". Anything below 10 there is harm done by tuning (or the marker), not the context length.")
+    if rows:
+        L += ["Where the baseline is perfect:", ""] + rows + [""]
+    return L
+
+
+def read_optional_csv(path: Path) -> list[dict]:
+    """A measure table: absent in tables made before eval.measure existed, header-only when no cell has measures."""
+    return read_csv(path) if path.exists() else []
+
+
+def diff_interval(row: dict, digits: int = 3) -> str:
+    return (f"{signed(row['diff'], digits)} [{signed(row['diff_ci_low'], digits)}, "
+            f"{signed(row['diff_ci_high'], digits)}]")
+
+
+def measure_verdict(row: dict, what: str, unit: str, digits: int = 3) -> str:
+    """One sentence from a paired measure comparison; as verdict(): the interval decides."""
+    lo, hi = float(row["diff_ci_low"]), float(row["diff_ci_high"])
+    head = (f"{what}: {diff_interval(row, digits)}{' ' + unit if unit else ''} ({num(row['mean_variant'], digits)} vs "
+            f"{num(row['mean_reference'], digits)}, n = {row['n']} matched cells)")
+    if lo > 0:
+        return head + " — higher, the 95% interval excludes zero."
+    if hi < 0:
+        return head + " — lower, the 95% interval excludes zero."
+    return head + " — no detectable change: the interval contains zero."
+
+
+MIDDLE, EDGES = "40-60", ("0-20", "80-100")
+
+
+def mechanism_section(measures: list[dict], mdeltas: list[dict]) -> list[str]:
+    """The page's mechanism section from measures.csv and measure_deltas.csv (empty when no cell has measures)."""
+    overall = [r for r in measures if r["scope"] == "overall"]
+    if not overall:
+        return []
+    by = {(d["metric"], d["scope"], d["band"], d["model"], d["task"], d["variant"], d["reference"]): d
+          for d in mdeltas if d["scope"] in ("overall", "depth_band")}
+    L = ["## Mechanism: answer likelihood and attention", "",
+         "Per cell (`eval.measure`), on the cache the answer was generated from: the summed log-probability of the "
+         "expected answer teacher-forced after the prompt (mean over a cell's answers; the needle sentence, value or "
+         "variable names), and the attention of the last prompt token (mean over heads and layers) on the needle's "
+         "tokens, on pause tokens and on the first 4 tokens (sink); needle ratio = needle share / the needle's share "
+         "of the tokens (1: no preference). Differences are paired over matched cells with 95% bootstrap intervals "
+         "(`results/tables/measure_deltas.csv`).", "",
+         "| model | task | variant | n | answer log-prob | Δ vs baseline [95% CI] | needle attention | "
+         "Δ vs baseline [95% CI] | needle ratio | pause attention | sink attention |",
+         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    overall.sort(key=lambda r: (r["model"], r["task"], variant_rank(r["variant"])))
+    for r in overall:
+        key = (r["model"], r["task"], r["variant"], "baseline")
+        lp = by.get(("logprob", "overall", "all") + key)
+        na = by.get(("needle_attention", "overall", "all") + key)
+        L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {num(r['mean_logprob'])} | "
+                 f"{diff_interval(lp, 2) if lp else '–'} | {num(r['mean_needle_attention'], 4)} | "
+                 f"{diff_interval(na, 4) if na else '–'} | {num(r['mean_needle_ratio'])} | "
+                 f"{num(r['mean_pause_attention'], 4)} | {num(r['mean_sink_attention'], 3)} |")
+    L.append("")
+    for model, task in sorted({(r["model"], r["task"]) for r in overall}):
+        L += [f"**{model} / {task}**", ""]
+        bands = {(r["variant"], r["band"]): r for r in measures
+                 if r["scope"] == "depth_band" and r["model"] == model and r["task"] == task}
+        for v in [v for v in VARIANTS if (v, MIDDLE) in bands]:
+            edges = [bands[(v, b)] for b in EDGES if (v, b) in bands]
+            if not edges:
+                continue
+            mid = float(bands[(v, MIDDLE)]["mean_needle_attention"])
+            low = all(mid < float(e["mean_needle_attention"]) for e in edges)
+            where = "lower in the middle than at every edge" if low else "not lower in the middle than at every edge"
+            L.append(f"- {v}: needle attention share at depths {MIDDLE}% {num(mid, 4)} against "
+                     + " and ".join(f"{num(e['mean_needle_attention'], 4)} at {e['band']}%" for e in edges)
+                     + f": {where} (descriptive; cells of one variant across depths are not paired).")
+        for variant, reference, what in [
+            ("pause-prompt", "baseline", "the pause marker alone (pause-prompt vs baseline)"),
+            ("pause-tuned", "baseline", "pause-tuning (pause-tuned vs baseline)"),
+            ("pause-tuned", "plain-tuned", "pause-tuning against plain tuning (pause-tuned vs plain-tuned)"),
+            ("pause-tuned", "pause-prompt", "pause-tuning against the marker alone (pause-tuned vs pause-prompt)"),
+        ]:
+            for metric, scope, band, label, unit, digits in (
+                    ("logprob", "overall", "all", "answer log-prob", "nats", 2),
+                    ("needle_attention", "overall", "all", "needle attention share", "", 4),
+                    ("needle_attention", "depth_band", MIDDLE, f"needle attention share at depths {MIDDLE}%", "", 4),
+                    ("pause_attention", "overall", "all", "attention on pause tokens", "", 4)):
+                d = by.get((metric, scope, band, model, task, variant, reference))
+                if d:
+                    L.append(f"- {measure_verdict(d, what[0].upper() + what[1:] + ', ' + label, unit, digits)}")
+        L.append("")
+    return L
+
+
+def intro(config: dict, tables: Path) -> list[str]:
+    """The title, what the scores and intervals are, and the cells left out as unreadable (if any)."""
+    L = [f"# {PublishConfig.of(config).title}", "",
+         "Written by the pipeline (`pausetune publish`, from `results/tables/`); do not edit by hand. "
+         "Scores are the NIAH 1–10 scale (1 + 9 × recall of the needle's facts); intervals are 95% paired "
+         "bootstrap intervals over matched cells (same model, task, seed, length, depth).", ""]
+    manifest = tables / "manifest.json"
+    skipped = read_json(manifest).get("skipped_cells", []) if manifest.exists() else []
+    if skipped:
+        L += [f"**{len(skipped)} eval cell(s) left out** of these tables as unreadable (config "
+              f"report.skip_bad_cells): " + ", ".join(f"`{s['path']}`" for s in skipped), ""]
+    return L
+
+
+def summary_section(summary: list[dict], deltas: list[dict]) -> list[str]:
+    """Per model x task x variant: the means and the change against the baseline; then the other comparisons."""
+    L = ["## Summary", "",
+         "| model | task | variant | n | mean score | mean recall | exact | % vs baseline [95% CI] |",
+         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    by_cmp = {(d["model"], d["task"], d["variant"], d["reference"]): d for d in deltas}
+    overall = sorted((r for r in summary if r["kind"] == "overall"),
+                     key=lambda r: (r["model"], r["task"], variant_rank(r["variant"])))
+    for r in overall:
+        d = by_cmp.get((r["model"], r["task"], r["variant"], "baseline"))
+        L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {num(r['mean_score'])} | "
+                 f"{num(r['mean_recall'])} | {num(r['exact_rate'])} | {interval(d) + '%' if d else '–'} |")
+    L += ["", f"For reference (not the same model, data or grid), the paper reports +{PAPER['3B']}% (Llama-3.2-3B) and +{PAPER['8B']}% (Llama-3.1-8B) "
+          "average single-needle score for pause-tuning over the untuned baseline.", ""]
+    other = [d for d in deltas if d["reference"] != "baseline"]
+    if other:
+        L += ["| model | task | comparison | n | mean | mean (reference) | % change [95% CI] |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        L += [f"| {d['model']} | {d['task']} | {d['variant']} vs {d['reference']} | {d['n']} | "
+              f"{num(d['mean_variant'])} | {num(d['mean_reference'])} | {interval(d)}% |" for d in other]
+        L.append("")
+    return L
+
+
+READINGS = [  # (variant, reference, what the comparison tests), in the order the page reads them
+    ("pause-prompt", "baseline", "The pause marker alone (pause-prompt vs baseline)"),
+    ("pause-tuned", "baseline", "Pause-tuning (pause-tuned vs baseline)"),
+    ("pause-tuned", "plain-tuned", "Pause-tuning against tuning on the same essays without pauses (pause-tuned vs plain-tuned)"),
+    ("plain-tuned", "baseline", "Tuning on the essays alone (plain-tuned vs baseline)"),
+]
+
+
+def reading_section(summary: list[dict], deltas: list[dict], tables: Path) -> list[str]:
+    """Per model x task, what the numbers say, each sentence from a fixed rule (verdict, band_changes)."""
+    overall = [r for r in summary if r["kind"] == "overall"]
+    by_cmp = {(d["model"], d["task"], d["variant"], d["reference"]): d for d in deltas}
+    L = ["## Reading", ""]
+    for (model, task) in sorted({(r["model"], r["task"]) for r in overall}):
+        L += [f"**{model} / {task}**", ""]
+        rows = [r for r in overall if r["model"] == model and r["task"] == task]
+        if rows and all(float(r["mean_recall"]) == 0 for r in rows):
+            L.append(f"- Every variant recalls none of the facts in any cell (score 1 throughout): at these lengths the "
+                     f"task is beyond the model (a floor effect), so it cannot show a difference either way.")
+        for variant, reference, what in READINGS:
+            d = by_cmp.get((model, task, variant, reference))
+            if d:
+                L.append(f"- {verdict(d, what)}")
+        tuned = [by_cmp.get((model, task, v, "baseline")) for v in ("pause-tuned", "plain-tuned")]
+        if all(tuned) and all(float(d["pct_ci_high"]) < 0 for d in tuned):
+            L.append("- Both tuned variants score below the untuned baseline, each interval excluding zero: tuning on "
+                     "the essays itself costs retrieval here, so pause-tuned vs plain-tuned (same essays, same recipe, "
+                     "with and without the markers) is the comparison that isolates the pauses.")
+        hard = where_baseline_fails(tables, model, task)
+        if hard:
+            L.append(hard)
+        for variant in ("pause-prompt", "pause-tuned", "plain-tuned"):
+            for kind, label in (("depth_band", "depth bands"), ("length_band", "length bands")):
+                changes = band_changes(summary, model, task, variant, kind, min_diff=1.0)
+                if changes:
+                    L.append(f"- {variant} differs from baseline by at least 1 point in {label}: "
+                             + "; ".join(changes) + ".")
+        L.append("")
+    return L
