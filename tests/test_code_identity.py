@@ -1,9 +1,10 @@
 """Cells, checkpoints and tables know the code that made them; edits rerun exactly what they touch.
 
-Library-level: the import closure each stage runs, and that core/ never imports stages/. Workflow-level, in a
-project built once (real Snakemake on the tiny model), each test in its own copy of it: edit scoring.py,
-figures.py or haystack.py of the copy and check what `snakemake -n` plans, what reruns, and that the cell cache
-never serves a cell of other code.
+Library-level: the import closure each stage runs, and that core/ never imports stages/; dvc.yaml's code deps and
+recipe params are what the package says. Workflow-level, in a project built once (real Snakemake on the tiny
+model: cells, table, figure and one checkpoint), each test in its own copy of it: edit docstrings (nothing to
+do), scoring.py, figures.py, lora.py or haystack.py of the copy and check what `snakemake -n` plans, what reruns,
+and that the cell cache never serves a cell of other code.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 
 from conftest import ROOT
 from pausetune.core.fingerprint import closure, closure_files, fingerprint
+from pausetune.core.recipe import RECIPE_KEYS, RUN_ONLY_KEYS
 from helpers import Built, build, copy_project, plan, snakemake
 
 PKG = ROOT / "workflow" / "pausetune"
@@ -71,12 +73,33 @@ def test_dvc_code_deps_are_the_import_closures():
     assert "workflow/pausetune/stages/aggregate.py" in deps and "workflow/pausetune/core/scoring.py" not in deps
 
 
+def test_dvc_train_params_are_the_recipe():
+    """dvc.yaml's train params list every recipe key (the list training's run key and the rule's params come from)
+    and no run-only key; DVC refuses a listed key that config/config.yaml lacks, so each is spelled out there."""
+    params = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]["params"][0]["config/config.yaml"]
+    train = [p for p in params if p.split(".")[0] == "train"]
+    assert train == [f"train.{k}" for k in RECIPE_KEYS]
+    assert not {f"train.{k}" for k in RUN_ONLY_KEYS} & set(params)
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    missing = []
+    for key in params:
+        node = config
+        for part in key.replace("${item.model}", config["train"]["models"][0]).split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(key)
+                break
+            node = node[part]
+    assert not missing, missing
+
+
 # ------------------------------------------------------------------------------------------- workflow
 
 OVERLAY = {"eval": {"models": ["tiny"], "variants": ["baseline"], "tasks": ["single"], "lengths": [1000],
-                    "depths": [0, 100], "seeds": [0]}}
+                    "depths": [0, 100], "seeds": [0]},
+           "train": {"models": ["tiny"], "max_steps": 2, "warmup_steps": 0, "save_every": 1}}
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "code.yaml"]
 CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
+CHECKPOINT = "results/checkpoints/tiny/pause/manifest.json"
 TABLE = "results/tables/summary.csv"
 FIGURE = "results/figures/heatmap/tiny/single/baseline.png"
 # A real change to the scoring rule: facts are never found, so every score becomes 1.
@@ -97,10 +120,11 @@ def cell(project: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, data_project) -> Built:
-    """The grid's cells, table and figure, built once on the session's data stages; tests read it, never edit it."""
+    """The grid's cells, table and figure and one checkpoint, built once on the session's data stages; tests read
+    it, never edit it."""
     p = copy_project(data_project, tmp_path_factory.mktemp("code"))
     (p / "code.yaml").write_text(yaml.safe_dump(OVERLAY))
-    return Built(p, build(p, TABLE, FIGURE, configs=CONFIGS))
+    return Built(p, build(p, TABLE, FIGURE, CHECKPOINT, configs=CONFIGS))
 
 
 @pytest.fixture
@@ -158,9 +182,25 @@ def test_rescore_command_follows_scoring_code(project):
 
 
 @pytest.mark.integration
+def test_docstring_edits_rerun_nothing_code_edits_retrain(project):
+    """A docstring or comment edit of a core module every step runs, of training's and eval's own code and of the
+    train stage leaves `snakemake -n` with nothing to do, training included; a change to what training's code
+    does retrains the checkpoint and nothing else."""
+    targets = (TABLE, FIGURE, CHECKPOINT)
+    for rel in ("core/io.py", "core/lora.py", "core/haystack.py", "stages/train.py"):
+        edit(project, rel, '"""', '"""Edited. ')
+        edit(project, rel, "from __future__ import annotations\n", "from __future__ import annotations\n# edited\n")
+    assert plan(project, *targets, configs=CONFIGS) == {}
+    edit(project, "core/lora.py", "from __future__ import annotations\n",
+         "from __future__ import annotations\n_EDITED = 1\n")
+    assert plan(project, *targets, configs=CONFIGS) == {"train": 1}
+
+
+@pytest.mark.integration
 def test_figures_edit_reruns_only_figures(project):
-    edit(project, "stages/figures.py", '"""', '"""Edited. ', )
-    planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
+    edit(project, "stages/figures.py", "from __future__ import annotations\n",
+         "from __future__ import annotations\n_EDITED = 1\n")
+    planned = plan(project, TABLE, FIGURE, CHECKPOINT, configs=CONFIGS)
     assert planned == {"figure_heatmap": 1}, planned
 
 
@@ -190,9 +230,6 @@ def test_fingerprint_ignores_docstrings_and_comments(tmp_path):
 @pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
     before = cell(project)
-    edit(project, "core/haystack.py", '"""', '"""Edited. ')  # a docstring: the cells stay what they are
-    build(project, TABLE, configs=CONFIGS)
-    assert cell(project)["cell_id"] == before["cell_id"]
     edit(project, "core/haystack.py", "from __future__ import annotations\n",
          "from __future__ import annotations\n_EDITED = 1\n")  # code: a new identity
     planned = plan(project, TABLE, configs=CONFIGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 
 import helpers
 from helpers import Built, copy_project, make_project
+from pausetune.core.recipe import RECIPE_KEYS
 
 pytestmark = [pytest.mark.integration]
 
@@ -94,10 +96,21 @@ def test_one_checkpoint_alone(checkpoint_built, tmp_path):
     assert not (project / "results/checkpoints/tiny/plain").exists()
     assert not (project / "data/shards/tiny/plain").exists()
     assert built(project, "results/eval") == {CELL}
-    # train.loss_on is unused under objective lm (the loss is on every token): no rerun trigger there
+    # Only the recipe (core.recipe) retrains: not the run-only keys, nor train.loss_on under objective lm (the loss
+    # is on every token). The job gets exactly the recipe, and the run-only knobs apart.
     project = copy_project(checkpoint_built, tmp_path / "project")
-    (project / "loss_all.yaml").write_text(yaml.safe_dump({"train": {"loss_on": "all"}}))
-    assert plan(project, CHECKPOINT, configs=CONFIGS + ["loss_all.yaml"]) == {}
+    run_only = {"loss_on": "all", "save_every": 2, "threads": 1, "models": ["tiny", "smollm2"],
+                "resources": {"mem_mb": 1000, "runtime": 5}}
+    (project / "run_only.yaml").write_text(yaml.safe_dump({"train": run_only}))
+    assert plan(project, CHECKPOINT, configs=CONFIGS + ["run_only.yaml"]) == {}
+    proc = helpers.snakemake(project, "--configfile", *CONFIGS, "run_only.yaml", "-n", "-p", "--forcerun", "train",
+                             "--", CHECKPOINT)
+    cmd = shlex.split(next(line for line in (proc.stdout + proc.stderr).splitlines() if "pausetune train " in line))
+    job = json.loads(cmd[cmd.index("--config-json") + 1])
+    assert set(job["train"]) == set(RECIPE_KEYS) - {"loss_on"}, sorted(job["train"])
+    assert cmd[cmd.index("--save-every") + 1] == "2" and cmd[cmd.index("--threads") + 1] == "1"
+    (project / "recipe.yaml").write_text(yaml.safe_dump({"train": {"lr": 1e-3}}))
+    assert plan(project, CHECKPOINT, configs=CONFIGS + ["recipe.yaml"]) == {"train": 1}
 
 
 def test_one_figure_alone(figure_built):

@@ -6,7 +6,7 @@ from pausetune.core.checks import once
 from pausetune.core.checkpoints import check_adapters
 from pausetune.core.config import snakemake_args, subset, validate as validate_config
 from pausetune.core.examples import check_config as check_examples, check_examples_fit
-from pausetune.core.fingerprint import closure_files
+from pausetune.core.fingerprint import code_stamp
 from pausetune.core.io import PausetuneError
 from pausetune.core.wheels import check_wheel_hashes
 
@@ -128,14 +128,13 @@ def tuned_manifests(pattern):
 
 
 def code(stage):
-    """The package files a stage's subcommand runs (its import closure): inputs, so an edit reruns exactly the
-    rules whose code changed (`snakemake -n` names them under 'updated input files')."""
+    """A stamp of the code a stage's subcommand runs (its import closure, fingerprinted without docstrings and
+    comments): the rule's code input. It changes only with what the code does, so a real edit reruns exactly the
+    rules whose code changed (`snakemake -n` names the stamp under 'updated input files') and a docstring edit none."""
     import os
 
-    root = workflow.basedir  # the project: where the Snakefile is
-    files = [os.path.join(root, f) for f in closure_files(f"pausetune.stages.{stage}")]
-    # relative where the working directory is the project (the usual case), absolute under `-d elsewhere`
-    return [os.path.relpath(f) if os.path.abspath(root) == os.getcwd() else f for f in files]
+    package = os.path.join(workflow.basedir, "workflow", "pausetune")  # the code the jobs run (the shell prefix's)
+    return code_stamp(f"pausetune.stages.{stage}", layout.CODE.format(stage=stage), package)
 
 
 def forced(path, args):

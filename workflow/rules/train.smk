@@ -3,8 +3,11 @@
 # The folder is written atomically by `pausetune train`; its manifest.json is the declared output. A resumable
 # training state lives beside it in results/checkpoints/{model}/{variant}.state/ (not an output, so a failed or
 # killed job keeps it and the rerun continues from the last saved step).
-# params: only what changes the adapter; the model list, scheduler hints and thread count are no rerun triggers,
-# nor train.loss_on under objective lm (the causal-LM loss is on every token; loss_on picks the retrieval span).
+# params.cfg: only what changes the checkpoint, the train keys from core.recipe (the one list, which dvc.yaml's
+# train params come from too). The run-only keys (models, threads, resources, save_every) are no rerun triggers:
+# threads and save_every go in params.run, a function of `threads`, which Snakemake counts as derived and so leaves
+# out of its params check; nor is train.loss_on under objective lm (the causal-LM loss is on every token).
+from pausetune.core.recipe import recipe
 
 
 rule train:
@@ -22,13 +25,13 @@ rule train:
         cfg=lambda wc: cfg(
             "seed",
             "pause",
-            train={k: v for k, v in config["train"].items() if k not in ("models", "resources", "threads")
-                   and not (k == "loss_on" and config["train"]["objective"] == "lm")},
+            train=recipe(config["train"]),
             models=model_cfgs(wc.model),
             **({"banks": config["banks"]} if config["train"]["objective"] == "retrieval" else {}),
         ),
         data=lambda wc: ["--examples" if config["train"]["objective"] == "retrieval" else "--shards",
                          train_data(wc.model, wc.variant)],
+        run=lambda wc, threads: ["--threads", str(threads), "--save-every", str(config["train"]["save_every"])],
     threads: config["train"]["threads"] or total_cores()
     resources:
         mem_mb=config["train"]["resources"]["mem_mb"],
@@ -43,5 +46,5 @@ rule train:
     shell:
         "pausetune train --config-json {params.cfg:q} --model {wildcards.model:q} --variant {wildcards.variant:q}"
         f" --model-dir {wildcards_of(layout.MODEL)} {{params.data:q}}"
-        f" --output {wildcards_of(layout.CHECKPOINT)} --threads {{threads:q}}"
+        f" --output {wildcards_of(layout.CHECKPOINT)} {{params.run:q}}"
         " --metrics {output.metrics:q} --loss-curve {output.loss_curve:q} 2>&1 | tee {log:q}"

@@ -1,6 +1,7 @@
-"""Checkpoints (a trained adapter + tokenizer + manifest): hashes and loading for evaluation."""
+"""Checkpoints (a trained adapter + tokenizer + manifest): hashes, training metrics and loading for evaluation."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .io import PausetuneError, read_json, sha256_file
@@ -33,6 +34,24 @@ def check_adapters(ckpt_dirs) -> None:
     for d in ckpt_dirs:
         if (Path(d) / "manifest.json").exists():
             checkpoint_adapter_hash(d)
+
+
+def training_metrics(checkpoint_dir: str | Path) -> tuple[dict, list[dict]]:
+    """(flat metrics, loss curve rows) of a finished checkpoint, for `dvc metrics` and `dvc plots`."""
+    ck = Path(checkpoint_dir)
+    m = read_json(ck / "manifest.json")
+    name = f"{m.get('model')}/{m.get('variant')}"
+    metrics = {k: (round(m[k], 6) if isinstance(m.get(k), float) else m.get(k))
+               for k in ("final_train_loss", "final_val_loss", "first_train_loss", "steps", "tokens_seen",
+                         "train_time_s", "trainable_params")}
+    curve = []
+    for line in (ck / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            curve.append({"panel": name, "series": "train", "step": r["step"], "loss": round(r["loss"], 6)})
+        elif "val_loss" in r:
+            curve.append({"panel": name, "series": "validation", "step": r["step"], "loss": round(r["val_loss"], 6)})
+    return metrics, curve
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -3,11 +3,14 @@
 A result made by code that no longer exists must never be served as current. Each stage records the sha256 of the
 files it imports (statically: top-level and lazy imports alike, read from the source, nothing imported), so an
 edit to scoring.py changes every cell's code fingerprint while an edit to figures.py changes no cell. The same
-closure is what Snakemake rules take as inputs and what dvc.yaml lists as deps, so all three agree.
+closure is what dvc.yaml lists as deps and what a Snakemake rule's code input fingerprints, so all three agree.
 
 A file is hashed as its syntax tree without docstrings (comments are not in the tree, line numbers are left out):
-tidying a comment or a docstring keeps every fingerprint, so no cell is recomputed for it, while any change to
-what the code does changes the hash.
+tidying a comment or a docstring keeps every fingerprint, so no cell or checkpoint is recomputed for it, while any
+change to what the code does changes the hash. Snakemake sees that hash, not the files: each rule's code input is
+a stamp holding its stage's fingerprint (`code_stamp`), so a docstring edit leaves `snakemake -n` with nothing to
+do. DVC hashes the files themselves (it has no hook to run before it compares), so there a docstring edit still
+makes the stages that run the file stale.
 """
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ PKG_DIR = Path(__file__).resolve().parents[1]  # workflow/pausetune
 REPO_DIR = PKG_DIR.parents[1]
 
 
-def module_file(module: str) -> Path | None:
-    """pausetune.core.io -> .../core/io.py (a package -> its __init__.py); None outside the package."""
+def module_file(module: str, pkg: Path = PKG_DIR) -> Path | None:
+    """pausetune.core.io -> .../core/io.py (a package -> its __init__.py); None outside the package.
+
+    `pkg` is the package folder read: this one, or a project's (what its Snakemake jobs will run)."""
     parts = module.split(".")
     if parts[0] != PACKAGE:
         return None
-    base = PKG_DIR.joinpath(*parts[1:])
+    base = Path(pkg).joinpath(*parts[1:])
     if base.with_suffix(".py").is_file():
         return base.with_suffix(".py")
     if (base / "__init__.py").is_file():
@@ -34,17 +39,17 @@ def module_file(module: str) -> Path | None:
     return None
 
 
-def _is_package(module: str) -> bool:
-    f = module_file(module)
+def _is_package(module: str, pkg: Path = PKG_DIR) -> bool:
+    f = module_file(module, pkg)
     return f is not None and f.name == "__init__.py"
 
 
 @lru_cache(maxsize=None)
-def _imports(module: str, mtime_ns: int) -> tuple[str, ...]:
+def _imports(module: str, pkg_dir: Path, mtime_ns: int) -> tuple[str, ...]:
     """The package modules `module` imports anywhere in its source (mtime in the key: edits are seen)."""
-    f = module_file(module)
+    f = module_file(module, pkg_dir)
     tree = ast.parse(f.read_text(encoding="utf-8"))
-    pkg = module if _is_package(module) else module.rpartition(".")[0]
+    pkg = module if _is_package(module, pkg_dir) else module.rpartition(".")[0]
     out: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -60,12 +65,12 @@ def _imports(module: str, mtime_ns: int) -> tuple[str, ...]:
                 continue
             out.add(target)
             for a in node.names:  # `from ..core import engine`: a submodule, not a name
-                if module_file(f"{target}.{a.name}") is not None:
+                if module_file(f"{target}.{a.name}", pkg_dir) is not None:
                     out.add(f"{target}.{a.name}")
-    return tuple(sorted(m for m in out if module_file(m) is not None))
+    return tuple(sorted(m for m in out if module_file(m, pkg_dir) is not None))
 
 
-def closure(module: str, exclude: tuple[str, ...] = ()) -> list[str]:
+def closure(module: str, exclude: tuple[str, ...] = (), pkg: Path = PKG_DIR) -> list[str]:
     """Every package module that running `module` imports, itself and the packages' __init__ files included."""
     seen: set[str] = set()
     todo = [module]
@@ -77,8 +82,8 @@ def closure(module: str, exclude: tuple[str, ...] = ()) -> list[str]:
         parts = m.split(".")
         for i in range(1, len(parts)):  # importing a.b.c runs a/__init__ and a/b/__init__
             todo.append(".".join(parts[:i]))
-        f = module_file(m)
-        todo.extend(_imports(m, f.stat().st_mtime_ns))
+        f = module_file(m, pkg)
+        todo.extend(_imports(m, Path(pkg), f.stat().st_mtime_ns))
     return sorted(seen)
 
 
@@ -104,15 +109,51 @@ def code_hash(path: str, mtime_ns: int) -> str:
     return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
 
 
-def fingerprint(module: str, exclude: tuple[str, ...] = ()) -> str:
+def fingerprint(module: str, exclude: tuple[str, ...] = (), pkg: Path = PKG_DIR) -> str:
     """sha256 over (path, code hash) of the closure: changes exactly when the code `module` runs changes."""
     h = hashlib.sha256()
-    for m in closure(module, exclude):
-        f = module_file(m)
-        h.update(f"{f.relative_to(PKG_DIR).as_posix()}\0{code_hash(str(f), f.stat().st_mtime_ns)}\n".encode())
+    for m in closure(module, exclude, pkg):
+        f = module_file(m, pkg)
+        h.update(f"{f.relative_to(pkg).as_posix()}\0{code_hash(str(f), f.stat().st_mtime_ns)}\n".encode())
     return h.hexdigest()
+
+
+def code_stamp(module: str, path: str | Path, pkg: Path) -> str:
+    """`path`, holding the fingerprint of `module` in the package folder `pkg` (the project's, which its jobs run),
+    rewritten only when that changes: the code input of a rule.
+
+    Snakemake reruns a job for an input newer than its outputs only if the input's content (checksum) differs from
+    what the job last read. A docstring or comment edit keeps the fingerprint, so the stamp stays as it is and
+    nothing reruns; any change to what the code does rewrites it and reruns exactly the rules whose stage runs it.
+    """
+    from .io import write_text
+
+    want = fingerprint(module, pkg=Path(pkg)) + "\n"
+    path = Path(path)
+    try:
+        same = path.read_text(encoding="utf-8") == want
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same:
+        write_text(path, want)
+    return str(path)
 
 
 def code_record(module: str, exclude: tuple[str, ...] = ()) -> dict:
     """What a result stores about the code that made it."""
     return {"module": module, "sha256": fingerprint(module, exclude), "files": len(closure(module, exclude))}
+
+
+def package_versions() -> dict:
+    """The versions of the packages that compute a result (None: not installed), for its manifest."""
+    import sys
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("pausetune", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets",
+                "safetensors", "tokenizers"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out

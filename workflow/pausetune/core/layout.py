@@ -29,6 +29,7 @@ TABLES = "results/tables"
 FIGURES = "results/figures"
 RUN_INFO = "results/run_info.json"  # the command that ran (Snakemake's onstart), for the page
 CHECKS = ".snakemake/pausetune-checks"  # DAG-time checks that passed, by their inputs (core.checks.once)
+CODE = ".snakemake/pausetune-code/{stage}.sha256"  # a stage's code fingerprint, a rule's code input (code_stamp)
 BENCHMARKS = "benchmarks"
 
 MANIFEST = "manifest.json"  # a folder output's declared file: written last, so it exists only when the rest does

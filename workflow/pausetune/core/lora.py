@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from .config import TrainConfig
 from .io import PausetuneError
-from .kernels import autocast_dtype  # noqa: F401  (stages/train imports it from here; the choice is core.kernels')
 
 
 def linear_module_names(model) -> list[str]:
@@ -180,3 +179,14 @@ def make_optimizer(model, cfg):
     name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
     sched = get_scheduler(name, opt, num_warmup_steps=int(cfg.warmup_steps), num_training_steps=int(cfg.max_steps))
     return opt, sched
+
+
+def peak_memory_mb(device: str) -> tuple[float, str]:
+    """(peak memory in MiB, what was measured): CUDA's max allocated on a GPU, the process's max RSS on the CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"

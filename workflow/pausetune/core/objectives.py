@@ -1,6 +1,7 @@
 """Training objectives and their data: the causal-LM loss over packed essay rows (`lm`) and the paper's
-supervised retrieval (`retrieval`: loss on the answer span only, or on every token); one optimizer step, the
-validation loss, collation, and the stateless data order.
+supervised retrieval (`retrieval`: loss on the answer span only, or on every token). Each objective is a whole
+strategy: the folder it trains on and the checks on it, its loss; then one optimizer step, the validation loss,
+collation, and the stateless data order.
 
 The step loss is the exact mean over the step's loss tokens, and the LM head runs only on the hidden states that
 carry a label (`masked_loss`): with answer-only loss that is a few dozen positions of a 2K-token example, not a
@@ -13,12 +14,31 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from .io import PausetuneError
+
 
 class LM:
     """Causal-LM loss over packed rows (LongTensors [B, T], all of one length): the mean over a micro-batch's
     B*(T-1) predicted tokens; the step's loss is the mean of its micro-batch means, which is the exact token mean
     since every row has the same length."""
     name = "lm"
+    made_by = "a shard folder made by `pausetune shards`"
+
+    @staticmethod
+    def check_data(manifest: dict, mpath, config: dict, window: int, model_name: str) -> None:
+        """Nothing beyond the checks every objective shares (the rows' length against the window)."""
+
+    @staticmethod
+    def check_model(model, model_name: str) -> None:
+        """The full causal-LM loss runs the model's own head: any head will do."""
+
+    @staticmethod
+    def check_pauses(data: TrainData, pause_ids: list[int], folder) -> None:
+        """A pause checkpoint must see pauses: some train row holds a pause id."""
+        import numpy as np
+
+        if not np.isin(np.asarray(data.raw.with_format("numpy")["input_ids"]), pause_ids).any():
+            raise PausetuneError(f"{folder}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
 
     @staticmethod
     def loss(model, ids):
@@ -42,6 +62,35 @@ class Retrieval:
     """Loss on the labelled tokens of right-padded (ids, mask, labels) batches: the step's loss is the exact mean
     over all of its loss tokens (answer spans differ in length)."""
     name = "retrieval"
+    made_by = "an examples folder made by `pausetune examples`"
+
+    @staticmethod
+    def check_data(manifest: dict, mpath, config: dict, window: int, model_name: str) -> None:
+        """The examples were drawn from the config's needle banks and fit the model's window."""
+        from .banks import bank, bank_hash
+
+        for which in ("train", "eval"):
+            if manifest.get("banks", {}).get(which, {}).get("sha256") != bank_hash(bank(config, which)):
+                raise PausetuneError(f"{mpath}: made from another {which} needle bank than config 'banks' says; "
+                                     f"rebuild the examples")
+        if int(manifest["lengths"]["max"]) > window:
+            raise PausetuneError(f"{mpath}: example lengths up to {manifest['lengths']['max']} exceed the maximum "
+                                 f"context {window} of model '{model_name}' (config key 'examples.lengths.max')")
+
+    @staticmethod
+    def check_model(model, model_name: str) -> None:
+        """The loss applies the LM head alone on the loss positions: a head that does more is refused."""
+        mcfg = model.get_base_model().config
+        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+            if getattr(mcfg, key, None) not in (None, 1, 1.0):
+                raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
+                                     f"(LM head on the loss positions only) does not; use train.objective lm")
+
+    @staticmethod
+    def check_pauses(data: TrainData, pause_ids: list[int], folder) -> None:
+        """A pause checkpoint must see pauses: some example holds a pause marker."""
+        if not any(data.raw["pause_positions"]):
+            raise PausetuneError(f"{folder}: variant 'pause' but no pause marker occurs in the examples")
 
     @staticmethod
     def loss(model, batch):

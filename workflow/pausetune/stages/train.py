@@ -21,8 +21,8 @@ answer`) or on every token (`all`).
 Resumable (core.trainstate): every `save_every` steps the training state (trainable weights, optimizer, scheduler,
 RNG, step) goes atomically into `{output}.state/` (beside the output, so Snakemake does not delete it on failure). A job
 killed at any point and started again continues from the last saved step and reaches bitwise the same adapter
-on the CPU (same seed, fp32, same thread count). A state from a different run (config or inputs changed) is
-discarded. After a successful finish the state folder is removed.
+on the CPU (same seed, fp32, same thread count). A state from a different run (another recipe, core.recipe, or
+other inputs or code) is discarded. After a successful finish the state folder is removed.
 """
 from __future__ import annotations
 
@@ -37,17 +37,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core import layout
-from ..core.checkpoints import dir_hashes
+from ..core.checkpoints import dir_hashes, training_metrics
 from ..core.config import TrainConfig
 from ..core.design import TRAIN_VARIANTS
-from ..core.fingerprint import code_record, fingerprint
+from ..core.fingerprint import code_record, fingerprint, package_versions
 from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_json, sha256_file, write_json, write_text
-from ..core.lora import autocast_dtype, build_model, check_target_modules, make_optimizer, meta_model
+from ..core.kernels import autocast_dtype, default_device, set_threads
+from ..core.lora import build_model, check_target_modules, make_optimizer, meta_model, peak_memory_mb
 from ..core.objectives import OBJECTIVES, DataOrder, Retrieval, TrainData, train_step, validation_loss
+from ..core.recipe import recipe
 from ..core.trainstate import (DamagedState, canonical_adapter_config, load_state, restore_state, save_state,
                                state_dir_for)
-# config keys of `train` that do not change the trained adapter (the run key ignores them)
-_NON_RECIPE_KEYS = ("models", "threads", "resources", "save_every")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -79,22 +79,13 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
         raise PausetuneError(f"{model_dir}/prepared.json: missing (run `pausetune prepare-model --model {model_name}`)")
     mpath = shard_dir / "manifest.json"
     cfg = TrainConfig.of(config)
-    objective = cfg.objective
+    objective = OBJECTIVES[cfg.objective]
     if not mpath.exists():
-        made_by = "an examples folder made by `pausetune examples`" if objective == "retrieval" \
-            else "a shard folder made by `pausetune shards`"
-        raise PausetuneError(f"{mpath}: missing (expected {made_by})")
+        raise PausetuneError(f"{mpath}: missing (expected {objective.made_by})")
     manifest = read_json(mpath)
-    if manifest.get("objective") != objective:
+    if manifest.get("objective") != cfg.objective:
         raise PausetuneError(f"{mpath}: made for objective '{manifest.get('objective')}', config key "
-                             f"'train.objective' is '{objective}' (retrieval trains on --examples, lm on --shards)")
-    if objective == "retrieval":
-        from ..core.banks import bank, bank_hash
-
-        for which in ("train", "eval"):
-            if manifest.get("banks", {}).get(which, {}).get("sha256") != bank_hash(bank(config, which)):
-                raise PausetuneError(f"{mpath}: made from another {which} needle bank than config 'banks' says; "
-                                     f"rebuild the examples")
+                             f"'train.objective' is '{cfg.objective}' (retrieval trains on --examples, lm on --shards)")
     made_as = manifest.get("variant")
     if made_as != variant:
         extra = " and have no pause token" if variant == "pause" else ""
@@ -129,9 +120,7 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
             f"in {model_dir} ({tokenizer_fingerprint(base_tok)} with the shards' pause token added); "
             f"rebuild the shards for this model")
     window = max_context(model_dir, entry)
-    if objective == "retrieval" and int(manifest["lengths"]["max"]) > window:
-        raise PausetuneError(f"{mpath}: example lengths up to {manifest['lengths']['max']} exceed the maximum context "
-                             f"{window} of model '{model_name}' (config key 'examples.lengths.max')")
+    objective.check_data(manifest, mpath, config, window, model_name)
     if int(manifest["seq_len"]) > window:
         raise PausetuneError(f"{mpath}: seq_len {manifest['seq_len']} exceeds the maximum context {window} of "
                              f"model '{model_name}' (config key 'shards.seq_len' or 'models.{model_name}.max_context')")
@@ -140,52 +129,6 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
     check_target_modules(meta_model(model_dir), cfg.lora.target_modules)
     return {"entry": entry, "shard_manifest": manifest, "tokenizer": tok, "pause_ids": pause_ids,
             "max_context": window}
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def package_versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("pausetune", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets",
-                "safetensors", "tokenizers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def peak_memory_mb(device: str) -> tuple[float, str]:
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_max_rss"
-
-
-def _recipe(cfg: TrainConfig) -> dict:
-    return {k: v for k, v in cfg.to_dict().items() if k not in _NON_RECIPE_KEYS}
-
-
-def check_pause_rows(data: TrainData, variant: str, pause_ids: list[int], folder: Path) -> None:
-    """A pause checkpoint must see pauses: one line when its rows hold none."""
-    if variant != "pause":
-        return
-    if data.objective is Retrieval:
-        if not any(data.raw["pause_positions"]):
-            raise PausetuneError(f"{folder}: variant 'pause' but no pause marker occurs in the examples")
-        return
-    import numpy as np
-
-    if not np.isin(np.asarray(data.raw.with_format("numpy")["input_ids"]), pause_ids).any():
-        raise PausetuneError(f"{folder}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -246,15 +189,9 @@ def _fresh_model(run_args: dict, cfg: TrainConfig, seed: int):
 def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
           config: dict, device: str | None = None, threads: int | None = None) -> Run:
     """Check the inputs, load the data and the model, and restore the saved state of this exact run if any."""
-    import torch
-
-    from ..core.models import default_device
-
     t_start = time.time()
     cfg = TrainConfig.of(config)
-    threads = threads or cfg.threads
-    if threads:
-        torch.set_num_threads(int(threads))
+    set_threads(threads or cfg.threads)
     seed, device = int(config["seed"]), device or default_device()
     output, data_dir, model_dir = Path(output), Path(data_dir), Path(model_dir)
     checked = check_inputs(model_name, variant, model_dir, data_dir, config)
@@ -263,9 +200,10 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
     tok, pause_ids = checked["tokenizer"], checked["pause_ids"]
     objective = OBJECTIVES[cfg.objective]
     data = TrainData(data_dir, objective, tok.pad_token_id, cfg.loss_on, cfg.eval_rows)
-    check_pause_rows(data, variant, pause_ids, data_dir)
+    if variant == "pause":
+        objective.check_pauses(data, pause_ids, data_dir)
     run_key = hashlib.sha256(json.dumps({
-        "recipe": _recipe(cfg), "seed": seed, "variant": variant, "model": model_name,
+        "recipe": recipe(cfg.to_dict()), "seed": seed, "variant": variant, "model": model_name,
         "shards": sha256_file(data_dir / "manifest.json"), "prepared": sha256_file(model_dir / "prepared.json"),
         "device": str(device).split(":")[0], "code": fingerprint(__name__),  # never resume another code's state
     }, sort_keys=True).encode()).hexdigest()[:16]
@@ -273,12 +211,7 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
     model_args = dict(model_dir=model_dir, tokenizer=tok, pause_ids=pause_ids, device=device,
                       pause_mode=(checked["shard_manifest"].get("pause") or {}).get("mode"))
     model, info, optimizer, scheduler = _fresh_model(model_args, cfg, seed)
-    if objective is Retrieval:
-        mcfg = model.get_base_model().config
-        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-            if getattr(mcfg, key, None) not in (None, 1, 1.0):
-                raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
-                                     f"(LM head on the loss positions only) does not; use train.objective lm")
+    objective.check_model(model, model_name)
     info["autocast"] = autocast_dtype(cfg.autocast, info["dtype"], str(device))
     run = Run(model_name, variant, cfg, seed, device, model_dir, data_dir, output, checked, data, model, info,
               optimizer, scheduler, info["autocast"], run_key, t_start)
@@ -426,24 +359,6 @@ def train(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-def training_metrics(checkpoint_dir: str | Path) -> tuple[dict, list[dict]]:
-    """(flat metrics, loss curve rows) of a finished checkpoint, for `dvc metrics` and `dvc plots`."""
-    ck = Path(checkpoint_dir)
-    m = read_json(ck / "manifest.json")
-    name = f"{m.get('model')}/{m.get('variant')}"
-    metrics = {k: (round(m[k], 6) if isinstance(m.get(k), float) else m.get(k))
-               for k in ("final_train_loss", "final_val_loss", "first_train_loss", "steps", "tokens_seen",
-                         "train_time_s", "trainable_params")}
-    curve = []
-    for line in (ck / "train_log.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if "loss" in r:
-            curve.append({"panel": name, "series": "train", "step": r["step"], "loss": round(r["loss"], 6)})
-        elif "val_loss" in r:
-            curve.append({"panel": name, "series": "validation", "step": r["step"], "loss": round(r["val_loss"], 6)})
-    return metrics, curve
-
-
 def write_metrics(checkpoint_dir, metrics_path, curve_path) -> None:
     metrics, curve = training_metrics(checkpoint_dir)
     if metrics_path:
@@ -462,12 +377,16 @@ def add_arguments(p) -> None:
     p.add_argument("--output", required=True, help=layout.CHECKPOINT)
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (overrides config train.threads)")
+    p.add_argument("--save-every", type=int, default=None,
+                   help="steps between resumable states (overrides config train.save_every)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.add_argument("--metrics", default=None, help="also write the final losses here (flat JSON, for dvc metrics)")
     p.add_argument("--loss-curve", default=None, help="also write the loss per step here (CSV, for dvc plots)")
 
 
 def main(args, config: dict) -> int:
+    if args.save_every:  # run-only (core.recipe): the rule passes it apart from the recipe, so it never retrains
+        config["train"]["save_every"] = args.save_every
     objective = TrainConfig.of(config).objective
     data = args.examples if objective == "retrieval" else args.shards
     if not data:
