@@ -323,7 +323,7 @@ def test_damaged_training_state_starts_over(checkpoint):
 
 
 # ------------------------------------------------------------------------------------ 4. corrupt adapter
-def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     import shutil
 
     ckpt = tmp_path / "checkpoints" / "tiny" / "pause"
@@ -331,7 +331,7 @@ def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir,
     os.truncate(ckpt / "adapter" / "adapter_model.safetensors", 1000)
     proc = run_cli("eval", *tiny_config, "--model", "tiny", "--variant", "pause-tuned", "--tasks", "single",
                    "--seed", "0", "--lengths", "600", "--depths", "0", "--model-dir", str(tiny_dir), "--haystack",
-                   str(pg_paused), "--checkpoint", str(ckpt), "--results", str(tmp_path / "results"), "--device",
+                   str(pg_paragraphs), "--checkpoint", str(ckpt), "--results", str(tmp_path / "results"), "--device",
                    "cpu", "--threads", "1", check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -360,18 +360,18 @@ def test_preflight_names_unprepared_models_and_fails_under_strict(tiny_config, s
 
 
 # ------------------------------------------------------------------------------------- 5. write failures
-def eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0",), extra=(), config_json=None) -> list[str]:
+def eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, depths=("0",), extra=(), config_json=None) -> list[str]:
     return ["eval", *tiny_config, *(["--config-json", json.dumps(config_json)] if config_json else []),
             "--model", "tiny", "--variant", "baseline", "--tasks", "single", "--seed", "0", "--lengths", "600",
-            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paused), "--results",
+            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paragraphs), "--results",
             str(results), "--device", "cpu", "--threads", "1", *extra]
 
 
-def test_write_failures_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_write_failures_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "timing").write_text("x\n")  # a file where a folder is expected
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results), check=False)
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results), check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
@@ -428,12 +428,12 @@ def judge_server():
     server.shutdown()
 
 
-def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paused, tmp_path, judge_server, monkeypatch):
+def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paragraphs, tmp_path, judge_server, monkeypatch):
     monkeypatch.setenv("PT_FAULTS_KEY", "sk-faults")
     judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{judge_server.server_port}/v1",
              "api_key_env": "PT_FAULTS_KEY"}
     results = tmp_path / "results"
-    args = eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0", "100"), extra=["--batch-size", "1"],
+    args = eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, depths=("0", "100"), extra=["--batch-size", "1"],
                     config_json={"eval": {"judge": judge}})
     _Judge.fail = True
     proc = run_cli(*args, check=False)
@@ -449,13 +449,13 @@ def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paused, tmp_p
     assert answer in {c["answer"] for c in cells}
 
 
-def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, pg_paused, tmp_path, judge_server,
+def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, pg_paragraphs, tmp_path, judge_server,
                                                           monkeypatch):
     monkeypatch.delenv("PT_FAULTS_KEY", raising=False)
     judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{judge_server.server_port}/v1",
              "api_key_env": "PT_FAULTS_KEY"}
     results = tmp_path / "results"
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results, config_json={"eval": {"judge": judge}}),
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, config_json={"eval": {"judge": judge}}),
                    check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "pausetune eval: error: config key 'eval.judge.api_key_env': environment variable PT_FAULTS_KEY is not set")
@@ -464,7 +464,7 @@ def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, 
     port = judge_server.server_port
     judge_server.shutdown()
     judge_server.server_close()  # nothing listens there now
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results,
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results,
                              config_json={"eval": {"judge": {**judge, "base_url": f"http://127.0.0.1:{port}/v1"}}}),
                    check=False)
     assert proc.returncode == 1 and f"judge endpoint http://127.0.0.1:{port}/v1: unreachable" in proc.stderr
@@ -472,9 +472,9 @@ def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, 
 
 
 # -------------------------------------------------------------------------------------- 6. a corrupt cell
-def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     results = tmp_path / "results"
-    run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0", "50", "100")))
+    run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, depths=("0", "50", "100")))
     cells = sorted((results / "eval").rglob("*.json"))
     bad = cells[1]
     bad.write_text(bad.read_text()[:100])
@@ -539,16 +539,16 @@ def temp_files(folder: Path, name: str) -> list[Path]:
     return sorted(folder.glob(f".{name}.*.tmp"))
 
 
-def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     results, tables, fig = tmp_path / "results", tmp_path / "tables", tmp_path / "figures" / "heatmap"
     cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
     timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
     publish = {"page": "site/page.md", "figures_dir": "site/figures", "tables_dir": "site/tables"}  # under tmp_path
     # every folder the eval, aggregate, figures, publish and download stages write: the cell's, the timing's, the
     # cell cache, the tables, a figure's, the page's and its figure and table folders, data/raw
-    raw, paused = tmp_path / "raw", tmp_path / "paused"
+    raw, paragraphs = tmp_path / "raw", tmp_path / "paragraphs"
     folders = [cell.parent, timing.parent, results / ".cells", tables, fig, (tmp_path / publish["page"]).parent,
-               tmp_path / publish["figures_dir"], tmp_path / publish["tables_dir"], raw, paused]
+               tmp_path / publish["figures_dir"], tmp_path / publish["tables_dir"], raw, paragraphs]
     dead = hold_temp_files(*(f / "dead.json" for f in folders))
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
@@ -556,9 +556,9 @@ def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, p
     try:
         assert all(len(temp_files(f, "dead.json")) == 1 and len(temp_files(f, "live.json")) == 1 for f in folders)
         run_cli("download", *tiny_config, "--source", "paul_graham", "--output", str(raw / "paul_graham.parquet"))
-        run_cli("pause", *tiny_config, "--input", str(raw / "paul_graham.parquet"), "--output",
-                str(paused / "heuristic.parquet"), "--stats", str(paused / "heuristic.stats.json"))
-        run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+        run_cli("paragraphs", *tiny_config, "--input", str(raw / "paul_graham.parquet"), "--output",
+                str(paragraphs / "heuristic.parquet"), "--stats", str(paragraphs / "heuristic.stats.json"))
+        run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results))
         run_cli("aggregate", *tiny_config, "--cells", str(cell), "--out-dir", str(tables), "--bootstrap", "10")
         run_cli("figures", *tiny_config, "--cells-table", str(tables / "cells.parquet"), "--kind", "heatmap",
                 "--model", "tiny", "--task", "single", "--variant", "baseline", "--output", str(fig / "tiny"))
@@ -620,7 +620,7 @@ def unprivileged():
     return drop
 
 
-def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "pausetune.cli", *args], cwd=ROOT, capture_output=True,
                               text=True, preexec_fn=unprivileged())
@@ -637,12 +637,12 @@ def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, p
     cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
     cell.parent.mkdir(parents=True)
     cell.parent.chmod(0o555)
-    proc = cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+    proc = cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == f"pausetune eval: error: {cell}: could not write (Permission denied)"
     assert len(list((results / ".cells").glob("*.json"))) == 1 and not cell.exists()
     cell.parent.chmod(0o755)
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results))
     assert "nothing to do (0 done, 1 from the cell cache)" in proc.stderr and cell.exists(), proc.stderr
     # aggregate: a read-only folder above the tables folder. One line naming the table and the folder
     top = tmp_path / "report"

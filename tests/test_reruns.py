@@ -128,7 +128,7 @@ def test_touching_the_raw_essays_reruns_their_dependants(project):
     os.utime(raw, (later, later))
     assert plan(project, FIGURE) == {}
     # An edited essay: everything made from the essays reruns: paragraphs, shards, training, every cell (the
-    # haystack is paused essays), the table, the figure. Not the download, not the models.
+    # haystack is made of the paragraphs), the table, the figure. Not the download, not the models.
     import pandas as pd
 
     from pausetune.core.io import sha256_text

@@ -32,7 +32,7 @@ def test_examples_stage_feeds_a_retrieval_train_job(project):
     dry = snakemake(project, *CONFIGS, "-n", "--", target)
     out = dry.stdout + dry.stderr
     assert "rule examples:" in out and "rule train:" in out and "rule shards:" not in out  # no shards needed
-    assert not any(f"rule {r}:" in out for r in ("download", "pause", "prepare_model")), out  # shared, up to date
+    assert not any(f"rule {r}:" in out for r in ("download", "paragraphs", "prepare_model")), out  # shared, up to date
     snakemake(project, *CONFIGS, "--", target)
     m = json.loads((project / target).read_text())
     ex = json.loads((project / "data/examples/tiny/pause/manifest.json").read_text())

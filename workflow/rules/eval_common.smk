@@ -27,7 +27,7 @@ EVAL_BLOCK = config["eval"]["block"]
 
 def eval_haystack(wc=None):
     method = config["eval"].get("paragraph_method") or config["paragraphs"]["method"]
-    return [layout.PAUSED.format(source=s, method=method) for s in config["eval"]["haystack_sources"]]
+    return [layout.PARAGRAPHS.format(source=s, method=method) for s in config["eval"]["haystack_sources"]]
 
 
 def eval_inputs(wc):

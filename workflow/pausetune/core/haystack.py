@@ -1,7 +1,7 @@
 """Haystacks and prompts, in the tested model's own tokens.
 
 Haystack stream. The haystack essays are the `haystack` part of `pausetune.shards.essay_split` over the essays
-of `eval.haystack_sources` (the paused parquets, data/paused/{source}/{method}.parquet, with the training
+of `eval.haystack_sources` (the paused parquets, data/paragraphs/{source}/{method}.parquet, with the training
 paragraph method): with `shards.holdout_haystack` those are exactly the essays the shards hold out of training
 (membership depends only on (root seed, essay id)), so a tuned model never saw its haystack. They are shuffled
 with the cell's seed, encoded paragraph by paragraph with `add_special_tokens=False` (pausetune.tokens: paragraph,

@@ -1,7 +1,7 @@
 """Stage `eval`: one block of needle-in-a-haystack cells with one loaded model.
 
 `pausetune eval --model M --variant V --tasks T.. --seed S --lengths N.. --depths D.. --model-dir data/models/M
---haystack data/paused/{source}/{method}.parquet.. [--checkpoint results/checkpoints/M/{pause|plain}]`
+--haystack data/paragraphs/{source}/{method}.parquet.. [--checkpoint results/checkpoints/M/{pause|plain}]`
 writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (task, length, depth) of the block.
 
 - The model loads once. Variants: `baseline` (base model, plain haystack), `pause-prompt` (base model, the pause
@@ -243,7 +243,7 @@ def add_arguments(p) -> None:
                    help="needle depths in percent, as in the cell paths (default: each task's grid from config)")
     p.add_argument("--model-dir", default=None, help="default data/models/{model}")
     p.add_argument("--haystack", nargs="+", default=None,
-                   help="paused parquet(s) (default: data/paused/{source}/{paragraphs.method}.parquet of "
+                   help="paragraph parquet(s) (default: data/paragraphs/{source}/{paragraphs.method}.parquet of "
                         "eval.haystack_sources)")
     p.add_argument("--checkpoint", default=None,
                    help="tuned variants (default results/checkpoints/{model}/{pause|plain})")
@@ -290,7 +290,7 @@ def main(args, config: dict) -> int:
         ev["reuse_prefix"] = False
     m, v = args.model, args.variant
     method = ev.get("paragraph_method") or config["paragraphs"]["method"]
-    haystack = args.haystack or [layout.PAUSED.format(source=s, method=method) for s in ev["haystack_sources"]]
+    haystack = args.haystack or [layout.PARAGRAPHS.format(source=s, method=method) for s in ev["haystack_sources"]]
     checkpoint, shard_manifest = args.checkpoint, args.shard_manifest
     if v in CHECKPOINT:
         if not checkpoint:
