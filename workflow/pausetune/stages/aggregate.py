@@ -78,7 +78,7 @@ from typing import Iterable
 
 from ..core.design import COMPARISONS, KEY, MATCH, VARIANTS, fmt_tokens
 from ..core.fingerprint import code_record
-from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json, write_parquet, write_text
+from ..core.io import PausetuneError, read_json, write_json, write_parquet, write_text
 from ..core.config import ReportConfig
 from ..core.stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
 
@@ -198,8 +198,6 @@ def cells_frame(cells: list[dict]):
 # ----------------------------------------------------------------------------------------------- bands
 
 
-
-
 def depth_band(depth: float) -> tuple[str, float, float]:
     """[0,20) [20,40) [40,60) [60,80) [80,100]: label, low, high."""
     d = float(depth)
@@ -283,10 +281,6 @@ def profile(df, axis: str):
                      "n": len(g), "mean_score": float(g["score"].mean()),
                      "mean_recall": float(g["recall"].mean()) if "recall" in g else math.nan})
     return pd.DataFrame(rows, columns=["panel", "series", "model", "task", "variant", axis, "n", "mean_score", "mean_recall"])
-
-
-
-
 
 
 def matched(df, model: str, task: str, variant: str, reference: str):
@@ -501,7 +495,6 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     """Read the cells, write the four tables into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
-    clean_dead_tmp(out_dir)  # a killed run's temp tables (only a dead writer's: someone may aggregate beside us)
     skipped: list[dict] = []
     df = cells_frame(load_cells(paths, skip_bad, skipped))
     summary = summarize(df)

@@ -65,9 +65,8 @@ from __future__ import annotations
 import bisect
 import re
 import statistics
-from pathlib import Path
 
-from ..core.io import PausetuneError, clean_dead_tmp, read_parquet, write_json, write_parquet
+from ..core.io import PausetuneError, read_parquet, write_json, write_parquet
 
 # ---------------------------------------------------------------------------------------------------------
 # Regexes
@@ -306,8 +305,6 @@ def main(args, config: dict) -> int:
     df["n_paragraphs"] = [len(p) for p in paragraphs]
 
     stats = {"method": method, "min_words": min_words, **paragraph_stats(paragraphs)}
-    # a killed run's temp files (only a dead writer's: other methods of this source may be written right now)
-    clean_dead_tmp(Path(args.output).parent, Path(args.stats).parent)
     write_parquet(args.output, df)
     write_json(args.stats, stats)
     print(

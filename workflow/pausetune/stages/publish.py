@@ -20,7 +20,7 @@ from pathlib import Path
 from ..core import layout
 from ..core.config import EvalConfig, ExamplesConfig, PromptConfig, PublishConfig, ShardsConfig, TrainConfig
 from ..core.design import VARIANTS
-from ..core.io import PausetuneError, atomic_path, clean_dead_tmp, mark, read_json, write_text
+from ..core.io import PausetuneError, atomic_path, mark, read_json, write_text
 from ..core.targets import SHARED_TABLES, check_output_dirs, output_dirs
 
 PAPER = {"3B": 10.61, "8B": 3.57}  # the paper's single-needle average improvement over baseline, in %
@@ -187,12 +187,11 @@ def essays_used(shard_manifests: list[str]) -> list[str]:
     groups: dict[tuple, list[str]] = {}
     for path in shard_manifests:
         m = read_json(path)
-        sets = tuple(frozenset(m.get(k) or []) for k in ("train_essays", "validation_essays", "haystack_essays"))
-        groups.setdefault((sets, m.get("holdout_haystack")), []).append(f"`{Path(path).parent}`")
+        sets = tuple(frozenset(m[k]) for k in ("train_essays", "validation_essays", "haystack_essays"))
+        groups.setdefault((sets, m["holdout_haystack"]), []).append(f"`{Path(path).parent}`")
     out = []
-    for ((train, val, hay), holdout), names in groups.items():
+    for ((train, val, hay), held), names in groups.items():
         overlap = sorted(hay & (train | val))
-        held = holdout if holdout is not None else bool(hay) and not overlap
         out.append(f"- Shards {' and '.join(names)}: {len(train)} training and {len(val)} validation essays; "
                    f"haystack {len(hay)} essays, {len(overlap)} of them also trained on"
                    f"{' (holdout on)' if held else ' (holdout off: the tuned model has seen the haystack)'}. "
@@ -263,11 +262,9 @@ def answer_kinds_section(tables: Path, config: dict) -> list[str]:
     from ..core.io import read_parquet
 
     df = read_parquet(path)
-    need = {"variant", "task", "answer", "recall", "question"}
+    need = {"variant", "task", "answer", "recall", "question", "answer_tokens"}
     if not need <= set(df.columns) or df.empty:
         return []
-    if "answer_tokens" not in df.columns:  # cells of older runs: no token count, so no `runs to the token limit`
-        df = df.assign(answer_tokens=None)
     pr = PromptConfig.of(config)
     limit = EvalConfig.of(config).max_new_tokens
     instruction = " ".join([pr.system, pr.instruction])
@@ -468,10 +465,8 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     L += [""] + recipe_section(config) + essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
-        val = m.get("final_val_loss", m.get("final_validation_loss"))
-        L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m.get('final_train_loss'), 3)}, "
-                 f"validation loss {num(val, 3)}, {m.get('steps', '?')} steps, "
-                 f"{num(m.get('wall_time_s'), 0)} s")
+        L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m['final_train_loss'], 3)}, "
+                 f"validation loss {num(m['final_val_loss'], 3)}, {m['steps']} steps, {num(m['wall_time_s'], 0)} s")
     L.append("")
 
     L += ["## Summary", "",
@@ -560,13 +555,11 @@ def add_arguments(p) -> None:
 
 def main(args, config: dict) -> int:
     page = Path(args.output or config["publish"]["page"])
-    # a killed run's temp files beside the page and in its figure and table folders (only a dead writer's)
-    clean_dead_tmp(page.parent, config["publish"]["figures_dir"], *filter(None, [config["publish"].get("tables_dir")]))
     check_output_dirs(config)  # nothing written into a folder publish would not replace
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
-    for folder, _ in output_dirs(config).values():  # declared outputs, even if empty; publish's from now on
+    for folder in output_dirs(config).values():  # declared outputs, even if empty; publish's from now on
         mark(folder)
     write_text(page, text)
     print(f"publish: {page}")
