@@ -30,7 +30,8 @@ def code_identity() -> dict:
 
 # eval keys that change a cell's answer: part of its identity and of the Snakemake rule's params. prefill_chunk and
 # batch_size are among them: they fix the chunk and decode-batch shapes whose GEMM rounding a cell's numbers carry
-# (core.engine). reuse_prefix, block, threads (in `kernels`), device (its type is) are not.
+# (core.engine). reuse_prefix and block are not. Threads and the device type change the numbers too: they enter
+# the identity through `kernels`, as the job finds them, not as config keys.
 EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
                     "measure", "prefill_chunk", "batch_size")
 
@@ -123,9 +124,8 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
 def kernels(device_type: str, dtype: str | None = None) -> dict:
     """The kernel family a cell's numbers come from: on a CPU torch dispatches GEMMs and attention by the
     instruction set (AVX2 / AVX512 / AMX paths round differently) and splits them by thread count, so both are
-    part of a cell's identity; in fp32 on
-    a CPU also the linear kernels (MKL or oneDNN, per input size) the machine measured fastest
-    (core.models.fp32_linear_kernels), which the engine then uses."""
+    part of a cell's identity; in fp32 on a CPU also the linear kernels (MKL or oneDNN, per input size) the
+    machine measured fastest (core.models.fp32_linear_kernels), which the engine then uses."""
     import torch
 
     out = {"attention": "pausetune split flash (chunks on a cache), sdpa elsewhere"}
@@ -159,8 +159,6 @@ def _depth_value(d: float):
 
 def timing_path(cell: Path, results: str) -> Path:
     return Path(layout.timing(str(cell), results))
-
-
 
 
 def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, seed: int, results: str,
