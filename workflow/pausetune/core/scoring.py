@@ -171,7 +171,7 @@ def score_cell(cell: dict, judge_cfg: dict | None = None, judge_call=None) -> di
         out["judge"] = j
         if j["parsed"]:
             out["score"], out["score_rule"] = float(j["score"]), "judge"
-    out["code"] = {**cell["code"], "score": scoring_code()}
+    out["code"] = {**cell.get("code", {}), "score": scoring_code()}
     return out
 
 
