@@ -546,8 +546,8 @@ def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
 
 
 def test_atomic_writers_remove_dead_writers_leftovers(tmp_path):
-    """The next write of a path removes what killed writers of that path left beside it (temp files, temp folders,
-    a swap's old folder), never a live writer's, nor another path's; another machine's only when last written
+    """The next write of a path (the first of a process into that folder) removes what killed writers left there
+    (temp files, temp folders, a swap's old folder), never a live writer's; another machine's only when last written
     FOREIGN_TMP_AGE_S before this process started (it cannot be asked whether it lives)."""
     from pausetune.core import io
 
@@ -573,7 +573,7 @@ def test_atomic_writers_remove_dead_writers_leftovers(tmp_path):
             (tmp / "f").write_text("done")
         assert writers(f) == sorted([f"{live.pid}-{io._HOST}", f"124-{foreign}"])
         assert writers(d) == [f"{live_dir.pid}-{io._HOST}"]
-        assert len(writers(other)) == 1 and (tmp_path / ".a.json.k2j3h4l5.tmp").exists()
+        assert writers(other) == [] and (tmp_path / ".a.json.k2j3h4l5.tmp").exists()
         assert f.read_text() == "done" and (d / "f").read_text() == "done"
     finally:
         live.communicate("\n", timeout=60)

@@ -90,8 +90,8 @@ def _writing(path, errnos=_WRITE_ERRNOS) -> Iterator[None]:
 
 
 def _temp_beside(path: Path, folder: bool, suffix: str = ".tmp") -> Path:
-    """A new temp file (or folder) beside `path`, named for its writer (_writer_tag); what killed writers of `path`
-    left there is removed first, so no stage has to remember to clean up after a killed job."""
+    """A new temp file (or folder) beside `path`, named for its writer (_writer_tag), once what killed writers left
+    in that folder is removed (_remove_dead_writers)."""
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_dead_writers(path)
@@ -257,22 +257,16 @@ def _writer_gone(tag: re.Match, mtime: float) -> bool:
     return started is not None and mtime < started - 2  # (btime has whole seconds)
 
 
-def _temps_beside(path: Path) -> list[tuple[os.DirEntry, re.Match]]:
-    """The temp files and folders of writers of `path` beside it (atomic_path's, atomic_dir's, scratch_dir's)."""
-    prefix = f".{path.name}."
+def _sweep(folder: Path) -> None:
+    """Remove from `folder` the temp files and folders (atomic_path's, atomic_dir's, scratch_dir's) whose writer is
+    gone (_writer_gone). A live concurrent writer's (an eval block beside ours, another node's job) is never
+    touched."""
     try:
-        with os.scandir(path.parent) as it:
-            entries = [e for e in it if e.name.startswith(prefix)]
+        with os.scandir(folder) as it:
+            entries = [(e, tag) for e in it if (tag := _TAGGED.match(e.name))]
     except OSError:
-        return []  # missing or unreadable: nothing of ours there (a write will say why)
-    return [(e, tag) for e in entries if (tag := re.fullmatch(_TAG, e.name[len(prefix):]))]
-
-
-def _remove_dead_writers(path: Path) -> None:
-    """Remove what writers of `path` that are gone (_writer_gone) left beside it: atomic_path, atomic_dir and
-    scratch_dir do it before they make their own temp, so a killed job's leftovers go with the next write of the
-    same path. A live concurrent writer's (an eval block beside ours, another node's job) is never touched."""
-    for e, tag in _temps_beside(path):
+        return  # missing or unreadable: nothing of ours there (a write will say why)
+    for e, tag in entries:
         try:
             if _writer_gone(tag, e.stat(follow_symlinks=False).st_mtime):
                 _remove(Path(e.path))
@@ -280,28 +274,38 @@ def _remove_dead_writers(path: Path) -> None:
             continue  # removed by another writer meanwhile
 
 
+_SWEPT: set[str] = set()  # folders this process has swept
+
+
+def _remove_dead_writers(path: Path) -> None:
+    """What atomic_path, atomic_dir and scratch_dir do before they make their temp: the first one a process makes in
+    a folder sweeps it, so a killed job's leftovers go with the next job that writes there, and no stage has to
+    remember to clean up. Once per folder and process: a scan of the 10,000 entries of a cell cache costs ~40 ms,
+    too much for each of its writes."""
+    folder = os.path.abspath(path.parent)
+    if folder not in _SWEPT:
+        _sweep(Path(folder))
+        _SWEPT.add(folder)
+
+
 # Kept while stages/train.py (clean_stale_tmp), eval.py and rescore.py (clean_dead_tmp) still call them; redundant
-# there since the writers clean up after killed writers of the same path themselves.
+# there since the writers sweep their folders themselves.
 def clean_stale_tmp(path: str | os.PathLike) -> None:
     """Remove every temp file and folder left beside `path`, whoever wrote it (only where no live writer can be)."""
-    for e, _ in _temps_beside(Path(path)):
-        _remove(Path(e.path))
+    path = Path(path)
+    try:
+        names = [n for n in os.listdir(path.parent) if n.startswith(f".{path.name}.")]
+    except OSError:
+        return
+    for name in names:
+        if re.fullmatch(_TAG, name[len(path.name) + 2:]):
+            _remove(path.parent / name)
 
 
 def clean_dead_tmp(*folders: str | os.PathLike) -> None:
     """Remove, from each folder, the temp files and folders whose writer is gone (_writer_gone)."""
     for folder in dict.fromkeys(map(Path, folders)):
-        try:
-            with os.scandir(folder) as it:
-                entries = [(e, tag) for e in it if (tag := _TAGGED.match(e.name))]
-        except OSError:
-            continue
-        for e, tag in entries:
-            try:
-                if _writer_gone(tag, e.stat(follow_symlinks=False).st_mtime):
-                    _remove(Path(e.path))
-            except OSError:
-                continue
+        _sweep(folder)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
