@@ -105,7 +105,7 @@ def stage_times(bench_dir: Path) -> list[tuple[str, int, float, float, float]]:
             t[1] += float(rows[-1]["s"])
             t[2] += float(rows[-1].get("cpu_time") or 0)
             t[3] = max(t[3], float(rows[-1].get("max_rss") or 0))
-    order = ["download", "pause", "prepare_model", "shards", "train", "eval", "aggregate", "figures", "publish"]
+    order = ["download", "paragraphs", "prepare_model", "shards", "train", "eval", "aggregate", "figures", "publish"]
     rank = {r: i for i, r in enumerate(order)}
     return [(rule, *totals[rule]) for rule in sorted(totals, key=lambda r: (rank.get(r, len(order)), r))]
 
