@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
+from conftest import DEFAULT_CONFIG, ROOT, run_cli
 from helpers import job_counts, make_project
 
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
