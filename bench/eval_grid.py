@@ -5,17 +5,17 @@ Prints cells/s and prompt tokens/s for both, the ratio, the prefill FLOP count (
 achieved TFLOP/s, and checks the greedy answers are equal (exit 1 if not, unless --allow-mismatch).
 
 Real model, real haystack (CPU):
-    python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \\
+    python bench/eval_grid.py data/models/smollm2 --haystack data/paragraphs/paul_graham/heuristic.parquet \\
         --lengths 1000,2000,4000 --depths 0,25,50,75,100
 Random weights of a real shape (timing only; answers are noise, equality is reported, not required):
     python bench/eval_grid.py data/models/smollm2 --random-shape llama-3.2-3b --device cuda \\
         --lengths 16000,32000 --depths 0,50,100
     python bench/eval_grid.py data/models/smollm2 --random-shape tiny --lengths 600,1200   # CPU smoke test
 Cost of the per-cell measures (eval.measure: answer log-prob, attention shares) against the same grid without:
-    python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \
+    python bench/eval_grid.py data/models/smollm2 --haystack data/paragraphs/paul_graham/heuristic.parquet \
         --lengths 1000,2000 --depths 0,50,100 --measure-cost --skip-naive --repeat 3
 What a prefill grain (eval.prefill_chunk) costs in prefill FLOPs, from the token ids alone (no weights run):
-    python bench/eval_grid.py data/models/smollm2 --haystack data/paused/paul_graham/heuristic.parquet \
+    python bench/eval_grid.py data/models/smollm2 --haystack data/paragraphs/paul_graham/heuristic.parquet \
         --lengths 1000,2000,4000,8000 --depths 0,10,20,30,40,50,60,70,80,90,100 --plan-grains 0,128,256,512,1024
 The model dir gives the tokenizer (and, without --random-shape, the weights). Without --haystack the haystack is
 random ordinary tokens with a period every ~20 (only for --random-shape).
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model_dir", help="a prepared model folder (data/models/{model}): tokenizer, and weights")
-    p.add_argument("--haystack", nargs="*", default=None, help="paused parquet(s); default: random tokens")
+    p.add_argument("--haystack", nargs="*", default=None, help="paragraph parquet(s); default: random tokens")
     p.add_argument("--lengths", default="1000,2000,4000")
     p.add_argument("--depths", default="0,25,50,75,100")
     p.add_argument("--task", default="single")

@@ -48,8 +48,8 @@ def pg_raw(data_project) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_paused(data_project) -> Path:
-    return data_project.path / "data" / "paused" / "paul_graham" / "heuristic.parquet"
+def pg_paragraphs(data_project) -> Path:
+    return data_project.path / "data" / "paragraphs" / "paul_graham" / "heuristic.parquet"
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import NamedTuple
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["Snakefile", "workflow", "config", "envs", "tests/configs"]
 TINY_CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
-# Every data stage of the tiny config: download, pause, both models, both shards.
+# Every data stage of the tiny config: download, paragraphs, both models, both shards.
 DATA_TARGETS = ["data/shards/tiny/pause/manifest.json", "data/shards/tiny/plain/manifest.json"]
 
 

@@ -40,12 +40,12 @@ def first_forward(model_dir, parquet, threads: int) -> tuple[str, str]:
     return rope, logits
 
 
-def test_first_forward_is_the_same_in_every_fresh_process(smollm2_dir, pg_paused):
+def test_first_forward_is_the_same_in_every_fresh_process(smollm2_dir, pg_paragraphs):
     # One thread computes the table on one path: the reference. Elementwise math gives the same bits however the
     # range is split, so every 2-thread process must match it (their logits differ from 1 thread's: GEMMs split
     # their reductions by thread).
-    ref_rope, _ = first_forward(smollm2_dir, pg_paused, 1)
+    ref_rope, _ = first_forward(smollm2_dir, pg_paragraphs, 1)
     # Without the warm-up about 1 process in 4 computed another table here (3 of 12), so 12 catch it ~97% of the time.
-    runs = [first_forward(smollm2_dir, pg_paused, 2) for _ in range(12)]
+    runs = [first_forward(smollm2_dir, pg_paragraphs, 2) for _ in range(12)]
     assert [r for r, _ in runs] == [ref_rope] * len(runs)
     assert len({lg for _, lg in runs}) == 1

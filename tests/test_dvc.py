@@ -145,7 +145,7 @@ def test_dag_matches_snakemake_default_config(tmp_path):
     smk, outs = snakemake_outputs(project), dvc_outs(project)
     assert_same_dag(smk, outs)
     rules = set(smk.values())
-    assert {"download", "pause", "prepare_model", "shards"} <= rules, rules
+    assert {"download", "paragraphs", "prepare_model", "shards"} <= rules, rules
 
 
 def test_dag_matches_snakemake_tiny_config(tmp_path):
@@ -324,25 +324,25 @@ def test_param_change_reruns_only_dependants(repro):
         cfg["paragraphs"]["min_words"] = 20
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         outs = dvc_outs(project)
-        # What reads `paragraphs`: pause, shards and examples (DVC's dry run shows only stages whose own params or
-        # deps changed; what follows from new outputs shows after they are built).
-        readers = {s for s in outs if stage_rule(s) in ("pause", "shards", "examples", "publish")}  # publish: recipe
+        # What reads `paragraphs`: the paragraphs step, shards, examples and publish (the recipe). DVC's dry run shows
+        # only stages whose own params or deps changed; what follows from new outputs shows after they are built.
+        readers = {s for s in outs if stage_rule(s) in ("paragraphs", "shards", "examples", "publish")}
         dry = ran_stages(dvc(project, "repro", "--dry").stdout)
         assert dry == readers, sorted(dry ^ readers)
-        # Rerun them: `dvc repro shards` runs pause and the shards and nothing upstream of them.
+        # Rerun them: `dvc repro shards` runs the paragraphs step and the shards and nothing upstream of them.
         part = dvc(project, "repro", "shards")
-        assert ran_stages(part.stdout) == {s for s in readers if stage_rule(s) in ("pause", "shards")}, part.stdout
+        assert ran_stages(part.stdout) == {s for s in readers if stage_rule(s) in ("paragraphs", "shards")}, part.stdout
         assert "'download@paul_graham' didn't change" in part.stdout, part.stdout
         assert "'prepare_model@tiny' didn't change" in part.stdout, part.stdout
         # The new shards make everything downstream of them stale, the download and the models stay fresh.
         stale = set(re.findall(r"^(\S+):\s*$", dvc(project, "status").stdout, re.M))
-        downstream = {s for s in outs if stage_rule(s) not in ("download", "prepare_model", "pause", "shards")}
-        # (examples read the paused essays too: stale now, rebuilt by the full repro below)
+        downstream = {s for s in outs if stage_rule(s) not in ("download", "prepare_model", "paragraphs", "shards")}
+        # (examples read the paragraphs too: stale now, rebuilt by the full repro below)
         direct = {s for s in downstream if stage_rule(s) == "train"}  # train reads the shards directly
         assert direct <= stale <= downstream, (sorted(stale), sorted(downstream))
     finally:
         cfg_path.write_text(before)
-        back = dvc(project, "repro")  # the committed parameters again: DVC's run cache restores pause and shards
+        back = dvc(project, "repro")  # the committed parameters again: DVC's run cache restores paragraphs and shards
     assert not ran_stages(dvc(project, "repro", "--dry").stdout)
     assert not {s for s in ran_stages(back.stdout) if stage_rule(s) == "train"}, back.stdout  # same shards again
 

@@ -187,7 +187,7 @@ def test_batched_linear_rows_do_not_depend_on_their_neighbours():
                 assert torch.equal(F.linear(z, w)[slot], ref[0]), (dtype, k, n, slot)
 
 
-def smollm2_requests(smollm2_dir, pg_paused, cells):
+def smollm2_requests(smollm2_dir, pg_paragraphs, cells):
     """fp32 SmolLM2, its tokenizer, and the default config's single-needle prompts at (length, depth) cells over the
     real paused haystack: what the engine-vs-generate tests compare on."""
     from pausetune.core.config import load_config
@@ -199,7 +199,7 @@ def smollm2_requests(smollm2_dir, pg_paused, cells):
     config = load_config([str(DEFAULT_CONFIG)])
     tok = load_tokenizer(smollm2_dir)
     model = load_model(smollm2_dir, "float32", "cpu")
-    essays = dict(load_essays([str(pg_paused)]))
+    essays = dict(load_essays([str(pg_paragraphs)]))
     stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 1000, None)
     b = PromptBuilder(tok, config, "smollm2")
     needle, q = config["tasks"]["single"]["needles"], config["tasks"]["single"]["question"]
@@ -210,9 +210,9 @@ def smollm2_requests(smollm2_dir, pg_paused, cells):
     return tok, model, reqs
 
 
-def test_engine_equals_generate_smollm2(smollm2_dir, pg_paused):
+def test_engine_equals_generate_smollm2(smollm2_dir, pg_paragraphs):
     """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
-    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paused, ((600, 0), (600, 50), (600, 100), (1000, 50)))
+    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paragraphs, ((600, 0), (600, 50), (600, 100), (1000, 50)))
     eos = eos_ids_of(model, tok)
     got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, prefill_chunk=512).run(reqs)}
     hits = 0
@@ -251,14 +251,14 @@ def test_bench_random_shape_runs_on_cpu(smollm2_dir, tmp_path, capsys):
     assert "% of peak" in out_text
 
 
-def test_bench_plan_grains_counts_the_engines_prefill(smollm2_dir, pg_paused, tmp_path):
+def test_bench_plan_grains_counts_the_engines_prefill(smollm2_dir, pg_paragraphs, tmp_path):
     """bench/eval_grid.py --plan-grains: prefill tokens per grain from the engine's own plan, no weights run; a
     coarser grain borrows fewer tokens, and every grain computes less than per-cell prefill."""
     import json
 
     bench = _load_bench("eval_grid")
     out = tmp_path / "plan.json"
-    assert bench.main([str(smollm2_dir), "--haystack", str(pg_paused), "--lengths", "1000,2000", "--depths",
+    assert bench.main([str(smollm2_dir), "--haystack", str(pg_paragraphs), "--lengths", "1000,2000", "--depths",
                        "0,50,100", "--plan-grains", "0,128,512", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     tokens = [rows[k]["tokens"] for k in ("grain_0", "grain_128", "grain_512", "per_cell")]
@@ -380,7 +380,7 @@ def test_measures_equal_full_forward_random_model(rand_model, batch_size, reuse,
                                                                             abs=1e-6)
 
 
-def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):
+def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paragraphs):
     """The real model on a real 600-token haystack prompt: the needle sentence's log-prob and the attention shares
     from the engine (prefix reuse) equal a full forward and eager attention weights."""
     from pausetune.core.config import load_config
@@ -393,7 +393,7 @@ def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paused):
     config = load_config([str(DEFAULT_CONFIG)])
     tok = load_tokenizer(smollm2_dir)
     model = load_model(smollm2_dir, "float32", "cpu")
-    essays = dict(load_essays([str(pg_paused)]))
+    essays = dict(load_essays([str(pg_paragraphs)]))
     stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 600, None)
     b = PromptBuilder(tok, config, "smollm2")
     needle = config["tasks"]["single"]["needles"]
@@ -449,11 +449,11 @@ def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
 
 @pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"},
                                    {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"}])
-def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paused, route):
+def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paragraphs, route):
     """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
     (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is
     what this checks, and the count of cells that differ is printed if any do."""
-    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paused, [(n, d) for n in (600, 1000) for d in (0, 50, 100)])
+    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paragraphs, [(n, d) for n in (600, 1000) for d in (0, 50, 100)])
     eos = eos_ids_of(model, tok)
     got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route, prefill_chunk=512).run(reqs)}
     differ = [r.key for r in reqs if got[r.key] != generate_reference(model, r.ids, 24, eos)[0]]

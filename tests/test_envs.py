@@ -32,7 +32,8 @@ GROUPS = {
     # compare, config: no rule, the report env runs them
     "report": ["cli", "stages.aggregate", "stages.figures", "stages.publish", "stages.compare", "stages.config"],
 }
-RULES = {"data": ["download", "pause", "prepare_model", "shards", "examples"], "train": ["train"], "eval": ["eval"],
+RULES = {"data": ["download", "paragraphs", "prepare_model", "shards", "examples"], "train": ["train"],
+         "eval": ["eval"],
          "report": ["aggregate", "figure_heatmap", "figure_delta", "figure_delta_vs", "figure_profile",
                     "figure_logprob", "figure_logprob_delta", "figure_logprob_delta_vs", "figure_mechanism", "publish"]}
 DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm", "dvc"}

@@ -47,10 +47,10 @@ def cli(*args, config_json=None) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
-def eval_args(tiny_dir, pg_paused, results, variant="baseline", lengths=("600",), depths=("0", "50", "100"),
+def eval_args(tiny_dir, pg_paragraphs, results, variant="baseline", lengths=("600",), depths=("0", "50", "100"),
               task="single", extra=()):
     return ["eval", "--model", "tiny", "--variant", variant, "--tasks", task, "--seed", "0", "--lengths", *lengths,
-            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paused),
+            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paragraphs),
             "--results", str(results), "--device", "cpu", "--threads", "1", *extra]
 
 
@@ -64,11 +64,11 @@ def timings_of(results: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def baseline_run(tmp_path_factory, tiny_dir, pg_paused):
+def baseline_run(tmp_path_factory, tiny_dir, pg_paragraphs):
     """One block (tiny, baseline, single, seed 0, len 600, depths 0/50/100) through the real CLI subprocess."""
     results = tmp_path_factory.mktemp("results")
-    proc = run_cli(*eval_args(tiny_dir, pg_paused, results)[:1], *CFG, "--config-json", json.dumps(SMALL),
-                   *eval_args(tiny_dir, pg_paused, results)[1:])
+    proc = run_cli(*eval_args(tiny_dir, pg_paragraphs, results)[:1], *CFG, "--config-json", json.dumps(SMALL),
+                   *eval_args(tiny_dir, pg_paragraphs, results)[1:])
     return results, proc
 
 
@@ -129,7 +129,7 @@ def test_cli_block_writes_complete_cells(baseline_run, tiny_dir):
     assert "3 computed" in proc.stderr
 
 
-def test_cells_carry_measures(baseline_run, tiny_dir, pg_paused, tmp_path):
+def test_cells_carry_measures(baseline_run, tiny_dir, pg_paragraphs, tmp_path):
     """eval.measure (default on): answer log-prob, rank, margin and per-layer attention shares in every cell;
     switched off, the cell has none of them and a different cell_id (old and new cells never mix)."""
     results, _ = baseline_run
@@ -145,7 +145,7 @@ def test_cells_carry_measures(baseline_run, tiny_dir, pg_paused, tmp_path):
     assert a["pause"] == [0, 0] and c["pause_attention"] == 0  # baseline: no pause tokens
     assert a["needle_token_share"] == pytest.approx(c["needle_tokens"] / c["context_tokens"], abs=1e-6)
     assert c["needle_attention"] == pytest.approx(sum(a["needle"]) / 2, abs=1e-6)
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("50",)),
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, depths=("50",)),
                   config_json={"eval": {**SMALL["eval"], "measure": []}})
     assert rc == 0 and "1 computed" in err, err
     off = cells_of(tmp_path)["eval/tiny/baseline/single/seed0/len600/depth50.json"]
@@ -153,10 +153,10 @@ def test_cells_carry_measures(baseline_run, tiny_dir, pg_paused, tmp_path):
     assert not {"answer_logprob", "attention", "needle_attention"} & set(off)
 
 
-def test_variable_tracking_cells(tiny_dir, pg_paused, tmp_path):
+def test_variable_tracking_cells(tiny_dir, pg_paragraphs, tmp_path):
     """The RULER variable-tracking kind through the stage: chain needles in a paused haystack, one log-prob per
     variable name, the attention share over the chain."""
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-prompt", task="vartrack",
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant="pause-prompt", task="vartrack",
                              depths=("40",)), config_json=SMALL)
     assert rc == 0, err
     c = cells_of(tmp_path)["eval/tiny/pause-prompt/vartrack/seed0/len600/depth40.json"]
@@ -167,11 +167,11 @@ def test_variable_tracking_cells(tiny_dir, pg_paused, tmp_path):
     assert c["pause_attention"] > 0 and c["attention"]["pause_token_share"] > 0
 
 
-def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paused, tmp_path):
+def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paragraphs, tmp_path):
     """Another process: the same cell files, byte for byte; only the timings differ. Another decode width
     (eval.batch_size) is another cell: its GEMM shapes round otherwise, so its id says so."""
     results, _ = baseline_run
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path), config_json=SMALL)
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path), config_json=SMALL)
     assert rc == 0, err
     a = sorted((results / "eval").rglob("*.json"))
     b = sorted((tmp_path / "eval").rglob("*.json"))
@@ -179,14 +179,14 @@ def test_rerun_is_byte_identical(baseline_run, tiny_dir, pg_paused, tmp_path):
     for x, y in zip(a, b):
         assert x.read_bytes() == y.read_bytes(), x.name
     assert timings_of(results).keys() == timings_of(tmp_path).keys()
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path / "b1", extra=["--batch-size", "1"]), config_json=SMALL)
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path / "b1", extra=["--batch-size", "1"]), config_json=SMALL)
     assert rc == 0, err
     one = cells_of(tmp_path / "b1")
     assert all(one[k]["cell_id"] != c["cell_id"] and one[k]["eval"]["batch_size"] == 1 for k, c in cells_of(results).items())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_resumed_or_recut_block_gives_the_same_bytes(tiny_dir, pg_paused, tmp_path, dtype):
+def test_a_resumed_or_recut_block_gives_the_same_bytes(tiny_dir, pg_paragraphs, tmp_path, dtype):
     """Issue #29: a block killed after two cells and resumed, and the same cells evaluated one per job (eval.block
     cell), equal the uninterrupted block byte for byte (cells and cache entries) in fp32 and in bf16: a cell's
     numbers never depend on which cells shared its job."""
@@ -194,7 +194,7 @@ def test_a_resumed_or_recut_block_gives_the_same_bytes(tiny_dir, pg_paused, tmp_
     lengths, depths = ("600", "1200"), ("0", "30", "60", "100")
 
     def run(results, ls=lengths, ds=depths):
-        rc, err = cli(*eval_args(tiny_dir, pg_paused, results, lengths=ls, depths=ds), config_json=small)
+        rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, results, lengths=ls, depths=ds), config_json=small)
         assert rc == 0, err
         return err
 
@@ -214,12 +214,12 @@ def test_a_resumed_or_recut_block_gives_the_same_bytes(tiny_dir, pg_paused, tmp_
             assert (tmp_path / other / k).read_bytes() == (tmp_path / "whole" / k).read_bytes(), (other, k)
 
 
-def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
+def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paragraphs):
     results, _ = baseline_run
     target = results / "eval/tiny/baseline/single/seed0/len600/depth50.json"
     before = target.read_bytes()
     target.unlink()  # what Snakemake does to a failed job's outputs
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, results), config_json=SMALL)
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, results), config_json=SMALL)
     assert rc == 0 and "nothing to do (2 done, 1 from the cell cache)" in err, err
     assert target.read_bytes() == before
     # so is another thread count (a CPU GEMM's reduction is split by thread): recomputed, identity says which
@@ -228,7 +228,7 @@ def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
 
     old = torch.get_num_threads()
     try:
-        rc, err = cli(*eval_args(tiny_dir, pg_paused, results, depths=("50",), extra=("--threads", "2")),
+        rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, results, depths=("50",), extra=("--threads", "2")),
                       config_json=SMALL)
     finally:
         torch.set_num_threads(old)
@@ -237,14 +237,15 @@ def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paused):
     assert two["cell_id"] != json.loads(before)["cell_id"] and two["kernels"]["threads"] == 2
     assert json.loads(before)["kernels"]["threads"] == 1
     # a change that alters answers (max_new_tokens) is a different cell: recomputed, not taken from the cache
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, results, depths=("50",)),
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, results, depths=("50",)),
                   config_json={"eval": {**SMALL["eval"], "max_new_tokens": 8}})
     assert rc == 0 and "1 computed" in err, err
     assert json.loads(target.read_text())["answer_tokens"] <= 8
 
 
-def test_pause_prompt_variant(tiny_dir, pg_paused, tmp_path, baseline_run):
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-prompt", depths=("50",)), config_json=SMALL)
+def test_pause_prompt_variant(tiny_dir, pg_paragraphs, tmp_path, baseline_run):
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant="pause-prompt", depths=("50",)),
+                  config_json=SMALL)
     assert rc == 0, err
     c = cells_of(tmp_path)["eval/tiny/pause-prompt/single/seed0/len600/depth50.json"]
     base = cells_of(baseline_run[0])["eval/tiny/baseline/single/seed0/len600/depth50.json"]
@@ -254,26 +255,27 @@ def test_pause_prompt_variant(tiny_dir, pg_paused, tmp_path, baseline_run):
     assert c["pause_attention"] > 0 and c["attention"]["pause_token_share"] > 0  # the pauses draw attention
 
 
-def test_tuned_variants(tiny_dir, pg_paused, tmp_path, checkpoints, tiny_shards):
+def test_tuned_variants(tiny_dir, pg_paragraphs, tmp_path, checkpoints, tiny_shards):
     from pausetune.core.checkpoints import checkpoint_adapter_hash
 
     for variant, v in (("pause-tuned", "pause"), ("plain-tuned", "plain")):
         extra = ["--checkpoint", str(checkpoints[v]), "--shard-manifest", str(tiny_shards[v] / "manifest.json")]
-        rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant=variant, depths=("50",), extra=extra),
+        rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant=variant, depths=("50",), extra=extra),
                       config_json=SMALL)
         assert rc == 0, err
         c = cells_of(tmp_path)[f"eval/tiny/{variant}/single/seed0/len600/depth50.json"]
         assert c["adapter_sha256"] == checkpoint_adapter_hash(checkpoints[v])
         assert c["haystack"]["paused"] is (v == "pause")
     # a tuned variant without its checkpoint, or with the other one: one line each
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-tuned", depths=("0",)), config_json=SMALL)
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant="pause-tuned", depths=("0",)),
+                  config_json=SMALL)
     assert rc == 1 and "--checkpoint" in err and err.count("\n") == 1
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, variant="pause-tuned", depths=("0",),
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant="pause-tuned", depths=("0",),
                              extra=["--checkpoint", str(checkpoints["plain"])]), config_json=SMALL)
     assert rc == 1 and "a 'plain' checkpoint" in err and err.count("\n") == 1
     # a pause checkpoint read with other pause settings than it was trained with (the CLI or DVC route: Snakemake
     # would retrain it): one line, before any cell
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path / "other", variant="pause-tuned", depths=("0",),
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path / "other", variant="pause-tuned", depths=("0",),
                              extra=["--checkpoint", str(checkpoints["pause"])]),
                   config_json={**SMALL, "pause": {"token": "<WAIT>"}})
     assert rc == 1 and "trained with pause" in err and "'<WAIT>'" in err and err.count("\n") == 1, err
@@ -287,13 +289,13 @@ def test_tuned_variants(tiny_dir, pg_paused, tmp_path, checkpoints, tiny_shards)
     ({"task": "nope"}, "config key 'eval.tasks': unknown task 'nope'"),
     ({"lengths": ("220",)}, "config key 'eval.lengths': length 220 leaves no haystack"),
 ])
-def test_bad_inputs_one_line(tiny_dir, pg_paused, tmp_path, change, message):
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, **change), config_json=SMALL)
+def test_bad_inputs_one_line(tiny_dir, pg_paragraphs, tmp_path, change, message):
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, **change), config_json=SMALL)
     assert rc == 1 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "eval").exists()
 
 
-def test_oom_fails_block_naming_length_and_keeps_done_cells(tiny_dir, pg_paused, tmp_path, monkeypatch):
+def test_oom_fails_block_naming_length_and_keeps_done_cells(tiny_dir, pg_paragraphs, tmp_path, monkeypatch):
     from pausetune.core import engine
     from pausetune.core.config import load_config
     from pausetune.stages.eval import run_block
@@ -311,7 +313,7 @@ def test_oom_fails_block_naming_length_and_keeps_done_cells(tiny_dir, pg_paused,
     config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps(SMALL))
     with pytest.raises(PausetuneError) as e:
         run_block(config, model="tiny", variant="baseline", cells=[("single", 600, 0.0), ("single", 1200, 0.0)],
-                  seed=0, model_dir=tiny_dir, haystack=[str(pg_paused)], results=str(tmp_path),
+                  seed=0, model_dir=tiny_dir, haystack=[str(pg_paragraphs)], results=str(tmp_path),
                   device="cpu", log=lambda m: None)
     msg = str(e.value)
     assert msg.startswith("out of memory at length 1200 (eval.batch_size 4") and "\n" not in msg
@@ -336,7 +338,7 @@ class _Judge(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_openai_judge_key_never_in_cell(tiny_dir, pg_paused, tmp_path, monkeypatch):
+def test_openai_judge_key_never_in_cell(tiny_dir, pg_paragraphs, tmp_path, monkeypatch):
     server = http.server.HTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     secret = "sk-test-SECRET-0123456789"
@@ -344,7 +346,7 @@ def test_openai_judge_key_never_in_cell(tiny_dir, pg_paused, tmp_path, monkeypat
     judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
              "api_key_env": "PT_JUDGE_KEY"}
     try:
-        rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("50",)),
+        rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, depths=("50",)),
                       config_json={"eval": {**SMALL["eval"], "judge": judge}})
     finally:
         server.shutdown()
@@ -359,12 +361,12 @@ def test_openai_judge_key_never_in_cell(tiny_dir, pg_paused, tmp_path, monkeypat
     assert secret not in path.read_text() and secret not in err
     assert not any(secret in p.read_text() for p in (tmp_path / ".cells").glob("*.json"))
     monkeypatch.delenv("PT_JUDGE_KEY")
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("0",)),
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, depths=("0",)),
                   config_json={"eval": {**SMALL["eval"], "judge": judge}})
     assert rc == 1 and "environment variable PT_JUDGE_KEY is not set" in err
 
 
-def test_local_judge_tiny(tiny_dir, pg_paused, tmp_path):
+def test_local_judge_tiny(tiny_dir, pg_paragraphs, tmp_path):
     from pausetune.core.models import load_model, load_tokenizer
     from pausetune.core.scoring import LocalJudge, judge_messages
 
@@ -372,7 +374,7 @@ def test_local_judge_tiny(tiny_dir, pg_paused, tmp_path):
     text = j.tok.decode(j.prompt_ids(judge_messages("Q?", "REF", "ANS")))
     assert "Reference: REF" in text and "Answer: ANS" in text and text.endswith("<|im_start|>assistant\n")
     assert isinstance(j(judge_messages("Q?", "REF", "ANS")), str)
-    rc, err = cli(*eval_args(tiny_dir, pg_paused, tmp_path, depths=("50",),
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, depths=("50",),
                              extra=["--judge-model-dir", str(tiny_dir)]),
                   config_json={"eval": {**SMALL["eval"], "judge": {"kind": "local", "model": "tiny"}}})
     assert rc == 0, err
@@ -381,7 +383,7 @@ def test_local_judge_tiny(tiny_dir, pg_paused, tmp_path):
 
 
 @pytest.mark.integration
-def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_dir, smollm2_dir):
+def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paragraphs, tiny_dir, smollm2_dir):
     """block: length builds a whole block; --config eval='{block: cell}' then rebuilds one cell, nothing else."""
     import yaml
 
@@ -389,10 +391,11 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_
 
     work = tmp_path / "wf"
     (work / "config").mkdir(parents=True)
-    # Upstream outputs from the session fixtures: the parquets copied with their mtimes (raw older than paused,
+    # Upstream outputs from the session fixtures: the parquets copied with their mtimes (raw older than paragraphs,
     # so nothing is rerun), the model folders linked (prepared.json is read through the link, with its own mtime).
-    for src, dst in ((pg_raw, "data/raw/paul_graham.parquet"), (pg_paused, "data/paused/paul_graham/heuristic.parquet"),
-                     (pg_paused.with_suffix(".stats.json"), "data/paused/paul_graham/heuristic.stats.json")):
+    for src, dst in ((pg_raw, "data/raw/paul_graham.parquet"),
+                     (pg_paragraphs, "data/paragraphs/paul_graham/heuristic.parquet"),
+                     (pg_paragraphs.with_suffix(".stats.json"), "data/paragraphs/paul_graham/heuristic.stats.json")):
         (work / dst).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, work / dst)
     (work / "data/models").mkdir(parents=True)
@@ -429,14 +432,14 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paused, tiny_
     assert p.returncode != 0 and "config error: config key 'eval.lengths': length 9000" in p.stderr
 
 
-def test_holdout_check_catches_a_trained_haystack_essay(tmp_path, tiny_shards, pg_paused):
+def test_holdout_check_catches_a_trained_haystack_essay(tmp_path, tiny_shards, pg_paragraphs):
     from pausetune.core.config import load_config
     from pausetune.stages.eval import _check_holdout
     from pausetune.core.haystack import haystack_ids, load_essays
     from pausetune.core.io import PausetuneError
 
     config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)])
-    hay = haystack_ids([e for e, _ in load_essays([str(pg_paused)])], config)
+    hay = haystack_ids([e for e, _ in load_essays([str(pg_paragraphs)])], config)
     _check_holdout(hay, str(tiny_shards["pause"] / "manifest.json"), config)  # the real split: disjoint
     m = json.loads((tiny_shards["pause"] / "manifest.json").read_text())
     m["splits"]["train"]["order"].append(hay[0])

@@ -22,19 +22,19 @@ def load_cfg(**over) -> dict:
     return load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps(over))
 
 
-def build(tiny_config, pg_paused, tiny_dir, out: Path, variant: str, over: dict, check: bool = True):
-    return run_cli("examples", *tiny_config, "--config-json", json.dumps(over), "--inputs", str(pg_paused),
+def build(tiny_config, pg_paragraphs, tiny_dir, out: Path, variant: str, over: dict, check: bool = True):
+    return run_cli("examples", *tiny_config, "--config-json", json.dumps(over), "--inputs", str(pg_paragraphs),
                    "--model", "tiny", "--model-dir", str(tiny_dir), "--variant", variant, "--output", str(out),
                    check=check)
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory, tiny_config, pg_paused, tiny_dir) -> dict[str, Path]:
+def examples(tmp_path_factory, tiny_config, pg_paragraphs, tiny_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("examples")
     out = {}
     for variant in ("pause", "plain"):
         out[variant] = root / variant
-        build(tiny_config, pg_paused, tiny_dir, out[variant], variant, SMALL)
+        build(tiny_config, pg_paragraphs, tiny_dir, out[variant], variant, SMALL)
     return out
 
 
@@ -62,7 +62,7 @@ def test_banks_are_large_varied_seeded_and_disjoint():
     assert generate("train", 300, 0) == train and generate("train", 300, 1) != train  # seeded by the root seed
 
 
-def test_bank_overlap_and_empty_bank_are_one_line_errors(tiny_config, pg_paused, tiny_dir, tmp_path):
+def test_bank_overlap_and_empty_bank_are_one_line_errors(tiny_config, pg_paragraphs, tiny_dir, tmp_path):
     from pausetune.core.banks import check_banks
     from pausetune.core.io import PausetuneError
 
@@ -78,7 +78,7 @@ def test_bank_overlap_and_empty_bank_are_one_line_errors(tiny_config, pg_paused,
     with pytest.raises(PausetuneError, match=r"^config key 'banks.train': the training needle bank is empty"):
         check_banks(load_cfg(banks={"train": {"size": 0}}))
     # the same, from the CLI: one line, before anything is built
-    proc = build(tiny_config, pg_paused, tiny_dir, tmp_path / "x", "plain", {"banks": {"train": {"size": 0}}},
+    proc = build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "x", "plain", {"banks": {"train": {"size": 0}}},
                  check=False)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "bank is empty" in proc.stderr
     assert not (tmp_path / "x").exists()
@@ -124,20 +124,20 @@ def test_examples_exact_lengths_answer_span_and_pause_plain_identical(examples):
     assert not set(m["haystack_essays"]) & set(m["splits"]["train"]["order"] + m["splits"]["validation"]["order"])
 
 
-def test_examples_are_deterministic(examples, tiny_config, pg_paused, tiny_dir, tmp_path):
-    build(tiny_config, pg_paused, tiny_dir, tmp_path / "again", "plain", SMALL)
+def test_examples_are_deterministic(examples, tiny_config, pg_paragraphs, tiny_dir, tmp_path):
+    build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "again", "plain", SMALL)
     assert rows(tmp_path / "again") == rows(examples["plain"])
     other = {"seed": 1, **SMALL}
-    build(tiny_config, pg_paused, tiny_dir, tmp_path / "seed1", "plain", other)
+    build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "seed1", "plain", other)
     assert [r["input_ids"] for r in rows(tmp_path / "seed1")] != [r["input_ids"] for r in rows(examples["plain"])]
 
 
-def test_authors_template_and_answer_word(tiny_config, pg_paused, tiny_dir, tmp_path):
+def test_authors_template_and_answer_word(tiny_config, pg_paragraphs, tiny_dir, tmp_path):
     from transformers import AutoTokenizer
 
     over = {"examples": {**SMALL["examples"], "count": 2, "validation_count": 0, "template": "authors",
                          "answer": "answer"}}
-    build(tiny_config, pg_paused, tiny_dir, tmp_path / "a", "plain", over)
+    build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "a", "plain", over)
     tok = AutoTokenizer.from_pretrained(tmp_path / "a" / "tokenizer")
     r = rows(tmp_path / "a")[0]
     text = tok.decode(r["input_ids"])
@@ -148,14 +148,14 @@ def test_authors_template_and_answer_word(tiny_config, pg_paused, tiny_dir, tmp_
         text.split("###Assistant:\n")[1] and r["input_ids"][-1] == tok.eos_token_id
 
 
-def test_needle_longer_than_range_and_range_above_window_fail_before_building(tiny_config, pg_paused, tiny_dir,
+def test_needle_longer_than_range_and_range_above_window_fail_before_building(tiny_config, pg_paragraphs, tiny_dir,
                                                                              tmp_path):
     short = {"examples": {"lengths": {"min": 40, "max": 60}}}
-    proc = build(tiny_config, pg_paused, tiny_dir, tmp_path / "s", "pause", short, check=False)
+    proc = build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "s", "pause", short, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "config key 'examples.lengths.min'" in proc.stderr and "longer than the context range" in proc.stderr
     wide = {"examples": {"lengths": {"min": 200, "max": 5000}}}  # tiny's window: 4096
-    proc = build(tiny_config, pg_paused, tiny_dir, tmp_path / "w", "pause", wide, check=False)
+    proc = build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "w", "pause", wide, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "config key 'examples.lengths.max'" in proc.stderr and "window" in proc.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "w").exists()
@@ -257,14 +257,14 @@ def test_brackets_method_pauses_after_every_bracket_on_real_text():
     assert want[0].endswith("free to choose what you do? [1]") and want[2] == "Notes[1]"
 
 
-def test_eval_cli_runs_bank_cells_with_their_own_facts(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_eval_cli_runs_bank_cells_with_their_own_facts(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     from pausetune.core.banks import check_banks
 
     evalb = {r["question"]: r for r in check_banks(load_cfg())[1]}
     over = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 50]}}
     run_cli("eval", *tiny_config, "--config-json", json.dumps(over), "--model", "tiny", "--variant", "baseline",
             "--tasks", "bank", "--seed", "0", "--lengths", "600", "--depths", "0", "50", "--model-dir",
-            str(tiny_dir), "--haystack", str(pg_paused), "--results", str(tmp_path), "--device", "cpu",
+            str(tiny_dir), "--haystack", str(pg_paragraphs), "--results", str(tmp_path), "--device", "cpu",
             "--threads", "1")
     cells = [json.loads(p.read_text()) for p in sorted((tmp_path / "eval").rglob("*.json"))]
     assert len(cells) == 2

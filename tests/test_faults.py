@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
+from conftest import DEFAULT_CONFIG, ROOT, run_cli
 from helpers import job_counts, make_project
 
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
@@ -331,7 +332,7 @@ def test_damaged_training_state_starts_over(checkpoint):
 
 
 # ------------------------------------------------------------------------------------ 4. corrupt adapter
-def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     import shutil
 
     ckpt = tmp_path / "checkpoints" / "tiny" / "pause"
@@ -339,7 +340,7 @@ def test_corrupt_adapter_named_before_loading(checkpoint, tiny_config, tiny_dir,
     os.truncate(ckpt / "adapter" / "adapter_model.safetensors", 1000)
     proc = run_cli("eval", *tiny_config, "--model", "tiny", "--variant", "pause-tuned", "--tasks", "single",
                    "--seed", "0", "--lengths", "600", "--depths", "0", "--model-dir", str(tiny_dir), "--haystack",
-                   str(pg_paused), "--checkpoint", str(ckpt), "--results", str(tmp_path / "results"), "--device",
+                   str(pg_paragraphs), "--checkpoint", str(ckpt), "--results", str(tmp_path / "results"), "--device",
                    "cpu", "--threads", "1", check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -368,18 +369,18 @@ def test_preflight_names_unprepared_models_and_fails_under_strict(tiny_config, s
 
 
 # ------------------------------------------------------------------------------------- 5. write failures
-def eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0",), extra=(), config_json=None) -> list[str]:
+def eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, depths=("0",), extra=(), config_json=None) -> list[str]:
     return ["eval", *tiny_config, *(["--config-json", json.dumps(config_json)] if config_json else []),
             "--model", "tiny", "--variant", "baseline", "--tasks", "single", "--seed", "0", "--lengths", "600",
-            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paused), "--results",
+            "--depths", *depths, "--model-dir", str(tiny_dir), "--haystack", str(pg_paragraphs), "--results",
             str(results), "--device", "cpu", "--threads", "1", *extra]
 
 
-def test_write_failures_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_write_failures_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "timing").write_text("x\n")  # a file where a folder is expected
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results), check=False)
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results), check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
@@ -436,12 +437,12 @@ def judge_server():
     server.shutdown()
 
 
-def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paused, tmp_path, judge_server, monkeypatch):
+def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paragraphs, tmp_path, judge_server, monkeypatch):
     monkeypatch.setenv("PT_FAULTS_KEY", "sk-faults")
     judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{judge_server.server_port}/v1",
              "api_key_env": "PT_FAULTS_KEY"}
     results = tmp_path / "results"
-    args = eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0", "100"), extra=["--batch-size", "1"],
+    args = eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, depths=("0", "100"), extra=["--batch-size", "1"],
                     config_json={"eval": {"judge": judge}})
     _Judge.fail = True
     proc = run_cli(*args, check=False)
@@ -457,13 +458,13 @@ def test_judge_failure_keeps_the_answers(tiny_config, tiny_dir, pg_paused, tmp_p
     assert answer in {c["answer"] for c in cells}
 
 
-def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, pg_paused, tmp_path, judge_server,
+def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, pg_paragraphs, tmp_path, judge_server,
                                                           monkeypatch):
     monkeypatch.delenv("PT_FAULTS_KEY", raising=False)
     judge = {"kind": "openai", "model": "grader", "base_url": f"http://127.0.0.1:{judge_server.server_port}/v1",
              "api_key_env": "PT_FAULTS_KEY"}
     results = tmp_path / "results"
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results, config_json={"eval": {"judge": judge}}),
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, config_json={"eval": {"judge": judge}}),
                    check=False)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         "pausetune eval: error: config key 'eval.judge.api_key_env': environment variable PT_FAULTS_KEY is not set")
@@ -472,7 +473,7 @@ def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, 
     port = judge_server.server_port
     judge_server.shutdown()
     judge_server.server_close()  # nothing listens there now
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results,
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results,
                              config_json={"eval": {"judge": {**judge, "base_url": f"http://127.0.0.1:{port}/v1"}}}),
                    check=False)
     assert proc.returncode == 1 and f"judge endpoint http://127.0.0.1:{port}/v1: unreachable" in proc.stderr
@@ -480,9 +481,9 @@ def test_judge_key_and_endpoint_checked_before_the_model(tiny_config, tiny_dir, 
 
 
 # -------------------------------------------------------------------------------------- 6. a corrupt cell
-def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     results = tmp_path / "results"
-    run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results, depths=("0", "50", "100")))
+    run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results, depths=("0", "50", "100")))
     cells = sorted((results / "eval").rglob("*.json"))
     bad = cells[1]
     bad.write_text(bad.read_text()[:100])
@@ -504,90 +505,128 @@ def test_corrupt_cell_named_or_skipped_and_said_on_the_page(tiny_config, tiny_di
 
 
 # ---------------------------------------------------------------------------------- 7. stale temp folders
-def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
-    from pausetune.core.config import load_config
-    from pausetune.core.io import cache_dir
-
-    config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)])
-    src = config["models"]["smollm2"]["source"]
-    converted = cache_dir(config) / "converted" / src["sha256"] / src["file"].replace("/", "_")
-    assert (converted / "config.json").exists()  # converted once for the session (smollm2_dir)
-    # what a SIGKILLed prepare-model leaves: temp folders beside the conversion and beside its output
-    leftovers = [converted.parent / f".{converted.name}.abc123.tmp",
-                 converted.parent / f".{converted.name}.unzip.x.tmp", tmp_path / "models" / ".smollm2.k1ll3d.tmp"]
-    for d in leftovers:
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "model.safetensors").write_bytes(b"\0" * 1000)
-    run_cli("prepare-model", *tiny_config, "--model", "smollm2", "--output", str(tmp_path / "models" / "smollm2"))
-    assert not [d for d in leftovers if d.exists()]
-    assert (converted / "config.json").exists() and (tmp_path / "models/smollm2/prepared.json").exists()
-
-
-# ------------------------------------------------------------------------ 3. a killed writer's temp files
-# A real writer inside atomic_path, holding one temp file per path given, until it reads a line (then it finishes
-# and its files land) or is SIGKILLed (then its temp files stay behind, as a killed eval's or aggregate's would).
+# A real writer inside atomic_path / atomic_dir / scratch_dir, holding one temp per `kind:path` given, until it reads
+# a line (then it finishes and its outputs land) or is SIGKILLed (then its temps stay behind, as a killed job's would).
 WRITER = """import contextlib, sys
-from pausetune.core.io import atomic_path
+from pathlib import Path
+from pausetune.core.io import atomic_dir, atomic_path, scratch_dir
 with contextlib.ExitStack() as stack:
-    for path in sys.argv[1:]:
-        stack.enter_context(atomic_path(path)).write_text("partial")
+    for arg in sys.argv[1:]:
+        kind, path = arg.split(":", 1)
+        if kind == "path":
+            stack.enter_context(atomic_path(path)).write_text("partial")
+        else:
+            (stack.enter_context({"dir": atomic_dir, "scratch": scratch_dir}[kind](path)) / "f").write_text("partial")
     print("holding", flush=True)
     sys.stdin.readline()
 """
 
 
-def hold_temp_files(*paths: Path) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", WRITER, *map(str, paths)], cwd=ROOT, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+def hold_temp_files(*paths: Path | str, kind: str = "path") -> subprocess.Popen:
+    """A live writer of `paths` (each a path, or a string `kind:path`)."""
+    args = [p if isinstance(p, str) else f"{kind}:{p}" for p in paths]
+    p = subprocess.Popen([sys.executable, "-c", WRITER, *args], cwd=ROOT,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "holding"
     return p
 
 
-def temp_files(folder: Path, name: str) -> list[Path]:
-    return sorted(folder.glob(f".{name}.*.tmp"))
+def killed_writer(*paths: Path | str, kind: str = "path") -> None:
+    """What a job SIGKILLed while writing `paths` leaves: one process, so that its own writes clean nothing of it."""
+    p = hold_temp_files(*paths, kind=kind)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
 
 
-def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, pg_paused, tmp_path):
+def writers(path: Path) -> list[str]:
+    """Whose temp files and folders lie beside `path`: their writers' tags (pid-host), sorted."""
+    prefix = f".{path.name}."
+    return sorted(m.group(1) for p in path.parent.iterdir() if p.name.startswith(prefix)
+                  and (m := re.fullmatch(r"(\d+-[0-9a-f]{8})\.[a-z0-9_]{8}(?:\.\w+)?", p.name[len(prefix):])))
+
+
+def test_stale_temp_folders_cleaned(tiny_config, smollm2_dir, tmp_path):
+    out = tmp_path / "models" / "smollm2"
+    killed_writer(f"dir:{out}", f"scratch:{out}")  # what a SIGKILLed prepare-model leaves beside its output
+    assert len(writers(out)) == 2
+    run_cli("prepare-model", *tiny_config, "--model", "smollm2", "--output", str(out))
+    assert writers(out) == [] and (out / "prepared.json").exists()
+
+
+def test_atomic_writers_remove_dead_writers_leftovers(tmp_path):
+    """The next write of a path (the first of a process into that folder) removes what killed writers left there
+    (temp files, temp folders, a swap's old folder), never a live writer's; another machine's only when last written
+    FOREIGN_TMP_AGE_S before this process started (it cannot be asked whether it lives)."""
+    from pausetune.core import io
+
+    f, d, other = tmp_path / "a.json", tmp_path / "d", tmp_path / "a.json.bak"
+    live = hold_temp_files(f)  # concurrent writers of the same paths, writing all along
+    live_dir = hold_temp_files(d, kind="dir")
+    try:
+        killed_writer(f, other, f"dir:{d}", f"scratch:{d}")
+        gone = subprocess.Popen([sys.executable, "-c", ""])
+        gone.wait()
+        (tmp_path / f".d.{gone.pid}-{io._HOST}.abcd1234.old").mkdir()  # a swap killed between its two renames
+        foreign = "0" * 8 if io._HOST != "0" * 8 else "1" * 8
+        old = io._STARTED - io.FOREIGN_TMP_AGE_S - 600
+        for name, mtime in ((f".a.json.123-{foreign}.abcd1234.tmp", old),
+                            (f".a.json.124-{foreign}.abcd1234.tmp", None),
+                            (".a.json.k2j3h4l5.tmp", old)):  # the last: no writer's tag, not ours
+            (tmp_path / name).write_text("x")
+            if mtime:
+                os.utime(tmp_path / name, (mtime, mtime))
+        assert len(writers(f)) == 4 and len(writers(d)) == 4 and len(writers(other)) == 1
+        io.write_text(f, "done")
+        with io.atomic_dir(d) as tmp:
+            (tmp / "f").write_text("done")
+        assert writers(f) == sorted([f"{live.pid}-{io._HOST}", f"124-{foreign}"])
+        assert writers(d) == [f"{live_dir.pid}-{io._HOST}"]
+        assert writers(other) == [] and (tmp_path / ".a.json.k2j3h4l5.tmp").exists()
+        assert f.read_text() == "done" and (d / "f").read_text() == "done"
+    finally:
+        live.communicate("\n", timeout=60)
+        live_dir.communicate("\n", timeout=60)
+    assert live.returncode == 0 and f.read_text() == "partial" and writers(f) == [f"124-{foreign}"]
+
+
+# ------------------------------------------------------------------------ 3. a killed writer's temp files
+def test_dead_writers_temp_files_cleaned_live_ones_kept(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
+    from pausetune.core.io import _HOST
+
     results, tables, fig = tmp_path / "results", tmp_path / "tables", tmp_path / "figures" / "heatmap"
     cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
     timing = results / "timing/tiny/baseline/single/seed0/len600/depth0.json"
     publish = {"page": "site/page.md", "figures_dir": "site/figures", "tables_dir": "site/tables"}  # under tmp_path
-    # every folder the eval, aggregate, figures, publish and download stages write: the cell's, the timing's, the
-    # cell cache, the tables, a figure's, the page's and its figure and table folders, data/raw
-    raw, paused = tmp_path / "raw", tmp_path / "paused"
-    folders = [cell.parent, timing.parent, results / ".cells", tables, fig, (tmp_path / publish["page"]).parent,
-               tmp_path / publish["figures_dir"], tmp_path / publish["tables_dir"], raw, paused]
-    dead = hold_temp_files(*(f / "dead.json" for f in folders))
-    os.kill(dead.pid, signal.SIGKILL)
-    dead.wait()
-    live = hold_temp_files(*(f / "live.json" for f in folders))  # a concurrent job, writing right now
+    raw, paragraphs = tmp_path / "raw" / "paul_graham.parquet", tmp_path / "paragraphs" / "heuristic.parquet"
+    # a file each of the download, paragraphs, eval, aggregate, figures and publish stages writes
+    outputs = [raw, paragraphs, paragraphs.with_suffix(".stats.json"), cell, timing, tables / "cells.parquet",
+               tables / "summary.csv", fig / "tiny.png", tmp_path / publish["page"],
+               tmp_path / publish["figures_dir"] / "heatmap_tiny.png", tmp_path / publish["tables_dir"] / "summary.csv"]
+    live = hold_temp_files(*outputs)  # a concurrent job, writing the same files all along
+    mine = [f"{live.pid}-{_HOST}"]
     try:
-        assert all(len(temp_files(f, "dead.json")) == 1 and len(temp_files(f, "live.json")) == 1 for f in folders)
-        run_cli("download", *tiny_config, "--source", "paul_graham", "--output", str(raw / "paul_graham.parquet"))
-        run_cli("pause", *tiny_config, "--input", str(raw / "paul_graham.parquet"), "--output",
-                str(paused / "heuristic.parquet"), "--stats", str(paused / "heuristic.stats.json"))
-        run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+        killed_writer(*outputs)
+        assert all(len(writers(f)) == 2 for f in outputs)
+        run_cli("download", *tiny_config, "--source", "paul_graham", "--output", str(raw))
+        run_cli("paragraphs", *tiny_config, "--input", str(raw), "--output", str(paragraphs), "--stats",
+                str(paragraphs.with_suffix(".stats.json")))
+        run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results))
         run_cli("aggregate", *tiny_config, "--cells", str(cell), "--out-dir", str(tables), "--bootstrap", "10")
         run_cli("figures", *tiny_config, "--cells-table", str(tables / "cells.parquet"), "--kind", "heatmap",
                 "--model", "tiny", "--task", "single", "--variant", "baseline", "--output", str(fig / "tiny"))
         run_cli("publish", *tiny_config, "--config-json", json.dumps({"publish": publish}), "--tables", str(tables),
                 "--figures", str(fig / "tiny.png"), "--benchmarks", str(tmp_path / "none"), "--run-info",
                 str(tmp_path / "none.json"), cwd=tmp_path)
-        for f in folders:
-            assert temp_files(f, "dead.json") == [], f  # the killed writer's: gone
-            assert len(temp_files(f, "live.json")) == 1, f  # the live one's: untouched
-        assert cell.exists() and (tables / "manifest.json").exists() and (fig / "tiny.png").exists()
-        assert (tmp_path / publish["page"]).exists()
-        # rescore rewrites cells and cache entries: a killed writer's temp files there go too
-        again = hold_temp_files(cell.parent / "dead2.json", results / ".cells" / "dead2.json")
-        os.kill(again.pid, signal.SIGKILL)
-        again.wait()
+        for f in outputs:
+            assert f.exists() and writers(f) == mine, f  # the killed writer's temp files gone, the live one's kept
+        # rescore rewrites the cell and its cache entry: a killed writer's temp files of those go too
+        entry = next((results / ".cells").glob("*.json"))
+        killed_writer(cell, entry)
         run_cli("rescore", *tiny_config, "--cells", str(cell), "--cells-cache", str(results / ".cells"), "--force")
-        assert temp_files(cell.parent, "dead2.json") == [] and temp_files(results / ".cells", "dead2.json") == []
-        assert len(temp_files(cell.parent, "live.json")) == 1
+        assert writers(cell) == mine and writers(entry) == []
     finally:
         live.communicate("\n", timeout=60)
-    assert live.returncode == 0 and all((f / "live.json").read_text() == "partial" for f in folders)
+    assert live.returncode == 0 and all(f.read_text() == "partial" for f in outputs)
 
 
 # ------------------------------------------------------------------------------- 5. read-only folders
@@ -628,7 +667,7 @@ def unprivileged():
     return drop
 
 
-def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paused, tmp_path):
+def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "pausetune.cli", *args], cwd=ROOT, capture_output=True,
                               text=True, preexec_fn=unprivileged())
@@ -645,12 +684,12 @@ def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, p
     cell = results / "eval/tiny/baseline/single/seed0/len600/depth0.json"
     cell.parent.mkdir(parents=True)
     cell.parent.chmod(0o555)
-    proc = cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+    proc = cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == f"pausetune eval: error: {cell}: could not write (Permission denied)"
     assert len(list((results / ".cells").glob("*.json"))) == 1 and not cell.exists()
     cell.parent.chmod(0o755)
-    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paused, results))
+    proc = run_cli(*eval_cmd(tiny_config, tiny_dir, pg_paragraphs, results))
     assert "nothing to do (0 done, 1 from the cell cache)" in proc.stderr and cell.exists(), proc.stderr
     # aggregate: a read-only folder above the tables folder. One line naming the table and the folder
     top = tmp_path / "report"
@@ -661,22 +700,3 @@ def test_read_only_folders_are_one_line_naming_the_path(tiny_config, tiny_dir, p
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip() == (f"pausetune aggregate: error: {tables / 'cells.parquet'}: could not write "
                                    f"(Permission denied: {tables})")
-
-
-def test_temp_files_of_other_machines_and_older_versions(tmp_path):
-    """No live pid to ask (another machine's writer, or a temp name from before the writer tag): removed only when
-    last written FOREIGN_TMP_AGE_S before this process started."""
-    from pausetune.core import io
-
-    old = io._STARTED - io.FOREIGN_TMP_AGE_S - 600
-    other = "0" * 8 if io._HOST != "0" * 8 else "1" * 8
-    files = {".c.json.123-%s.abcd1234.tmp" % other: (old, False), ".d.json.123-%s.abcd1234.tmp" % other: (None, True),
-             ".e.json.k2j3h4l5.tmp": (old, False), ".f.json.k2j3h4l5.tmp": (None, True),
-             ".notes.txt": (old, True), "g.json": (old, True)}  # not temp files: never touched
-    for name, (mtime, _) in files.items():
-        (tmp_path / name).write_text("x")
-        if mtime:
-            os.utime(tmp_path / name, (mtime, mtime))
-    removed = io.clean_dead_tmp(tmp_path, tmp_path / "missing")
-    assert sorted(p.name for p in removed) == sorted(n for n, (_, keep) in files.items() if not keep)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, (_, keep) in files.items() if keep)

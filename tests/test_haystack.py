@@ -36,8 +36,8 @@ def tok(smollm2_dir):
 
 
 @pytest.fixture(scope="module")
-def essays(pg_paused):
-    return dict(load_essays([str(pg_paused)]))
+def essays(pg_paragraphs):
+    return dict(load_essays([str(pg_paragraphs)]))
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_no_special_token_inside_the_document(tok, streams, config):
             assert sum(x == pids[0] for x in doc) > 5
 
 
-def test_paused_stream_is_plain_plus_pauses(streams, pg_paused):
+def test_paused_stream_is_plain_plus_pauses(streams, pg_paragraphs):
     plain, paused, pause_ids, _ = streams
     pid = pause_ids[0]
     stripped = [t for t in paused if t != pid]

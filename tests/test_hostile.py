@@ -94,15 +94,15 @@ def test_cli_refuses_a_name_and_never_replaces_a_folder_it_did_not_write(project
         f"in it); refusing to replace it as the output folder: move it away or choose another path"], proc.stderr
     assert sorted(os.listdir(victim)) == ["notes.txt"] and (victim / "notes.txt").read_text() == "data\n"
     assert sorted(os.listdir(tmp_path)) == ["victim"]
-    # a folder an older version prepared (its prepared.json, no marker) is the pipeline's: replaced, then marked
-    old = tmp_path / "models" / "p"
-    old.mkdir(parents=True)
-    (old / "prepared.json").write_text(json.dumps({"name": "p", "kind": "path", "path": "elsewhere"}))
-    (old / "stale.txt").write_text("from the old run")
-    run_cli("prepare-model", "--config", str(DEFAULT_CONFIG), "--config-json", over, "--model", "p",
-            "--output", str(old))
-    assert sorted(os.listdir(old)) == [".pausetune-output", "prepared.json"]
-    assert json.loads((old / "prepared.json").read_text())["path"] == str(tiny_dir.resolve())
+    # a folder the pipeline wrote (marked) is replaced whole
+    out = tmp_path / "models" / "p"
+    for stale in (True, False):
+        run_cli("prepare-model", "--config", str(DEFAULT_CONFIG), "--config-json", over, "--model", "p",
+                "--output", str(out))
+        if stale:
+            (out / "stale.txt").write_text("from the first run")
+    assert sorted(os.listdir(out)) == [".pausetune-output", "prepared.json"]
+    assert json.loads((out / "prepared.json").read_text())["path"] == str(tiny_dir.resolve())
 
 
 # --------------------------------------------------------------------------------- 2. quoted shell commands
@@ -129,7 +129,7 @@ def test_every_placeholder_in_a_shell_command_is_quoted(project, block):
                           text=True, env=dict(os.environ, PYTHONPATH=str(project / "workflow")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     shells = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"download", "pause", "prepare_model", "shards", "examples", "train", "eval", "aggregate",
+    assert {"download", "paragraphs", "prepare_model", "shards", "examples", "train", "eval", "aggregate",
             "figure_heatmap", "publish"} <= set(shells)
     unquoted = {rule: field for rule, cmd in shells.items() for _, field, spec, _ in string.Formatter().parse(cmd)
                 if field is not None and not (spec or "").endswith("q")}
@@ -158,20 +158,18 @@ def test_publish_refuses_a_folder_it_did_not_write(project):
                         f"(no .pausetune-output in it); refusing to replace it as the folder publish writes: move it "
                         f"away or choose another path"), line
     assert sorted(os.listdir(project / "mydocs")) == ["notes.md"]
-    # the study's committed docs/figures and docs/tables carry the marker; a folder an older publish wrote (PNGs
-    # only, Snakemake's timestamp) is publish's too
+    # the study's committed docs/figures and docs/tables carry the marker: publish's; a folder without it is not,
+    # even one holding only what publish would write there (PNGs, Snakemake's timestamp)
     for folder in ("docs/figures", "docs/tables"):
         shutil.copytree(ROOT / folder, project / folder)
+    ok(smk(project, "-n", "--configfile", *CONFIGS, "config/study.yaml"))
     old = project / "results" / "results_figures"
     old.mkdir(parents=True)
     for f in ("heatmap_tiny_single_baseline.png", ".snakemake_timestamp"):
         (old / f).write_bytes(b"")
-    ok(smk(project, "-n", "--configfile", *CONFIGS, "config/study.yaml"))
-    ok(smk(project, "-n", "--configfile", *CONFIGS))
-    (old / "mine.txt").write_text("mine\n")
     line = one_config_error(smk(project, "-n", "--configfile", *CONFIGS))
     assert "config key 'publish.figures_dir': results/results_figures: exists and was not written" in line
-    assert (old / "mine.txt").read_text() == "mine\n"
+    assert sorted(os.listdir(old)) == [".snakemake_timestamp", "heatmap_tiny_single_baseline.png"]
     shutil.rmtree(project / "results")
 
 

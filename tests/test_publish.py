@@ -239,3 +239,19 @@ def test_recipe_against_the_authors_departures_marked():
     assert "| objective | retrieval | retrieval |" in text and "| lr | 0.0002 | 0.0002 |" in text
     assert "| grad_accum | **2** | 4 |" in text and "| context tokens | **256-512** |" in text
     assert "| quantization | **none** | nf4 |" in text
+
+
+def test_committed_publish_folders_are_publishs(monkeypatch):
+    """The study pages' figure and table folders in git carry the output marker: a rerun of publish replaces them
+    (Snakemake empties them first), and nothing committed needs a folder written before the marker to count."""
+    from pausetune.core.config import load_config
+    from pausetune.core.io import OUTPUT_MARKER
+    from pausetune.core.targets import check_output_dirs, output_dirs
+
+    root = DEFAULT_CONFIG.parents[1]
+    monkeypatch.chdir(root)  # the folders are relative to the project
+    for overlay in ("study.yaml", "study-lm.yaml"):
+        config = load_config([str(DEFAULT_CONFIG), str(root / "config" / overlay)])
+        check_output_dirs(config)
+        for folder in output_dirs(config).values():
+            assert not Path(folder).exists() or (Path(folder) / OUTPUT_MARKER).is_file(), folder

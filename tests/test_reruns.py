@@ -80,10 +80,10 @@ def project(figure_built, tmp_path) -> Path:
 
 def test_one_cell_alone(tmp_path, cell_built):
     # Its block (all depths of its length: one model load) and what that needs: no shards, no training.
-    assert plan(fresh(tmp_path), CELL) == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}
+    assert plan(fresh(tmp_path), CELL) == {"download": 1, "paragraphs": 1, "prepare_model": 2, "eval": 1}
     # With eval.block = cell the job is that one cell (built by cell_built).
     project, ran = cell_built
-    assert ran == {"download": 1, "pause": 1, "prepare_model": 2, "eval": 1}, ran
+    assert ran == {"download": 1, "paragraphs": 1, "prepare_model": 2, "eval": 1}, ran
     assert built(project, "results/eval") == {CELL}
     assert not (project / "data" / "shards").exists() and not (project / "results" / "checkpoints").exists()
 
@@ -141,7 +141,7 @@ def test_touching_the_raw_essays_reruns_their_dependants(project):
     os.utime(raw, (later, later))
     assert plan(project, FIGURE) == {}
     # An edited essay: everything made from the essays reruns: paragraphs, shards, training, every cell (the
-    # haystack is paused essays), the table, the figure. Not the download, not the models.
+    # haystack is made of the paragraphs), the table, the figure. Not the download, not the models.
     import pandas as pd
 
     from pausetune.core.io import sha256_text
@@ -151,9 +151,9 @@ def test_touching_the_raw_essays_reruns_their_dependants(project):
     df.loc[0, "sha256"] = sha256_text(df.loc[0, "text"])
     df.to_parquet(raw, index=False)
     counts = plan(project, FIGURE)
-    assert counts == {"pause": 1, "shards": 1, "train": 1, "eval": 2, "aggregate": 1, "figure_heatmap": 1}, counts
+    assert counts == {"paragraphs": 1, "shards": 1, "train": 1, "eval": 2, "aggregate": 1, "figure_heatmap": 1}, counts
     # Really rerun the data part of it: the paragraphs and the shards, nothing upstream.
-    assert build(project, "data/shards/tiny/pause/manifest.json") == {"pause": 1, "shards": 1}
+    assert build(project, "data/shards/tiny/pause/manifest.json") == {"paragraphs": 1, "shards": 1}
     assert plan(project, CHECKPOINT) == {"train": 1}  # its shards are new now
 
 

@@ -34,7 +34,7 @@ def test_essay_split_is_stable_and_disjoint():
     assert sorted(no_holdout["haystack"]) == sorted(ids)
 
 
-def test_shards_pause_ids_at_paragraph_ends(tiny_shards, tiny_dir, pg_paused):
+def test_shards_pause_ids_at_paragraph_ends(tiny_shards, tiny_dir, pg_paragraphs):
     pause_ds, pause_m = load_shards(tiny_shards["pause"])
     plain_ds, plain_m = load_shards(tiny_shards["plain"])
     seq = pause_m["seq_len"]
@@ -54,7 +54,7 @@ def test_shards_pause_ids_at_paragraph_ends(tiny_shards, tiny_dir, pg_paused):
     pids = setup_pause(tok, pause_m["pause"])
     assert pids == [pause_id]
     sep = separator_ids(tok)
-    essays = pd.read_parquet(pg_paused)
+    essays = pd.read_parquet(pg_paragraphs)
     essays["id"] = "paul_graham/" + essays["id"]
     by_id = dict(zip(essays["id"], essays["paragraphs"]))
     flat_pause, flat_plain, n_paragraphs = [], [], 0
@@ -80,10 +80,10 @@ def test_shards_pause_ids_at_paragraph_ends(tiny_shards, tiny_dir, pg_paused):
     assert [t for t in flat_pause if t != pause_id] == flat_plain
 
 
-def test_shards_text_mode_and_manifest(tmp_path, pg_paused, tiny_dir, tiny_config):
+def test_shards_text_mode_and_manifest(tmp_path, pg_paragraphs, tiny_dir, tiny_config):
     out = tmp_path / "shards"
     run_cli("shards", *tiny_config, "--config-json", json.dumps({"pause": {"mode": "text"}}),
-            "--inputs", str(pg_paused), "--model-dir", str(tiny_dir), "--variant", "pause", "--output", str(out))
+            "--inputs", str(pg_paragraphs), "--model-dir", str(tiny_dir), "--variant", "pause", "--output", str(out))
     ds, m = load_shards(out)
     assert len(m["pause_ids"]) > 1  # the literal string is several ordinary tokens
     assert m["vocab_size"] == len(load_tokenizer(tiny_dir))  # no token added in text mode
@@ -91,16 +91,16 @@ def test_shards_text_mode_and_manifest(tmp_path, pg_paused, tiny_dir, tiny_confi
     assert (out / "tokenizer" / "tokenizer.json").exists()
 
 
-def test_shards_seq_len_too_long(tmp_path, pg_paused, tiny_dir, tiny_config):
+def test_shards_seq_len_too_long(tmp_path, pg_paragraphs, tiny_dir, tiny_config):
     proc = run_cli("shards", *tiny_config, "--config-json", json.dumps({"shards": {"seq_len": 10_000_000}}),
-                   "--inputs", str(pg_paused), "--model-dir", str(tiny_dir), "--variant", "plain",
+                   "--inputs", str(pg_paragraphs), "--model-dir", str(tiny_dir), "--variant", "plain",
                    "--output", str(tmp_path / "s"), check=False)
     assert proc.returncode == 1 and "seq_len" in proc.stderr
     assert not (tmp_path / "s").exists()
 
 
 def test_shards_missing_column(tmp_path, tiny_dir, tiny_config):
-    bad = tmp_path / "paused.parquet"
+    bad = tmp_path / "paragraphs.parquet"
     pd.DataFrame({"id": ["a"], "text": ["x"]}).to_parquet(bad)
     proc = run_cli("shards", *tiny_config, "--inputs", str(bad), "--model-dir", str(tiny_dir),
                    "--variant", "plain", "--output", str(tmp_path / "s"), check=False)

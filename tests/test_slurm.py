@@ -126,7 +126,7 @@ def test_profile_dry_run_resources(project):
     for res in resources_of(jobs, "shards"):
         assert res["slurm_partition"] == "cpu" and res["slurm_account"] == "lab42", res
         assert res["mem_mb"] == "8000" and res["threads"] == "4" and res["runtime"] == "60", res
-    for res in resources_of(jobs, "download") + resources_of(jobs, "pause"):
+    for res in resources_of(jobs, "download") + resources_of(jobs, "paragraphs"):
         assert res["slurm_partition"] == "cpu" and int(res["mem_mb"]) <= 4000, res
     for res in resources_of(jobs, "train"):  # mem, runtime, gpu from config train.resources; where from the env
         assert res["slurm_partition"] == "gpu" and res["gpu"] == "1" and res["mem_mb"] == "1500", res

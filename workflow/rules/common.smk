@@ -92,9 +92,9 @@ def model_source_inputs(wc):
     return [layout.prepared(src["tokenizer_from"])] if src["kind"] == "random" else []
 
 
-def paused_inputs(wildcards=None):
+def paragraph_inputs(wildcards=None):
     method = config["paragraphs"]["method"]
-    return [layout.PAUSED.format(source=s, method=method) for s in config["shards"]["sources"]]
+    return [layout.PARAGRAPHS.format(source=s, method=method) for s in config["shards"]["sources"]]
 
 
 def all_targets():

@@ -1,4 +1,4 @@
-# Data stages: download -> pause -> (prepare-model) -> shards, examples. Paths: pausetune.core.layout.
+# Data stages: download -> paragraphs -> (prepare-model) -> shards, examples. Paths: pausetune.core.layout.
 
 
 rule download:
@@ -21,23 +21,23 @@ rule download:
         "pausetune download --config-json {params.cfg:q} --source {wildcards.source:q} --output {output:q} 2>&1 | tee {log:q}"
 
 
-rule pause:
+rule paragraphs:
     input:
         raw=layout.RAW,
         code=code("paragraphs"),
     output:
-        data=layout.PAUSED,
-        stats=layout.PAUSED_STATS,
+        data=layout.PARAGRAPHS,
+        stats=layout.PARAGRAPHS_STATS,
     params:
-        cfg=lambda wc: cfg("paragraphs", "pause"),
+        cfg=lambda wc: cfg("paragraphs"),
     conda:
         "../../envs/data.yaml"
     log:
-        layout.log("pause", "{source}/{method}"),
+        layout.log("paragraphs", "{source}/{method}"),
     benchmark:
-        layout.benchmark("pause", "{source}/{method}"),
+        layout.benchmark("paragraphs", "{source}/{method}"),
     shell:
-        "pausetune pause --config-json {params.cfg:q} --method {wildcards.method:q} --input {input.raw:q}"
+        "pausetune paragraphs --config-json {params.cfg:q} --method {wildcards.method:q} --input {input.raw:q}"
         " --output {output.data:q} --stats {output.stats:q} 2>&1 | tee {log:q}"
 
 
@@ -62,7 +62,7 @@ rule prepare_model:
 
 rule examples:
     input:
-        paused=paused_inputs,
+        paragraphs=paragraph_inputs,
         model=layout.prepared(),
         code=code("examples"),
     output:
@@ -81,14 +81,14 @@ rule examples:
     benchmark:
         layout.benchmark("examples", "{model}/{variant}"),
     shell:
-        "pausetune examples --config-json {params.cfg:q} --inputs {input.paused:q} --model {wildcards.model:q}"
+        "pausetune examples --config-json {params.cfg:q} --inputs {input.paragraphs:q} --model {wildcards.model:q}"
         f" --model-dir {wildcards_of(layout.MODEL)} --variant {{wildcards.variant:q}}"
         f" --output {wildcards_of(layout.EXAMPLES)} 2>&1 | tee {{log:q}}"
 
 
 rule shards:
     input:
-        paused=paused_inputs,
+        paragraphs=paragraph_inputs,
         model=layout.prepared(),
         code=code("shards"),
     output:
@@ -104,5 +104,5 @@ rule shards:
     benchmark:
         layout.benchmark("shards", "{model}/{variant}"),
     shell:
-        f"pausetune shards --config-json {{params.cfg:q}} --inputs {{input.paused:q}} --model-dir {wildcards_of(layout.MODEL)}"
-        f" --variant {{wildcards.variant:q}} --output {wildcards_of(layout.SHARDS)} 2>&1 | tee {{log:q}}"
+        f"pausetune shards --config-json {{params.cfg:q}} --inputs {{input.paragraphs:q}}"
+        f" --model-dir {wildcards_of(layout.MODEL)} --variant {{wildcards.variant:q}} --output {wildcards_of(layout.SHARDS)} 2>&1 | tee {{log:q}}"

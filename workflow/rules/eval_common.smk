@@ -27,7 +27,7 @@ EVAL_BLOCK = config["eval"]["block"]
 
 def eval_haystack(wc=None):
     method = config["eval"].get("paragraph_method") or config["paragraphs"]["method"]
-    return [layout.PAUSED.format(source=s, method=method) for s in config["eval"]["haystack_sources"]]
+    return [layout.PARAGRAPHS.format(source=s, method=method) for s in config["eval"]["haystack_sources"]]
 
 
 def eval_inputs(wc):
@@ -47,7 +47,8 @@ def eval_tasks(wc):
 
 
 def eval_params(wc):
-    """Only what changes a cell's answer: runtime knobs (reuse, threads, device) are passed apart."""
+    """The config a block's cells are made from. The runtime knobs are passed apart: reuse and block change no
+    number; threads and the device type do, and enter each cell's identity through its kernels record."""
     ev = {k: config["eval"][k] for k in EVAL_RESULT_KEYS}
     if EVAL_BLOCK == "seed":  # the job reads each task's grid from its config (no --lengths/--depths)
         ev.update(tasks=EVAL_AXES["tasks"], task_grid={t: {"lengths": ls, "depths": ds}

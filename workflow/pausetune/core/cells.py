@@ -32,7 +32,8 @@ def code_identity() -> dict:
 
 # eval keys that change a cell's answer: part of its identity and of the Snakemake rule's params. prefill_chunk and
 # batch_size are among them: they fix the chunk and decode-batch shapes whose GEMM rounding a cell's numbers carry
-# (core.engine). reuse_prefix, block, threads (in `kernels`), device (its type is) are not.
+# (core.engine). reuse_prefix and block are not. Threads and the device type change the numbers too: they enter
+# the identity through `kernels`, as the job finds them, not as config keys.
 EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
                     "measure", "prefill_chunk", "batch_size")
 

@@ -19,8 +19,8 @@ def checkpoint_adapter_hash(ckpt_dir: str | Path) -> str:
     got = sha256_file(path)
     # The manifest is the declared output, so Snakemake cannot see a damaged adapter: compare before loading.
     mpath = Path(ckpt_dir) / "manifest.json"
-    want = read_json(mpath).get("adapter_sha256") if mpath.exists() else None
-    if want and got != want:
+    want = read_json(mpath)["adapter_sha256"]
+    if got != want:
         raise PausetuneError(
             f"{ckpt_dir}: checkpoint damaged (adapter/adapter_model.safetensors has sha256 {got[:12]}..., its manifest "
             f"records {want[:12]}...); retrain it: snakemake --cores all --force {mpath}")
@@ -84,8 +84,7 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
     tok = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    fp = manifest.get("shards", {}).get("tokenizer_fingerprint")
-    if fp and tokenizer_fingerprint(tok) != fp:
+    if tokenizer_fingerprint(tok) != manifest["shards"]["tokenizer_fingerprint"]:
         raise PausetuneError(f"{ckpt_dir}/tokenizer: fingerprint does not match the checkpoint manifest")
     device = device or default_device()
     base = load_model(model_dir, dtype, device, quantization)

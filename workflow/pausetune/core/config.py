@@ -484,12 +484,3 @@ def task_spec(name: str, spec: dict) -> dict:
 def subset(config: dict, *keys: str) -> str:
     """JSON of the named top-level keys: what a Snakemake rule hands its CLI call (and reruns on)."""
     return json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# CLI `pausetune config`: DVC reads its params from config/config.yaml only, so running an overlay such as
-# config/study.yaml through `dvc repro` means writing the merged config there first.
-
-
-
-

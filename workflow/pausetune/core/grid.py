@@ -85,10 +85,6 @@ def expand_depths(spec) -> list[float]:
     return sorted(out)
 
 
-
-
-
-
 def cell_path(model: str, variant: str, task: str, seed: int, length: int, depth: float,
               root: str = layout.RESULTS) -> str:
     return layout.cell(root).format(model=layout.check_name(model, "model"), variant=variant,
@@ -192,18 +188,3 @@ def eval_targets(config: dict) -> list[str]:
 
     Cheap (no checks): workflow/rules/eval.smk runs check_eval(config) once while the Snakefile is parsed."""
     return [p for b in blocks(config) for p in b.paths()]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Checks
-
-
-
-
-
-
-
-
-
-
-

@@ -1,7 +1,7 @@
 """Haystacks and prompts, in the tested model's own tokens.
 
 Haystack stream. The haystack essays are the `haystack` part of `pausetune.shards.essay_split` over the essays
-of `eval.haystack_sources` (the paused parquets, data/paused/{source}/{method}.parquet, with the training
+of `eval.haystack_sources` (the paragraph parquets, data/paragraphs/{source}/{method}.parquet, with the training
 paragraph method): with `shards.holdout_haystack` those are exactly the essays the shards hold out of training
 (membership depends only on (root seed, essay id)), so a tuned model never saw its haystack. They are shuffled
 with the cell's seed, encoded paragraph by paragraph with `add_special_tokens=False` (pausetune.tokens: paragraph,
@@ -59,10 +59,10 @@ _END = re.compile(r"[.!?][\"'\)\]\u201d\u2019\u00bb]*$")
 # Essays and streams
 
 
-def load_essays(paused_files: list[str]) -> list[tuple[str, list[str]]]:
-    """(id, paragraphs) of every essay of the given paused parquets; ids "{source}/{essay id}"."""
+def load_essays(paragraph_files: list[str]) -> list[tuple[str, list[str]]]:
+    """(id, paragraphs) of every essay of the given paragraph parquets; ids "{source}/{essay id}"."""
     out = []
-    for path in paused_files:
+    for path in paragraph_files:
         df = read_parquet(path, columns=["id", "paragraphs"])
         source = Path(path).parent.name
         out.extend((f"{source}/{r.id}", list(r.paragraphs)) for r in df.itertuples(index=False))
@@ -115,11 +115,11 @@ def build_stream(tokenizer, essays: dict[str, list[str]], order: list[str], min_
     return ids
 
 
-def stream_meta(paused_files: list[str], order: list[str], method: str, paused: bool, pause_cfg: dict,
+def stream_meta(paragraph_files: list[str], order: list[str], method: str, paused: bool, pause_cfg: dict,
                 pause_ids: list[int] | None = None) -> dict:
     """A cell's `haystack` field: which files, in which order, with which markers."""
-    out = {"sources": sorted(Path(p).parent.name for p in paused_files),
-           "files_sha256": {Path(p).parent.name: sha256_file(p) for p in paused_files},
+    out = {"sources": sorted(Path(p).parent.name for p in paragraph_files),
+           "files_sha256": {Path(p).parent.name: sha256_file(p) for p in paragraph_files},
            "essays": len(order),
            "order_sha256": hashlib.sha256("\n".join(order).encode()).hexdigest(),
            "paragraph_method": method, "paused": paused,

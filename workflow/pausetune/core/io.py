@@ -89,18 +89,34 @@ def _writing(path, errnos=_WRITE_ERRNOS) -> Iterator[None]:
         raise write_error(path, e) from None
 
 
+def _temp_beside(path: Path, folder: bool, suffix: str = ".tmp") -> Path:
+    """A new temp file (or folder) beside `path`, named for its writer (_writer_tag), once what killed writers left
+    in that folder is removed (_remove_dead_writers)."""
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_writers(path)
+        prefix = f".{path.name}.{_writer_tag()}."
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    try:
+        with _writing(path):  # mkstemp's 0600 (mkdtemp's 0700) would make outputs private on a shared cluster
+            os.chmod(tmp, (0o777 if folder else 0o666) & ~_umask())
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block finishes."""
     path = Path(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=suffix or ".tmp", dir=path.parent)
-        os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temp_beside(path, folder=False, suffix=suffix or ".tmp")
     try:
-        with _writing(path):
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private on a shared cluster
         with _writing(path, _FULL):
             yield tmp
         with _writing(path):
@@ -110,39 +126,39 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def scratch_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside `path` for work towards it (an unzipped archive, a download), removed when the
+    block ends; one a killed job left is removed by the next writer of `path`, like atomic_path's."""
+    path = Path(path)
+    tmp = _temp_beside(path, folder=True)
+    try:
+        with _writing(path, _FULL):
+            yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # A folder output's mark of origin, written into every folder atomic_dir (and publish) makes: a rerun replaces a
-# folder whole, so it replaces only one that carries it. Outputs of versions before the mark carry one of the
-# pipeline's own record files instead (a JSON object), and count as marked.
+# folder whole, so it replaces only one that carries it.
 OUTPUT_MARKER = ".pausetune-output"
 MARKER_TEXT = "written by pausetune: a rerun of its stage replaces this folder whole\n"
-LEGACY_RECORDS = ("manifest.json", "prepared.json", "state.json")
 
 
-def ours(folder: str | os.PathLike, legacy: tuple[str, ...] = LEGACY_RECORDS, only=None) -> bool:
-    """May the pipeline replace (delete) `folder`? Yes when it is missing or empty (but for atomic_path's and
-    atomic_dir's temp files and Snakemake's timestamp), or carries OUTPUT_MARKER, or one of `legacy` (a JSON object:
-    the record an older version wrote last), or holds only files for which `only(name)` is true (what an older
-    version wrote there)."""
+def ours(folder: str | os.PathLike) -> bool:
+    """May the pipeline replace (delete) `folder`? Yes when it is missing, empty (but for atomic_path's and
+    atomic_dir's temp files and Snakemake's timestamp) or carries OUTPUT_MARKER."""
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
         return not (folder.exists() or folder.is_symlink())
-    names = [p.name for p in folder.iterdir()
-             if not (_TAGGED.match(p.name) or _UNTAGGED.match(p.name) or p.name == ".snakemake_timestamp")]
-    if OUTPUT_MARKER in names or not names or (only is not None and all(map(only, names))):
-        return True
-    for name in legacy:
-        try:
-            if isinstance(json.loads((folder / name).read_text(encoding="utf-8")), dict):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+    names = [p.name for p in folder.iterdir() if not (_TAGGED.match(p.name) or p.name == ".snakemake_timestamp")]
+    return not names or OUTPUT_MARKER in names
 
 
-def check_ours(folder: str | os.PathLike, what: str = "output folder", **kw) -> None:
+def check_ours(folder: str | os.PathLike, what: str = "output folder") -> None:
     """One line, before anything is created or removed, where replacing `folder` would delete what the pipeline
     did not write (a user's folder named by --output, or by a config value)."""
-    if not ours(folder, **kw):
+    if not ours(folder):
         raise PausetuneError(f"{folder}: exists and was not written by pausetune (no {OUTPUT_MARKER} in it); "
                              f"refusing to replace it as the {what}: move it away or choose another path")
 
@@ -157,20 +173,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     a `path` the pipeline did not write (check_ours); marks the folder it writes."""
     path = Path(path)
     check_ours(path)
-    with _writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_writer_tag()}.", suffix=".tmp", dir=path.parent))
+    tmp = _temp_beside(path, folder=True)
     try:
-        with _writing(path):
-            os.chmod(tmp, 0o777 & ~_umask())
         with _writing(path, _FULL):
             yield tmp
             mark(tmp)
         with _writing(path):
             if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
+                old = tmp.with_suffix(".old")  # named for this writer too: a killed swap's is removed next time
                 os.replace(path, old)
                 os.replace(tmp, path)
                 shutil.rmtree(old)
@@ -179,18 +189,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def clean_stale_tmp(path: str | os.PathLike) -> None:
-    """Remove every temp file and folder atomic_path / atomic_dir left beside `path` (`.{name}.*.tmp`,
-    `.{name}.old`), whoever wrote it. Only where no other live writer of `path` can exist: a Snakemake output
-    written by one job (the lock allows one job per output), or under a lock. Elsewhere: clean_dead_tmp."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        return
-    for p in [*path.parent.glob(f".{path.name}.*.tmp"), *path.parent.glob(f".{path.name}.*{path.suffix or '.tmp'}"),
-              path.with_name(f".{path.name}.old")]:
-        _remove(p)
 
 
 # A temp name says who writes it: `.{name}.{pid}-{host}.{mkstemp's 8 characters}{suffix}`, host a hash of the host
@@ -205,10 +203,10 @@ def _pid_space() -> str:
 
 
 _HOST = hashlib.sha256(_pid_space().encode()).hexdigest()[:8]
-_TAGGED = re.compile(r"^\..+\.(\d+)-([0-9a-f]{8})\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
-_UNTAGGED = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # written by a version before the tag
-# Another machine's writer (or no tag) cannot be asked whether it lives: its temp file must be this much older than
-# this process (a live write touches its file far more often; clocks of cluster nodes differ by seconds).
+_TAG = r"(\d+)-([0-9a-f]{8})\.[a-z0-9_]{8}(?:\.[A-Za-z0-9]+)?"  # what follows `.{name}.`
+_TAGGED = re.compile(rf"^\..+\.{_TAG}$")
+# Another machine's writer cannot be asked whether it lives: its temp file must be this much older than this process
+# (a live write touches its file far more often; clocks of cluster nodes differ by seconds).
 FOREIGN_TMP_AGE_S = 3600.0
 
 
@@ -216,7 +214,7 @@ def _writer_tag() -> str:
     return f"{os.getpid()}-{_HOST}"
 
 
-def _remove(p: Path) -> bool:
+def _remove(p: Path) -> None:
     """Best effort: a read-only folder keeps its leftovers (the job's own write then says why)."""
     try:
         if p.is_dir() and not p.is_symlink():
@@ -225,7 +223,6 @@ def _remove(p: Path) -> bool:
             p.unlink(missing_ok=True)
     except OSError:
         pass
-    return not (p.exists() or p.is_symlink())
 
 
 def _process_start(pid: int) -> float | None:
@@ -242,11 +239,12 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
-def _writer_gone(name: str, mtime: float) -> bool:
-    m = _TAGGED.match(name)
-    if m is None or m.group(2) != _HOST:
-        return (m is not None or _UNTAGGED.match(name) is not None) and mtime < _STARTED - FOREIGN_TMP_AGE_S
-    pid = int(m.group(1))
+def _writer_gone(tag: re.Match, mtime: float) -> bool:
+    """Is the writer of a temp file gone: a dead (or zombie) process of this machine, or, for another machine's,
+    a file last written more than FOREIGN_TMP_AGE_S before this process started? A live writer's never is."""
+    if tag.group(2) != _HOST:
+        return mtime < _STARTED - FOREIGN_TMP_AGE_S
+    pid = int(tag.group(1))
     if pid == os.getpid():
         return mtime < _STARTED - 2  # an earlier process with our pid
     try:
@@ -259,26 +257,35 @@ def _writer_gone(name: str, mtime: float) -> bool:
     return started is not None and mtime < started - 2  # (btime has whole seconds)
 
 
-def clean_dead_tmp(*folders: str | os.PathLike) -> list[Path]:
-    """Remove, from each folder, the temp files and folders of atomic_path / atomic_dir whose writer is gone: a
-    dead (or zombie) process of this machine, or, for another machine's or an untagged one, last written more than
-    FOREIGN_TMP_AGE_S before this process started. A live concurrent job's temp file is never touched. Returns
-    what was removed."""
-    removed = []
-    for folder in dict.fromkeys(map(Path, folders)):
+def _sweep(folder: Path) -> None:
+    """Remove from `folder` the temp files and folders (atomic_path's, atomic_dir's, scratch_dir's) whose writer is
+    gone (_writer_gone). A live concurrent writer's (an eval block beside ours, another node's job) is never
+    touched."""
+    try:
+        with os.scandir(folder) as it:
+            entries = [(e, tag) for e in it if (tag := _TAGGED.match(e.name))]
+    except OSError:
+        return  # missing or unreadable: nothing of ours there (a write will say why)
+    for e, tag in entries:
         try:
-            with os.scandir(folder) as it:
-                entries = [e for e in it if e.name.startswith(".")]
+            if _writer_gone(tag, e.stat(follow_symlinks=False).st_mtime):
+                _remove(Path(e.path))
         except OSError:
-            continue  # missing or unreadable: nothing of ours to clean
-        for e in entries:
-            try:
-                mtime = e.stat(follow_symlinks=False).st_mtime
-            except OSError:
-                continue
-            if _writer_gone(e.name, mtime) and _remove(Path(e.path)):
-                removed.append(Path(e.path))
-    return removed
+            continue  # removed by another writer meanwhile
+
+
+_SWEPT: set[str] = set()  # folders this process has swept
+
+
+def _remove_dead_writers(path: Path) -> None:
+    """What atomic_path, atomic_dir and scratch_dir do before they make their temp: the first one a process makes in
+    a folder sweeps it, so a killed job's leftovers go with the next job that writes there, and no stage has to
+    remember to clean up. Once per folder and process: a scan of the 10,000 entries of a cell cache costs ~40 ms,
+    too much for each of its writes."""
+    folder = os.path.abspath(path.parent)
+    if folder not in _SWEPT:
+        _sweep(Path(folder))
+        _SWEPT.add(folder)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -10,8 +10,8 @@ import re
 
 # data/: what the data stages build
 RAW = "data/raw/{source}.parquet"
-PAUSED = "data/paused/{source}/{method}.parquet"
-PAUSED_STATS = "data/paused/{source}/{method}.stats.json"
+PARAGRAPHS = "data/paragraphs/{source}/{method}.parquet"
+PARAGRAPHS_STATS = "data/paragraphs/{source}/{method}.stats.json"
 MODELS = "data/models"
 MODEL = "data/models/{model}"
 SHARDS = "data/shards/{model}/{variant}"

@@ -160,11 +160,9 @@ def answer_kinds_section(tables: Path, config: dict) -> list[str]:
     if not path.exists():
         return []
     df = read_parquet(path)
-    need = {"variant", "task", "answer", "recall", "question"}
+    need = {"variant", "task", "answer", "recall", "question", "answer_tokens"}
     if not need <= set(df.columns) or df.empty:
         return []
-    if "answer_tokens" not in df.columns:  # cells of older runs: no token count, so no `runs to the token limit`
-        df = df.assign(answer_tokens=None)
     pr = PromptConfig.of(config)
     limit = EvalConfig.of(config).max_new_tokens
     instruction = " ".join([pr.system, pr.instruction])

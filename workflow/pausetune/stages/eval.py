@@ -1,7 +1,7 @@
 """Stage `eval`: one block of needle-in-a-haystack cells with one loaded model.
 
 `pausetune eval --model M --variant V --tasks T.. --seed S --lengths N.. --depths D.. --model-dir data/models/M
---haystack data/paused/{source}/{method}.parquet.. [--checkpoint results/checkpoints/M/{pause|plain}]`
+--haystack data/paragraphs/{source}/{method}.parquet.. [--checkpoint results/checkpoints/M/{pause|plain}]`
 writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (task, length, depth) of the block.
 
 - The model loads once. Variants: `baseline` (base model, plain haystack), `pause-prompt` (base model, the pause
@@ -37,14 +37,14 @@ import time
 from pathlib import Path
 
 from ..core import layout
-from ..core.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_path, timing_record
+from ..core.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_record
 from ..core.checkpoints import load_variant
 from ..core.checks import check_block, check_budgets, check_judge
 from ..core.config import EvalConfig, ShardsConfig
 from ..core.design import CHECKPOINT, PAUSED, format_depth, parse_depth
-from ..core.grid import cell_path, task_axes
+from ..core.grid import task_axes
 from ..core.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
-from ..core.io import PausetuneError, clean_dead_tmp, read_json, write_json
+from ..core.io import PausetuneError, read_json, write_json
 from ..core.kernels import set_threads
 from ..core.models import load_tokenizer
 from ..core.scoring import make_judge, score_cell
@@ -77,10 +77,6 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 sorted({d for _, _, d in cells}))
     set_threads(evc.threads)
     cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
-    # A killed job's temp files here (the cache, this block's cell and timing folders); blocks run in parallel into
-    # the same folders, so only those whose writer is gone.
-    block_dirs = {Path(cell_path(model, variant, t, seed, n, d, results)).parent for t, n, d in cells}
-    clean_dead_tmp(cache_root, *block_dirs, *(timing_path(c, results) for c in block_dirs))
     plan = plan_block(config, model=model, variant=variant, cells=cells, seed=seed, model_dir=model_dir,
                       haystack=haystack, checkpoint=checkpoint, results=results, cache_root=cache_root,
                       device=device, force=force)
@@ -178,7 +174,7 @@ def add_arguments(p) -> None:
                    help="needle depths in percent, as in the cell paths (default: each task's grid from config)")
     p.add_argument("--model-dir", default=None, help="default data/models/{model}")
     p.add_argument("--haystack", nargs="+", default=None,
-                   help="paused parquet(s) (default: data/paused/{source}/{paragraphs.method}.parquet of "
+                   help="paragraph parquet(s) (default: data/paragraphs/{source}/{paragraphs.method}.parquet of "
                         "eval.haystack_sources)")
     p.add_argument("--checkpoint", default=None,
                    help="tuned variants (default results/checkpoints/{model}/{pause|plain})")
@@ -220,7 +216,7 @@ def main(args, config: dict) -> int:
         ev["reuse_prefix"] = False
     m, v = args.model, args.variant
     method = ev.get("paragraph_method") or config["paragraphs"]["method"]
-    haystack = args.haystack or [layout.PAUSED.format(source=s, method=method) for s in ev["haystack_sources"]]
+    haystack = args.haystack or [layout.PARAGRAPHS.format(source=s, method=method) for s in ev["haystack_sources"]]
     checkpoint, shard_manifest = args.checkpoint, args.shard_manifest
     if v in CHECKPOINT:
         if not checkpoint:

@@ -12,14 +12,13 @@ models already prepared: pausetune.core.examples.check_examples_fit).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..core.banks import bank_hash, check_banks
 from ..core.config import ExamplesConfig, ShardsConfig
 from ..core.design import TRAIN_VARIANTS
 from ..core.examples import ExampleBuilder, check_config, check_window, example_rng
 from ..core.fingerprint import code_record
-from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_parquet, sha256_file, write_json
+from ..core.haystack import load_essays
+from ..core.io import PausetuneError, atomic_dir, sha256_file, write_json
 from ..core.splits import essay_split
 from ..core.tokens import setup_pause, tokenizer_fingerprint
 
@@ -27,7 +26,7 @@ COLUMNS = ("input_ids", "answer_start", "answer_end", "length", "depth", "needle
            "bank_index")
 
 
-def build_examples(paused_files: list[str], model_dir: str, model: str, variant: str, config: dict,
+def build_examples(paragraph_files: list[str], model_dir: str, model: str, variant: str, config: dict,
                    out_dir: str) -> dict:
     import datasets
 
@@ -41,11 +40,7 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
     ex, seed = ExamplesConfig.of(config), config["seed"]
     window = max_context(model_dir, entry)
     check_window(config, model, window)
-    essays: dict[str, list[str]] = {}
-    for path in paused_files:
-        df = read_parquet(path, columns=["id", "paragraphs"])
-        source = Path(path).parent.name
-        essays.update({f"{source}/{r.id}": list(r.paragraphs) for r in df.itertuples(index=False)})
+    essays = dict(load_essays(paragraph_files))
     split = essay_split(list(essays), config["shards"], seed)
     tok = load_tokenizer(model_dir)
     pause_ids = setup_pause(tok, config["pause"]) if variant == "pause" else None
@@ -56,16 +51,13 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
     counts = {}
     for name, n in (("train", ex.count), ("validation", ex.validation_count)):
         ids = split[name]
-        if not ids:
-            n = 0
-        built = [builder.build(example_rng(seed, name, i), essays, ids, train_bank) for i in range(n)]
+        built = [builder.build(example_rng(seed, name, i), essays, ids, train_bank) for i in range(n if ids else 0)]
         too_long = [b for b in built if len(b["input_ids"]) > window]
         if too_long:
             raise PausetuneError(f"config key 'examples.lengths.max': an example has {len(too_long[0]['input_ids'])} "
                                  f"tokens with its pause markers, above the window {window} of model '{model}'")
         rows[name] = {c: [b[c] for b in built] for c in COLUMNS}
-        order = sorted(ids)
-        counts[name] = {"rows": n, "essays": len(ids), "order": order,
+        counts[name] = {"rows": len(built), "essays": len(ids), "order": sorted(ids),
                         "tokens": sum(len(b["input_ids"]) for b in built),
                         "answer_tokens": sum(b["answer_end"] - b["answer_start"] for b in built)}
     longest = max((len(r) for part in rows.values() for r in part["input_ids"]), default=0)
@@ -97,14 +89,13 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
         "haystack_essays": split["haystack"],
         "train_essays": split["train"],
         "validation_essays": split["validation"],
-        "sources": {p: sha256_file(p) for p in paused_files},
+        "sources": {p: sha256_file(p) for p in paragraph_files},
     }
     seq = datasets.Sequence(datasets.Value("int32"))
     features = datasets.Features({"input_ids": seq, "answer_start": datasets.Value("int32"),
                                   "answer_end": datasets.Value("int32"), "length": datasets.Value("int32"),
                                   "depth": datasets.Value("float64"), "needle_positions": seq,
                                   "pause_positions": seq, "bank_index": seq})
-    clean_stale_tmp(out_dir)  # a killed run's `.{variant}.*.tmp` (one job at a time writes this output)
     with atomic_dir(out_dir) as tmp:
         dd = datasets.DatasetDict({name: datasets.Dataset.from_dict(rows[name], features=features)
                                    for name in rows if rows[name]["input_ids"]})  # no empty validation split
@@ -115,7 +106,7 @@ def build_examples(paused_files: list[str], model_dir: str, model: str, variant:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--inputs", nargs="+", required=True, help="data/paused/{source}/{method}.parquet files")
+    p.add_argument("--inputs", nargs="+", required=True, help="data/paragraphs/{source}/{method}.parquet files")
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--model-dir", required=True, help="data/models/{model}")
     p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)

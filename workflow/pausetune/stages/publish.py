@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core import layout
 from ..core.config import PublishConfig
-from ..core.io import atomic_path, clean_dead_tmp, mark, read_json, write_text
+from ..core.io import atomic_path, mark, read_json, write_text
 from ..core.page import (answer_kinds_section, figure_order, figure_rel, intro, mechanism_section, read_csv,
                          read_optional_csv, reading_section, summary_section)
 from ..core.provenance import provenance_section
@@ -81,12 +81,11 @@ def add_arguments(p) -> None:
 def main(args, config: dict) -> int:
     page = Path(args.output or config["publish"]["page"])
     # a killed run's temp files beside the page and in its figure and table folders (only a dead writer's)
-    clean_dead_tmp(page.parent, config["publish"]["figures_dir"], *filter(None, [config["publish"].get("tables_dir")]))
     check_output_dirs(config)  # nothing written into a folder publish would not replace
     run_info = read_json(args.run_info) if Path(args.run_info).exists() else None
     text = render(config, Path(args.tables), args.figures, args.checkpoints, Path(args.benchmarks), run_info,
                   Path(config["publish"]["figures_dir"]), page, args.shards)
-    for folder, _ in output_dirs(config).values():  # declared outputs, even if empty; publish's from now on
+    for folder in output_dirs(config).values():  # declared outputs, even if empty; publish's from now on
         mark(folder)
     write_text(page, text)
     print(f"publish: {page}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core import layout
-from ..core.io import PausetuneError, clean_dead_tmp, quote, read_json, write_json
+from ..core.io import PausetuneError, quote, read_json, write_json
 from ..core.scoring import make_judge, score_cell, scoring_code
 
 
@@ -46,8 +46,6 @@ def rescore(paths: list[str], config: dict, cells_cache: str | None, judge_model
         cells.append((f, data))
     stale = [(f, d) for f, d in cells if force or d.get("code", {}).get("score") != current]
     call = make_judge(config, judge_model_dir) if stale else None
-    # a killed rescore's (or eval's) temp files, only a dead writer's: an eval may be writing beside us
-    clean_dead_tmp(*filter(None, [cells_cache]), *{f.parent for f, _ in stale})
     changed = 0
     for f, data in stale:
         new = score_cell(data, config["eval"].get("judge"), call)

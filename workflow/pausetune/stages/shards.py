@@ -1,7 +1,7 @@
-"""Stage `shards`: paused essays -> packed, tokenized training shards, data/shards/{model}/{variant}/.
+"""Stage `shards`: essays split into paragraphs -> packed, tokenized training shards, data/shards/{model}/{variant}/.
 
 The paper concatenates essays into long documents; so do we: essays (in a seeded order) joined by EOS,
-encoded paragraph by paragraph (pausetune.tokens), packed into rows of exactly `seq_len` tokens. The
+encoded paragraph by paragraph (pausetune.core.tokens), packed into rows of exactly `seq_len` tokens. The
 `pause` and `plain` variants hold the same essays in the same order; only the pause ids differ.
 Essays are assigned to train / validation / haystack by a hash of (seed, id): stable when essays are
 added, and with `holdout_haystack` the eval haystack never contains an essay the model was tuned on.
@@ -16,13 +16,8 @@ from pathlib import Path
 from ..core.config import ShardsConfig
 from ..core.splits import essay_split
 from ..core.design import TRAIN_VARIANTS
-from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_parquet, sha256_file, write_json
+from ..core.io import PausetuneError, atomic_dir, read_parquet, sha256_file, write_json
 from ..core.tokens import encode_paragraphs, separator_ids, setup_pause, tokenizer_fingerprint
-
-
-
-
-
 
 
 def pack(streams: list[list[int]], seq_len: int, eos_id: int | None) -> tuple[list[list[int]], int]:
@@ -36,7 +31,7 @@ def pack(streams: list[list[int]], seq_len: int, eos_id: int | None) -> tuple[li
     return [flat[k * seq_len:(k + 1) * seq_len] for k in range(n)], len(flat) - n * seq_len
 
 
-def build_shards(paused_files: list[str], model_dir: str, variant: str, config: dict, out_dir: str) -> dict:
+def build_shards(paragraph_files: list[str], model_dir: str, variant: str, config: dict, out_dir: str) -> dict:
     import datasets
     import pandas as pd
 
@@ -46,7 +41,7 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
         raise PausetuneError(f"shards variant '{variant}': expected one of {TRAIN_VARIANTS}")
     cfg, seed = ShardsConfig.of(config), config["seed"]
     frames = []
-    for path in paused_files:
+    for path in paragraph_files:
         df = read_parquet(path, columns=["id", "sha256", "paragraphs"])
         df["id"] = Path(path).parent.name + "/" + df["id"].astype(str)  # ids unique across sources
         frames.append(df)
@@ -90,9 +85,8 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
         "haystack_essays": split["haystack"],
         "train_essays": split["train"],
         "validation_essays": split["validation"],
-        "sources": {p: sha256_file(p) for p in paused_files},
+        "sources": {p: sha256_file(p) for p in paragraph_files},
     }
-    clean_stale_tmp(out_dir)  # a killed run's `.{variant}.*.tmp` (one job at a time writes this output)
     with atomic_dir(out_dir) as tmp:
         dd = datasets.DatasetDict({
             name: datasets.Dataset.from_dict(
@@ -106,10 +100,8 @@ def build_shards(paused_files: list[str], model_dir: str, variant: str, config: 
     return manifest
 
 
-
-
 def add_arguments(p) -> None:
-    p.add_argument("--inputs", nargs="+", required=True, help="data/paused/{source}/{method}.parquet files")
+    p.add_argument("--inputs", nargs="+", required=True, help="data/paragraphs/{source}/{method}.parquet files")
     p.add_argument("--model-dir", required=True, help="data/models/{model}")
     p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
     p.add_argument("--output", required=True, help="data/shards/{model}/{variant}")

@@ -41,7 +41,7 @@ from ..core.checkpoints import dir_hashes, training_metrics
 from ..core.config import TrainConfig
 from ..core.design import TRAIN_VARIANTS
 from ..core.fingerprint import code_record, fingerprint, package_versions
-from ..core.io import PausetuneError, atomic_dir, clean_stale_tmp, read_json, sha256_file, write_json, write_text
+from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
 from ..core.kernels import autocast_dtype, default_device, set_threads
 from ..core.lora import build_model, check_target_modules, make_optimizer, meta_model, peak_memory_mb
 from ..core.objectives import OBJECTIVES, DataOrder, Retrieval, TrainData, train_step, validation_loss
@@ -216,8 +216,6 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
     run = Run(model_name, variant, cfg, seed, device, model_dir, data_dir, output, checked, data, model, info,
               optimizer, scheduler, info["autocast"], run_key, t_start)
 
-    clean_stale_tmp(run.state_dir)  # a killed run's temp folders (one job at a time writes this output)
-    clean_stale_tmp(output)
     meta = load_state(run.state_dir, run_key)
     if meta is not None:
         try:
