@@ -1,7 +1,7 @@
 """Cached-prefix attention against a plain prefill of the same total length, measured in the same run.
 
 The eval engine computes each cell's tokens [P, N) on top of a cached prefix of P tokens
-(`pausetune.core.engine._split_lower_right_cpu`: two mask-free flash calls merged by their log-sum-exp). A plain
+(`pausetune.core.evaluation.engine._split_lower_right_cpu`: two mask-free flash calls merged by their log-sum-exp). A plain
 prefill of N tokens (HF's path: one causal SDPA call, GQA in the kernel) is the speed to match. Speed here is
 causal attention FLOP/s (4 x heads x head_dim per attended query-key pair), so the chunk's smaller amount of work
 is not counted as speed. Target: chunk >= 0.9 x plain.
@@ -43,7 +43,7 @@ def attention_case(dtype, n: int, repeat: int, heads: int, kv_heads: int, head_d
     import torch.nn.functional as F
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.engine import _split_lower_right_cpu
+    from pausetune.core.evaluation.engine import _split_lower_right_cpu
 
     torch.manual_seed(0)
     p = n // 2
@@ -106,8 +106,8 @@ def model_case(model_dir: str, dtype_name: str, n: int, repeat: int) -> dict:
     sys.path.insert(0, str(ROOT / "workflow"))
     sys.path.insert(0, str(ROOT / "bench"))
     from eval_grid import prefill_flops
-    from pausetune.core.engine import ATTN_NAME, Engine, attention_impl
-    from pausetune.core.kvcache import BufferCache, num_layers
+    from pausetune.core.evaluation.engine import ATTN_NAME, Engine, attention_impl
+    from pausetune.core.evaluation.kvcache import BufferCache, num_layers
     from pausetune.core.models import load_model
 
     model = load_model(model_dir, dtype_name, "cpu")

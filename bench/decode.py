@@ -44,8 +44,8 @@ def profile_decode(model, prompts: list[list[int]], bs: int, new_tokens: int, li
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pausetune.core.engine import ATTN_NAME, Engine, attention_impl
-    from pausetune.core.kvcache import BufferCache, num_layers
+    from pausetune.core.evaluation.engine import ATTN_NAME, Engine, attention_impl
+    from pausetune.core.evaluation.kvcache import BufferCache, num_layers
 
     eng = Engine(model, [], new_tokens, batch_size=bs, linear=linear, prefill_chunk=max(map(len, prompts)))
     rows = prompts[:bs]
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.engine import Engine, Request
+    from pausetune.core.evaluation.engine import Engine, Request
     from pausetune.core.kernels import set_threads
     from pausetune.core.models import load_model
 

@@ -57,11 +57,11 @@ def prefill_flops(cfg, start: int, end: int) -> float:
 
 
 def grid_prompts(args, tok):
-    """The grid's cells as eval builds them (core.cells.build_prompts), on a real or a random-token haystack."""
+    """The grid's cells as eval builds them (core.evaluation.cells.build_prompts), on a real or a random-token haystack."""
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.cells import build_prompts
+    from pausetune.core.evaluation.cells import build_prompts
     from pausetune.core.config import load_config
-    from pausetune.core.haystack import build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.data.haystack import build_stream, essay_order, haystack_ids, load_essays
 
     config = load_config([str(ROOT / "config" / "config.yaml")], json.dumps({
         "models": {"bench": {"source": {"kind": "path", "path": str(args.model_dir)}, "chat_template": True}},
@@ -80,10 +80,10 @@ def grid_prompts(args, tok):
 
 
 def plan_grains(args, tok) -> int:
-    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.kvcache.prefill_plan)."""
+    """Prefill FLOPs per grain over the grid's length blocks (the engine's own plan, core.evaluation.kvcache.prefill_plan)."""
     from transformers import AutoConfig
 
-    from pausetune.core.kvcache import prefill_plan
+    from pausetune.core.evaluation.kvcache import prefill_plan
 
     mcfg = AutoConfig.from_pretrained(args.model_dir)
     cells = grid_prompts(args, tok)
@@ -150,8 +150,8 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "workflow"))
-    from pausetune.core.engine import Engine, Request, eos_ids_of, generate_reference
-    from pausetune.core.kvcache import prefill_plan
+    from pausetune.core.evaluation.engine import Engine, Request, eos_ids_of, generate_reference
+    from pausetune.core.evaluation.kvcache import prefill_plan
     from pausetune.core.kernels import STOCK_ATTENTION, set_threads, torch_dtype
     from pausetune.core.models import load_model, load_tokenizer
 
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
            "batch_size": args.batch_size, "prefill_chunk": args.prefill_chunk}
 
     def run_engine(label, measure=False, **kw):
-        from pausetune.core.cells import cell_measure
+        from pausetune.core.evaluation.cells import cell_measure
 
         eng = Engine(model, eos, args.max_new_tokens, batch_size=kw.pop("batch_size", args.batch_size),
                      prefill_chunk=args.prefill_chunk, linear=args.linear, **kw)

@@ -1,4 +1,4 @@
-"""Benchmark: our LoRA training step (pausetune.core.lora + core.objectives) against a plain transformers.Trainer + peft step.
+"""Benchmark: our LoRA training step (pausetune.core.training.lora + core.training.objectives) against a plain transformers.Trainer + peft step.
 
 Both run in the same invocation, one after the other, each in its own subprocess (so each peak-memory figure
 is its own), on the same model, the same LoRA config (config `train.lora`, default the paper's r16 on all seven
@@ -141,8 +141,8 @@ def run_one(args, impl: str) -> dict:
     import torch
 
     from pausetune.core.kernels import default_device, set_threads
-    from pausetune.core.lora import make_optimizer, prepare_peft
-    from pausetune.core.objectives import train_step
+    from pausetune.core.training.lora import make_optimizer, prepare_peft
+    from pausetune.core.training.objectives import train_step
 
     set_threads(args.threads)
     device = args.device or default_device()

@@ -1,5 +1,5 @@
 """Write (or with --check, verify) what dvc.yaml takes from the package: each stage's code deps (the import closure
-of the subcommand it runs) and the train stage's recipe params (pausetune.core.recipe.RECIPE_KEYS).
+of the subcommand it runs) and the train stage's recipe params (pausetune.core.training.recipe.RECIPE_KEYS).
 
 `python scripts/dvc_code_deps.py` rewrites the `workflow/pausetune/...` lines under every stage's `deps:` and the
 `train...` lines under the train stage's `params:` in place (everything else in dvc.yaml is kept byte for byte);
@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "workflow"))
 
 from pausetune.cli import COMMANDS  # noqa: E402
 from pausetune.core.fingerprint import closure_files  # noqa: E402
-from pausetune.core.recipe import RECIPE_KEYS  # noqa: E402
+from pausetune.core.training.recipe import RECIPE_KEYS  # noqa: E402
 
 STAGE = re.compile(r"^  (\w+):\n", re.M)
 CMD = re.compile(r"pausetune ([a-z-]+)")

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pausetune.core.tables import cells_frame, deltas, depth_band, flatten, length_band, load_cells, summarize
+from pausetune.core.report.tables import cells_frame, deltas, depth_band, flatten, length_band, load_cells, summarize
 from pausetune.stages.aggregate import aggregate, find_cells
 from pausetune.core.design import MATCH
-from pausetune.core.stats import paired_bootstrap
+from pausetune.core.report.stats import paired_bootstrap
 from pausetune.core.io import PausetuneError
 
 from conftest import ROOT, run_cli
@@ -359,7 +359,7 @@ def test_measure_tables(tmp_path):
     assert row["n"] == 12 and row["diff"] == pytest.approx(0.75)
     v = sc[sc["variant"] == "pause-tuned"].sort_values(MATCH)["answer_logprob_mean"].to_numpy()
     r = sc[sc["variant"] == "baseline"].sort_values(MATCH)["answer_logprob_mean"].to_numpy()
-    from pausetune.core.stats import comparison_seed
+    from pausetune.core.report.stats import comparison_seed
 
     want = paired_bootstrap(v, r, b=500, seed=comparison_seed(0, "smollm2", "single|logprob|overall|all",
                                                               "pause-tuned", "baseline"))

@@ -19,7 +19,7 @@ import yaml
 
 from conftest import ROOT
 from pausetune.core.fingerprint import closure, closure_files, fingerprint
-from pausetune.core.recipe import RECIPE_KEYS, RUN_ONLY_KEYS
+from pausetune.core.training.recipe import RECIPE_KEYS, RUN_ONLY_KEYS
 from helpers import Built, build, copy_project, plan, snakemake
 
 PKG = ROOT / "workflow" / "pausetune"
@@ -27,24 +27,57 @@ PKG = ROOT / "workflow" / "pausetune"
 
 def test_stage_closures():
     ev = closure_files("pausetune.stages.eval")
-    for f in ("core/scoring.py", "core/haystack.py", "core/engine.py", "core/needles.py", "stages/eval.py"):
+    for f in ("core/evaluation/scoring.py", "core/data/haystack.py", "core/evaluation/engine.py",
+              "core/data/needles.py", "stages/eval.py"):
         assert f"workflow/pausetune/{f}" in ev
     assert not any("figures" in f or "train.py" in f for f in ev)
     figs = closure_files("pausetune.stages.figures")
-    assert "workflow/pausetune/core/scoring.py" not in figs and "workflow/pausetune/stages/figures.py" in figs
+    assert "workflow/pausetune/core/evaluation/scoring.py" not in figs and "workflow/pausetune/stages/figures.py" in figs
     # generation's fingerprint leaves scoring out; the whole stage's keeps it
-    assert "pausetune.core.scoring" not in closure("pausetune.stages.eval", exclude=("pausetune.core.scoring",))
-    assert fingerprint("pausetune.stages.eval") != fingerprint("pausetune.stages.eval", exclude=("pausetune.core.scoring",))
+    scoring = ("pausetune.core.evaluation.scoring",)
+    assert scoring[0] not in closure("pausetune.stages.eval", exclude=scoring)
+    assert fingerprint("pausetune.stages.eval") != fingerprint("pausetune.stages.eval", exclude=scoring)
+
+
+def _core_imports(f: Path) -> list[str]:
+    """The absolute pausetune modules a core file imports (relative imports resolved)."""
+    pkg = ".".join(f.relative_to(PKG.parent).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out += [target] if node.module or not node.level else [f"{target}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+    return [m for m in out if m.startswith("pausetune")]
 
 
 def test_core_never_imports_stages():
-    for f in sorted((PKG / "core").glob("*.py")):
-        for node in ast.walk(ast.parse(f.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                target = ("." * node.level) + (node.module or "")
-                assert "stages" not in target and "cli" not in target, f"{f.name} imports {target}"
-            elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith(("pausetune.stages", "pausetune.cli")) for a in node.names), f.name
+    for f in sorted((PKG / "core").rglob("*.py")):
+        for target in _core_imports(f):
+            assert not target.startswith(("pausetune.stages", "pausetune.cli")), f"{f} imports {target}"
+
+
+# core's sub-packages, each above the flat base modules (io, config, layout, models, kernels, ...): a sub-package may
+# import the base and the sub-packages below it, never one above; the base imports no sub-package (checks excepted:
+# the DAG-time checks sit on top of everything).
+CORE_LAYERS = {"data": set(), "training": {"data"}, "evaluation": {"data", "training"}, "report": set()}
+
+
+def test_core_sub_packages_are_layered():
+    assert {p.name for p in (PKG / "core").iterdir() if (p / "__init__.py").is_file()} == set(CORE_LAYERS)
+    for f in sorted((PKG / "core").rglob("*.py")):
+        rel = f.relative_to(PKG / "core").parts
+        own = rel[0] if len(rel) > 1 else None
+        allowed = ({own} | CORE_LAYERS[own]) if own else (set(CORE_LAYERS) if f.stem == "checks" else set())
+        for target in _core_imports(f):
+            parts = target.split(".")
+            if len(parts) > 2 and parts[1] == "core" and parts[2] in CORE_LAYERS:
+                assert parts[2] in allowed, f"core/{'/'.join(rel)} imports {target} (may import {sorted(allowed)})"
 
 
 def test_stages_never_import_other_stages():
@@ -70,7 +103,7 @@ def test_dvc_code_deps_are_the_import_closures():
     assert proc.returncode == 0, proc.stderr
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     deps = stages["aggregate"]["deps"]
-    assert "workflow/pausetune/stages/aggregate.py" in deps and "workflow/pausetune/core/scoring.py" not in deps
+    assert "workflow/pausetune/stages/aggregate.py" in deps and "workflow/pausetune/core/evaluation/scoring.py" not in deps
 
 
 def test_dvc_train_params_are_the_recipe():
@@ -145,7 +178,7 @@ def test_cells_checkpoints_tables_record_their_code(built):
 @pytest.mark.integration
 def test_scoring_edit_rescores_without_generating(project):
     before = cell(project)
-    edit(project, "core/scoring.py", *NEVER_FOUND)
+    edit(project, "core/evaluation/scoring.py", *NEVER_FOUND)
     planned = plan(project, TABLE, FIGURE, configs=CONFIGS)
     assert planned.get("eval") == 1 and planned.get("aggregate") == 1, planned
     proc = snakemake(project, "--configfile", *CONFIGS, "--", TABLE, FIGURE)
@@ -163,9 +196,9 @@ def test_scoring_edit_rescores_without_generating(project):
 def test_rescore_command_follows_scoring_code(project):
     # Cells scored by the edited rule, then the edit undone: `pausetune rescore` brings them back to today's
     # scoring without generation.
-    edit(project, "core/scoring.py", *NEVER_FOUND)
+    edit(project, "core/evaluation/scoring.py", *NEVER_FOUND)
     build(project, TABLE, configs=CONFIGS)
-    edit(project, "core/scoring.py", *reversed(NEVER_FOUND))
+    edit(project, "core/evaluation/scoring.py", *reversed(NEVER_FOUND))
     env_path = f"{project / 'workflow'}"
     proc = subprocess.run([sys.executable, "-m", "pausetune.cli", "rescore", "--config", *CONFIGS[:2],
                            "--cells", "results/eval"], cwd=project, capture_output=True, text=True,
@@ -187,11 +220,11 @@ def test_docstring_edits_rerun_nothing_code_edits_retrain(project):
     train stage leaves `snakemake -n` with nothing to do, training included; a change to what training's code
     does retrains the checkpoint and nothing else."""
     targets = (TABLE, FIGURE, CHECKPOINT)
-    for rel in ("core/io.py", "core/lora.py", "core/haystack.py", "stages/train.py"):
+    for rel in ("core/io.py", "core/training/lora.py", "core/data/haystack.py", "stages/train.py"):
         edit(project, rel, '"""', '"""Edited. ')
         edit(project, rel, "from __future__ import annotations\n", "from __future__ import annotations\n# edited\n")
     assert plan(project, *targets, configs=CONFIGS) == {}
-    edit(project, "core/lora.py", "from __future__ import annotations\n",
+    edit(project, "core/training/lora.py", "from __future__ import annotations\n",
          "from __future__ import annotations\n_EDITED = 1\n")
     assert plan(project, *targets, configs=CONFIGS) == {"train": 1}
 
@@ -230,7 +263,7 @@ def test_fingerprint_ignores_docstrings_and_comments(tmp_path):
 @pytest.mark.integration
 def test_haystack_edit_misses_the_cache(project):
     before = cell(project)
-    edit(project, "core/haystack.py", "from __future__ import annotations\n",
+    edit(project, "core/data/haystack.py", "from __future__ import annotations\n",
          "from __future__ import annotations\n_EDITED = 1\n")  # code: a new identity
     planned = plan(project, TABLE, configs=CONFIGS)
     assert planned.get("eval") == 1, planned

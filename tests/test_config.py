@@ -135,7 +135,7 @@ def test_kind_defaults_fill_from_the_schema():
     """Defaults that depend on a kind (RULER value digits, variable-tracking hops) live in the schema's per-kind
     branches, and the code reads them filled."""
     from pausetune.core.config import filled, source_spec, task_spec
-    from pausetune.core.needles import build_task
+    from pausetune.core.data.needles import build_task
 
     vt = task_spec("vt", {"kind": "variable_tracking", "question": "Which variables hold {value}?"})
     assert (vt["num_hops"], vt["num_chains"], vt["value_digits"]) == (4, 1, 5)

@@ -169,7 +169,7 @@ def test_dag_matches_snakemake_study_config(tmp_path):
     # The page's config hash is the same whichever tool ran publish: Snakemake hands it the whole config as JSON,
     # DVC the merged file.
     from pausetune.core.config import load_config
-    from pausetune.core.provenance import config_hash
+    from pausetune.core.report.provenance import config_hash
 
     dry = run([sys.executable, "-m", "snakemake", "--cores", "1", "-n", "-p", "--forcerun", "publish", "--",
                "docs/results.md"], project).stdout

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pausetune.core.engine import BufferCache, Engine, Request, _split_lower_right_cpu, eos_ids_of, generate_reference
+from pausetune.core.evaluation.engine import BufferCache, Engine, Request, _split_lower_right_cpu, eos_ids_of, generate_reference
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -145,7 +145,7 @@ def test_a_cells_numbers_do_not_depend_on_its_neighbours(rand_model, dtype):
     """Issue #29: the same cell gives the same answer and the same measures (bit for bit) whichever cells share its
     block and decode batch, in whichever order, with or without prefix reuse: alone, in the full block, in the rest
     of a block resumed after two cells, shuffled. bf16 is where shapes used to show (other log-probs and words)."""
-    from pausetune.core.engine import Measure
+    from pausetune.core.evaluation.engine import Measure
 
     model = rand_model if dtype == torch.float32 else _bf16_model(rand_model)
     rng = random.Random(5)
@@ -191,7 +191,7 @@ def smollm2_requests(smollm2_dir, pg_paragraphs, cells):
     """fp32 SmolLM2, its tokenizer, and the default config's single-needle prompts at (length, depth) cells over the
     real paused haystack: what the engine-vs-generate tests compare on."""
     from pausetune.core.config import load_config
-    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.data.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
     from pausetune.core.models import load_model, load_tokenizer
 
     from conftest import DEFAULT_CONFIG
@@ -308,7 +308,7 @@ def test_bench_attention_chunk_matches_masked_sdpa(tmp_path):
 
 
 def test_pause_mask_matches_the_whole_marker():
-    from pausetune.core.engine import pause_mask
+    from pausetune.core.evaluation.engine import pause_mask
 
     ids = [5, 7, 8, 9, 7, 3, 7, 8, 7, 8]
     assert pause_mask(ids, [7, 8]).tolist() == [False, True, True, False, False, False, True, True, True, True]
@@ -318,7 +318,7 @@ def test_pause_mask_matches_the_whole_marker():
 
 def _reference_measures(model, ids: list[int], m) -> dict:
     """The same measures from plain full forwards: prompt + answer (stock attention) and eager attention weights."""
-    from pausetune.core.engine import attention_impl, attention_shares
+    from pausetune.core.evaluation.engine import attention_impl, attention_shares
 
     with torch.no_grad():
         sums, ranks = [], []
@@ -337,7 +337,7 @@ def _reference_measures(model, ids: list[int], m) -> dict:
 def test_measures_equal_full_forward_random_model(rand_model, batch_size, reuse, chunk):
     """Teacher-forced log-probs = a full forward of prompt + answer; attention shares = eager weights (1e-5), sum
     to 1; and measuring leaves the greedy answers unchanged."""
-    from pausetune.core.engine import Measure
+    from pausetune.core.evaluation.engine import Measure
 
     rng = random.Random(2)
     stream = [rng.randrange(4, 320) for _ in range(700)]
@@ -384,8 +384,8 @@ def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paragraphs):
     """The real model on a real 600-token haystack prompt: the needle sentence's log-prob and the attention shares
     from the engine (prefix reuse) equal a full forward and eager attention weights."""
     from pausetune.core.config import load_config
-    from pausetune.core.engine import Measure
-    from pausetune.core.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.evaluation.engine import Measure
+    from pausetune.core.data.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
     from pausetune.core.models import load_model, load_tokenizer
 
     from conftest import DEFAULT_CONFIG
@@ -418,7 +418,7 @@ def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
     F.linear (seen in the profiler), the logits stay within fp32 rounding, and the model's forward is back after."""
     from torch.profiler import ProfilerActivity, profile
 
-    from pausetune.core.engine import linear_kernels
+    from pausetune.core.evaluation.engine import linear_kernels
 
     def onednn_calls(fn):
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -22,7 +22,7 @@ from packaging.requirements import Requirement
 
 from conftest import ROOT
 from pausetune.core.fingerprint import closure, module_file
-from pausetune.core.targets import FIGURE_RULES
+from pausetune.core.report.targets import FIGURE_RULES
 
 # group -> the pausetune modules its rules' subcommands enter (cli dispatches to them)
 GROUPS = {

@@ -256,7 +256,7 @@ def test_pause_prompt_variant(tiny_dir, pg_paragraphs, tmp_path, baseline_run):
 
 
 def test_tuned_variants(tiny_dir, pg_paragraphs, tmp_path, checkpoints, tiny_shards):
-    from pausetune.core.checkpoints import checkpoint_adapter_hash
+    from pausetune.core.training.checkpoints import checkpoint_adapter_hash
 
     for variant, v in (("pause-tuned", "pause"), ("plain-tuned", "plain")):
         extra = ["--checkpoint", str(checkpoints[v]), "--shard-manifest", str(tiny_shards[v] / "manifest.json")]
@@ -296,7 +296,7 @@ def test_bad_inputs_one_line(tiny_dir, pg_paragraphs, tmp_path, change, message)
 
 
 def test_oom_fails_block_naming_length_and_keeps_done_cells(tiny_dir, pg_paragraphs, tmp_path, monkeypatch):
-    from pausetune.core import engine
+    from pausetune.core.evaluation import engine
     from pausetune.core.config import load_config
     from pausetune.stages.eval import run_block
     from pausetune.core.io import PausetuneError
@@ -368,7 +368,7 @@ def test_openai_judge_key_never_in_cell(tiny_dir, pg_paragraphs, tmp_path, monke
 
 def test_local_judge_tiny(tiny_dir, pg_paragraphs, tmp_path):
     from pausetune.core.models import load_model, load_tokenizer
-    from pausetune.core.scoring import LocalJudge, judge_messages
+    from pausetune.core.evaluation.scoring import LocalJudge, judge_messages
 
     j = LocalJudge(load_model(tiny_dir, "float32", "cpu"), load_tokenizer(tiny_dir), prefill_chunk=512)
     text = j.tok.decode(j.prompt_ids(judge_messages("Q?", "REF", "ANS")))
@@ -435,7 +435,7 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paragraphs, t
 def test_holdout_check_catches_a_trained_haystack_essay(tmp_path, tiny_shards, pg_paragraphs):
     from pausetune.core.config import load_config
     from pausetune.stages.eval import _check_holdout
-    from pausetune.core.haystack import haystack_ids, load_essays
+    from pausetune.core.data.haystack import haystack_ids, load_essays
     from pausetune.core.io import PausetuneError
 
     config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)])

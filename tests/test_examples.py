@@ -46,7 +46,7 @@ def rows(folder: Path, split: str = "train") -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------- banks
 def test_banks_are_large_varied_seeded_and_disjoint():
-    from pausetune.core.banks import CLASSIC, TEMPLATES, check_banks, generate
+    from pausetune.core.data.banks import CLASSIC, TEMPLATES, check_banks, generate
 
     cfg = load_cfg()
     train, evalb = check_banks(cfg)
@@ -63,7 +63,7 @@ def test_banks_are_large_varied_seeded_and_disjoint():
 
 
 def test_bank_overlap_and_empty_bank_are_one_line_errors(tiny_config, pg_paragraphs, tiny_dir, tmp_path):
-    from pausetune.core.banks import check_banks
+    from pausetune.core.data.banks import check_banks
     from pausetune.core.io import PausetuneError
 
     sf = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
@@ -88,7 +88,7 @@ def test_bank_overlap_and_empty_bank_are_one_line_errors(tiny_config, pg_paragra
 def test_examples_exact_lengths_answer_span_and_pause_plain_identical(examples):
     from transformers import AutoTokenizer
 
-    from pausetune.core.banks import bank
+    from pausetune.core.data.banks import bank
 
     tok = AutoTokenizer.from_pretrained(examples["pause"] / "tokenizer")
     m = json.loads((examples["pause"] / "manifest.json").read_text())
@@ -163,8 +163,8 @@ def test_needle_longer_than_range_and_range_above_window_fail_before_building(ti
 
 # ------------------------------------------------------------------------------------------------- training
 def test_loss_mask_and_head_only_on_loss_positions(examples, tiny_dir):
-    from pausetune.core.lora import build_model
-    from pausetune.core.objectives import collate, masked_loss
+    from pausetune.core.training.lora import build_model
+    from pausetune.core.training.objectives import collate, masked_loss
 
     torch.set_num_threads(2)
     from transformers import AutoTokenizer
@@ -190,8 +190,8 @@ def test_loss_mask_and_head_only_on_loss_positions(examples, tiny_dir):
 
 
 def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, tmp_path):
-    from pausetune.core.objectives import Retrieval, collate, train_step
-    from pausetune.core.lora import build_model, make_optimizer
+    from pausetune.core.training.objectives import Retrieval, collate, train_step
+    from pausetune.core.training.lora import build_model, make_optimizer
 
     torch.set_num_threads(2)
     from transformers import AutoTokenizer
@@ -227,8 +227,8 @@ def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, t
 
 # ------------------------------------------------------------------------------------------------- eval bank task
 def test_single_task_draws_its_needle_per_cell_from_the_eval_bank():
-    from pausetune.core.banks import check_banks
-    from pausetune.core.needles import build_task
+    from pausetune.core.data.banks import check_banks
+    from pausetune.core.data.needles import build_task
 
     cfg = load_cfg()
     evalb = check_banks(cfg)[1]
@@ -258,7 +258,7 @@ def test_brackets_method_pauses_after_every_bracket_on_real_text():
 
 
 def test_eval_cli_runs_bank_cells_with_their_own_facts(tiny_config, tiny_dir, pg_paragraphs, tmp_path):
-    from pausetune.core.banks import check_banks
+    from pausetune.core.data.banks import check_banks
 
     evalb = {r["question"]: r for r in check_banks(load_cfg())[1]}
     over = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 50]}}

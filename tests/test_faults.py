@@ -300,7 +300,7 @@ def train_args(tiny_config, tiny_dir, shards, out) -> list[str]:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_config, tiny_dir, tiny_shards) -> dict:
     """A real training SIGKILLed once a state is saved, its state truncated, then run again; and a reference."""
-    from pausetune.core.trainstate import state_dir_for
+    from pausetune.core.training.trainstate import state_dir_for
 
     root = tmp_path_factory.mktemp("ckpt")
     ref = root / "ref" / "tiny" / "pause"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pausetune.core.charts import build_chart
-from pausetune.core.figdata import delta_data, heatmap_data, profile_data
-from pausetune.core.tables import cells_frame, load_cells
-from pausetune.core.targets import report_targets
+from pausetune.core.report.charts import build_chart
+from pausetune.core.report.figdata import delta_data, heatmap_data, profile_data
+from pausetune.core.report.tables import cells_frame, load_cells
+from pausetune.core.report.targets import report_targets
 from pausetune.stages.aggregate import find_cells
 from pausetune.stages.figures import save_chart
 from pausetune.core.io import PausetuneError
@@ -213,7 +213,7 @@ def mcells(tmp_path_factory) -> pd.DataFrame:
 
 def test_mechanism_figure_data_by_hand(mcells):
     """The fixture's measures (test_aggregate.measured_cells: log-prob = score - 11, needle share = score / 100)."""
-    from pausetune.core.figdata import attention_depth_data, attention_layer_data, logprob_map_data
+    from pausetune.core.report.figdata import attention_depth_data, attention_layer_data, logprob_map_data
 
     d = logprob_map_data(mcells, M, T, "baseline").set_index(["length", "depth"])
     assert d.loc[(1000, 50.0), "value"] == pytest.approx(-6) and d.loc[(1000, 50.0), "n"] == 2
@@ -276,7 +276,7 @@ def eval_targets(config):
 
 include: "workflow/rules/report.smk"
 
-from pausetune.core.targets import report_targets
+from pausetune.core.report.targets import report_targets
 
 
 rule all:

@@ -10,13 +10,13 @@ import copy
 import pytest
 
 from pausetune.core.config import load_config
-from pausetune.core.grid import Block, blocks, cell_path, eval_targets, expand_depths, expand_lengths
+from pausetune.core.evaluation.grid import Block, blocks, cell_path, eval_targets, expand_depths, expand_lengths
 from pausetune.core.checks import check_block, check_eval
 from pausetune.core.design import format_depth, parse_depth
-from pausetune.core.haystack import (Boundaries, PromptBuilder, budget, build_stream, essay_order, haystack_ids, insert_needles, load_essays)
+from pausetune.core.data.haystack import (Boundaries, PromptBuilder, budget, build_stream, essay_order, haystack_ids, insert_needles, load_essays)
 from pausetune.core.io import PausetuneError
 from pausetune.core.models import load_tokenizer
-from pausetune.core.needles import build_task
+from pausetune.core.data.needles import build_task
 from pausetune.core.tokens import setup_pause
 
 from conftest import DEFAULT_CONFIG, TINY_CONFIG
@@ -236,7 +236,7 @@ def test_ruler_tasks_seeded_per_cell(config):
 
 def test_variable_tracking_chain(tok, streams, config):
     """RULER's variable tracking: a seeded chain in order through the haystack, scored by recall of the names."""
-    from pausetune.core.scoring import score_answer
+    from pausetune.core.evaluation.scoring import score_answer
 
     spec = {**config["tasks"]["vartrack"], "num_chains": 2}
     t = build_task("vartrack", spec, 0, 0, 1000, 30)

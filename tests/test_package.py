@@ -33,7 +33,7 @@ def test_wheel_installs_and_runs_a_stage_outside_the_checkout(tmp_path):
     assert build.returncode == 0, build.stderr
     (wheel,) = wheels.glob("pausetune-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("pausetune/cli.py", "pausetune/core/engine.py", "pausetune/stages/eval.py",
+    for f in ("pausetune/cli.py", "pausetune/core/evaluation/engine.py", "pausetune/stages/eval.py",
               "pausetune/schemas/config.schema.yaml"):
         assert f in names, f
     site = tmp_path / "site"

@@ -1,5 +1,5 @@
 """Config `pause`, read in one place (core.tokens: which marker, which ids) and checked against what a tuned
-checkpoint was trained with (core.checkpoints: the markers the haystack gets must be those), one line each."""
+checkpoint was trained with (core.training.checkpoints: the markers the haystack gets must be those), one line each."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from conftest import DEFAULT_CONFIG, TINY_CONFIG
 
 
 def test_checkpoint_pause_settings_must_be_the_configs(tmp_path):
-    from pausetune.core.checkpoints import check_checkpoint
+    from pausetune.core.training.checkpoints import check_checkpoint
     from pausetune.core.config import load_config
     from pausetune.core.io import PausetuneError
 

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from pausetune.stages.aggregate import aggregate
-from pausetune.core.page import verdict
+from pausetune.core.report.page import verdict
 
 from conftest import DEFAULT_CONFIG, run_cli
 
@@ -107,7 +107,7 @@ def test_verdict_rules():
 
 def test_stage_times_and_essays(tmp_path):
     """Wall and CPU time per stage from Snakemake's benchmark files; which essays trained and which were haystack."""
-    from pausetune.core.provenance import essays_used, stage_times
+    from pausetune.core.report.provenance import essays_used, stage_times
 
     bench = tmp_path / "benchmarks"
     head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -198,7 +198,7 @@ def test_mechanism_section_reads_measure_tables(tmp_path):
 
 def test_answer_kinds_and_tables_beside_the_page(tmp_path):
     """The failure-mode count per variant, the baseline where it is perfect, and the small tables copied."""
-    from pausetune.core.page import answer_kind
+    from pausetune.core.report.page import answer_kind
 
     prompt = "Keep your response short and direct. Don't give information outside the document or repeat your findings"
     assert answer_kind("Dolores Park", 1.0, 5, 32, prompt) == "answered"
@@ -231,7 +231,7 @@ def test_recipe_against_the_authors_departures_marked():
     import yaml
 
     from pausetune.core.config import deep_merge, validate
-    from pausetune.core.provenance import recipe_section
+    from pausetune.core.report.provenance import recipe_section
 
     cfg = validate(deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(
         (DEFAULT_CONFIG.parent / "study.yaml").read_text())))
@@ -246,7 +246,7 @@ def test_committed_publish_folders_are_publishs(monkeypatch):
     (Snakemake empties them first), and nothing committed needs a folder written before the marker to count."""
     from pausetune.core.config import load_config
     from pausetune.core.io import OUTPUT_MARKER
-    from pausetune.core.targets import check_output_dirs, output_dirs
+    from pausetune.core.report.targets import check_output_dirs, output_dirs
 
     root = DEFAULT_CONFIG.parents[1]
     monkeypatch.chdir(root)  # the folders are relative to the project

@@ -19,7 +19,7 @@ import yaml
 
 import helpers
 from helpers import Built, copy_project, make_project
-from pausetune.core.recipe import RECIPE_KEYS
+from pausetune.core.training.recipe import RECIPE_KEYS
 
 pytestmark = [pytest.mark.integration]
 
@@ -96,7 +96,7 @@ def test_one_checkpoint_alone(checkpoint_built, tmp_path):
     assert not (project / "results/checkpoints/tiny/plain").exists()
     assert not (project / "data/shards/tiny/plain").exists()
     assert built(project, "results/eval") == {CELL}
-    # Only the recipe (core.recipe) retrains: not the run-only keys, nor train.loss_on under objective lm (the loss
+    # Only the recipe (core.training.recipe) retrains: not the run-only keys, nor train.loss_on under objective lm (the loss
     # is on every token). The job gets exactly the recipe, and the run-only knobs apart.
     project = copy_project(checkpoint_built, tmp_path / "project")
     run_only = {"loss_on": "all", "save_every": 2, "threads": 1, "models": ["tiny", "smollm2"],

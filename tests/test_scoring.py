@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pausetune.core.io import PausetuneError
-from pausetune.core.scoring import fact_found, judge_messages, judge_score, normalise, parse_judge_score, score_answer
+from pausetune.core.evaluation.scoring import fact_found, judge_messages, judge_score, normalise, parse_judge_score, score_answer
 
 SF = ["sandwich", "Dolores Park", "sunny"]
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from pausetune.core.models import load_tokenizer
-from pausetune.core.splits import essay_split
-from pausetune.core.shardfiles import load_shards
+from pausetune.core.data.splits import essay_split
+from pausetune.core.data.shardfiles import load_shards
 from pausetune.stages.shards import pack
 from pausetune.core.tokens import encode_paragraphs, separator_ids, setup_pause
 

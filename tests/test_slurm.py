@@ -71,7 +71,7 @@ def _run(cmd, cwd, env, timeout=1800) -> subprocess.CompletedProcess:
 def targets(project: Path) -> list[str]:
     """`all` and, explicitly, the grid's tables and figures (they pull in cells, checkpoints and data)."""
     from pausetune.core.config import load_config
-    from pausetune.core.targets import report_targets
+    from pausetune.core.report.targets import report_targets
 
     return ["all", *report_targets(load_config([str(project / c) for c in BASE_CONFIGS + ["slurm.yaml"]]))]
 

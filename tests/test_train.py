@@ -40,7 +40,7 @@ def shard_tok(shard_dir: Path):
 
 
 def fixed_batch(shard_dir: Path, n: int = 2):
-    from pausetune.core.shardfiles import load_shards
+    from pausetune.core.data.shardfiles import load_shards
 
     dd, manifest = load_shards(str(shard_dir))
     return dd["train"].with_format("torch")[:n]["input_ids"].long(), manifest
@@ -54,7 +54,7 @@ def adapter_tensors(ckpt: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------------ units
 def test_data_order_reshuffles_each_epoch_and_is_stateless():
-    from pausetune.core.objectives import DataOrder
+    from pausetune.core.training.objectives import DataOrder
 
     a, b = DataOrder(10, seed=0), DataOrder(10, seed=0)
     e0, e1 = a.rows(0, 10), a.rows(10, 10)
@@ -64,8 +64,8 @@ def test_data_order_reshuffles_each_epoch_and_is_stateless():
 
 
 def test_loss_falls_on_fixed_batch_and_only_lora_and_pause_row_train(tiny_dir, tiny_shards):
-    from pausetune.core.lora import build_model, make_optimizer
-    from pausetune.core.objectives import train_step
+    from pausetune.core.training.lora import build_model, make_optimizer
+    from pausetune.core.training.objectives import train_step
 
     torch.set_num_threads(THREADS)
     tok = shard_tok(tiny_shards["pause"])
@@ -101,7 +101,7 @@ def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_sa
                                                                                         tmp_path):
     from pausetune.core.models import load_model
     from pausetune.core.tokens import fit_embeddings
-    from pausetune.core.checkpoints import checkpoint_adapter_hash, load_checkpoint
+    from pausetune.core.training.checkpoints import checkpoint_adapter_hash, load_checkpoint
     from pausetune.stages.train import train
 
     out = tmp_path / "ckpt" / "tiny" / "pause"
@@ -149,7 +149,7 @@ def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_sa
 
 
 def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards, tmp_path):
-    from pausetune.core.checkpoints import load_checkpoint
+    from pausetune.core.training.checkpoints import load_checkpoint
     from pausetune.stages.train import train
 
     out = tmp_path / "plain"
@@ -168,9 +168,9 @@ def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards
 
 def test_nf4_qlora_on_cpu_loss_falls_bf16_activations_and_adapter_saves(tiny_dir, tiny_shards, tmp_path):
     from pausetune.stages.train import train
-    from pausetune.core.lora import build_model, make_optimizer
-    from pausetune.core.objectives import train_step
-    from pausetune.core.checkpoints import load_checkpoint
+    from pausetune.core.training.lora import build_model, make_optimizer
+    from pausetune.core.training.objectives import train_step
+    from pausetune.core.training.checkpoints import load_checkpoint
 
     torch.set_num_threads(THREADS)
     tok = shard_tok(tiny_shards["pause"])
@@ -224,8 +224,8 @@ def test_gpt2_style_targets_and_untied_head_pause_row():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from pausetune.core.io import PausetuneError
-    from pausetune.core.lora import make_optimizer, prepare_peft
-    from pausetune.core.objectives import train_step
+    from pausetune.core.training.lora import make_optimizer, prepare_peft
+    from pausetune.core.training.objectives import train_step
 
     base_cfg = load_cfg()["train"]
     torch.manual_seed(0)
@@ -282,7 +282,7 @@ def train_args(tiny_config, tiny_dir, shards, out, variant="pause", train=None, 
 
 def test_cli_run_killed_with_sigkill_resumes_to_the_same_adapter(tiny_config, tiny_dir, tiny_shards, tmp_path):
     from pausetune.stages.train import train
-    from pausetune.core.trainstate import state_dir_for
+    from pausetune.core.training.trainstate import state_dir_for
 
     shards = tiny_shards["pause"]
     # the uninterrupted reference (in this process: same code, same config, same thread count)

@@ -1,11 +1,11 @@
 import sys
 
 from pausetune.core import layout
-from pausetune.core.banks import check_banks
+from pausetune.core.data.banks import check_banks
 from pausetune.core.checks import once
-from pausetune.core.checkpoints import check_adapters
+from pausetune.core.training.checkpoints import check_adapters
 from pausetune.core.config import snakemake_args, subset, validate as validate_config
-from pausetune.core.examples import check_config as check_examples, check_examples_fit
+from pausetune.core.data.examples import check_config as check_examples, check_examples_fit
 from pausetune.core.fingerprint import code_stamp
 from pausetune.core.io import PausetuneError
 from pausetune.core.wheels import check_wheel_hashes
@@ -99,8 +99,8 @@ def paragraph_inputs(wildcards=None):
 
 def all_targets():
     """Everything the default target builds: shards, checkpoints, eval cells, tables, figures, the results page."""
-    from pausetune.core.targets import report_targets
-    from pausetune.core.grid import eval_targets
+    from pausetune.core.report.targets import report_targets
+    from pausetune.core.evaluation.grid import eval_targets
 
     targets = []
     for model in config["shards"]["models"]:

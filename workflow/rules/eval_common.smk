@@ -1,14 +1,14 @@
 # Eval: needle-in-a-haystack cells, results/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json.
 # One job evaluates a block of cells with one loaded model (config eval.block: cell | length | seed, see
-# pausetune/core/grid.py: block_shape); every cell is its own file and its own target. One cell alone:
+# pausetune/core/evaluation/grid.py: block_shape); every cell is its own file and its own target. One cell alone:
 #   snakemake results/eval/smollm2/baseline/single/seed0/len1000/depth50.json --config eval='{block: cell}'
 # Finished cells are also kept in results/.cells/ (not an output), so a failed block's rerun redoes only the rest.
 # The grid is checked here, while the DAG is built (one line naming the config key): pausetune.core.checks.check_eval.
 import os
 import shlex
 
-from pausetune.core.cells import EVAL_RESULT_KEYS
-from pausetune.core.grid import block_shape, eval_targets, grid_axes
+from pausetune.core.evaluation.cells import EVAL_RESULT_KEYS
+from pausetune.core.evaluation.grid import block_shape, eval_targets, grid_axes
 from pausetune.core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth
 from pausetune.core.checks import check_eval, once
 
@@ -93,7 +93,7 @@ def eval_resource(key):
     return lambda wc: config["eval"]["resources"][key]  # the schema fills its defaults
 
 
-EVAL_SHAPE = block_shape(config)  # pausetune.core.grid: outputs, log and grid arguments of one job
+EVAL_SHAPE = block_shape(config)  # pausetune.core.evaluation.grid: outputs, log and grid arguments of one job
 EVAL_OUT, EVAL_LOG, EVAL_ARGS = EVAL_SHAPE["out"], EVAL_SHAPE["log"], EVAL_SHAPE["args"]
 
 

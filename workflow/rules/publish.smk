@@ -1,5 +1,5 @@
 # Publish: the results page (config publish.page), generated from results/tables/ and the figures, never by hand.
-from pausetune.core.targets import check_output_dirs, report_targets
+from pausetune.core.report.targets import check_output_dirs, report_targets
 
 try:
     check_output_dirs(config)  # the folder outputs below: Snakemake empties them before publish runs

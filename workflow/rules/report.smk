@@ -1,10 +1,10 @@
 # Report stages: eval cells -> results/tables/ -> results/figures/ (+ `snakemake --report results/report.html`).
 # Every figure is its own target (one job writes its .html, .png and .svg); all of them: report_targets(config)
-# in pausetune.core.targets. Figures read only results/tables/cells.parquet, so they rerun whenever a cell changes.
+# in pausetune.core.report.targets. Figures read only results/tables/cells.parquet, so they rerun whenever a cell changes.
 
 report: "../report/workflow.rst"
 
-from pausetune.core.targets import FIGURE_RULES
+from pausetune.core.report.targets import FIGURE_RULES
 
 
 rule aggregate:
@@ -40,7 +40,7 @@ rule aggregate:
         f" --out-dir {layout.TABLES} 2>&1 | tee {{log:q}}"
 
 
-# One rule per figure family, each a named record of pausetune.core.targets.FIGURE_RULES (its name, --kind, the
+# One rule per figure family, each a named record of pausetune.core.report.targets.FIGURE_RULES (its name, --kind, the
 # figure's path with wildcards, their constraints, its caption and category in the report). A loop of `rule:`;
 # the shell line names no loop variable (Snakemake formats it again when the job runs, after the loop has ended):
 # each rule's arguments are a param bound to its own record.

@@ -3,11 +3,11 @@
 # The folder is written atomically by `pausetune train`; its manifest.json is the declared output. A resumable
 # training state lives beside it in results/checkpoints/{model}/{variant}.state/ (not an output, so a failed or
 # killed job keeps it and the rerun continues from the last saved step).
-# params.cfg: only what changes the checkpoint, the train keys from core.recipe (the one list, which dvc.yaml's
+# params.cfg: only what changes the checkpoint, the train keys from core.training.recipe (the one list, which dvc.yaml's
 # train params come from too). The run-only keys (models, threads, resources, save_every) are no rerun triggers:
 # threads and save_every go in params.run, a function of `threads`, which Snakemake counts as derived and so leaves
 # out of its params check; nor is train.loss_on under objective lm (the causal-LM loss is on every token).
-from pausetune.core.recipe import recipe
+from pausetune.core.training.recipe import recipe
 
 
 rule train:

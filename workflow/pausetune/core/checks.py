@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .design import BLOCKS, CHECKPOINT, VARIANTS, format_depth
-from .grid import expand_depths, expand_lengths, task_axes
+from .evaluation.grid import expand_depths, expand_lengths, task_axes
 from .io import PausetuneError
-from .needles import check_task
+from .data.needles import check_task
 
 def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -> list[str]:
     """Config-level checks of the eval grid (a validated config: the schema's defaults are filled); one line naming
@@ -91,9 +91,9 @@ def check_block(config: dict, model: str, variant: str, tasks: list[str], length
 
 def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None) -> None:
     """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens."""
-    from .haystack import PromptBuilder, budget
+    from .data.haystack import PromptBuilder, budget
     from .models import max_context, prepared_tokenizer
-    from .needles import build_task
+    from .data.needles import build_task
 
     ev = config["eval"]
     tokenizer = tokenizer or prepared_tokenizer(model_dir)
@@ -111,7 +111,7 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
         fixed = spec["kind"] in ("single", "multi") and not spec.get("bank")  # the same needles: count them once
         bank = None
         if spec.get("bank"):
-            from .banks import bank as eval_bank
+            from .data.banks import bank as eval_bank
 
             bank = eval_bank(config, "eval")
         for s in ev["seeds"][:1] if fixed else ev["seeds"]:

@@ -267,7 +267,7 @@ def _section_validator(path: tuple[str, ...]):
 
 def schema_default(*path: str):
     """The schema's default at a dotted path, for a library function's keyword default (e.g. the bootstrap count
-    of core.stats): one home for each default even where no config is at hand."""
+    of core.report.stats): one home for each default even where no config is at hand."""
     sub = load_schema()
     for key in path:
         sub = sub["properties"][key]

@@ -59,7 +59,7 @@ def load_dtype(setting: str, entry_dtype: str) -> str:
 
 def weights_dtype(name: str, device: str, quantization: str = "none"):
     """The torch dtype a model loads in: torch_dtype, except a 4-bit (`nf4`, QLoRA) base, whose other weights and
-    matmuls are bf16 (core.lora's doc says why not fp32)."""
+    matmuls are bf16 (core.training.lora's doc says why not fp32)."""
     import torch
 
     return torch.bfloat16 if quantization == "nf4" else torch_dtype(name, device)

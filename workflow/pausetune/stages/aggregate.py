@@ -3,7 +3,7 @@
 Reads the grid's cells (a damaged one is named, or left out under report.skip_bad_cells), computes every table
 and writes each atomically into --out-dir: cells.parquet, summary.csv, deltas.csv, depth_profile.csv,
 length_profile.csv, measures.csv, measure_deltas.csv, layer_attention.csv, summary.json (DVC metrics) and
-manifest.json (the code that made them). What each table holds and how its intervals are drawn: core/tables.py.
+manifest.json (the code that made them). What each table holds and how its intervals are drawn: core/report/tables.py.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from pathlib import Path
 from ..core import layout
 from ..core.config import ReportConfig
 from ..core.fingerprint import code_record
-from ..core.grid import eval_targets
+from ..core.evaluation.grid import eval_targets
 from ..core.io import PausetuneError, write_json, write_parquet, write_text
-from ..core.stats import DEFAULT_BOOTSTRAP
-from ..core.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
+from ..core.report.stats import DEFAULT_BOOTSTRAP
+from ..core.report.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
                            measures_table, profile, summarize, summary_json)
 
 
@@ -31,7 +31,7 @@ def find_cells(cells_dir: str | os.PathLike) -> list[str]:
 
 def grid_cells(paths: list[str], cells_dir: str | os.PathLike, config: dict) -> tuple[list[str], list[str]]:
     """(the cells of the config's eval grid among `paths` found under cells_dir, the others): what Snakemake hands
-    aggregate as its input list (core.grid.eval_targets), for a folder that may hold other grids' cells too."""
+    aggregate as its input list (core.evaluation.grid.eval_targets), for a folder that may hold other grids' cells too."""
     want = {str(Path(p).relative_to(layout.CELLS)) for p in eval_targets(config)}
     kept, other = [], []
     for p in paths:

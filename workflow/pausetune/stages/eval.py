@@ -17,7 +17,7 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (tas
   seconds, tokens reused from another cell's prefix, batch) depends on the machine and on which cells shared the
   job, so it goes to `results/timing/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json`, never into the cell.
 - Measures (config `eval.measure`, default both; part of the cell id, so cells with and without them never mix):
-  `logprob` adds `answer_texts` (the task's expected answers, see pausetune.core.needles: the needle sentence for
+  `logprob` adds `answer_texts` (the task's expected answers, see pausetune.core.data.needles: the needle sentence for
   single/multi, the value or variable name for the RULER kinds), `answer_logprob` (per answer: its summed
   teacher-forced log-prob after the prompt; the answer is encoded as it would follow the prompt, with a leading
   space after a plain template's "Answer:"), `answer_token_logprobs`, `answer_logprob_mean` (the mean over
@@ -25,7 +25,7 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (tas
   token; `attention` adds `attention` (per-layer lists: shares of the last prompt token's attention on the target
   needles, pause tokens, the first 4 tokens and the rest; needle share / needle token share; the layer count) and
   its layer means `needle_attention`, `pause_attention`, `sink_attention`, `needle_attention_ratio`.
-  See pausetune.core.engine for how they are computed on the cache the answer is generated from.
+  See pausetune.core.evaluation.engine for how they are computed on the cache the answer is generated from.
 - Out of memory at some length fails the block with one line naming the length and batch size; the cells done
   before stay (files and cache).
 """
@@ -37,17 +37,17 @@ import time
 from pathlib import Path
 
 from ..core import layout
-from ..core.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_record
-from ..core.checkpoints import load_variant
+from ..core.evaluation.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_record
+from ..core.training.checkpoints import load_variant
 from ..core.checks import check_block, check_budgets, check_judge
 from ..core.config import EvalConfig, ShardsConfig
 from ..core.design import CHECKPOINT, PAUSED, format_depth, parse_depth
-from ..core.grid import task_axes
-from ..core.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
+from ..core.evaluation.grid import task_axes
+from ..core.data.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
 from ..core.io import PausetuneError, read_json, write_json
 from ..core.kernels import set_threads
 from ..core.models import load_tokenizer
-from ..core.scoring import make_judge, score_cell
+from ..core.evaluation.scoring import make_judge, score_cell
 
 
 def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict) -> None:
@@ -69,7 +69,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
               device: str | None = None, force: bool = False, log=print) -> dict:
     """Evaluate one block, cells (task, length, depth) of one haystack seed: plan (what is done) -> load -> prompts
     -> generate -> store. Returns {computed, cached, skipped, rescored}."""
-    from ..core.engine import Engine, Request, eos_ids_of  # torch: imported when a block runs
+    from ..core.evaluation.engine import Engine, Request, eos_ids_of  # torch: imported when a block runs
 
     # 1. Plan: the block's identity, and which of its cells are done (in place, or in the finished-cell cache).
     ev, evc = config["eval"], EvalConfig.of(config)
@@ -147,7 +147,7 @@ def _rescore(plan, config: dict, judge_model_dir, cache_root: Path, results: str
 def _out_of_memory_as_error(engine, plan, lengths: set[int]):
     """Within: out of memory is one line naming the first length not finished (the yielded set holds the finished
     ones) and the batch; the cells stored before stay."""
-    from ..core.engine import is_oom
+    from ..core.evaluation.engine import is_oom
 
     done: set[int] = set()
     try:

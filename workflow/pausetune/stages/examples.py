@@ -1,25 +1,25 @@
 """Stage `examples`: retrieval training examples, data/examples/{model}/{variant}/ (variant pause | plain).
 
-Built from the TRAINING essays only (pausetune.core.splits.essay_split, the split the shards use: the eval's
+Built from the TRAINING essays only (pausetune.core.data.splits.essay_split, the split the shards use: the eval's
 haystack essays are never in an example; validation examples come from the validation essays) and the training
-needle bank; pausetune.core.examples says how. The folder, written atomically, holds an HF DatasetDict
+needle bank; pausetune.core.data.examples says how. The folder, written atomically, holds an HF DatasetDict
 (`dataset/`: train + validation, one row per example with its answer span), the tokenizer the examples were
 made with (pause token included: training loads exactly it) and manifest.json (objective, template, answer span,
 length range, depths, needles per example, bank hashes, counts, essay splits, tokenizer fingerprint, code).
 Every check that can fail runs before anything is built: an empty bank, banks that overlap, a needle longer than
 the context range, a length range above the model window (Snakemake runs them all while it builds the DAG, for the
-models already prepared: pausetune.core.examples.check_examples_fit).
+models already prepared: pausetune.core.data.examples.check_examples_fit).
 """
 from __future__ import annotations
 
-from ..core.banks import bank_hash, check_banks
+from ..core.data.banks import bank_hash, check_banks
 from ..core.config import ExamplesConfig, ShardsConfig
 from ..core.design import TRAIN_VARIANTS
-from ..core.examples import ExampleBuilder, check_config, check_window, example_rng
+from ..core.data.examples import ExampleBuilder, check_config, check_window, example_rng
 from ..core.fingerprint import code_record
-from ..core.haystack import load_essays
+from ..core.data.haystack import load_essays
 from ..core.io import PausetuneError, atomic_dir, sha256_file, write_json
-from ..core.splits import essay_split
+from ..core.data.splits import essay_split
 from ..core.tokens import setup_pause, tokenizer_fingerprint
 
 COLUMNS = ("input_ids", "answer_start", "answer_end", "length", "depth", "needle_positions", "pause_positions",

@@ -31,7 +31,7 @@ results/figures/attention_layer/{model}/{task}.{ext}
     share per layer (needle, pause, sink), one line per variant: where in the network the pauses change anything.
 
 Tooltips (HTML) carry length, depth, mean score, n and, on the heatmaps, the answers. What a figure draws is
-core/figdata.py, how: core/charts.py; this step reads the table, builds the chart and writes its files.
+core/report/figdata.py, how: core/report/charts.py; this step reads the table, builds the chart and writes its files.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ import json
 from html import escape as html_escape
 from pathlib import Path
 
-from ..core.charts import build_chart
+from ..core.report.charts import build_chart
 from ..core.design import KEY
-from ..core.figdata import LAYER_PARTS, MEASURE_FIELD
+from ..core.report.figdata import LAYER_PARTS, MEASURE_FIELD
 from ..core.io import PausetuneError, atomic_path, cache_dir, read_parquet, write_text
-from ..core.targets import FORMATS, KINDS
+from ..core.report.targets import FORMATS, KINDS
 
 
 def load_table(path: str, kind: str = "heatmap"):

@@ -2,7 +2,7 @@
 
 Every number on the page is read from the tables the `aggregate` stage wrote (summary.csv, deltas.csv), the
 checkpoint manifests and Snakemake's per-job benchmark files; the "reading" paragraphs are generated from the
-same numbers by fixed rules (core/page.py), so the page changes whenever a cell does, and says nothing the data
+same numbers by fixed rules (core/report/page.py), so the page changes whenever a cell does, and says nothing the data
 does not. The small tables and the figures the page links are copied beside it (publish.tables_dir, figures_dir).
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 from ..core import layout
 from ..core.config import PublishConfig
 from ..core.io import atomic_path, mark, read_json, write_text
-from ..core.page import (answer_kinds_section, figure_order, figure_rel, intro, mechanism_section, read_csv,
+from ..core.report.page import (answer_kinds_section, figure_order, figure_rel, intro, mechanism_section, read_csv,
                          read_optional_csv, reading_section, summary_section)
-from ..core.provenance import provenance_section
-from ..core.targets import SHARED_TABLES, check_output_dirs, output_dirs
+from ..core.report.provenance import provenance_section
+from ..core.report.targets import SHARED_TABLES, check_output_dirs, output_dirs
 
 
 def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str], bench_dir: Path,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core import layout
 from ..core.io import PausetuneError, quote, read_json, write_json
-from ..core.scoring import make_judge, score_cell, scoring_code
+from ..core.evaluation.scoring import make_judge, score_cell, scoring_code
 
 
 def find_cells(paths: list[str]) -> list[Path]:

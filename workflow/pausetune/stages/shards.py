@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 from ..core.config import ShardsConfig
-from ..core.splits import essay_split
+from ..core.data.splits import essay_split
 from ..core.design import TRAIN_VARIANTS
 from ..core.io import PausetuneError, atomic_dir, read_parquet, sha256_file, write_json
 from ..core.tokens import encode_paragraphs, separator_ids, setup_pause, tokenizer_fingerprint

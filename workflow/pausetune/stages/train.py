@@ -9,19 +9,19 @@ results/checkpoints/{model}/{variant}/ holds
 The folder is written with `atomic_dir`: it appears complete or not at all.
 
 The recipe (every value from config `train`): peft LoRA on the configured projections of a frozen base
-(core.lora: targets, the trainable pause row, QLoRA), AdamW (torch) with decoupled weight decay on the LoRA
+(core.training.lora: targets, the trainable pause row, QLoRA), AdamW (torch) with decoupled weight decay on the LoRA
 weights, clipped gradients, a linear (or cosine / constant) schedule with warmup, `grad_accum` micro-batches of
-`batch_size` rows per optimizer step, in a stateless seeded data order (core.objectives).
+`batch_size` rows per optimizer step, in a stateless seeded data order (core.training.objectives).
 
-Objective (config `train.objective`, core.objectives): `lm` is the causal-LM loss over packed essay rows of
+Objective (config `train.objective`, core.training.objectives): `lm` is the causal-LM loss over packed essay rows of
 `--shards`; `retrieval` (the paper's) trains on `--examples` (stage `examples`: an essay context with a hidden
 needle, the question, the answer), right-padded micro-batches, loss on the answer span only (`train.loss_on:
 answer`) or on every token (`all`).
 
-Resumable (core.trainstate): every `save_every` steps the training state (trainable weights, optimizer, scheduler,
+Resumable (core.training.trainstate): every `save_every` steps the training state (trainable weights, optimizer, scheduler,
 RNG, step) goes atomically into `{output}.state/` (beside the output, so Snakemake does not delete it on failure). A job
 killed at any point and started again continues from the last saved step and reaches bitwise the same adapter
-on the CPU (same seed, fp32, same thread count). A state from a different run (another recipe, core.recipe, or
+on the CPU (same seed, fp32, same thread count). A state from a different run (another recipe, core.training.recipe, or
 other inputs or code) is discarded. After a successful finish the state folder is removed.
 """
 from __future__ import annotations
@@ -37,16 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core import layout
-from ..core.checkpoints import dir_hashes, training_metrics
+from ..core.training.checkpoints import dir_hashes, training_metrics
 from ..core.config import TrainConfig
 from ..core.design import TRAIN_VARIANTS
 from ..core.fingerprint import code_record, fingerprint, package_versions
 from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
 from ..core.kernels import autocast_dtype, default_device, set_threads
-from ..core.lora import build_model, check_target_modules, make_optimizer, meta_model, peak_memory_mb
-from ..core.objectives import OBJECTIVES, DataOrder, Retrieval, TrainData, train_step, validation_loss
-from ..core.recipe import recipe
-from ..core.trainstate import (DamagedState, canonical_adapter_config, load_state, restore_state, save_state,
+from ..core.training.lora import build_model, check_target_modules, make_optimizer, meta_model, peak_memory_mb
+from ..core.training.objectives import OBJECTIVES, DataOrder, Retrieval, TrainData, train_step, validation_loss
+from ..core.training.recipe import recipe
+from ..core.training.trainstate import (DamagedState, canonical_adapter_config, load_state, restore_state, save_state,
                                state_dir_for)
 
 
@@ -383,7 +383,7 @@ def add_arguments(p) -> None:
 
 
 def main(args, config: dict) -> int:
-    if args.save_every:  # run-only (core.recipe): the rule passes it apart from the recipe, so it never retrains
+    if args.save_every:  # run-only (core.training.recipe): the rule passes it apart from the recipe, so it never retrains
         config["train"]["save_every"] = args.save_every
     objective = TrainConfig.of(config).objective
     data = args.examples if objective == "retrieval" else args.shards

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import layout
-from .config import EvalConfig
-from .design import VARIANTS
-from .io import PausetuneError, check_ours
+from .. import layout
+from ..config import EvalConfig
+from ..design import VARIANTS
+from ..io import PausetuneError, check_ours
 
 KINDS = ("heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
          "attention_layer")
@@ -119,7 +119,7 @@ def report_targets(config: dict, tables: str = layout.TABLES, figures: str = lay
 def mechanism_stems(measure: list[str], variants: list[str], model: str, task: str, figures: str) -> list[str]:
     """The mechanism figures of one model x task: log-prob maps with `logprob`, attention profiles with
     `attention` in eval.measure (default both); pause mass only where a paused variant is in the grid."""
-    from .design import PAUSED
+    from ..design import PAUSED
 
     stems = []
     if "logprob" in measure:

@@ -1,6 +1,6 @@
 """What each figure draws, as a table: per (length, depth) or per variant, the means over seeds the charts show.
 
-One function per figure family (core.charts draws each); a cell without the measure a mechanism figure reads is
+One function per figure family (core.report.charts draws each); a cell without the measure a mechanism figure reads is
 left out, not an error (cells made with eval.measure off are valid).
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import math
 
-from .design import PAUSED, fmt_tokens
-from .io import PausetuneError
+from ..design import PAUSED, fmt_tokens
+from ..io import PausetuneError
 
 # measured cell field per mechanism figure
 MEASURE_FIELD = {"logprob": "answer_logprob_mean", "logprob_delta": "answer_logprob_mean",

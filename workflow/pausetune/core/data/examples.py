@@ -1,7 +1,7 @@
 """Retrieval training examples: an essay context with needles hidden in it, a question, the answer (issue 17).
 
 Why: the paper's pause-tuning was supervised needle retrieval, not a language-model loss on raw essays. An example
-is built as the eval builds a cell, with the same code (pausetune.core.haystack: PromptBuilder for the template
+is built as the eval builds a cell, with the same code (pausetune.core.data.haystack: PromptBuilder for the template
 around the document, Boundaries + insert_needles for the placement), so training and evaluation differ only in
 the essays (training split here, haystack split there) and the needles (training bank vs evaluation bank).
 
@@ -34,10 +34,10 @@ import functools
 import random
 from pathlib import Path
 
-from .config import ExamplesConfig
+from ..config import ExamplesConfig
 from .haystack import Boundaries, PromptBuilder, insert_needles
-from .io import PausetuneError, quote
-from .tokens import encode_paragraphs, separator_ids
+from ..io import PausetuneError, quote
+from ..tokens import encode_paragraphs, separator_ids
 
 _PROBE = "\u241fPAUSETUNE-ANSWER\u241f"
 
@@ -71,7 +71,7 @@ def check_examples_fit(config: dict, prepared_root) -> None:
     prepared under `prepared_root`, while the DAG is built: Snakemake deletes the previous examples before their
     job could find out. The length range inside the window; the longest training needles inside lengths.min."""
     from .banks import bank
-    from .models import max_context, model_entry, prepared_tokenizer
+    from ..models import max_context, model_entry, prepared_tokenizer
 
     for m in config["train"]["models"]:
         mdir = Path(prepared_root) / m

@@ -1,4 +1,4 @@
-"""The KV cache a block's cells share, and the plan of what each cell borrows from it (core.engine's doc says why
+"""The KV cache a block's cells share, and the plan of what each cell borrows from it (core.evaluation.engine's doc says why
 the plan cuts at whole chunks of the grain).
 
 `BufferCache` is a preallocated buffer per layer: appending writes in place and cropping moves a length, instead of

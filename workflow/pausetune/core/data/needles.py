@@ -4,7 +4,7 @@ Tasks are config (`tasks:` name -> spec); this module only instantiates them for
 
 - `single`: one needle (`needles[0]`) at the cell's depth; `expected[0]` lists the facts the answer must hold
   (the NIAH harness's San Francisco needle by default). With `bank: true` the needle, question and answer are
-  drawn per cell from the evaluation bank (pausetune.core.banks), seeded like the RULER keys below, so each
+  drawn per cell from the evaluation bank (pausetune.core.data.banks), seeded like the RULER keys below, so each
   (length, depth) is measured with different facts and a fact the model memorised from the web is checkable.
 - `multi`: the harness's multi-needle test: all `needles`, the first at the depth and the rest spread evenly from
   there to the end of the haystack; `expected[i]` are the facts of needle i (every fact of every needle counts).
@@ -39,9 +39,9 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from .config import task_spec
-from .design import KINDS
-from .io import PausetuneError
+from ..config import task_spec
+from ..design import KINDS
+from ..io import PausetuneError
 
 
 @dataclass
@@ -63,7 +63,7 @@ class TaskInstance:
 
 
 def cell_rng(root_seed: int, task: str, seed: int, length: int, depth: float) -> random.Random:
-    from .design import format_depth
+    from ..design import format_depth
 
     text = f"pausetune-task|{root_seed}|{task}|{seed}|{int(length)}|{format_depth(depth)}"
     return random.Random(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))

@@ -23,11 +23,11 @@ would get other log-probs and sometimes other words under the same identity. So 
    `batch_size` 1 the decode runs on the shared cache itself and is cropped back afterwards.
 Both knobs are therefore part of a cell's identity (stage eval), while prefix reuse itself changes no bit.
 
-Reuse is decided on token ids alone (longest common prefix with the cached ids: core.kvcache.prefill_plan), so it
+Reuse is decided on token ids alone (longest common prefix with the cached ids: core.evaluation.kvcache.prefill_plan), so it
 is correct by construction for any mix of requests: a request that shares nothing simply recomputes its whole prompt.
 
 Two things make the CPU path faster than stock HF:
-- The cache is a preallocated buffer (core.kvcache.BufferCache): appending writes in place and cropping moves a length,
+- The cache is a preallocated buffer (core.evaluation.kvcache.BufferCache): appending writes in place and cropping moves a length,
   instead of `torch.cat` copying the whole cache on every forward (which costs as much as a decode step on a CPU).
 - A chunk of `q` new tokens on top of `past` cached ones needs a lower-right causal mask. HF builds it as an
   explicit `q x (past+q)` boolean mask, and SDPA with an explicit mask runs a kernel that computes every masked
@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
-from .kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
+from ..kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
 from .kvcache import BufferCache, crop_to, num_layers, prefill_plan, supports_buffer_cache
 
 ATTN_NAME = "pausetune"

@@ -73,8 +73,8 @@ import math
 import os
 from typing import Iterable
 
-from .design import COMPARISONS, KEY, MATCH, PAUSED, VARIANTS, fmt_tokens
-from .io import PausetuneError, read_json
+from ..design import COMPARISONS, KEY, MATCH, PAUSED, VARIANTS, fmt_tokens
+from ..io import PausetuneError, read_json
 from .stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
 
 REQUIRED = KEY + ["score"]

@@ -20,10 +20,10 @@ import math
 import shlex
 from dataclasses import dataclass
 
-from . import layout
-from .config import filled
-from .design import format_depth
-from .io import PausetuneError
+from .. import layout
+from ..config import filled
+from ..design import format_depth
+from ..io import PausetuneError
 
 
 # ---------------------------------------------------------------------------------------------------------

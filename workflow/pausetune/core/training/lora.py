@@ -15,8 +15,8 @@ autocast) and their output is cast back to bf16, gradient checkpointing is non-r
 """
 from __future__ import annotations
 
-from .config import TrainConfig
-from .io import PausetuneError
+from ..config import TrainConfig
+from ..io import PausetuneError
 
 
 def linear_module_names(model) -> list[str]:
@@ -36,7 +36,7 @@ def meta_model(model_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..core.models import resolve_path
+    from ..models import resolve_path
 
     path, info = resolve_path(model_dir)
     remote = info.get("trust_remote_code") is True
@@ -144,9 +144,9 @@ def prepare_peft(model, cfg, pause_ids: list[int] | None = None, pause_mode: str
 
 def build_model(model_dir, tokenizer, cfg, pause_ids=None, pause_mode=None, device: str | None = None):
     """Load the base from a prepared model dir, fit its embeddings to `tokenizer`, wrap with LoRA."""
-    from .kernels import default_device
-    from .models import load_model
-    from .tokens import fit_embeddings
+    from ..kernels import default_device
+    from ..models import load_model
+    from ..tokens import fit_embeddings
 
     cfg = _train_config(cfg)
     device = device or default_device()

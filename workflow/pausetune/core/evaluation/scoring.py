@@ -25,7 +25,7 @@ import os
 import re
 import unicodedata
 
-from .io import PausetuneError
+from ..io import PausetuneError
 
 _DIGIT_SEP = re.compile(r"(?<=\d)[,_](?=\d)")
 _WS = re.compile(r"\s+")
@@ -154,7 +154,7 @@ def judge_score(judge_cfg: dict, call, question: str, reference: str, answer: st
 
 def scoring_code() -> str:
     """Fingerprint of the code that scores (this module's import closure): stored in every cell as code.score."""
-    from .fingerprint import fingerprint
+    from ..fingerprint import fingerprint
 
     return fingerprint(__name__)
 
@@ -185,9 +185,9 @@ def make_judge(config: dict, judge_model_dir=None, dtype: str = "auto", device: 
     if not judge_model_dir:
         raise PausetuneError(f"config key 'eval.judge': a local judge needs --judge-model-dir "
                              f"data/models/{judge.get('model')}")
-    from .models import load_model, load_tokenizer
+    from ..models import load_model, load_tokenizer
 
-    from .config import EvalConfig
+    from ..config import EvalConfig
 
     return LocalJudge(load_model(judge_model_dir, dtype, device), load_tokenizer(judge_model_dir),
                       EvalConfig.of(config).prefill_chunk)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import zlib
 
-from .config import schema_default
+from ..config import schema_default
 
 DEFAULT_BOOTSTRAP = schema_default("report", "bootstrap")
 

@@ -1,14 +1,14 @@
 """The figures as Altair charts (Vega-Lite specs): scales, axes, titles and tooltips, one function per family.
 
-build_chart picks the family of a `--kind`; the data each chart draws comes from core.figdata. Fixed scales
+build_chart picks the family of a `--kind`; the data each chart draws comes from core.report.figdata. Fixed scales
 (score 1..10, delta -9..9) make figures of different grids compare at a glance.
 """
 from __future__ import annotations
 
-from .design import VARIANTS
+from ..design import VARIANTS
 from .figdata import (LAYER_PARTS, MEASURE_FIELD, attention_depth_data, attention_layer_data, delta_data,
                       depth_labels, heatmap_data, length_labels, logprob_map_data, measured, profile_data, select)
-from .io import PausetuneError
+from ..io import PausetuneError
 from .targets import KINDS, MAP_KINDS
 
 VARIANT_COLORS = {"baseline": "#7f7f7f", "pause-prompt": "#f58518", "pause-tuned": "#4c78a8",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 RUN_ONLY_KEYS = ("models", "threads", "resources", "save_every")
 RECIPE_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_ONLY_KEYS)

@@ -10,8 +10,8 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-from .config import ExamplesConfig, ShardsConfig, TrainConfig
-from .io import read_json
+from ..config import ExamplesConfig, ShardsConfig, TrainConfig
+from ..io import read_json
 from .page import num
 
 

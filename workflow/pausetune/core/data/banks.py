@@ -20,8 +20,8 @@ import hashlib
 import json
 import random
 
-from .config import BanksConfig
-from .io import PausetuneError, quote
+from ..config import BanksConfig
+from ..io import PausetuneError, quote
 
 # (needle, question, subject list, answer list); {s} is the subject, {a} the answer.
 NAMES = ["Maria", "Tobias", "Aiko", "Rahul", "Elena", "Kwame", "Sofia", "Lars", "Priya", "Mateo", "Ingrid",

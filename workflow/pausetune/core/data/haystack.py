@@ -47,9 +47,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ShardsConfig
-from .io import PausetuneError, read_parquet, sha256_file
-from .tokens import encode_paragraphs, separator_ids
+from ..config import ShardsConfig
+from ..io import PausetuneError, read_parquet, sha256_file
+from ..tokens import encode_paragraphs, separator_ids
 
 PLACEHOLDER = "\u241fPAUSETUNE-DOCUMENT\u241f"
 _END = re.compile(r"[.!?][\"'\)\]\u201d\u2019\u00bb]*$")

@@ -10,9 +10,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .config import EvalConfig, PromptConfig, PublishConfig
-from .design import VARIANTS
-from .io import PausetuneError, read_json, read_parquet
+from ..config import EvalConfig, PromptConfig, PublishConfig
+from ..design import VARIANTS
+from ..io import PausetuneError, read_json, read_parquet
 from .tables import variant_rank
 from .targets import KINDS
 
@@ -131,7 +131,7 @@ ANSWER_KINDS = ("answered", "copies the prompt", "runs to the token limit", "oth
 
 
 def _words(text: str) -> list[str]:
-    """Lowercase word tokens (the report env has no torch, so nothing from core.scoring's closure)."""
+    """Lowercase word tokens (the report env has no torch, so nothing from core.evaluation.scoring's closure)."""
     import re
 
     return re.findall(r"\w+", (text or "").lower())

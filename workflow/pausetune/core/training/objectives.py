@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .io import PausetuneError
+from ..io import PausetuneError
 
 
 class LM:
@@ -67,7 +67,7 @@ class Retrieval:
     @staticmethod
     def check_data(manifest: dict, mpath, config: dict, window: int, model_name: str) -> None:
         """The examples were drawn from the config's needle banks and fit the model's window."""
-        from .banks import bank, bank_hash
+        from ..data.banks import bank, bank_hash
 
         for which in ("train", "eval"):
             if manifest.get("banks", {}).get(which, {}).get("sha256") != bank_hash(bank(config, which)):
@@ -189,7 +189,7 @@ class TrainData:
     """The rows one run trains on, and how a list of row indices becomes a micro-batch on the device."""
 
     def __init__(self, folder: Path, objective, pad_id: int, loss_on: str, eval_rows: int | None):
-        from ..core.shardfiles import load_shards
+        from ..data.shardfiles import load_shards
 
         dd, _ = load_shards(str(folder))
         self.objective, self.pad_id, self.loss_on = objective, pad_id, loss_on

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import PausetuneError, read_json, sha256_file
+from ..io import PausetuneError, read_json, sha256_file
 
 
 def dir_hashes(d: Path) -> dict:
@@ -69,9 +69,9 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .kernels import default_device
-    from .models import load_model
-    from .tokens import fit_embeddings, tokenizer_fingerprint
+    from ..kernels import default_device
+    from ..models import load_model
+    from ..tokens import fit_embeddings, tokenizer_fingerprint
 
     ckpt_dir = Path(ckpt_dir)
     mpath = ckpt_dir / "manifest.json"
@@ -100,8 +100,8 @@ def check_checkpoint(checkpoint, variant: str, config: dict) -> dict:
     """A tuned variant's checkpoint, before anything loads: its manifest's variant is the one the eval variant needs,
     and (paused variants) its pause settings are the config's: the markers the haystack gets must be those the
     adapter was trained with. One line otherwise; returns the manifest."""
-    from .config import PauseConfig
-    from .design import CHECKPOINT, PAUSED
+    from ..config import PauseConfig
+    from ..design import CHECKPOINT, PAUSED
 
     mf = read_json(Path(checkpoint) / "manifest.json")
     if mf.get("variant") not in (None, CHECKPOINT[variant]):
@@ -120,9 +120,9 @@ def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, 
     embedding row the exact mean), or the base with the variant's checkpoint merged (`pause-tuned`, `plain-tuned`).
     Returns (model, tokenizer, pause_ids or None); the checkpoint was checked when the block was planned
     (check_checkpoint, checkpoint_adapter_hash)."""
-    from .design import CHECKPOINT, PAUSED
-    from .models import load_model, load_tokenizer
-    from .tokens import fit_embeddings, setup_pause
+    from ..design import CHECKPOINT, PAUSED
+    from ..models import load_model, load_tokenizer
+    from ..tokens import fit_embeddings, setup_pause
 
     if variant in CHECKPOINT:
         if not checkpoint:

@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .io import PausetuneError, atomic_dir, write_json
+from ..io import PausetuneError, atomic_dir, write_json
 
 STATE_VERSION = 1
 

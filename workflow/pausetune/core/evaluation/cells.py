@@ -3,7 +3,7 @@ and the finished-cell cache (`results/.cells/{cell_id}.json`) that a failed or r
 plan (its identity and which cells are done) and its prompts, built the one way eval and the benches build them.
 
 `cell_id` is the sha256 of everything that determines the cell: coordinates, task, prompt, eval settings that change
-answers (EVAL_RESULT_KEYS, the prefill grain and decode width among them: core.engine), pause and split settings,
+answers (EVAL_RESULT_KEYS, the prefill grain and decode width among them: core.evaluation.engine), pause and split settings,
 the model's prepared.json/config.json, the adapter's sha256, the haystack files' sha256, dtype, device type, kernels
 and thread count, package versions and the generation code's fingerprint. What a run measures (seconds, reused
 tokens, batch) goes to `results/timing/...`, never into the cell, so a cell is the same bytes on every run.
@@ -15,24 +15,24 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import layout
-from .io import PausetuneError, dumps_json, read_json, sha256_file, write_json
+from .. import layout
+from ..io import PausetuneError, dumps_json, read_json, sha256_file, write_json
 
-SCORING = "pausetune.core.scoring"
+SCORING = "pausetune.core.evaluation.scoring"
 STAGE = "pausetune.stages.eval"  # the generation code: that stage's import closure
 
 
 def code_identity() -> dict:
     """The code a cell comes from: generation (this stage's import closure without scoring) and scoring apart, so
     a scoring edit rescores cached answers instead of regenerating them, and any other edit misses the cache."""
-    from .fingerprint import fingerprint
+    from ..fingerprint import fingerprint
     from .scoring import scoring_code
 
     return {"generate": fingerprint(STAGE, exclude=(SCORING,)), "score": scoring_code()}
 
 # eval keys that change a cell's answer: part of its identity and of the Snakemake rule's params. prefill_chunk and
 # batch_size are among them: they fix the chunk and decode-batch shapes whose GEMM rounding a cell's numbers carry
-# (core.engine). reuse_prefix and block are not. Threads and the device type change the numbers too: they enter
+# (core.evaluation.engine). reuse_prefix and block are not. Threads and the device type change the numbers too: they enter
 # the identity through `kernels`, as the job finds them, not as config keys.
 EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
                     "measure", "prefill_chunk", "batch_size")
@@ -77,7 +77,7 @@ def measure_fields(inst, m: dict | None) -> dict:
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from ... import __version__
 
     out = {"pausetune": __version__}
     for pkg in ("torch", "transformers", "peft"):
@@ -89,7 +89,7 @@ def versions() -> dict:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    from .models import resolve_path
+    from ..models import resolve_path
 
     path, _ = resolve_path(model_dir)
     h = hashlib.sha256()
@@ -105,8 +105,8 @@ def _entry(entry: dict | None) -> dict | None:
 
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
                    dtype: str, device_type: str) -> dict:
-    from .design import PAUSED
-    from .kernels import cell_kernels
+    from ..design import PAUSED
+    from ..kernels import cell_kernels
 
     ev = config["eval"]
     ident = {
@@ -125,7 +125,7 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
 
 
 def cell_id(block_ident: dict, task_spec: dict, task: str, seed: int, length: int, depth: float) -> str:
-    from .design import format_depth
+    from ..design import format_depth
 
     data = {"block": block_ident, "task": task, "task_spec": task_spec, "seed": seed, "length": int(length),
             "depth": format_depth(depth)}
@@ -212,11 +212,11 @@ def plan_block(config: dict, *, model: str, variant: str, cells: list, seed: int
     """The block's device and dtype, its identity, and which of its cells are done (in place or in the cache)."""
     import torch
 
-    from .checkpoints import check_checkpoint, checkpoint_adapter_hash
-    from .config import EvalConfig
-    from .design import CHECKPOINT
-    from .kernels import default_device, dtype_name, load_dtype
-    from .models import model_entry
+    from ..training.checkpoints import check_checkpoint, checkpoint_adapter_hash
+    from ..config import EvalConfig
+    from ..design import CHECKPOINT
+    from ..kernels import default_device, dtype_name, load_dtype
+    from ..models import model_entry
 
     evc = EvalConfig.of(config)
     device = device or evc.device or default_device()
@@ -236,12 +236,12 @@ def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, c
                   ) -> tuple[str, list]:
     """The prompt format and the (task instance, prompt) of each (task, length, depth) cell on a haystack stream:
     the one way eval and the benches build them (a bank task's needles come from the eval bank)."""
-    from .haystack import PromptBuilder
-    from .needles import build_task
+    from ..data.haystack import PromptBuilder
+    from ..data.needles import build_task
 
     bank = None
     if any(config["tasks"][t].get("bank") for t, _, _ in cells):
-        from .banks import check_banks
+        from ..data.banks import check_banks
 
         bank = check_banks(config)[1]
     builder = PromptBuilder(tok, config, model, pause_ids)

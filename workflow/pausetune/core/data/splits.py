@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 
-from .config import ShardsConfig
-from .io import PausetuneError
+from ..config import ShardsConfig
+from ..io import PausetuneError
 
 def _rank(seed: int, salt: str, essay_id: str) -> float:
     h = hashlib.sha256(f"{seed}:{salt}:{essay_id}".encode()).digest()

@@ -1,0 +1,1 @@
+"""Evaluation libraries: the inference engine and its KV cache, the grid of cells, cell identity and store, scoring."""

@@ -1,0 +1,1 @@
+"""Report libraries: the tables and their statistics, figure data and charts, the page's sections, figure targets."""

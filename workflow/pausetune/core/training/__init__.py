@@ -1,0 +1,1 @@
+"""Training libraries: LoRA wrapping and optimizer, the objectives, the recipe keys, resumable state, checkpoints."""
