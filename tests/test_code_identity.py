@@ -243,7 +243,7 @@ def test_fingerprint_ignores_docstrings_and_comments(tmp_path):
     import shutil
 
     shutil.copytree(ROOT / "workflow" / "pausetune", tmp_path / "pausetune")
-    f = tmp_path / "pausetune" / "core" / "haystack.py"
+    f = tmp_path / "pausetune" / "core" / "data" / "haystack.py"
 
     def fp() -> str:
         code = "from pausetune.core.fingerprint import fingerprint; print(fingerprint('pausetune.stages.eval'))"

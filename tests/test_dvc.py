@@ -261,7 +261,7 @@ def test_repro_runs_everything_then_nothing(repro):
 def test_code_edit_marks_exactly_the_stages_that_run_it(repro):
     """dvc.yaml deps are the import closures: an edit to scoring.py makes the eval stages stale, nothing else."""
     project = repro["project"]
-    f = project / "workflow" / "pausetune" / "core" / "scoring.py"
+    f = project / "workflow" / "pausetune" / "core" / "evaluation" / "scoring.py"
     before = f.read_text()
     try:
         f.write_text(before + "\n# an edit\n")
