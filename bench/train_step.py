@@ -120,16 +120,6 @@ def load_base(args, device):
     return model
 
 
-def peak_mb(device) -> float:
-    import resource
-
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def sync(device):
     import torch
 
@@ -141,7 +131,7 @@ def run_one(args, impl: str) -> dict:
     import torch
 
     from pausetune.core.kernels import default_device, set_threads
-    from pausetune.core.training.lora import make_optimizer, prepare_peft
+    from pausetune.core.training.lora import make_optimizer, peak_memory_mb, prepare_peft
     from pausetune.core.training.objectives import train_step
 
     set_threads(args.threads)
@@ -224,6 +214,7 @@ def run_one(args, impl: str) -> dict:
             gradient_checkpointing_kwargs={"use_reentrant": False} if args.gradient_checkpointing else None)
         Trainer(model=model, args=targs, train_dataset=Rows(), callbacks=[Timer()]).train()
     med = statistics.median(times)
+    mem = peak_memory_mb(device)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from peak import gemm_peak, lora_step_flops
 
@@ -235,8 +226,8 @@ def run_one(args, impl: str) -> dict:
             "mfu": step_flops / med / peak,"impl": impl, "device": str(device), "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
             "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / med,
             "tokens_per_s_best": tokens_per_step / min(times),
-            "cpu_s_median": statistics.median(cpu), "tokens_per_cpu_s": tokens_per_step / statistics.median(cpu), "peak_mem_mb": peak_mb(device),
-            "mem_kind": "cuda_max_allocated" if str(device).startswith("cuda") else "cpu_max_rss",
+            "cpu_s_median": statistics.median(cpu), "tokens_per_cpu_s": tokens_per_step / statistics.median(cpu), "peak_mem_mb": mem[0],
+            "mem_kind": mem[1],
             "loss_mean": statistics.mean(losses) if losses else None, "load_s": load_s,
             "trainable_params": info["trainable_params"], "dtype": info["dtype"], "threads": torch.get_num_threads()}
 

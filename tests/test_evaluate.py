@@ -278,7 +278,7 @@ def test_tuned_variants(tiny_dir, pg_paragraphs, tmp_path, checkpoints, tiny_sha
     rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path / "other", variant="pause-tuned", depths=("0",),
                              extra=["--checkpoint", str(checkpoints["pause"])]),
                   config_json={**SMALL, "pause": {"token": "<WAIT>"}})
-    assert rc == 1 and "trained with pause" in err and "'<WAIT>'" in err and err.count("\n") == 1, err
+    assert rc == 1 and "made with pause" in err and "'<WAIT>'" in err and err.count("\n") == 1, err
     assert not (tmp_path / "other" / "eval").exists()
 
 

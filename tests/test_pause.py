@@ -26,12 +26,31 @@ def test_checkpoint_pause_settings_must_be_the_configs(tmp_path):
         with pytest.raises(PausetuneError) as e:
             check_checkpoint(ckpt["pause"], "pause-tuned", other)
         msg = str(e.value)
-        assert msg.startswith(f"{ckpt['pause']}: trained with pause ") and "\n" not in msg
+        assert msg.startswith(f"{ckpt['pause']}: made with pause ") and "\n" not in msg
         assert all(repr(v) in msg for v in change.values()) and "retrain it" in msg
         check_checkpoint(ckpt["plain"], "plain-tuned", other)  # no markers in a plain haystack: nothing to match
     with pytest.raises(PausetuneError) as e:
         check_checkpoint(ckpt["plain"], "pause-tuned", config)
     assert str(e.value) == f"{ckpt['plain']}: a 'plain' checkpoint, variant pause-tuned needs 'pause'"
+
+
+def test_training_refuses_shards_made_with_other_pause_settings(tiny_shards, tiny_dir):
+    """The same check on the training side (the same function): shards whose markers are not the config's are
+    refused in one line before a model loads, whichever pause key differs."""
+    from pausetune.core.config import load_config
+    from pausetune.core.io import PausetuneError
+    from pausetune.stages.train import check_inputs
+
+    config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)])
+    assert check_inputs("tiny", "pause", tiny_dir, tiny_shards["pause"], config)["pause_ids"]
+    for change in ({"token": "<WAIT>"}, {"reserved_token": "<|endoftext|>"}):
+        other = config | {"pause": {**config["pause"], **change}}
+        with pytest.raises(PausetuneError) as e:
+            check_inputs("tiny", "pause", tiny_dir, tiny_shards["pause"], other)
+        msg = str(e.value)
+        assert msg.startswith(f"{tiny_shards['pause'] / 'manifest.json'}: made with pause ") and "\n" not in msg
+        assert all(repr(v) in msg for v in change.values()) and msg.endswith("rebuild the shards")
+    check_inputs("tiny", "plain", tiny_dir, tiny_shards["plain"], config | {"pause": {**config["pause"], "token": "<WAIT>"}})
 
 
 def test_each_mode_gives_its_marker_ids(smollm2_dir):

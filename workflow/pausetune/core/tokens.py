@@ -34,6 +34,16 @@ def pause_token(pause: dict) -> str | None:
     return {"special": cfg.token, "reserved": cfg.reserved_token}.get(cfg.mode)
 
 
+def check_pause_settings(made_with: dict | None, config: dict, path, remedy: str) -> None:
+    """One line where an input was made with other pause settings than the config's (shards, examples, a
+    checkpoint): the markers a haystack or a training row gets must be those the weights learn or learnt."""
+    made = PauseConfig.from_dict(made_with) if made_with else None
+    asked = PauseConfig.of(config)
+    if made != asked:
+        was = made.to_dict() if made else "none recorded"
+        raise PausetuneError(f"{path}: made with pause {was}, config 'pause' is {asked.to_dict()}: {remedy}")
+
+
 def setup_pause(tokenizer, pause: dict) -> list[int]:
     """Make the tokenizer know the pause marker (mutates it in special mode); return the marker's ids."""
     cfg = PauseConfig.from_dict(pause)

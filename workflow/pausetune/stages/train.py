@@ -69,7 +69,7 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
     Returns {"entry", "shard_manifest", "tokenizer" (the shards' own), "pause_ids", "max_context"}.
     """
     from ..core.models import load_tokenizer, max_context, model_entry
-    from ..core.tokens import setup_pause, tokenizer_fingerprint
+    from ..core.tokens import check_pause_settings, pause_token, setup_pause, tokenizer_fingerprint
 
     if variant not in TRAIN_VARIANTS:
         raise PausetuneError(f"train variant '{variant}': expected one of {TRAIN_VARIANTS}")
@@ -95,25 +95,19 @@ def check_inputs(model_name: str, variant: str, model_dir: str | Path, shard_dir
     fp = manifest.get("tokenizer_fingerprint")
     pause_ids = [int(i) for i in manifest.get("pause_ids") or []]
     if variant == "pause":
-        spause = manifest.get("pause") or {}
         if not pause_ids:
             raise PausetuneError(f"{mpath}: variant 'pause' but 'pause_ids' is empty (no pause token in these shards)")
-        if spause.get("mode") in ("special", "reserved"):
-            token = spause.get("token") if spause.get("mode") == "special" else spause.get("reserved_token")
-            if token not in tok.get_vocab() or tok.convert_tokens_to_ids(token) != pause_ids[0]:
-                raise PausetuneError(f"{shard_dir}/tokenizer: pause token '{token}' missing or not id {pause_ids[0]} "
-                                     f"(manifest pause_ids); rebuild the shards")
-        cpause = config["pause"]
-        for key in ("mode", "token"):
-            if key in spause and cpause[key] != spause[key]:
-                raise PausetuneError(f"{mpath}: shards were made with pause.{key}={spause[key]!r}, "
-                                     f"config says pause.{key}={cpause[key]!r}; rebuild the shards")
+        check_pause_settings(manifest.get("pause"), config, mpath, "rebuild the shards")
+        token = pause_token(config["pause"])
+        if token is not None and (token not in tok.get_vocab() or tok.convert_tokens_to_ids(token) != pause_ids[0]):
+            raise PausetuneError(f"{shard_dir}/tokenizer: pause token '{token}' missing or not id {pause_ids[0]} "
+                                 f"(manifest pause_ids); rebuild the shards")
     if tokenizer_fingerprint(tok) != fp:
         raise PausetuneError(f"{shard_dir}/tokenizer: fingerprint {tokenizer_fingerprint(tok)} does not match "
                              f"the shard manifest's {fp} (a damaged shard folder); rebuild the shards")
     base_tok = load_tokenizer(model_dir)
     if variant == "pause":
-        setup_pause(base_tok, manifest.get("pause") or config["pause"])
+        setup_pause(base_tok, config["pause"])
     if tokenizer_fingerprint(base_tok) != fp:
         raise PausetuneError(
             f"{mpath}: shards were made with another tokenizer (fingerprint {fp}) than model '{model_name}' "

@@ -100,18 +100,15 @@ def check_checkpoint(checkpoint, variant: str, config: dict) -> dict:
     """A tuned variant's checkpoint, before anything loads: its manifest's variant is the one the eval variant needs,
     and (paused variants) its pause settings are the config's: the markers the haystack gets must be those the
     adapter was trained with. One line otherwise; returns the manifest."""
-    from ..config import PauseConfig
     from ..design import CHECKPOINT, PAUSED
+    from ..tokens import check_pause_settings
 
     mf = read_json(Path(checkpoint) / "manifest.json")
     if mf.get("variant") not in (None, CHECKPOINT[variant]):
         raise PausetuneError(f"{checkpoint}: a '{mf.get('variant')}' checkpoint, variant {variant} needs "
                              f"'{CHECKPOINT[variant]}'")
     if PAUSED[variant]:
-        trained, asked = PauseConfig.from_dict(mf.get("pause") or {}), PauseConfig.of(config)
-        if trained != asked:
-            raise PausetuneError(f"{checkpoint}: trained with pause {trained.to_dict()}, config 'pause' is "
-                                 f"{asked.to_dict()}: retrain it, or set config 'pause' back")
+        check_pause_settings(mf.get("pause"), config, checkpoint, "retrain it, or set config 'pause' back")
     return mf
 
 
