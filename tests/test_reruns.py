@@ -86,6 +86,15 @@ def test_one_cell_alone(tmp_path, cell_built):
     assert ran == {"download": 1, "paragraphs": 1, "prepare_model": 2, "eval": 1}, ran
     assert built(project, "results/eval") == {CELL}
     assert not (project / "data" / "shards").exists() and not (project / "results" / "checkpoints").exists()
+    # How a cell is computed but not what it is (prefix reuse, the device when already the same type) reruns nothing;
+    # the job still gets them.
+    project = copy_project(cell_built, tmp_path / "runtime")
+    (project / "runtime.yaml").write_text(yaml.safe_dump({"eval": {"reuse_prefix": False, "device": "cpu"}}))
+    configs = CONFIGS + ["block_cell.yaml", "runtime.yaml"]
+    assert plan(project, CELL, configs=configs) == {}
+    proc = helpers.snakemake(project, "--configfile", *configs, "-n", "-p", "--forcerun", "eval", "--", CELL)
+    cmd = next(line for line in (proc.stdout + proc.stderr).splitlines() if "pausetune eval " in line)
+    assert "--no-reuse" in shlex.split(cmd) and "--device cpu" in cmd, cmd
 
 
 def test_one_checkpoint_alone(checkpoint_built, tmp_path):

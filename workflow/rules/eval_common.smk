@@ -70,23 +70,18 @@ def eval_params(wc):
 
 
 def eval_extra_args(wc, input):
-    args = []
+    # A function of `input`, so Snakemake counts it as derived and leaves it out of its params check: reuse_prefix
+    # and device change no finished cell, so they must not rerun one (nor may they sit in the shell text, whose
+    # every change reruns the rule).
+    ev = config["eval"]
+    args = [] if ev["reuse_prefix"] else ["--no-reuse"]
+    if ev.get("device"):
+        args += ["--device", ev["device"]]
     if "checkpoint" in input.keys():
         args += ["--checkpoint", os.path.dirname(input.checkpoint), "--shard-manifest", input.shards]
     if "judge" in input.keys():
         args += ["--judge-model-dir", os.path.dirname(input.judge)]
     return args
-
-
-def eval_runtime_args():
-    # Read at parse time, not params: changing them must not rerun finished cells.
-    ev = config["eval"]
-    args = []
-    if not ev["reuse_prefix"]:
-        args.append("--no-reuse")
-    if ev.get("device"):
-        args.append(f"--device {shlex.quote(ev['device'])}")
-    return " ".join(args)
 
 
 def eval_resource(key):
@@ -102,6 +97,6 @@ EVAL_WILDCARDS = dict(model=NAME, variant="|".join(VARIANTS), task=NAME, seed="-
 EVAL_SHELL = (
     "pausetune eval --config-json {params.cfg:q} --model {wildcards.model:q} --variant {wildcards.variant:q}"
     f" --seed {{wildcards.seed:q}} {EVAL_ARGS} --model-dir {wildcards_of(layout.MODEL)}"
-    f" --haystack {{input.haystack:q}} {{params.extra:q}} --threads {{threads:q}} {eval_runtime_args()}"
+    f" --haystack {{input.haystack:q}} {{params.extra:q}} --threads {{threads:q}}"
     " 2>&1 | tee {log:q}"
 )
