@@ -104,7 +104,7 @@ def check_checkpoint(checkpoint, variant: str, config: dict) -> dict:
     from ..tokens import check_pause_settings
 
     mf = read_json(Path(checkpoint) / "manifest.json")
-    if mf.get("variant") not in (None, CHECKPOINT[variant]):
+    if mf.get("variant") != CHECKPOINT[variant]:
         raise PausetuneError(f"{checkpoint}: a '{mf.get('variant')}' checkpoint, variant {variant} needs "
                              f"'{CHECKPOINT[variant]}'")
     if PAUSED[variant]:
