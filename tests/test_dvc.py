@@ -409,9 +409,11 @@ def test_plots_show(repro, tmp_path):
     assert "depth_profile.csv" in html and "pause_loss.csv" in html
 
 
-def test_experiment_one_param(repro):
-    """`dvc exp run -S` of train.max_steps: training and what follows rerun, the data stages and untuned evals not."""
-    project = repro["project"]
+def test_experiment_one_param(repro, tmp_path):
+    """`dvc exp run -S` of train.max_steps: training and what follows rerun, the data stages and untuned evals not.
+    On a copy of the repro project: an experiment leaves its results in the workspace, which the module's other
+    tests (in any order) read as the committed run's."""
+    project = shutil.copytree(repro["project"], tmp_path / "project", symlinks=True)
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-q", "--allow-empty", "-m", "before the experiment"], project)
     outs = dvc_outs(project)

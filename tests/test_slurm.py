@@ -312,6 +312,8 @@ def test_tiny_pipeline_through_slurm(cluster, tmp_path_factory):
 
 
 def test_stop_stops_the_daemons(cluster):
+    """stop.sh stops every daemon start.sh started; start.sh then brings the cluster back (so the module's other
+    tests, in whatever order they run, find it up)."""
     state, env = cluster["dir"], cluster["env"]
     pids = {p.name: int(p.read_text()) for p in (state / "pids").iterdir()}
     assert {"slurmctld", "slurmd"} <= set(pids), pids
@@ -321,3 +323,5 @@ def test_stop_stops_the_daemons(cluster):
         if name == "munged" and "left running" in proc.stdout:
             continue
         assert not Path(f"/proc/{pid}").exists(), f"{name} ({pid}) still running:\n{proc.stdout}"
+    again = _run(["bash", str(START), str(state)], ROOT, env, timeout=600)
+    assert again.returncode == 0 and "ready" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
