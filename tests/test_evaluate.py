@@ -401,6 +401,15 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paragraphs, t
     (work / "data/models").mkdir(parents=True)
     os.symlink(smollm2_dir, work / "data/models/smollm2")
     os.symlink(tiny_dir, work / "data/models/tiny")
+    # The data rules' code stamps as a project that built these outputs has them: older than the outputs, so the
+    # code input reruns nothing (the stamps are rewritten only when the code changes).
+    from pausetune.core import layout
+    from pausetune.core.fingerprint import code_stamp
+
+    for stage in ("download", "paragraphs", "prepare_model"):
+        stamp = code_stamp(f"pausetune.stages.{stage}", work / layout.CODE.format(stage=stage),
+                           ROOT / "workflow" / "pausetune")
+        os.utime(stamp, (0, 0))
     cfg = deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(TINY_CONFIG.read_text()))
     cfg["eval"] = {"models": ["tiny"], "variants": ["baseline"], "tasks": ["single"], "lengths": [600],
                    "depths": [0, 50, 100], "seeds": [0], "threads": 1, "dtype": "bfloat16", "prefill_chunk": 128}
