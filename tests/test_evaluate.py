@@ -214,8 +214,11 @@ def test_a_resumed_or_recut_block_gives_the_same_bytes(tiny_dir, pg_paragraphs, 
             assert (tmp_path / other / k).read_bytes() == (tmp_path / "whole" / k).read_bytes(), (other, k)
 
 
-def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paragraphs):
-    results, _ = baseline_run
+def test_skip_done_and_reuse_cache(baseline_run, tiny_dir, pg_paragraphs, tmp_path):
+    import shutil
+
+    results = tmp_path / "results"  # a copy: the cells rewritten below must not reach the other tests' reads
+    shutil.copytree(baseline_run[0], results)
     target = results / "eval/tiny/baseline/single/seed0/len600/depth50.json"
     before = target.read_bytes()
     target.unlink()  # what Snakemake does to a failed job's outputs
