@@ -1,7 +1,8 @@
 """Benchmark: our LoRA training step (pausetune.core.training.lora + core.training.objectives) against a plain transformers.Trainer + peft step.
 
-Both run in the same invocation, one after the other, each in its own subprocess (so each peak-memory figure
-is its own), on the same model, the same LoRA config (config `train.lora`, default the paper's r16 on all seven
+Three sides run in the same invocation, one after the other, each in its own subprocess (so each peak-memory figure
+is its own): `ours` (today's step), `old` (ours before issue #25: frozen weights cast at every forward under
+autocast, peft's pause row copying the whole embedding) and `trainer`, on the same model, the same LoRA config (config `train.lora`, default the paper's r16 on all seven
 projections), the same batch shape and the same random token rows. Reported: median step time, tokens/s and
 peak memory (CUDA max allocated, or the process's max RSS on a CPU) for each, and ours / Trainer ratios.
 
@@ -76,7 +77,8 @@ def parse(argv=None):
     p.add_argument("--target-modules", nargs="*", default=None, help="default: config train.lora.target_modules")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--rounds", type=int, default=1, help="alternate ours/trainer this many times; keep each one's best")
-    p.add_argument("--only", choices=["ours", "trainer"], default=None, help="run one side (in this process)")
+    p.add_argument("--only", choices=["ours", "old", "trainer"], default=None, help="run one side (in this process)")
+    p.add_argument("--sides", default="ours,old,trainer", help="which sides to run, in this order each round")
     p.add_argument("--json", default=None, help="write the results here")
     return p.parse_args(argv)
 
@@ -151,12 +153,19 @@ def run_one(args, impl: str) -> dict:
     tokens_per_step = args.batch * args.grad_accum * args.seq_len
 
     amp_dtype = None
-    if impl == "ours":
+    if impl in ("ours", "old"):
         import contextlib
 
         from pausetune.core.kernels import autocast_dtype
 
         amp_dtype = autocast_dtype(args.autocast, info["dtype"], str(device))
+        if impl == "ours":  # what stage train does (stages/train.py _fresh_model)
+            from pausetune.core.training.lora import fused_lora, hold_frozen_weights, sparse_token_rows
+
+            if amp_dtype:
+                hold_frozen_weights(model, amp_dtype)
+            sparse_token_rows(model)
+            fused_lora(model)
 
         def amp():
             if amp_dtype is None:
@@ -220,9 +229,9 @@ def run_one(args, impl: str) -> dict:
 
     step_flops = lora_step_flops(base.config, args.batch * args.grad_accum, args.seq_len)
     wdtype = next(p for p in base.parameters() if p.is_floating_point()).dtype
-    amp_on = impl == "ours" and args.autocast != "none" and wdtype == torch.float32 and amp_dtype is not None
+    amp_on = impl in ("ours", "old") and args.autocast != "none" and wdtype == torch.float32 and amp_dtype is not None
     peak = gemm_peak(torch.bfloat16 if (wdtype == torch.uint8 or amp_on) else wdtype, str(device))
-    return {"autocast": amp_dtype if impl == "ours" else None, "step_flop": step_flops, "achieved_flops": step_flops / med, "gemm_peak_flops": peak,
+    return {"autocast": amp_dtype if impl in ("ours", "old") else None, "step_flop": step_flops, "achieved_flops": step_flops / med, "gemm_peak_flops": peak,
             "mfu": step_flops / med / peak,"impl": impl, "device": str(device), "step_s_median": med, "step_s_min": min(times), "step_s_all": times,
             "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / med,
             "tokens_per_s_best": tokens_per_step / min(times),
@@ -246,7 +255,7 @@ def main(argv=None) -> int:
             and not (i and argv[i - 1] == "--json")]
     results: dict = {}
     for _ in range(args.rounds):
-        for impl in ("ours", "trainer"):
+        for impl in args.sides.split(","):
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--only", impl],
                                   capture_output=True, text=True)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
@@ -257,27 +266,34 @@ def main(argv=None) -> int:
             r = json.loads(line[len("BENCH_RESULT "):])
             if impl not in results or r["step_s_median"] < results[impl]["step_s_median"]:
                 results[impl] = r
-    o, t = results["ours"], results["trainer"]
+    o, t, old = results.get("ours"), results.get("trainer"), results.get("old")
+    o = o or old or t
     what = args.model_dir or f"random {args.random_shape}"
     print(f"model {what}, {o['device']}, {o['dtype']}, quantization {args.quantization}, "
           f"batch {args.batch} x accum {args.grad_accum} x seq {args.seq_len}, {o['threads']} threads, "
           f"grad-ckpt {args.gradient_checkpointing}, pause row {args.pause_row}, {o['trainable_params']} trainable, "
           f"{args.steps} timed steps after {args.warmup}, best of {args.rounds} round(s)")
-    for r in (o, t):
+    for r in [results[k] for k in args.sides.split(",")]:
         print(f"  {r['impl']:8s} step {r['step_s_median']:.3f} s median, {r['step_s_min']:.3f} s min  "
               f"{r['tokens_per_s']:9.1f} tok/s (best step {r['tokens_per_s_best']:.1f})  "
               f"{r['tokens_per_cpu_s']:8.1f} tok/CPU-s  peak {r['peak_mem_mb']:8.1f} MB ({r['mem_kind']})  "
               f"loss {r['loss_mean']:.4f}  {r['achieved_flops'] / 1e9:.1f} GFLOP/s = {100 * r['mfu']:.1f}% of "
               f"this machine's {r['gemm_peak_flops'] / 1e9:.0f} GFLOP/s GEMM peak ({r['dtype']})")
-    ratio = {"tokens_per_s": o["tokens_per_s"] / t["tokens_per_s"],
-             "tokens_per_s_best": o["tokens_per_s_best"] / t["tokens_per_s_best"],
-             "tokens_per_cpu_s": o["tokens_per_cpu_s"] / t["tokens_per_cpu_s"],
-             "peak_mem": o["peak_mem_mb"] / t["peak_mem_mb"]}
-    print(f"  ours / Trainer: throughput {ratio['tokens_per_s']:.3f}x (median), {ratio['tokens_per_s_best']:.3f}x "
-          f"(best step), {ratio['tokens_per_cpu_s']:.3f}x (per CPU-second), peak memory {ratio['peak_mem']:.3f}x")
+    ratios = {}
+    for label, a, b in (("ours / Trainer", o, t), ("ours / old", o, old)):
+        if a is None or b is None or a is b:
+            continue
+        ratio = ratios[label] = {"tokens_per_s": a["tokens_per_s"] / b["tokens_per_s"],
+                                 "tokens_per_s_best": a["tokens_per_s_best"] / b["tokens_per_s_best"],
+                                 "tokens_per_cpu_s": a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"],
+                                 "peak_mem": a["peak_mem_mb"] / b["peak_mem_mb"]}
+        print(f"  {label}: throughput {ratio['tokens_per_s']:.3f}x (median), {ratio['tokens_per_s_best']:.3f}x "
+              f"(best step), {ratio['tokens_per_cpu_s']:.3f}x (per CPU-second), peak memory {ratio['peak_mem']:.3f}x")
+    if old is not None and o is not old:
+        print(f"  loss, ours against old (same rows, same init): {o['loss_mean']:.6f} vs {old['loss_mean']:.6f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "ours": o, "trainer": t, "ratio": ratio}, f, indent=2)
+            json.dump({"args": vars(args), **results, "ratio": ratios}, f, indent=2)
     return 0
 
 

@@ -189,6 +189,41 @@ def test_loss_mask_and_head_only_on_loss_positions(examples, tiny_dir):
     assert int((all_labels != -100).sum()) == sum(len(r["input_ids"]) - 1 for r in batch)
 
 
+def test_unpadded_rows_give_the_padded_batch_step(examples, tiny_dir):
+    """Retrieval runs each row of a micro-batch alone at its real length (no padding, no mask): the same loss and
+    gradients as the padded batch, to fp32 rounding (issue #25)."""
+    from pausetune.core.training.lora import build_model, make_optimizer
+    from pausetune.core.training.objectives import PaddedRetrieval, Retrieval, collate, train_step, validation_loss
+
+    torch.set_num_threads(2)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(examples["pause"] / "tokenizer")
+    m = json.loads((examples["pause"] / "manifest.json").read_text())
+    cfg = load_cfg(train={"lr": 1e-2, "warmup_steps": 0, "scheduler": "constant", "max_steps": 3,
+                          "objective": "retrieval"})["train"]
+    rs = rows(examples["pause"])[:4]
+    lengths = [len(r["input_ids"]) for r in rs]
+    assert len(set(lengths)) > 1  # the batch really pads
+    batches = [collate(rs[:2], tok.eos_token_id, "answer"), collate(rs[2:], tok.eos_token_id, "answer")]
+    pieces = [p for b in batches for p in Retrieval.pieces(b)]
+    assert [p[0].shape[1] for p in pieces] == lengths and all(p[1] is None for p in pieces)
+    assert all(p[0][0].tolist() == r["input_ids"] for p, r in zip(pieces, rs))  # each row whole, nothing padded
+    out = []
+    for objective in (PaddedRetrieval, Retrieval):
+        torch.manual_seed(0)
+        model, _ = build_model(tiny_dir, tok, cfg, m["pause_ids"], "special", "cpu")
+        opt, sched = make_optimizer(model, cfg)
+        steps = [train_step(model, batches, opt, sched, 1.0, objective) for _ in range(3)]
+        val = validation_loss(model, batches, objective)
+        out.append((steps, val, {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}))
+    (s0, v0, p0), (s1, v1, p1) = out
+    for a, b in zip(s0, s1):
+        assert a[0] == pytest.approx(b[0], rel=1e-5) and a[1] == pytest.approx(b[1], rel=1e-4) and a[2] == b[2]
+    assert v0 == pytest.approx(v1, rel=1e-5)
+    assert all(torch.allclose(p0[k], p1[k], atol=1e-5, rtol=1e-4) for k in p0)
+
+
 def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, tmp_path):
     from pausetune.core.training.objectives import Retrieval, collate, train_step
     from pausetune.core.training.lora import build_model, make_optimizer

@@ -79,6 +79,10 @@ def test_loss_falls_on_fixed_batch_and_only_lora_and_pause_row_train(tiny_dir, t
     assert info["trainable_params"] == lora + hidden  # LoRA + exactly one embedding row
     assert all(("lora_" in n or "trainable_tokens_delta" in n) for n, p in model.named_parameters() if p.requires_grad)
     assert info["pause_row"]["trained"] and info["tied_embeddings"]
+    from pausetune.core.training.objectives import LM
+
+    with torch.no_grad():  # the LM loss through masked_loss is the model's own causal-LM loss
+        assert float(LM.loss(model, batch)) == pytest.approx(float(model(input_ids=batch, labels=batch).loss), rel=1e-6)
     opt, sched = make_optimizer(model, cfg)
     losses = [train_step(model, [batch], opt, sched, cfg["max_grad_norm"])[0] for _ in range(4)]
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
@@ -97,6 +101,81 @@ def test_loss_falls_on_fixed_batch_and_only_lora_and_pause_row_train(tiny_dir, t
     assert outs[0][0] == pytest.approx(outs[1][0], abs=1e-6) and outs[0][1] == pytest.approx(outs[1][1], rel=1e-4)
 
 
+def test_frozen_weights_held_in_bf16_give_the_autocast_step_bit_for_bit(tiny_dir, tiny_shards):
+    """hold_frozen_weights (issue #25) rounds the frozen base once, as autocast did at every forward: the same bits."""
+    from pausetune.core.training.lora import build_model, hold_frozen_weights, make_optimizer
+    from pausetune.core.training.objectives import train_step
+
+    torch.set_num_threads(THREADS)
+    tok = shard_tok(tiny_shards["pause"])
+    batch, manifest = fixed_batch(tiny_shards["pause"], n=2)
+    cfg = load_cfg({"lr": 1e-2, "warmup_steps": 0, "scheduler": "constant", "max_steps": 5})["train"]
+    runs = []
+    for hold in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_model(tiny_dir, tok, cfg, manifest["pause_ids"], "special", "cpu")
+        held = hold_frozen_weights(model, "bfloat16") if hold else 0
+        opt, sched = make_optimizer(model, cfg)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            steps = [train_step(model, [batch], opt, sched, cfg["max_grad_norm"]) for _ in range(3)]
+        runs.append((held, steps, {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad},
+                     model.get_base_model()))
+    (_, s0, p0, _), (held, s1, p1, base) = runs
+    assert held == 2 * 7  # the seven projections of both layers; not the embedding its tied head shares
+    assert s0 == s1 and s0[-1][0] < s0[0][0]
+    assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
+    proj = base.model.layers[0].mlp.down_proj
+    assert proj.base_layer.weight.dtype == torch.bfloat16 and proj.lora_A["default"].weight.dtype == torch.float32
+    assert base.get_input_embeddings().weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("amp", [None, "bfloat16"])
+def test_sparse_pause_row_and_fused_lora_train_as_peft_does(tiny_dir, tiny_shards, amp):
+    """sparse_token_rows and fused_lora (issue #25) compute peft's step in fewer passes: the same losses, gradient
+    norms and weights to the dtype's rounding; peft_forwards gives peft's forwards back."""
+    import contextlib
+
+    from pausetune.core.training.lora import (build_model, fused_lora, hold_frozen_weights, make_optimizer,
+                                              peft_forwards, sparse_token_rows)
+    from pausetune.core.training.objectives import train_step
+
+    torch.set_num_threads(THREADS)
+    tok = shard_tok(tiny_shards["pause"])
+    batch, manifest = fixed_batch(tiny_shards["pause"], n=2)
+    pid = manifest["pause_ids"][0]
+    assert (batch == pid).any()  # the pause row is used
+    cfg = load_cfg({"lr": 1e-2, "warmup_steps": 0, "scheduler": "constant", "max_steps": 5})["train"]
+    runs = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_model(tiny_dir, tok, cfg, [pid], "special", "cpu")
+        counts = None
+        if fast:
+            if amp:
+                hold_frozen_weights(model, amp)
+            counts = (sparse_token_rows(model), fused_lora(model))
+        opt, sched = make_optimizer(model, cfg)
+        ctx = torch.autocast(device_type="cpu", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+        with ctx:
+            # bf16: one step (Adam turns the bf16 noise of near-zero gradients into whole steps after it)
+            steps = [train_step(model, [batch], opt, sched, cfg["max_grad_norm"]) for _ in range(1 if amp else 3)]
+        runs.append((counts, steps, {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad},
+                     model))
+    (_, s0, p0, _), (counts, s1, p1, model) = runs
+    assert counts == (2, 2 * 7)  # the embedding and its tied head; every projection of both layers
+    tol = 2e-2 if amp else 1e-5
+    for a, b in zip(s0, s1):
+        assert a[0] == pytest.approx(b[0], rel=tol) and a[1] == pytest.approx(b[1], rel=10 * tol)
+    delta = [k for k in p0 if "trainable_tokens_delta" in k]
+    # fp32: the weights after three steps; in bf16 a near-zero gradient's sign is noise, and Adam's first step is
+    # lr times that sign, so only the loss and the gradient norm above compare
+    bad = {k: float((p0[k] - p1[k]).abs().max()) for k in p0 if not torch.allclose(p0[k], p1[k], atol=1e-3, rtol=0)}
+    assert delta and (amp or not bad), bad
+    assert not torch.equal(p1[delta[0]], torch.zeros_like(p1[delta[0]]))
+    peft_forwards(model)
+    assert not [n for n, m in model.named_modules() if "forward" in m.__dict__]
+
+
 def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_same_logits(tiny_dir, tiny_shards,
                                                                                         tmp_path):
     from pausetune.core.models import load_model
@@ -105,7 +184,7 @@ def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_sa
     from pausetune.stages.train import train
 
     out = tmp_path / "ckpt" / "tiny" / "pause"
-    cfg = load_cfg({**FAST, "lr": 1e-2})
+    cfg = load_cfg({**FAST, "lr": 1e-2, "autocast": "none"})  # the trained model is run in fp32 below
     manifest, trained = train("tiny", "pause", tiny_dir, tiny_shards["pause"], out, cfg, device="cpu",
                               progress=False, return_model=True)
     pid = manifest["pause_ids"][0]
@@ -153,7 +232,7 @@ def test_plain_variant_trains_lora_only_and_reloads_merged(tiny_dir, tiny_shards
     from pausetune.stages.train import train
 
     out = tmp_path / "plain"
-    manifest, trained = train("tiny", "plain", tiny_dir, tiny_shards["plain"], out, load_cfg({**FAST, "max_steps": 2}),
+    manifest, trained = train("tiny", "plain", tiny_dir, tiny_shards["plain"], out, load_cfg({**FAST, "max_steps": 2, "autocast": "none"}),
                               device="cpu", progress=False, return_model=True)
     assert manifest["pause_ids"] == [] and not manifest["pause_row"]["trained"]
     assert all("lora_" in n for n, p in trained.named_parameters() if p.requires_grad)
@@ -212,7 +291,11 @@ def test_nf4_qlora_on_cpu_loss_falls_bf16_activations_and_adapter_saves(tiny_dir
     with torch.no_grad():
         a = trained(input_ids=batch).logits
         b = reloaded(input_ids=batch).logits  # eval uses bitsandbytes' packed CPU inference kernel: close
-        assert (a.float() - b.float()).abs().max() < 0.02 and torch.equal(a.argmax(-1), b.argmax(-1))
+        err = (a.float() - b.float()).abs().max()
+        assert err < 0.02
+        top2 = a.float().topk(2, dim=-1).values
+        clear = (top2[..., 0] - top2[..., 1]) > 2 * err  # the greedy token, wherever the kernels' error cannot flip it
+        assert clear.float().mean() > 0.5 and torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
         fresh, _, _ = load_checkpoint(tiny_dir, out, device="cpu", quantization="nf4")
         for mod in fresh.modules():  # the kernel training used: bitwise the in-memory model
             if hasattr(mod, "support_avx512bf16_for_cpu"):

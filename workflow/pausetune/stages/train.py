@@ -11,11 +11,13 @@ The folder is written with `atomic_dir`: it appears complete or not at all.
 The recipe (every value from config `train`): peft LoRA on the configured projections of a frozen base
 (core.training.lora: targets, the trainable pause row, QLoRA), AdamW (torch) with decoupled weight decay on the LoRA
 weights, clipped gradients, a linear (or cosine / constant) schedule with warmup, `grad_accum` micro-batches of
-`batch_size` rows per optimizer step, in a stateless seeded data order (core.training.objectives).
+`batch_size` rows per optimizer step, in a stateless seeded data order (core.training.objectives). The same step
+in fewer passes (issue #25, core.training.lora): under autocast the frozen base is held in bf16 once, the pause row
+trains without copying the embedding, each LoRA update is added inside its GEMM.
 
 Objective (config `train.objective`, core.training.objectives): `lm` is the causal-LM loss over packed essay rows of
 `--shards`; `retrieval` (the paper's) trains on `--examples` (stage `examples`: an essay context with a hidden
-needle, the question, the answer), right-padded micro-batches, loss on the answer span only (`train.loss_on:
+needle, the question, the answer), each row at its own length (no padding), loss on the answer span only (`train.loss_on:
 answer`) or on every token (`all`).
 
 Resumable (core.training.trainstate): every `save_every` steps the training state (trainable weights, optimizer, scheduler,
@@ -43,7 +45,8 @@ from ..core.design import TRAIN_VARIANTS
 from ..core.fingerprint import code_record, fingerprint, package_versions
 from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
 from ..core.kernels import autocast_dtype, default_device, set_threads
-from ..core.training.lora import build_model, check_target_modules, make_optimizer, meta_model, peak_memory_mb
+from ..core.training.lora import (build_model, check_target_modules, fused_lora, hold_frozen_weights, make_optimizer,
+                                  meta_model, peak_memory_mb, peft_forwards, sparse_token_rows)
 from ..core.training.objectives import OBJECTIVES, DataOrder, Retrieval, TrainData, train_step, validation_loss
 from ..core.training.recipe import recipe
 from ..core.training.trainstate import (DamagedState, canonical_adapter_config, load_state, restore_state, save_state,
@@ -177,6 +180,12 @@ def _fresh_model(run_args: dict, cfg: TrainConfig, seed: int):
     torch.manual_seed(seed)
     random.seed(seed)
     model, info = build_model(cfg=cfg, **run_args)
+    info["autocast"] = autocast_dtype(cfg.autocast, info["dtype"], str(run_args["device"]))
+    if info["autocast"]:  # the frozen base in the autocast dtype once, not cast at every forward
+        info["frozen_linears_held_in"] = {"dtype": info["autocast"],
+                                          "modules": hold_frozen_weights(model, info["autocast"])}
+    info["sparse_token_layers"] = sparse_token_rows(model)  # the pause row without copying the embedding
+    info["fused_lora_layers"] = fused_lora(model)  # scale and add of each LoRA update inside its GEMM
     return (model, info, *make_optimizer(model, cfg))
 
 
@@ -206,7 +215,6 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
                       pause_mode=(checked["shard_manifest"].get("pause") or {}).get("mode"))
     model, info, optimizer, scheduler = _fresh_model(model_args, cfg, seed)
     objective.check_model(model, model_name)
-    info["autocast"] = autocast_dtype(cfg.autocast, info["dtype"], str(device))
     run = Run(model_name, variant, cfg, seed, device, model_dir, data_dir, output, checked, data, model, info,
               optimizer, scheduler, info["autocast"], run_key, t_start)
 
@@ -219,8 +227,7 @@ def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | 
                   f"step 0", file=sys.stderr)
             shutil.rmtree(run.state_dir, ignore_errors=True)
             meta = None
-            run.model, info, run.optimizer, run.scheduler = _fresh_model(model_args, cfg, seed)
-            run.info = {**info, "autocast": run.amp_dtype}
+            run.model, run.info, run.optimizer, run.scheduler = _fresh_model(model_args, cfg, seed)
     if meta is not None:
         run.step, run.log = int(meta["step"]), list(meta["log"])
         run.resumed_from = list(meta.get("resumed_from", [])) + [run.step]
@@ -282,6 +289,7 @@ def finalize(run: Run, config: dict) -> dict:
     from ..core.models import resolve_path
 
     val = run.val_loss() if run.data.val is not None else None
+    peft_forwards(run.model)  # peft's own forwards from here on, as a reloaded checkpoint runs
     if val is not None:
         run.log.append({"step": run.step, "val_loss": val, "val_rows": run.data.n_val})
     mem, mem_kind = peak_memory_mb(run.device)

@@ -162,6 +162,135 @@ def build_model(model_dir, tokenizer, cfg, pause_ids=None, pause_mode=None, devi
     return prepare_peft(base, cfg, pause_ids, pause_mode)
 
 
+def hold_frozen_weights(model, dtype: str) -> int:
+    """For autocast training: hold every frozen fp32 linear weight in the autocast dtype once, and let the LoRA
+    input go to the adapter as it comes; returns how many weights were converted.
+
+    Autocast caches its casts only for weights that train, so each forward cast every frozen base weight from fp32
+    again (~106M values per micro-batch for SmolLM2); and peft cast a bf16 input to the fp32 adapter's dtype only for
+    autocast to cast it straight back. Both are the same rounding (or none) either way, so a step is bit for bit the
+    autocast step over fp32 weights (tests/test_train.py), with less copying and half the base's memory. LoRA
+    weights and the pause row (they train), and embeddings with a head tied to them, stay fp32."""
+    import torch
+    import torch.nn as nn
+
+    target = getattr(torch, dtype)
+    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, nn.Embedding)}
+    n = 0
+    for mod in model.modules():
+        if hasattr(mod, "cast_input_dtype_enabled") and hasattr(mod, "lora_A"):
+            mod.cast_input_dtype_enabled = False
+        w = getattr(mod, "weight", None)
+        if type(mod) is not nn.Linear or w.requires_grad or w.dtype != torch.float32 or w.data_ptr() in shared:
+            continue
+        if mod.bias is not None and mod.bias.requires_grad:
+            continue
+        mod.to(target)
+        n += 1
+    return n
+
+
+def _token_layers(model):
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    return [m for m in model.modules() if isinstance(m, TrainableTokensLayer)]
+
+
+def sparse_token_rows(model) -> int:
+    """Train the pause row without copying the embedding: returns how many layers now do so.
+
+    peft's trainable-token layer builds a merged copy of the whole [vocabulary, hidden] matrix at every forward (one
+    for the embedding, one for a tied head) and, for the head, the gradient of all of it: ~45% of a SmolLM2 step
+    (bench/breakdown.py). The same values come from the frozen matrix with the trained rows put in where their ids
+    occur (embedding) and the trained rows' logits computed apart (head); the delta's gradient is the same sum in
+    another order. Under autocast the tied head uses a bf16 copy of the frozen matrix made once (the same rounding
+    autocast made at every forward). The module, its parameters and what it saves are peft's; `peft_forwards`
+    gives the forward back."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    n = 0
+    for layer in _token_layers(model):
+        base = layer.base_layer
+        if len(layer.active_adapters) != 1 or not isinstance(base, (nn.Embedding, nn.Linear)):
+            continue
+        if isinstance(base, nn.Embedding) and layer._get_embed_scale() is not None:
+            continue  # scaled embeddings (Gemma): peft's own path
+        name = layer.active_adapters[0]
+        index = torch.tensor(layer.token_indices[name], device=base.weight.device)
+        low: dict = {}
+
+        def forward(x, *args, layer=layer, base=base, name=name, index=index, low=low, **kwargs):
+            delta = layer.trainable_tokens_delta[name]
+            if isinstance(base, nn.Embedding):
+                out = F.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type,
+                                  base.scale_grad_by_freq, base.sparse)
+                hit = x.unsqueeze(-1) == index  # [..., k]
+                rows = delta.to(out.dtype)[hit.to(torch.long).argmax(-1)]
+                return torch.where(hit.any(-1, keepdim=True), rows, out)
+            w = base.weight
+            if torch.is_autocast_enabled(x.device.type) and w.dtype == torch.float32:
+                dt = torch.get_autocast_dtype(x.device.type)
+                if dt not in low:
+                    low.clear()
+                    low[dt] = w.detach().to(dt)
+                w = low[dt]
+            out = F.linear(x, w)
+            return out.index_copy(-1, index, F.linear(x, delta.to(w.dtype)).to(out.dtype))
+
+        layer.forward = forward
+        n += 1
+    return n
+
+
+def fused_lora(model) -> int:
+    """Add each LoRA update into its base output inside one GEMM: returns how many layers now do so.
+
+    peft computes `result + lora_B(lora_A(x)) * scaling`: after the rank-r GEMM, a full pass to scale and another
+    to add, each over a [tokens, out_features] activation (and again in the backward), ~15% of a SmolLM2 step.
+    `addmm(result, lora_A(x), B^T, alpha=scaling)` does the same sum with one rounding instead of three (so not bit
+    for bit peft's, and no less exact). Vanilla LoRA only (no dropout, bias, DoRA or other variant, one adapter);
+    where the dtypes differ outside autocast (a 4-bit base's bf16 activations, fp32 adapters) peft's forward runs."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    n = 0
+    for mod in model.modules():
+        if not (hasattr(mod, "lora_A") and hasattr(mod, "lora_variant") and type(mod.base_layer) is nn.Linear):
+            continue
+        names = list(mod.active_adapters)
+        if len(names) != 1 or names[0] in mod.lora_variant or names[0] not in mod.lora_A:
+            continue
+        name = names[0]
+        if not isinstance(mod.lora_dropout[name], nn.Identity) or mod.lora_B[name].bias is not None:
+            continue
+        cls_forward = type(mod).forward
+
+        def forward(x, *args, mod=mod, name=name, cls_forward=cls_forward, **kwargs):
+            a_w, b_w = mod.lora_A[name].weight, mod.lora_B[name].weight
+            amp = torch.is_autocast_enabled(x.device.type)
+            if args or kwargs or mod.disable_adapters or mod.merged or (not amp and x.dtype != a_w.dtype):
+                return cls_forward(mod, x, *args, **kwargs)
+            result = mod.base_layer(x)
+            low = F.linear(x, a_w)
+            flat = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), b_w.t(),
+                               alpha=mod.scaling[name])
+            return flat.view(result.shape).to(result.dtype)
+
+        mod.forward = forward
+        n += 1
+    return n
+
+
+def peft_forwards(model) -> None:
+    """peft's own forwards again (sparse_token_rows, fused_lora undone): what a reloaded checkpoint runs."""
+    for mod in model.modules():
+        if "forward" in mod.__dict__ and (hasattr(mod, "lora_A") or hasattr(mod, "trainable_tokens_delta")):
+            del mod.__dict__["forward"]
+
+
 def make_optimizer(model, cfg):
     """AdamW (torch): weight decay on LoRA weights, none on the trained token rows; scheduler with warmup."""
     import torch

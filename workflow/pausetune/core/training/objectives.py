@@ -41,7 +41,18 @@ class LM:
             raise PausetuneError(f"{folder}: variant 'pause' but no pause id {pause_ids} occurs in the train rows")
 
     @staticmethod
+    def pieces(batch) -> list:
+        """Rows of one length need no padding: the micro-batch runs whole."""
+        return [batch]
+
+    @staticmethod
     def loss(model, ids):
+        """The mean over the B*(T-1) predicted tokens. Through masked_loss where the head is a plain linear map: the
+        same sum without transformers' shifted fp32 copy of the [B, T, vocabulary] logits (and its backward), a
+        sixth of a 2 x 2048 SmolLM2 step (bench/breakdown.py); the model's own loss otherwise."""
+        if plain_head(model):
+            total, n = masked_loss(model, ids, None, ids)
+            return total / n
         return model(input_ids=ids, labels=ids, use_cache=False).loss
 
     @staticmethod
@@ -80,17 +91,31 @@ class Retrieval:
     @staticmethod
     def check_model(model, model_name: str) -> None:
         """The loss applies the LM head alone on the loss positions: a head that does more is refused."""
-        mcfg = model.get_base_model().config
-        for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-            if getattr(mcfg, key, None) not in (None, 1, 1.0):
-                raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
-                                     f"(LM head on the loss positions only) does not; use train.objective lm")
+        key = head_extra(model)
+        if key:
+            raise PausetuneError(f"model '{model_name}': its head applies {key}, which the retrieval loss "
+                                 f"(LM head on the loss positions only) does not; use train.objective lm")
 
     @staticmethod
     def check_pauses(data: TrainData, pause_ids: list[int], folder) -> None:
         """A pause checkpoint must see pauses: some example holds a pause marker."""
         if not any(data.raw["pause_positions"]):
             raise PausetuneError(f"{folder}: variant 'pause' but no pause marker occurs in the examples")
+
+    @staticmethod
+    def pieces(batch) -> list:
+        """Each row of a right-padded micro-batch alone, cut to its real length, with no attention mask.
+
+        The step's loss is a sum over loss tokens divided by their count, so summing the gradients row by row is the
+        same loss as the padded batch (to the dtype's rounding: the GEMMs have other shapes) without computing the
+        padding (up to half a micro-batch of two rows of 256-512 tokens), and an unmasked causal forward takes
+        SDPA's flash path instead of a masked one. One row's activations at a time, too."""
+        ids, mask, labels = batch
+        out = []
+        for i in range(ids.shape[0]):
+            n = int(mask[i].sum())
+            out.append((ids[i:i + 1, :n], None, labels[i:i + 1, :n]))
+        return out
 
     @staticmethod
     def loss(model, batch):
@@ -103,6 +128,22 @@ class Retrieval:
     @staticmethod
     def tokens(micro_batches) -> int:
         return sum(int(mask.sum()) for _, mask, _ in micro_batches)
+
+    @staticmethod
+    def total(model, batch) -> tuple[float, int]:
+        loss, n = 0.0, 0
+        for piece in Retrieval.pieces(batch):
+            s, k = masked_loss(model, *piece)
+            loss, n = loss + float(s), n + k
+        return loss, n
+
+
+class PaddedRetrieval(Retrieval):
+    """Retrieval on the padded micro-batch, as before issue #25: the baseline benches and tests compare against."""
+
+    @staticmethod
+    def pieces(batch) -> list:
+        return [batch]
 
     @staticmethod
     def total(model, batch) -> tuple[float, int]:
@@ -121,9 +162,10 @@ def train_step(model, micro_batches, optimizer, scheduler, max_grad_norm: float 
     divisor = objective.divisor(micro_batches)
     total = 0.0
     for batch in micro_batches:
-        loss = objective.loss(model, batch)
-        (loss / divisor).backward()
-        total += float(loss.detach())
+        for piece in objective.pieces(batch):
+            loss = objective.loss(model, piece)
+            (loss / divisor).backward()
+            total += float(loss.detach())
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     lr = optimizer.param_groups[0]["lr"]
@@ -166,6 +208,19 @@ def collate(rows: list[dict], pad_id: int, loss_on: str = "answer"):
         a, b = (int(r["answer_start"]), int(r["answer_end"])) if loss_on == "answer" else (1, n)
         labels[i, a:b] = ids[i, a:b]
     return ids, mask, labels
+
+
+def head_extra(model) -> str | None:
+    """The config key of what a model's head does beyond a linear map (logit soft-capping, scaling), or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(base.config, key, None) not in (None, 1, 1.0):
+            return key
+    return None
+
+
+def plain_head(model) -> bool:
+    return head_extra(model) is None
 
 
 def masked_loss(model, ids, mask, labels):
