@@ -2,6 +2,7 @@
 
     python bench/breakdown.py train --model-dir data/models/smollm2 --batch 2 --seq-len 512 --autocast bfloat16
     python bench/breakdown.py train --model-dir data/models/smollm2 --lengths 256,512 --autocast bfloat16 --old
+    python bench/breakdown.py attention --lengths 448,1024,2048
     python bench/breakdown.py eval --model-dir data/models/smollm2 --haystack data/paragraphs/paul_graham/heuristic.parquet \\
         --lengths 2000,4000,8000 --depths 0,50,100 --dtype bfloat16
 
@@ -214,6 +215,36 @@ def eval_main(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------- attention
+def attn_main(args) -> int:
+    """SDPA forward and backward of one SmolLM2 layer's causal attention (9 query heads, 3 KV heads, 64 wide), bf16,
+    on the flash and the math backends: why attention backward weighs so much in a training step."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    for n in [int(x) for x in args.lengths.split(",")]:
+        q = torch.randn(1, 9, n, 64, dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(1, 3, n, 64, dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(1, 3, n, 64, dtype=torch.bfloat16, requires_grad=True)
+        g = torch.randn(1, 9, n, 64, dtype=torch.bfloat16)
+        for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH)):
+            fwd, bwd = [], []
+            for _ in range(args.repeat + 1):
+                with sdpa_kernel(backend):
+                    t0 = time.perf_counter()
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+                    t1 = time.perf_counter()
+                    out.backward(g)
+                    fwd.append(t1 - t0)
+                    bwd.append(time.perf_counter() - t1)
+            f, b = min(fwd[1:]), min(bwd[1:])
+            print(f"T={n:5d} {name:5s}: forward {1e3 * f:8.2f} ms  backward {1e3 * b:8.2f} ms  ({b / f:.1f}x)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -237,7 +268,13 @@ def main(argv=None) -> int:
     e.add_argument("--dtype", default="bfloat16")
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--measure", action="store_true", help="with eval.measure logprob + attention")
+    a = sub.add_parser("attention")
+    a.add_argument("--lengths", default="448,1024,2048")
+    a.add_argument("--threads", type=int, default=2)
+    a.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
+    if args.what == "attention":
+        return attn_main(args)
     if args.what == "train":
         args.model_dir = str(args.model_dir)
         return train_main(args)

@@ -375,3 +375,81 @@ def test_measure_tables(tmp_path):
     m = res["metrics"]
     assert m["smollm2/pause-tuned/single/mean_logprob"] == pytest.approx(-4.25)
     assert m["smollm2/pause-tuned/single/logprob_diff_vs_baseline"] == pytest.approx(0.75)
+
+
+# --------------------------------------------------------------------------- statistics over training runs (#26)
+def test_mcnemar_exact_is_the_two_sided_binomial_on_discordant_pairs():
+    from pausetune.core.report.stats import degenerate_bootstrap, mcnemar_exact
+
+    # 7 pairs only the variant got, 1 only the reference: 2 * P(X <= 1), X ~ Binomial(8, 1/2) = 2 * 9/256
+    assert mcnemar_exact(7, 1) == pytest.approx(18 / 256) and mcnemar_exact(1, 7) == mcnemar_exact(7, 1)
+    assert mcnemar_exact(6, 0) == pytest.approx(2 / 64)
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert degenerate_bootstrap(6, 0) and degenerate_bootstrap(0, 3)
+    assert not degenerate_bootstrap(0, 0) and not degenerate_bootstrap(3, 1)
+
+
+def test_holm_adjusts_step_down_in_input_order():
+    from pausetune.core.report.stats import holm
+
+    got = holm([0.01, 0.04, 0.03, float("nan")])
+    assert got[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(got[3])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def _simulated_runs(rng, runs=6, points=8, cells=3, true=0.1, sd_run=0.08, sd_point=0.05, sd_cell=0.1):
+    r, p, v = [], [], []
+    for i in range(runs):
+        run_effect = rng.normal(0, sd_run)
+        for j in range(points):
+            point_effect = rng.normal(0, sd_point)
+            for _ in range(cells):
+                r.append(i)
+                p.append(j)
+                v.append(true + run_effect + point_effect + rng.normal(0, sd_cell))
+    return r, p, v
+
+
+def test_hierarchical_bootstrap_covers_the_true_contrast_when_runs_differ():
+    """Simulated contrasts with a known between-run SD: the run -> point -> cell bootstrap covers the true mean in
+    about 95% of repetitions; a cell-level bootstrap (both adapters fixed) covers it about half the time and is
+    much narrower."""
+    import numpy as np
+
+    from pausetune.core.report.stats import hierarchical_bootstrap, paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    reps, true = 400, 0.1
+    cover_h = cover_c = width_h = width_c = 0.0
+    for rep in range(reps):
+        r, p, v = _simulated_runs(rng, true=true)
+        h = hierarchical_bootstrap(r, p, v, b=300, seed=rep)
+        c = paired_bootstrap(np.asarray(v), np.zeros(len(v)), b=300, seed=rep)
+        cover_h += h["ci_low"] <= true <= h["ci_high"]
+        cover_c += c["diff_ci_low"] <= true <= c["diff_ci_high"]
+        width_h += h["ci_high"] - h["ci_low"]
+        width_c += c["diff_ci_high"] - c["diff_ci_low"]
+    assert 0.88 <= cover_h / reps <= 0.99, cover_h / reps
+    assert cover_c / reps < 0.75 and width_h > 2 * width_c
+    one = hierarchical_bootstrap(r, p, v, b=200, seed=3)
+    assert one == hierarchical_bootstrap(r, p, v, b=200, seed=3) and one["runs"] == 6 and one["n"] == 6 * 8 * 3
+    assert one["mean"] == pytest.approx(float(np.mean(v)))
+
+
+def test_variance_components_and_minimum_detectable_effect():
+    import numpy as np
+
+    from pausetune.core.report.stats import minimum_detectable_effect, runs_needed, variance_components
+
+    rng = np.random.default_rng(0)
+    r, p, v = _simulated_runs(rng, runs=60, points=20, cells=4, sd_run=0.1, sd_point=0.05, sd_cell=0.2)
+    comp = variance_components(r, p, v)
+    assert comp["runs"] == 60 and comp["points_per_run"] == 20 and comp["cells_per_point"] == 4
+    assert comp["run"] == pytest.approx(0.01, rel=0.4) and comp["cell"] == pytest.approx(0.04, rel=0.1)
+    assert comp["point"] == pytest.approx(0.0025, rel=0.6)
+    # by hand: runs only, 4 of them: (1.96 + 0.8416) * sqrt(0.01 / 4)
+    only_runs = {"run": 0.01, "point": 0.0, "cell": 0.0, "runs": 4, "points_per_run": 10, "cells_per_point": 3}
+    assert minimum_detectable_effect(only_runs) == pytest.approx((1.959964 + 0.841621) * 0.05, rel=1e-5)
+    assert minimum_detectable_effect(only_runs, runs=16) == pytest.approx(minimum_detectable_effect(only_runs) / 2)
+    need = runs_needed(only_runs, 0.1)
+    assert minimum_detectable_effect(only_runs, runs=need) <= 0.1 < minimum_detectable_effect(only_runs, runs=need - 1)

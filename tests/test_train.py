@@ -475,3 +475,23 @@ def test_cli_bad_inputs_fail_in_one_line_before_training(case, tiny_config, tiny
     assert proc.returncode == 1, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("pausetune train: error: ") and expect in lines[0], proc.stderr
     assert not out.exists() and not (tmp_path / "out.state").exists()
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_breakdown_bench_puts_a_steps_time_in_categories(tiny_dir, capsys, old):
+    """bench/breakdown.py train (issue #25): today's and the old path's step on padded rows of two lengths, every
+    category in one table."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("breakdown", ROOT / "bench" / "breakdown.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["train", "--model-dir", str(tiny_dir), "--lengths", "24,40", "--steps", "1", "--threads", "1",
+                     "--autocast", "none", *(["--old"] if old else [])]) == 0
+    out = capsys.readouterr().out
+    assert ("old path" in out) == old and "rows of [24, 40] tokens" in out
+    for cat in ("linear GEMM (frozen base)", "LoRA GEMM (rank 16)", "attention backward", "optimizer",
+                "Python and dispatch"):
+        assert cat in out, cat
