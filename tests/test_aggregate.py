@@ -211,6 +211,22 @@ def test_deltas_by_hand(delta):
         ("pause-tuned", "plain-tuned"), ("pause-tuned", "pause-prompt")}
 
 
+def test_deltas_carry_the_exact_test_and_holm(cells, delta):
+    """deltas.csv's exact McNemar columns (issue #26), recounted from the fixture cells' binary `exact` outcome."""
+    from pausetune.core.report.stats import holm, mcnemar_exact
+    from pausetune.core.report.tables import matched
+
+    for _, d in delta.iterrows():
+        m, _, _ = matched(cells, d["model"], d["task"], d["variant"], d["reference"])
+        v, r = m["exact_v"].astype(bool), m["exact_r"].astype(bool)
+        assert (d["exact_wins"], d["exact_losses"]) == (int((v & ~r).sum()), int((r & ~v).sum()))
+        assert d["p_exact"] == pytest.approx(mcnemar_exact(d["exact_wins"], d["exact_losses"]))
+        diffs = (m["score_v"] - m["score_r"])[lambda x: x != 0]
+        assert d["bootstrap_degenerate"] == (len(diffs) > 0 and ((diffs > 0).all() or (diffs < 0).all()))
+    assert delta["p_holm"].tolist() == pytest.approx(holm(delta["p_exact"].tolist()))
+    assert (delta["p_holm"] >= delta["p_exact"]).all() and delta["exact_wins"].sum() > 0
+
+
 # ------------------------------------------------------------------------------------------- bootstrap
 
 

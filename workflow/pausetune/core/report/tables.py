@@ -31,6 +31,10 @@ deltas.csv  (one row per comparison: variant against a reference variant, per mo
     (default 2000), recompute pct and diff each time, take the 2.5% and 97.5% quantiles. The generator of each
     comparison is seeded with (config seed, CRC32 of "model/task/variant/reference"), so an interval does not
     change when other variants or models are added to the grid.
+    Then the exact test on the binary outcome (``exact``: every fact found): exact_wins / exact_losses (matched
+    cells only the variant / only the reference got), p_exact (two-sided exact McNemar), p_holm (Holm-adjusted over
+    every row of the table), and bootstrap_degenerate (every non-zero score difference has one sign: the percentile
+    interval then ends at exactly 0 whatever n is, and p_exact is the figure to read).
 
 depth_profile.csv, length_profile.csv  (long; for `dvc plots`, template .dvc/plots/panels.json)
     columns: panel ("{model}/{task}"), series (the variant), model, task, variant, depth | length, n, mean_score,
@@ -75,7 +79,7 @@ from typing import Iterable
 
 from ..design import COMPARISONS, KEY, MATCH, PAUSED, VARIANTS, fmt_tokens
 from ..io import PausetuneError, read_json
-from .stats import DEFAULT_BOOTSTRAP, comparison_seed, paired_bootstrap
+from .stats import DEFAULT_BOOTSTRAP, comparison_seed, holm, mcnemar_exact, paired_bootstrap
 
 REQUIRED = KEY + ["score"]
 # metric name in the measure tables -> the cell field it averages
@@ -208,7 +212,8 @@ SUMMARY_COLUMNS = ["kind", "model", "variant", "task", "band", "band_lo", "band_
                    "score_sem", "mean_recall", "exact_rate"]
 DELTA_COLUMNS = ["model", "task", "variant", "reference", "n", "n_variant", "n_reference", "mean_variant",
                  "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high",
-                 "bootstrap_b", "bootstrap_seed"]
+                 "bootstrap_b", "bootstrap_seed", "exact_wins", "exact_losses", "p_exact", "p_holm",
+                 "bootstrap_degenerate"]
 
 
 def _group_stats(g) -> dict:
@@ -266,8 +271,9 @@ def profile(df, axis: str):
 def matched(df, model: str, task: str, variant: str, reference: str):
     """Matched cells of two variants: a frame with MATCH columns + score_v, score_r (sorted, deterministic)."""
     sel = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
-    a = sel[sel["variant"] == variant][MATCH + ["score"]]
-    r = sel[sel["variant"] == reference][MATCH + ["score"]]
+    cols = MATCH + ["score"] + (["exact"] if "exact" in df else [])
+    a = sel[sel["variant"] == variant][cols]
+    r = sel[sel["variant"] == reference][cols]
     m = a.merge(r, on=MATCH, suffixes=("_v", "_r"), how="inner")
     return m.sort_values(MATCH, kind="stable").reset_index(drop=True), len(a), len(r)
 
@@ -289,8 +295,24 @@ def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
                          "n_variant": n_v, "n_reference": n_r,
                          "mean_variant": float(m["score_v"].mean()) if len(m) else math.nan,
                          "mean_reference": float(m["score_r"].mean()) if len(m) else math.nan,
-                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed)})
-    return pd.DataFrame(rows, columns=DELTA_COLUMNS)
+                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed), **exact_test(m)})
+    out = pd.DataFrame(rows, columns=DELTA_COLUMNS)
+    out["p_holm"] = holm(out["p_exact"].tolist())
+    return out
+
+
+def exact_test(m) -> dict:
+    """The exact McNemar test on matched cells' binary `exact` outcomes, and whether the score bootstrap is
+    degenerate (every non-zero paired difference of one sign)."""
+    d = (m["score_v"] - m["score_r"]).to_numpy()
+    nonzero = d[d != 0]
+    degenerate = bool(len(nonzero)) and bool((nonzero > 0).all() or (nonzero < 0).all())
+    if "exact_v" not in m or not len(m):
+        return {"exact_wins": 0, "exact_losses": 0, "p_exact": math.nan, "bootstrap_degenerate": degenerate}
+    v, r = m["exact_v"].fillna(0).astype(bool), m["exact_r"].fillna(0).astype(bool)
+    wins, losses = int((v & ~r).sum()), int((r & ~v).sum())
+    return {"exact_wins": wins, "exact_losses": losses, "p_exact": mcnemar_exact(wins, losses),
+            "bootstrap_degenerate": degenerate}
 
 
 # ----------------------------------------------------------------------------------------------- measures
