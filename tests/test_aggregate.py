@@ -223,6 +223,10 @@ def test_deltas_carry_the_exact_test_and_holm(cells, delta):
         assert d["p_exact"] == pytest.approx(mcnemar_exact(d["exact_wins"], d["exact_losses"]))
         diffs = (m["score_v"] - m["score_r"])[lambda x: x != 0]
         assert d["bootstrap_degenerate"] == (len(diffs) > 0 and ((diffs > 0).all() or (diffs < 0).all()))
+        # recall in percentage points, recounted, with its paired interval around it
+        assert d["recall_variant_pp"] == pytest.approx(100 * m["recall_v"].mean())
+        assert d["recall_diff_pp"] == pytest.approx(100 * (m["recall_v"].mean() - m["recall_r"].mean()))
+        assert d["recall_diff_pp_ci_low"] <= d["recall_diff_pp"] <= d["recall_diff_pp_ci_high"]
     assert delta["p_holm"].tolist() == pytest.approx(holm(delta["p_exact"].tolist()))
     assert (delta["p_holm"] >= delta["p_exact"]).all() and delta["exact_wins"].sum() > 0
 

@@ -34,7 +34,9 @@ deltas.csv  (one row per comparison: variant against a reference variant, per mo
     Then the exact test on the binary outcome (``exact``: every fact found): exact_wins / exact_losses (matched
     cells only the variant / only the reference got), p_exact (two-sided exact McNemar), p_holm (Holm-adjusted over
     every row of the table), and bootstrap_degenerate (every non-zero score difference has one sign: the percentile
-    interval then ends at exactly 0 whatever n is, and p_exact is the figure to read).
+    interval then ends at exactly 0 whatever n is, and p_exact is the figure to read). Last, recall on its own
+    scale: recall_variant_pp, recall_reference_pp (mean recall x 100) and recall_diff_pp with its paired bootstrap
+    interval (the score is 1 + 9 x recall, so its percent change depends on the arbitrary offset; points do not).
 
 depth_profile.csv, length_profile.csv  (long; for `dvc plots`, template .dvc/plots/panels.json)
     columns: panel ("{model}/{task}"), series (the variant), model, task, variant, depth | length, n, mean_score,
@@ -213,7 +215,8 @@ SUMMARY_COLUMNS = ["kind", "model", "variant", "task", "band", "band_lo", "band_
 DELTA_COLUMNS = ["model", "task", "variant", "reference", "n", "n_variant", "n_reference", "mean_variant",
                  "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high",
                  "bootstrap_b", "bootstrap_seed", "exact_wins", "exact_losses", "p_exact", "p_holm",
-                 "bootstrap_degenerate"]
+                 "bootstrap_degenerate", "recall_variant_pp", "recall_reference_pp", "recall_diff_pp",
+                 "recall_diff_pp_ci_low", "recall_diff_pp_ci_high"]
 
 
 def _group_stats(g) -> dict:
@@ -271,7 +274,7 @@ def profile(df, axis: str):
 def matched(df, model: str, task: str, variant: str, reference: str):
     """Matched cells of two variants: a frame with MATCH columns + score_v, score_r (sorted, deterministic)."""
     sel = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
-    cols = MATCH + ["score"] + (["exact"] if "exact" in df else [])
+    cols = MATCH + ["score"] + [c for c in ("exact", "recall") if c in df]
     a = sel[sel["variant"] == variant][cols]
     r = sel[sel["variant"] == reference][cols]
     m = a.merge(r, on=MATCH, suffixes=("_v", "_r"), how="inner")
@@ -295,10 +298,24 @@ def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
                          "n_variant": n_v, "n_reference": n_r,
                          "mean_variant": float(m["score_v"].mean()) if len(m) else math.nan,
                          "mean_reference": float(m["score_r"].mean()) if len(m) else math.nan,
-                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed), **exact_test(m)})
+                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed), **exact_test(m),
+                         **recall_points(m, b, cseed)})
     out = pd.DataFrame(rows, columns=DELTA_COLUMNS)
     out["p_holm"] = holm(out["p_exact"].tolist())
     return out
+
+
+def recall_points(m, b: int, cseed) -> dict:
+    """Mean recall of both arms and their paired difference in percentage points, with the paired bootstrap
+    interval (the same resampled cells as the score's: one generator seed per comparison)."""
+    if "recall_v" not in m or not len(m):
+        return {k: math.nan for k in ("recall_variant_pp", "recall_reference_pp", "recall_diff_pp",
+                                      "recall_diff_pp_ci_low", "recall_diff_pp_ci_high")}
+    v, r = 100 * m["recall_v"].to_numpy(dtype=float), 100 * m["recall_r"].to_numpy(dtype=float)
+    st = paired_bootstrap(v, r, b=b, seed=cseed)
+    return {"recall_variant_pp": float(v.mean()), "recall_reference_pp": float(r.mean()),
+            "recall_diff_pp": st["diff"], "recall_diff_pp_ci_low": st["diff_ci_low"],
+            "recall_diff_pp_ci_high": st["diff_ci_high"]}
 
 
 def exact_test(m) -> dict:
