@@ -200,8 +200,8 @@ def sparse_token_rows(model) -> int:
     """Train the pause row without copying the embedding: returns how many layers now do so.
 
     peft's trainable-token layer builds a merged copy of the whole [vocabulary, hidden] matrix at every forward (one
-    for the embedding, one for a tied head) and, for the head, the gradient of all of it: ~45% of a SmolLM2 step
-    (bench/breakdown.py). The same values come from the frozen matrix with the trained rows put in where their ids
+    for the embedding, one for a tied head) and, for the head, the gradient of all of it: a third or more of a
+    SmolLM2 step (bench/breakdown.py, docs/benchmarks.md). The same values come from the frozen matrix with the trained rows put in where their ids
     occur (embedding) and the trained rows' logits computed apart (head); the delta's gradient is the same sum in
     another order. Under autocast the tied head uses a bf16 copy of the frozen matrix made once (the same rounding
     autocast made at every forward). The module, its parameters and what it saves are peft's; `peft_forwards`

@@ -129,10 +129,10 @@ class Retrieval:
     def tokens(micro_batches) -> int:
         return sum(int(mask.sum()) for _, mask, _ in micro_batches)
 
-    @staticmethod
-    def total(model, batch) -> tuple[float, int]:
+    @classmethod
+    def total(cls, model, batch) -> tuple[float, int]:
         loss, n = 0.0, 0
-        for piece in Retrieval.pieces(batch):
+        for piece in cls.pieces(batch):
             s, k = masked_loss(model, *piece)
             loss, n = loss + float(s), n + k
         return loss, n
@@ -144,11 +144,6 @@ class PaddedRetrieval(Retrieval):
     @staticmethod
     def pieces(batch) -> list:
         return [batch]
-
-    @staticmethod
-    def total(model, batch) -> tuple[float, int]:
-        loss, n = masked_loss(model, *batch)
-        return float(loss), n
 
 
 OBJECTIVES = {"lm": LM, "retrieval": Retrieval}
