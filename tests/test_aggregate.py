@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pausetune.core.report.tables import cells_frame, deltas, depth_band, flatten, length_band, load_cells, summarize
+from pausetune.core.report.tables import (cells_frame, deltas, depth_band, flatten, length_band, load_cells, matched,
+                                         summarize)
 from pausetune.stages.aggregate import aggregate, find_cells
 from pausetune.core.design import MATCH
-from pausetune.core.report.stats import paired_bootstrap
+from pausetune.core.report.stats import holm, paired_bootstrap
 from pausetune.core.io import PausetuneError
 
 from conftest import ROOT, run_cli
@@ -100,7 +101,7 @@ def test_duplicate_and_malformed_cells_are_refused(tmp_path):
     src = fixture_paths()[0]
     dup = tmp_path / "copy.json"
     shutil.copy(src, dup)
-    with pytest.raises(PausetuneError, match="share model/variant/task/seed/length/depth"):
+    with pytest.raises(PausetuneError, match="share model/variant/train_seed/task/seed/length/depth"):
         cells_frame(load_cells([src, str(dup)]))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"model": "m", "variant": "baseline"}))
@@ -473,3 +474,103 @@ def test_variance_components_and_minimum_detectable_effect():
     assert minimum_detectable_effect(only_runs, runs=16) == pytest.approx(minimum_detectable_effect(only_runs) / 2)
     need = runs_needed(only_runs, 0.1)
     assert minimum_detectable_effect(only_runs, runs=need) <= 0.1 < minimum_detectable_effect(only_runs, runs=need - 1)
+
+
+# ----------------------------------------------------------------------------------------------- training seeds
+
+
+@pytest.fixture(scope="module")
+def two_runs(cells) -> pd.DataFrame:
+    """The fixture's tuned cells as training seed 0, and again as seed 1 with pause-tuned's recall moved: seed 1's
+    pause-tuned recalls everything (1.0) at every cell, so each run's own contrast is known by hand."""
+    tuned = cells[cells["variant"].isin(["pause-tuned", "plain-tuned"])]
+    s0 = tuned.assign(train_seed=0)
+    s1 = tuned.assign(train_seed=1)
+    s1.loc[s1["variant"] == "pause-tuned", ["recall", "score"]] = [1.0, 10.0]
+    s1.loc[s1["variant"] == "pause-tuned", "exact"] = True
+    s1 = s1.assign(path=s1["path"] + "#1")
+    untrained = cells[~cells["variant"].isin(["pause-tuned", "plain-tuned"])]
+    return pd.concat([untrained, s0, s1]).sort_values(["variant", "train_seed"]).reset_index(drop=True)
+
+
+def by_hand_run_contrast(df, run, variant, reference):
+    """Mean recall difference (pp) of one run's matched cells, computed directly."""
+    keys = ["task", "seed", "length", "depth"]
+    v = df[(df["variant"] == variant) & (df["train_seed"].isin([run, -1]))].set_index(keys)["recall"]
+    r = df[(df["variant"] == reference) & (df["train_seed"].isin([run, -1]))].set_index(keys)["recall"]
+    both = v.index.intersection(r.index)
+    return 100 * float((v[both] - r[both]).mean()), len(both)
+
+
+def test_untrained_cells_get_train_seed_minus_one(cells):
+    assert set(cells["train_seed"]) == {-1}  # the fixture predates training seeds: every cell reads as untrained
+    assert list(cells.columns[:7]) == ["model", "variant", "train_seed", "task", "seed", "length", "depth"]
+
+
+def test_contrasts_pair_within_a_training_seed(two_runs):
+    """Two tuned arms pair cell by cell within a run; a tuned arm and the baseline pair each run's cells with the
+    one baseline cell; seed_deltas holds each run's own contrast, deltas the pooled one with runs = 2 and the SD
+    between the runs' contrasts."""
+    from pausetune.core.report.tables import matched, seed_deltas
+
+    m, n_v, n_r = matched(two_runs, "smollm2", "single", "pause-tuned", "plain-tuned")
+    assert len(m) == 2 * 5 and set(m["run"]) == {0, 1} and (n_v, n_r) == (24, 10)
+    m, _, _ = matched(two_runs, "smollm2", "single", "pause-tuned", "baseline")
+    assert len(m) == 2 * 12 and set(m["run"]) == {0, 1}
+    sd = seed_deltas(two_runs)
+    for variant, reference in (("pause-tuned", "plain-tuned"), ("pause-tuned", "baseline")):
+        rows = sd[(sd["variant"] == variant) & (sd["reference"] == reference)].set_index("train_seed")
+        assert list(rows.index) == [0, 1]
+        for run in (0, 1):
+            want, n = by_hand_run_contrast(two_runs, run, variant, reference)
+            assert rows.loc[run, "recall_diff_pp"] == pytest.approx(want) and rows.loc[run, "n"] == n
+    d = deltas(two_runs, b=500, seed=0).set_index(["variant", "reference"])
+    row = d.loc[("pause-tuned", "plain-tuned")]
+    per_run = [by_hand_run_contrast(two_runs, r, "pause-tuned", "plain-tuned")[0] for r in (0, 1)]
+    assert row["runs"] == 2 and row["sigma_runs_pp"] == pytest.approx(np.std(per_run, ddof=1))
+    assert row["recall_diff_pp"] == pytest.approx(np.mean(per_run))  # equal cells per run: the mean of the runs
+
+
+def test_hierarchical_interval_is_wider_than_the_cell_level_one_when_runs_differ(two_runs):
+    d = deltas(two_runs, b=1000, seed=0).set_index(["variant", "reference"]).loc[("pause-tuned", "plain-tuned")]
+    hier = d["recall_diff_pp_ci_high"] - d["recall_diff_pp_ci_low"]
+    cell = d["recall_diff_pp_cell_ci_high"] - d["recall_diff_pp_cell_ci_low"]
+    assert hier > 1.2 * cell, (hier, cell)
+    assert d["recall_diff_pp_ci_low"] <= d["recall_diff_pp"] <= d["recall_diff_pp_ci_high"]
+
+
+def test_primary_endpoint_comes_first_unadjusted_and_the_rest_are_holm_adjusted(two_runs):
+    primary = {"variant": "pause-tuned", "reference": "plain-tuned", "task": "single", "lengths": None}
+    d = deltas(two_runs, b=200, seed=0, primary=primary)
+    assert d.iloc[0]["primary"] and d["primary"].sum() == 1
+    assert (d.iloc[0]["variant"], d.iloc[0]["reference"]) == ("pause-tuned", "plain-tuned")
+    assert d.iloc[0]["p_holm"] == d.iloc[0]["p_exact"]
+    rest = d.iloc[1:]
+    assert rest["p_holm"].tolist() == pytest.approx(holm(rest["p_exact"].tolist()), nan_ok=True)
+    # its lengths filter: only the declared lengths enter the primary contrast
+    only = deltas(two_runs, b=200, seed=0, primary={**primary, "lengths": [1000]})
+    m_len = matched(two_runs, "smollm2", "single", "pause-tuned", "plain-tuned")[0]
+    assert only.iloc[0]["n"] == int((m_len["length"] == 1000).sum()) < d.iloc[0]["n"]
+
+
+def test_variance_components_table_and_runs_needed(two_runs, cells):
+    from pausetune.core.report.tables import variance_table
+
+    v = variance_table(two_runs).set_index(["variant", "reference"])
+    row = v.loc[("pause-tuned", "plain-tuned")]
+    assert row["runs"] == 2 and row["var_run_pp2"] > 0 and row["mde_pp"] > 0
+    assert row["runs_for_10pp"] >= 2 and row["sigma_runs_pp"] == pytest.approx(math.sqrt(row["var_run_pp2"]))
+    one = variance_table(cells).set_index(["variant", "reference"]).loc[("pause-tuned", "plain-tuned")]
+    assert one["runs"] == 1 and one["var_run_pp2"] == 0  # one run: not measured, and no run count claimed
+    assert pd.isna(one["runs_for_10pp"]) and pd.isna(one["runs_for_effect"])
+
+
+def test_a_declared_primary_missing_from_the_cells_is_one_line(tmp_path):
+    with pytest.raises(PausetuneError, match=r"^config key 'report.primary': the cells hold no pause-tuned vs "
+                                             r"plain-tuned pair on task 'bank'$"):
+        aggregate(fixture_paths(), tmp_path, b=100, report={"primary": {"variant": "pause-tuned",
+                                                                        "reference": "plain-tuned", "task": "bank"}})
+    res = aggregate(fixture_paths(), tmp_path, b=100, report={"primary": None})  # the default, absent: no primary
+    assert not res["deltas"]["primary"].any()
+    for name in ("seed_summary.csv", "seed_deltas.csv", "variance_components.csv"):
+        assert (tmp_path / name).exists()

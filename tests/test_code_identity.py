@@ -132,7 +132,7 @@ OVERLAY = {"eval": {"models": ["tiny"], "variants": ["baseline"], "tasks": ["sin
            "train": {"models": ["tiny"], "max_steps": 2, "warmup_steps": 0, "save_every": 1}}
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "code.yaml"]
 CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
-CHECKPOINT = "results/checkpoints/tiny/pause/manifest.json"
+CHECKPOINT = "results/checkpoints/tiny/pause/tseed0/manifest.json"
 TABLE = "results/tables/summary.csv"
 FIGURE = "results/figures/heatmap/tiny/single/baseline.png"
 # A real change to the scoring rule: facts are never found, so every score becomes 1.

@@ -31,6 +31,7 @@ import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG
 from pausetune.core.config import deep_merge
+from pausetune.core.design import VARIANTS
 from helpers import make_project
 
 pytestmark = [pytest.mark.integration]
@@ -114,9 +115,9 @@ def snakemake_outputs(project: Path, *configfiles: str) -> dict[str, str]:
 
 
 def stage_rule(stage: str) -> str:
-    """DVC stage name -> Snakemake rule: shards@tiny-pause -> shards; eval_tuned@... -> eval."""
-    base = stage.split("@", 1)[0]
-    return {"eval_tuned": "eval"}.get(base, base)
+    """DVC stage name -> Snakemake rule: shards@tiny-pause -> shards, eval_tuned@... -> eval_tuned (the tuned
+    variants' eval rule, one job set per training seed, as the stage is)."""
+    return stage.split("@", 1)[0]
 
 
 def assert_same_dag(smk: dict[str, str], outs: dict[str, list[str]]) -> None:
@@ -153,6 +154,25 @@ def test_dag_matches_snakemake_tiny_config(tmp_path):
     assert_same_dag(snakemake_outputs(project), dvc_outs(project))
 
 
+def test_dag_matches_snakemake_with_two_training_seeds(tmp_path):
+    """train.seeds [0, 1]: examples, checkpoints and tuned cells per training seed in both tools, the untrained
+    variants' cells once; the same files."""
+    project = dvc_project(tmp_path / "p", tiny_config(train={"seeds": [0, 1]}))
+    smk, outs = snakemake_outputs(project), dvc_outs(project)
+    assert_same_dag(smk, outs)
+    assert {s for s in outs if stage_rule(s) == "train"} == {f"train@tiny-{v}-{n}" for v in ("pause", "plain")
+                                                              for n in (0, 1)}
+    for n in (0, 1):
+        assert f"results/checkpoints/tiny/pause/tseed{n}/manifest.json" in smk
+        assert f"data/examples/tiny/plain/tseed{n}/manifest.json" in smk
+        for v in ("pause-tuned", "plain-tuned", "pause-tuned-on-plain", "plain-tuned-on-paused"):
+            assert f"results/eval/tiny/{v}/tseed{n}/single/seed0/len1000/depth50.json" in smk, v
+    untrained = sorted(f for f in smk if f.startswith("results/eval/") and "/tseed" not in f)
+    assert untrained == [f"results/eval/tiny/{v}/single/seed0/len1000/depth50.json" for v in ("baseline", "pause-prompt")]
+    assert sorted(o for s, os_ in outs.items() if stage_rule(s) == "eval" for o in os_) == [
+        "results/eval/tiny/baseline/single/seed0", "results/eval/tiny/pause-prompt/single/seed0"]
+
+
 def test_dag_matches_snakemake_study_config(tmp_path):
     """The study through DVC: `pausetune config` writes config/study.yaml merged into config/config.yaml."""
     project = dvc_project(tmp_path / "p", None)
@@ -161,9 +181,14 @@ def test_dag_matches_snakemake_study_config(tmp_path):
          "--output", "config/config.yaml"], project)
     smk = snakemake_outputs(project)
     assert smk == smk_study  # the merged file is the same config
-    assert "results/eval/smollm2/plain-tuned/bank/seed0/len8000/depth50.json" in smk
-    assert not any("/bank/" in f and "/len1000/" in f for f in smk)  # the bank task's own, coarser grid
-    assert "data/examples/smollm2/pause/manifest.json" in smk  # the retrieval objective's training data
+    study = yaml.safe_load((project / "config" / "study.yaml").read_text())
+    last, n = max(study["train"]["seeds"]), max(study["eval"]["lengths"])
+    own = next(d for d in study["eval"]["task_grid"]["bank"]["depths"] if d not in study["eval"]["depths"])
+    for v in ("plain-tuned", "pause-tuned-on-plain"):  # every training seed's cells, the crossed variants' too
+        assert f"results/eval/smollm2/{v}/tseed{last}/bank/seed0/len{n}/depth{own}.json" in smk, v
+    assert f"results/eval/smollm2/baseline/bank/seed0/len{n}/depth{own}.json" in smk  # untrained: once
+    assert not any("/single/" in f and f.endswith(f"/depth{own}.json") for f in smk)  # the bank task's own grid
+    assert f"data/examples/smollm2/pause/tseed{last}/manifest.json" in smk  # the retrieval objective's training data
     assert "docs/results.md" in smk
     assert_same_dag(smk, dvc_outs(project))
     # The page's config hash is the same whichever tool ran publish: Snakemake hands it the whole config as JSON,
@@ -266,7 +291,7 @@ def test_code_edit_marks_exactly_the_stages_that_run_it(repro):
     try:
         f.write_text(before + "\n# an edit\n")
         stale = set(re.findall(r"^(\S+):\s*$", dvc(project, "status").stdout, re.M))
-        evals = {s for s in dvc_outs(project) if stage_rule(s) == "eval"}
+        evals = {s for s in dvc_outs(project) if stage_rule(s) in ("eval", "eval_tuned")}
         assert evals and stale == evals, sorted(stale ^ evals)
         f.write_text(before)
         fig = project / "workflow" / "pausetune" / "stages" / "figures.py"
@@ -380,14 +405,14 @@ def test_metrics_show(repro):
     summary = files["results/tables/summary.json"]["data"]
     cells = json.loads((project / "results/tables/summary.json").read_text())
     assert summary == cells  # DVC shows exactly what aggregate wrote
-    for v in ("baseline", "pause-prompt", "pause-tuned", "plain-tuned"):
+    for v in VARIANTS:  # DVC evaluates the whole design
         assert isinstance(summary[f"tiny/{v}/single/mean_score"], (int, float))
         assert summary[f"tiny/{v}/single/n"] == 1
     for key in ("pct_vs_baseline", "pct_ci_low", "pct_ci_high", "pct_vs_plain-tuned", "pct_vs_plain-tuned_ci_low"):
         assert f"tiny/pause-tuned/single/{key}" in summary, key
     for v in ("pause", "plain"):
-        m = files[f"results/metrics/train/tiny/{v}.json"]["data"]
-        manifest = json.loads((project / f"results/checkpoints/tiny/{v}/manifest.json").read_text())
+        m = files[f"results/metrics/train/tiny/{v}/tseed0.json"]["data"]
+        manifest = json.loads((project / f"results/checkpoints/tiny/{v}/tseed0/manifest.json").read_text())
         assert m["steps"] == 2 and m["final_train_loss"] == pytest.approx(manifest["final_train_loss"], abs=1e-6)
 
 
@@ -395,22 +420,23 @@ def test_plots_show(repro, tmp_path):
     project = repro["project"]
     shown = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
     want = {"results/tables/depth_profile.csv", "results/tables/length_profile.csv",
-            "results/metrics/train/tiny/pause_loss.csv", "results/metrics/train/tiny/plain_loss.csv"}
+            "results/metrics/train/tiny/pause/tseed0_loss.csv", "results/metrics/train/tiny/plain/tseed0_loss.csv"}
     assert want <= set(shown), sorted(shown)
     depth = shown["results/tables/depth_profile.csv"][0]["content"]
     assert depth["spec"]["encoding"]["x"]["field"] == "depth" and depth["facet"]["column"]["field"] == "panel"
     rows = depth["data"]["values"]
-    assert {r["series"] for r in rows} == {"baseline", "pause-prompt", "pause-tuned", "plain-tuned"}
-    loss = shown["results/metrics/train/tiny/pause_loss.csv"][0]["content"]["data"]["values"]
+    assert {r["series"] for r in rows} == set(VARIANTS)
+    loss = shown["results/metrics/train/tiny/pause/tseed0_loss.csv"][0]["content"]["data"]["values"]
     assert [r["series"] for r in loss].count("train") == 2 and [r["series"] for r in loss].count("validation") == 1
     out = tmp_path / "plots"
     dvc(project, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
-    assert "depth_profile.csv" in html and "pause_loss.csv" in html
+    assert "depth_profile.csv" in html and "tseed0_loss.csv" in html
 
 
 def test_experiment_one_param(repro, tmp_path):
-    """`dvc exp run -S` of train.max_steps: training and what follows rerun, the data stages and untuned evals not.
+    """`dvc exp run -S` of train.max_steps: training and what follows rerun (every tuned variant's cells, the crossed
+    ones too), the data stages and untuned evals not.
     On a copy of the repro project: an experiment leaves its results in the workspace, which the module's other
     tests (in any order) read as the committed run's."""
     project = shutil.copytree(repro["project"], tmp_path / "project", symlinks=True)
@@ -419,11 +445,12 @@ def test_experiment_one_param(repro, tmp_path):
     outs = dvc_outs(project)
     exp = dvc(project, "exp", "run", "-n", "three-steps", "-S", "config/config.yaml:train.max_steps=3")
     ran = ran_stages(exp.stdout)
-    readers = {s for s in outs if stage_rule(s) in ("train", "aggregate", "figure_heatmap", "figure_delta",
-                                                    "figure_delta_vs", "figure_profile", "figure_logprob",
-                                                    "figure_logprob_delta", "figure_logprob_delta_vs",
-                                                    "figure_mechanism", "publish")
-               or s.startswith("eval_tuned")}
+    readers = {s for s in outs if stage_rule(s) in ("train", "eval_tuned", "aggregate", "figure_heatmap",
+                                                    "figure_delta", "figure_delta_vs", "figure_profile",
+                                                    "figure_logprob", "figure_logprob_delta",
+                                                    "figure_logprob_delta_vs", "figure_mechanism", "figure_seeds",
+                                                    "publish")}
+    assert len({s for s in readers if stage_rule(s) == "eval_tuned"}) == 4  # pause, plain and both crossed
     assert ran == readers, (sorted(ran ^ readers), exp.stdout[-3000:])
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     text = json.dumps(shown)
@@ -442,8 +469,8 @@ def test_experiment_one_param(repro, tmp_path):
     assert rec is not None, text[:3000]
     assert rec["data"]["params"]["config/config.yaml"]["data"]["train"]["max_steps"] == 3
     metrics = rec["data"]["metrics"]
-    assert metrics["results/metrics/train/tiny/pause.json"]["data"]["steps"] == 3  # the changed metric
+    assert metrics["results/metrics/train/tiny/pause/tseed0.json"]["data"]["steps"] == 3  # the changed metric
     committed = next(e for e in shown if e.get("rev") != "workspace")  # the commit the experiment started from
-    before = committed["data"]["metrics"]["results/metrics/train/tiny/pause.json"]["data"]
+    before = committed["data"]["metrics"]["results/metrics/train/tiny/pause/tseed0.json"]["data"]
     assert before["steps"] == 2 and before["final_train_loss"] != metrics[
-        "results/metrics/train/tiny/pause.json"]["data"]["final_train_loss"]
+        "results/metrics/train/tiny/pause/tseed0.json"]["data"]["final_train_loss"]

@@ -266,8 +266,9 @@ def test_tuned_variants(tiny_dir, pg_paragraphs, tmp_path, checkpoints, tiny_sha
         rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant=variant, depths=("50",), extra=extra),
                       config_json=SMALL)
         assert rc == 0, err
-        c = cells_of(tmp_path)[f"eval/tiny/{variant}/single/seed0/len600/depth50.json"]
-        assert c["adapter_sha256"] == checkpoint_adapter_hash(checkpoints[v])
+        # no --train-seed: train.seeds' first (0), the checkpoint's; its cells one folder below the variant
+        c = cells_of(tmp_path)[f"eval/tiny/{variant}/tseed0/single/seed0/len600/depth50.json"]
+        assert c["adapter_sha256"] == checkpoint_adapter_hash(checkpoints[v]) and c["train_seed"] == 0
         assert c["haystack"]["paused"] is (v == "pause")
     # a tuned variant without its checkpoint, or with the other one: one line each
     rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant="pause-tuned", depths=("0",)),
@@ -276,6 +277,19 @@ def test_tuned_variants(tiny_dir, pg_paragraphs, tmp_path, checkpoints, tiny_sha
     rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant="pause-tuned", depths=("0",),
                              extra=["--checkpoint", str(checkpoints["plain"])]), config_json=SMALL)
     assert rc == 1 and "a 'plain' checkpoint" in err and err.count("\n") == 1
+    # a training seed: one of train.seeds, the checkpoint's own, and only for a tuned variant
+    for variant, extra, message in [
+            ("pause-tuned", ["--train-seed", "1", "--checkpoint", str(checkpoints["pause"])],
+             "--train-seed 1: not in config key 'train.seeds' [0]"),
+            ("baseline", ["--train-seed", "0"], "eval baseline: --train-seed is for tuned variants")]:
+        rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path / "seeds", variant=variant, depths=("0",),
+                                 extra=extra), config_json=SMALL)
+        assert rc == 1 and message in err and err.count("\n") == 1, err
+    rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path / "seeds", variant="pause-tuned", depths=("0",),
+                             extra=["--train-seed", "1", "--checkpoint", str(checkpoints["pause"])]),
+                  config_json={**SMALL, "train": {"seeds": [0, 1]}})
+    assert rc == 1 and "trained with training seed 0, these cells are of training seed 1" in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "seeds" / "eval").exists()
     # a pause checkpoint read with other pause settings than it was trained with (the CLI or DVC route: Snakemake
     # would retrain it): one line, before any cell
     rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path / "other", variant="pause-tuned", depths=("0",),
@@ -283,6 +297,61 @@ def test_tuned_variants(tiny_dir, pg_paragraphs, tmp_path, checkpoints, tiny_sha
                   config_json={**SMALL, "pause": {"token": "<WAIT>"}})
     assert rc == 1 and "made with pause" in err and "'<WAIT>'" in err and err.count("\n") == 1, err
     assert not (tmp_path / "other" / "eval").exists()
+
+
+def test_crossed_variants_load_one_arms_weights_on_the_other_arms_haystack(tiny_dir, pg_paragraphs, tmp_path,
+                                                                          checkpoints, tiny_shards):
+    """pause-tuned-on-plain: the pause checkpoint's adapter on the plain haystack, no pause token in its prompt (the
+    plain-tuned cell's very prompt); plain-tuned-on-paused: the plain adapter on the paused haystack (pause-tuned's
+    prompt, the pause token added to the plain checkpoint's tokenizer as pause-prompt adds it). Checked on the cells'
+    records and on the prompts rebuilt token by token."""
+    from transformers import AutoTokenizer
+
+    from pausetune.core.config import load_config
+    from pausetune.core.data.haystack import build_stream, essay_order, haystack_ids, load_essays
+    from pausetune.core.evaluation.cells import build_prompts
+    from pausetune.core.tokens import setup_pause
+    from pausetune.core.training.checkpoints import checkpoint_adapter_hash
+
+    arms = {"pause-tuned": "pause", "plain-tuned": "plain", "pause-tuned-on-plain": "pause",
+            "plain-tuned-on-paused": "plain"}
+    for variant, v in arms.items():
+        extra = ["--train-seed", "0", "--checkpoint", str(checkpoints[v]), "--shard-manifest",
+                 str(tiny_shards[v] / "manifest.json")]
+        rc, err = cli(*eval_args(tiny_dir, pg_paragraphs, tmp_path, variant=variant, depths=("50",), extra=extra),
+                      config_json=SMALL)
+        assert rc == 0, err
+    cells = {variant: cells_of(tmp_path)[f"eval/tiny/{variant}/tseed0/single/seed0/len600/depth50.json"]
+             for variant in arms}
+    adapter = {v: checkpoint_adapter_hash(checkpoints[v]) for v in ("pause", "plain")}
+    assert adapter["pause"] != adapter["plain"]
+    on_plain, on_paused = cells["pause-tuned-on-plain"], cells["plain-tuned-on-paused"]
+    # the weights: each crossed variant records the adapter of the checkpoint it names
+    assert on_plain["adapter_sha256"] == adapter["pause"] == cells["pause-tuned"]["adapter_sha256"]
+    assert on_paused["adapter_sha256"] == adapter["plain"] == cells["plain-tuned"]["adapter_sha256"]
+    # the haystack: the other arm's, prompt for prompt
+    assert on_plain["haystack"]["paused"] is False and "pause_ids" not in on_plain["haystack"]
+    assert on_plain["prompt_sha256"] == cells["plain-tuned"]["prompt_sha256"] != cells["pause-tuned"]["prompt_sha256"]
+    assert on_plain["pause_attention"] == 0 and on_plain["attention"]["pause_token_share"] == 0
+    pause_ids = cells["pause-tuned"]["haystack"]["pause_ids"]
+    assert on_paused["haystack"]["paused"] is True and on_paused["haystack"]["pause_ids"] == pause_ids
+    assert on_paused["prompt_sha256"] == cells["pause-tuned"]["prompt_sha256"]
+    assert on_paused["pause_attention"] > 0 and on_paused["attention"]["pause_token_share"] > 0
+    assert len({c["cell_id"] for c in cells.values()}) == 4
+
+    # the prompts rebuilt from each checkpoint's tokenizer, as the stage builds them
+    config = load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps(SMALL))
+    essays = load_essays([str(pg_paragraphs)])
+    order = essay_order(haystack_ids([e for e, _ in essays], config), 0)
+    for variant, paused in (("pause-tuned-on-plain", False), ("plain-tuned-on-paused", True)):
+        tok = AutoTokenizer.from_pretrained(checkpoints[arms[variant]] / "tokenizer")
+        pid = setup_pause(tok, config["pause"]) if paused else None
+        stream = build_stream(tok, dict(essays), order, 600, pid)
+        _, [(_, cp)] = build_prompts(tok, config, "tiny", stream, 0, [("single", 600, 50.0)], pid)
+        assert cp.sha256() == cells[variant]["prompt_sha256"], variant
+        marker = tok.convert_tokens_to_ids(config["pause"]["token"])
+        assert marker == pause_ids[0]  # the pause checkpoint's tokenizer knows the token; the plain one got it added
+        assert (marker in cp.ids) is paused, variant
 
 
 @pytest.mark.parametrize("change, message", [

@@ -22,10 +22,10 @@ def load_cfg(**over) -> dict:
     return load_config([str(DEFAULT_CONFIG), str(TINY_CONFIG)], json.dumps(over))
 
 
-def build(tiny_config, pg_paragraphs, tiny_dir, out: Path, variant: str, over: dict, check: bool = True):
+def build(tiny_config, pg_paragraphs, tiny_dir, out: Path, variant: str, over: dict, check: bool = True, extra=()):
     return run_cli("examples", *tiny_config, "--config-json", json.dumps(over), "--inputs", str(pg_paragraphs),
                    "--model", "tiny", "--model-dir", str(tiny_dir), "--variant", variant, "--output", str(out),
-                   check=check)
+                   *extra, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,56 @@ def examples(tmp_path_factory, tiny_config, pg_paragraphs, tiny_dir) -> dict[str
     return out
 
 
+# Training seeds (issue #26): seed 1 of train.seeds [0, 1], both arms (the `examples` fixture is seed 0, the first).
+SEEDS = {**SMALL, "train": {"seeds": [0, 1]}}
+
+
+@pytest.fixture(scope="module")
+def seed1(tmp_path_factory, tiny_config, pg_paragraphs, tiny_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("examples_tseed1")
+    out = {}
+    for variant in ("pause", "plain"):
+        out[variant] = root / variant
+        build(tiny_config, pg_paragraphs, tiny_dir, out[variant], variant, SEEDS, extra=["--train-seed", "1"])
+    return out
+
+
 def rows(folder: Path, split: str = "train") -> list[dict]:
     import datasets
 
     return list(datasets.load_from_disk(str(folder / "dataset"))[split])
+
+
+def assert_same_but_the_markers(paused: list[dict], plain: list[dict], pid: list[int], tok, train_bank) -> int:
+    """Row by row, a pause row is its plain row with the pause ids inserted at its pause positions, nothing else:
+    the same tokens once they are taken out, the needle and the answer span where the markers before them shift
+    them, both spans decoding to the bank's needle. Returns the number of markers."""
+    n_pauses = 0
+    for a, b in zip(paused, plain):
+        assert len(b["input_ids"]) == b["length"] and 160 <= b["length"] <= 320  # exact, in model tokens
+        assert len(a["input_ids"]) == b["length"] + len(pid) * len(a["pause_positions"])
+        assert all(a["input_ids"][p:p + len(pid)] == pid for p in a["pause_positions"])
+        n_pauses += len(a["pause_positions"])
+        stripped = list(a["input_ids"])
+        for p in reversed(a["pause_positions"]):
+            del stripped[p:p + len(pid)]
+        assert stripped == b["input_ids"]  # identical but for the pause markers, token for token
+        assert pid[0] not in b["input_ids"]
+        assert a["bank_index"] == b["bank_index"] and a["length"] == b["length"]
+        before = lambda pos: len(pid) * sum(1 for q in a["pause_positions"] if q < pos)  # noqa: E731
+        assert a["answer_start"] - b["answer_start"] == before(a["answer_start"]) == len(pid) * len(a["pause_positions"])
+        assert [p - before(p) for p in a["needle_positions"]] == b["needle_positions"]
+        triple = train_bank[b["bank_index"][0]]
+        for r in (a, b):
+            span = tok.decode(r["input_ids"][r["answer_start"]:r["answer_end"]])
+            assert span == triple["needle"] + "<|im_end|>"  # the reply and its end-of-turn, nothing else
+            assert r["answer_end"] == len(r["input_ids"])
+            assert tok.decode(r["input_ids"][:r["answer_start"]]).endswith("<|im_start|>assistant\n")
+            needle = tok.encode(" " + triple["needle"], add_special_tokens=False)
+            p = r["needle_positions"][0]
+            assert r["input_ids"][p:p + len(needle)] == needle
+            assert triple["question"] in tok.decode(r["input_ids"][p + len(needle):r["answer_start"]])
+    return n_pauses
 
 
 # ------------------------------------------------------------------------------------------------- banks
@@ -95,30 +141,12 @@ def test_examples_exact_lengths_answer_span_and_pause_plain_identical(examples):
     pid = m["pause_ids"]
     train_bank = bank(load_cfg(**SMALL), "train")
     assert m["objective"] == "retrieval" and m["banks"]["train"]["sha256"] and m["lengths"] == {"min": 160, "max": 320}
+    assert m["train_seed"] == 0  # train.seeds' first, without --train-seed
     n_pauses = 0
     for split in ("train", "validation"):
         paused, plain = rows(examples["pause"], split), rows(examples["plain"], split)
         assert len(paused) == len(plain) == {"train": 12, "validation": 2}[split]
-        for a, b in zip(paused, plain):
-            assert len(b["input_ids"]) == b["length"] and 160 <= b["length"] <= 320  # exact, in model tokens
-            assert len(a["input_ids"]) == b["length"] + len(pid) * len(a["pause_positions"])
-            assert all(a["input_ids"][p:p + len(pid)] == pid for p in a["pause_positions"])
-            n_pauses += len(a["pause_positions"])
-            stripped = list(a["input_ids"])
-            for p in reversed(a["pause_positions"]):
-                del stripped[p:p + len(pid)]
-            assert stripped == b["input_ids"]  # identical but for the pause markers, token for token
-            assert pid[0] not in b["input_ids"]
-            triple = train_bank[b["bank_index"][0]]
-            for r in (a, b):
-                span = tok.decode(r["input_ids"][r["answer_start"]:r["answer_end"]])
-                assert span == triple["needle"] + "<|im_end|>"  # the reply and its end-of-turn, nothing else
-                assert r["answer_end"] == len(r["input_ids"])
-                assert tok.decode(r["input_ids"][:r["answer_start"]]).endswith("<|im_start|>assistant\n")
-                needle = tok.encode(" " + triple["needle"], add_special_tokens=False)
-                p = r["needle_positions"][0]
-                assert r["input_ids"][p:p + len(needle)] == needle
-                assert triple["question"] in tok.decode(r["input_ids"][p + len(needle):r["answer_start"]])
+        n_pauses += assert_same_but_the_markers(paused, plain, pid, tok, train_bank)
     assert n_pauses > 0  # short contexts may hold no paragraph end; the set holds many
     # essays: training split only
     assert not set(m["haystack_essays"]) & set(m["splits"]["train"]["order"] + m["splits"]["validation"]["order"])
@@ -130,6 +158,47 @@ def test_examples_are_deterministic(examples, tiny_config, pg_paragraphs, tiny_d
     other = {"seed": 1, **SMALL}
     build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "seed1", "plain", other)
     assert [r["input_ids"] for r in rows(tmp_path / "seed1")] != [r["input_ids"] for r in rows(examples["plain"])]
+
+
+def test_a_training_seed_draws_its_own_training_examples_on_the_same_split(examples, seed1):
+    """Training seed 1 draws other training rows than seed 0 from the same training essays and banks; the validation
+    rows, the essay split and the eval haystack essays are the root seed's, the same for every training seed."""
+    for variant in ("pause", "plain"):
+        m0, m1 = (json.loads((f / "manifest.json").read_text()) for f in (examples[variant], seed1[variant]))
+        assert (m0["train_seed"], m1["train_seed"]) == (0, 1) and m0["seed"] == m1["seed"] == 0
+        for key in ("banks", "haystack_essays", "lengths", "pause_ids"):
+            assert m0[key] == m1[key], (variant, key)
+        assert m0["splits"]["validation"] == m1["splits"]["validation"]  # the same rows, so the same counts
+        assert {k: m0["splits"]["train"][k] for k in ("essays", "order", "rows")} == \
+            {k: m1["splits"]["train"][k] for k in ("essays", "order", "rows")}  # the same training essays
+        a, b = rows(examples[variant]), rows(seed1[variant])
+        assert len(a) == len(b) == 12
+        assert not {tuple(r["input_ids"]) for r in a} & {tuple(r["input_ids"]) for r in b}, variant
+        assert rows(examples[variant], "validation") == rows(seed1[variant], "validation")
+
+
+def test_pause_and_plain_examples_of_one_training_seed_differ_only_by_the_markers(seed1):
+    from transformers import AutoTokenizer
+
+    from pausetune.core.data.banks import bank
+
+    tok = AutoTokenizer.from_pretrained(seed1["pause"] / "tokenizer")
+    pid = json.loads((seed1["pause"] / "manifest.json").read_text())["pause_ids"]
+    train_bank = bank(load_cfg(**SEEDS), "train")
+    n_pauses = 0
+    for split in ("train", "validation"):
+        paused, plain = rows(seed1["pause"], split), rows(seed1["plain"], split)
+        assert len(paused) == len(plain) == {"train": 12, "validation": 2}[split]
+        n_pauses += assert_same_but_the_markers(paused, plain, pid, tok, train_bank)
+    assert n_pauses > 0
+
+
+def test_a_training_seed_outside_train_seeds_is_one_line(tiny_config, pg_paragraphs, tiny_dir, tmp_path):
+    proc = build(tiny_config, pg_paragraphs, tiny_dir, tmp_path / "x", "pause", SEEDS, check=False,
+                 extra=["--train-seed", "2"])
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "pausetune examples: error: --train-seed 2: not in config key 'train.seeds' [0, 1]"], proc.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_authors_template_and_answer_word(tiny_config, pg_paragraphs, tiny_dir, tmp_path):
@@ -258,6 +327,49 @@ def test_retrieval_training_answer_loss_falls(examples, tiny_dir, tiny_config, t
                    "--model-dir", str(tiny_dir), "--shards", str(examples["pause"]), "--output", str(out),
                    check=False)
     assert proc.returncode == 1 and "pass --examples" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_two_training_seeds_give_two_adapters_and_one_eval_set(examples, seed1, tiny_dir, tiny_config, pg_paragraphs,
+                                                               tmp_path):
+    """Each training seed trains on its own examples into its own adapter; evaluated, the two seeds' pause-tuned
+    cells at one coordinate have the same prompt (the eval set does not depend on the training seed), each with its
+    adapter's sha256, under results/eval/tiny/pause-tuned/tseed{N}/."""
+    data = {0: examples["pause"], 1: seed1["pause"]}
+    over = {**SEEDS, "train": {**SEEDS["train"], "objective": "retrieval", "max_steps": 2, "warmup_steps": 0,
+                               "grad_accum": 1, "threads": 2},
+            "eval": {"models": ["tiny"], "prefill_chunk": 128}}
+    ckpt, manifests = {}, {}
+    for n, folder in data.items():
+        ckpt[n] = tmp_path / "checkpoints" / f"tseed{n}"
+        run_cli("train", *tiny_config, "--config-json", json.dumps(over), "--model", "tiny", "--variant", "pause",
+                "--train-seed", str(n), "--model-dir", str(tiny_dir), "--examples", str(folder), "--output",
+                str(ckpt[n]), "--no-progress")
+        manifests[n] = json.loads((ckpt[n] / "manifest.json").read_text())
+    assert [manifests[n]["train_seed"] for n in (0, 1)] == [0, 1]
+    assert manifests[0]["adapter_sha256"] != manifests[1]["adapter_sha256"]
+    # examples of one seed, a run of another: one line, before training
+    proc = run_cli("train", *tiny_config, "--config-json", json.dumps(over), "--model", "tiny", "--variant", "pause",
+                   "--train-seed", "0", "--model-dir", str(tiny_dir), "--examples", str(data[1]), "--output",
+                   str(tmp_path / "mixed"), "--no-progress", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "examples drawn for training seed 1, this run's is 0" in proc.stderr and not (tmp_path / "mixed").exists()
+
+    results = tmp_path / "results"
+    for n in (0, 1):
+        run_cli("eval", *tiny_config, "--config-json", json.dumps(over), "--model", "tiny", "--variant", "pause-tuned",
+                "--train-seed", str(n), "--tasks", "single", "--seed", "0", "--lengths", "600", "--depths", "0", "50",
+                "--model-dir", str(tiny_dir), "--haystack", str(pg_paragraphs), "--checkpoint", str(ckpt[n]),
+                "--shard-manifest", str(data[n] / "manifest.json"), "--results", str(results), "--device", "cpu",
+                "--threads", "1")
+    for d in (0, 50):
+        a, b = (json.loads((results / f"eval/tiny/pause-tuned/tseed{n}/single/seed0/len600/depth{d}.json").read_text())
+                for n in (0, 1))
+        assert (a["train_seed"], b["train_seed"]) == (0, 1)
+        assert (a["adapter_sha256"], b["adapter_sha256"]) == (manifests[0]["adapter_sha256"],
+                                                              manifests[1]["adapter_sha256"])
+        assert a["prompt_sha256"] == b["prompt_sha256"] and a["needles"] == b["needles"], d
+        assert a["haystack"] == b["haystack"] and a["needle_positions"] == b["needle_positions"]
+        assert a["cell_id"] != b["cell_id"]
 
 
 # ------------------------------------------------------------------------------------------------- eval bank task

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from pausetune.core.report.charts import build_chart
-from pausetune.core.report.figdata import delta_data, heatmap_data, profile_data
-from pausetune.core.report.tables import cells_frame, load_cells
+from pausetune.core.report.figdata import delta_data, heatmap_data, profile_data, seeds_data
+from pausetune.core.report.tables import cells_frame, deltas, load_cells, seed_deltas
 from pausetune.core.report.targets import report_targets
 from pausetune.stages.aggregate import find_cells
 from pausetune.stages.figures import save_chart
@@ -190,15 +190,187 @@ def test_report_targets_names():
     assert "results/figures/logprob/m/single/baseline.png" in t
     assert "results/figures/logprob_delta/m/multi/pause-tuned_vs_plain-tuned.svg" in t
     assert "results/figures/attention_layer/m/single.png" in t and "results/figures/pause_depth/m/multi.html" in t
-    # per task: 4 heatmaps + 3 deltas + 1 delta-vs + 2 profiles = 10 score figures, and with eval.measure (default
-    # on) 4 log-prob maps + 3 log-prob deltas + 1 delta-vs + 3 attention profiles = 11 more; x 3 formats
-    assert len(t) == 4 + 2 * 21 * 3 and len(set(t)) == len(t)
+    assert {f"results/figures/seeds/m/{task}.{ext}" for task in ("single", "multi")
+            for ext in ("html", "png", "svg")} <= set(t)
+    # per task: 4 heatmaps + 3 deltas + 1 delta-vs + 2 profiles + 1 per-seed dot plot = 11 score figures, and with
+    # eval.measure (default on) 4 log-prob maps + 3 log-prob deltas + 1 delta-vs + 3 attention profiles = 11 more;
+    # x 3 formats
+    assert len(t) == 4 + 2 * 22 * 3 and len(set(t)) == len(t)
     off = report_targets({"eval": {**config["eval"], "measure": []}})
-    assert len(off) == 4 + 2 * 10 * 3
+    assert len(off) == 4 + 2 * 11 * 3
     plain = report_targets({"eval": {**config["eval"], "variants": ["baseline", "plain-tuned"]}})
     assert not [p for p in plain if "pause_depth" in p] and [p for p in plain if "attention_depth" in p]
     only_base = report_targets({"eval": {"models": ["m"], "tasks": ["single"], "variants": ["baseline"]}})
     assert not [p for p in only_base if "/delta/" in p]
+    # the per-seed dot plot needs a contrast with a tuned arm: none among untrained variants, nor of a lone tuned one
+    untrained = report_targets({"eval": {"models": ["m"], "tasks": ["single"],
+                                         "variants": ["baseline", "pause-prompt"]}})
+    lone = report_targets({"eval": {"models": ["m"], "tasks": ["single"], "variants": ["pause-tuned"]}})
+    assert not [p for p in untrained + lone if "/seeds/" in p]
+    crossed = report_targets({"eval": {"models": ["m"], "tasks": ["single"],
+                                       "variants": ["pause-tuned", "pause-tuned-on-plain"]}})
+    assert "results/figures/seeds/m/single.png" in crossed
+
+
+def test_seed_tables_are_shared_and_the_figure_has_its_rule():
+    from pausetune.core.report.targets import FIGURE_RULES, SHARED_TABLES, figure_stem
+
+    assert {"seed_summary.csv", "seed_deltas.csv", "variance_components.csv"} <= set(SHARED_TABLES)
+    rule = next(r for r in FIGURE_RULES if r.name == "figure_seeds")
+    assert (rule.kind, rule.figure, rule.caption) == ("seeds", "{model}/{task}", "seeds")
+    assert rule.config_keys == ("seed", "report")  # what its interval depends on
+    assert (ROOT / "workflow" / "report" / "seeds.rst").read_text().strip()
+    assert figure_stem("seeds", "m", "t") == "results/figures/seeds/m/t"
+    wc = type("W", (), {"model": "m", "task": "t"})()
+    assert rule.args(wc) == ["--kind", "seeds", "--model", "m", "--task", "t"]
+
+
+# ------------------------------------------------------------------------------------------- training seeds
+
+# the primary endpoint as the aggregate stage would declare it for this task (report.primary)
+PRIMARY = {"variant": "pause-tuned", "reference": "plain-tuned", "task": T, "lengths": None}
+B = 400
+
+
+@pytest.fixture(scope="module")
+def seeded(cells) -> pd.DataFrame:
+    """The fixture cells with two training seeds: the tuned variants' cells copied as train_seed 0 (unchanged) and
+    train_seed 1 (pause-tuned recall 1 everywhere, plain-tuned recall 0 everywhere), plus a crossed variant
+    plain-tuned-on-paused (pause-tuned's cells, recall 0.5, both seeds). Recall of the unchanged cells (seed 0 of
+    each pair: tests/fixtures/cells/make_fixture.py): pause-tuned 61.1% over its 12 cells, 73.3% over the 5 where
+    plain-tuned has a cell; plain-tuned 53.3%; baseline 47.2% (12 cells), 60% over plain-tuned's 5."""
+    untrained = cells[~cells["variant"].isin(["pause-tuned", "plain-tuned"])]
+    parts = [untrained]
+    for run in (0, 1):
+        for variant in ("pause-tuned", "plain-tuned"):
+            part = cells[cells["variant"] == variant].assign(train_seed=run)
+            if run == 1:
+                part = part.assign(recall=1.0 if variant == "pause-tuned" else 0.0)
+            parts.append(part)
+        parts.append(cells[cells["variant"] == "pause-tuned"].assign(train_seed=run, variant="plain-tuned-on-paused",
+                                                                     recall=0.5))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_seeds_data_by_hand(seeded):
+    dots, pooled = seeds_data(seeded, M, T, b=B, seed=0, primary=PRIMARY)
+    # the contrasts with a tuned arm, in design order, the primary first; pause-prompt - baseline is untrained
+    assert list(pooled["contrast"]) == [
+        "pause-tuned − plain-tuned (primary)", "pause-tuned − baseline", "plain-tuned − baseline",
+        "plain-tuned-on-paused − baseline", "pause-tuned − pause-prompt", "pause-tuned − plain-tuned-on-paused",
+        "plain-tuned-on-paused − plain-tuned"]
+    # one dot per contrast x training seed, each seed's own contrast
+    assert len(dots) == 2 * len(pooled)
+    assert all(seeds == [0, 1] for seeds in dots.groupby("contrast")["train_seed"].apply(list))
+    d = dots.set_index(["variant", "reference", "train_seed"])["recall_diff_pp"]
+    assert d[("pause-tuned", "plain-tuned", 0)] == pytest.approx(20)          # 73.3 - 53.3 on 5 cells
+    assert d[("pause-tuned", "plain-tuned", 1)] == pytest.approx(100)         # 100 - 0
+    assert d[("pause-tuned", "baseline", 0)] == pytest.approx(1250 / 90)      # 61.1 - 47.2 = 13.9
+    assert d[("pause-tuned", "baseline", 1)] == pytest.approx(100 - 4250 / 90)  # 100 - 47.2 = 52.8
+    assert d[("plain-tuned", "baseline", 0)] == pytest.approx(-20 / 3)        # 53.3 - 60
+    assert d[("plain-tuned", "baseline", 1)] == pytest.approx(-60)
+    assert d[("pause-tuned", "plain-tuned-on-paused", 0)] == pytest.approx(1250 / 90 + 4250 / 90 - 50)  # 61.1 - 50
+    assert d[("pause-tuned", "plain-tuned-on-paused", 1)] == pytest.approx(50)
+    assert d[("plain-tuned-on-paused", "plain-tuned", 1)] == pytest.approx(50)
+    n = dots.set_index(["variant", "reference", "train_seed"])["n"]
+    assert n[("pause-tuned", "plain-tuned", 1)] == 5 and n[("pause-tuned", "baseline", 0)] == 12
+    # the same numbers as seed_deltas.csv
+    per_seed = seed_deltas(seeded, PRIMARY)
+    assert sorted(dots["recall_diff_pp"]) == pytest.approx(sorted(per_seed[
+        per_seed["variant"].isin(["pause-tuned", "plain-tuned", "plain-tuned-on-paused"])
+        | per_seed["reference"].isin(["plain-tuned", "plain-tuned-on-paused"])]["recall_diff_pp"]))
+    # the pooled mean over both runs' cells, and deltas.csv's hierarchical interval to the last digit
+    p = pooled.set_index(["variant", "reference"])
+    assert p.loc[("pause-tuned", "plain-tuned"), "recall_diff_pp"] == pytest.approx(60)   # (5 x 20 + 5 x 100) / 10
+    assert p.loc[("pause-tuned", "baseline"), "recall_diff_pp"] == pytest.approx((1250 / 90 + 100 - 4250 / 90) / 2)
+    assert (p["runs"] == 2).all() and p.loc[("pause-tuned", "plain-tuned"), "points"] == 5
+    assert p.loc[("pause-tuned", "plain-tuned"), "cells_per_seed"] == "5"
+    table = deltas(seeded, b=B, seed=0, primary=PRIMARY).set_index(["variant", "reference"])
+    for key, row in p.iterrows():
+        for col in ("recall_diff_pp", "recall_diff_pp_ci_low", "recall_diff_pp_ci_high"):
+            assert row[col] == table.loc[key, col], (key, col)
+        assert row["recall_diff_pp_ci_low"] <= row["recall_diff_pp"] <= row["recall_diff_pp_ci_high"]
+    # another bootstrap seed draws other resamples (the figure takes the aggregate stage's)
+    other = seeds_data(seeded, M, T, b=B, seed=7, primary=PRIMARY)[1].set_index(["variant", "reference"])
+    assert (other["recall_diff_pp_ci_low"] != p["recall_diff_pp_ci_low"]).any()
+
+
+def test_seeds_data_single_seed_and_none(seeded, cells):
+    one = seeded[seeded["train_seed"] != 1]
+    dots, pooled = seeds_data(one, M, T, b=B, seed=0)
+    assert len(dots) == len(pooled) == 7 and set(dots["train_seed"]) == {0}
+    assert (pooled["runs"] == 1).all()
+    # one run: the interval still spans its points and cells
+    p = pooled.set_index(["variant", "reference"]).loc[("pause-tuned", "baseline")]
+    assert p["recall_diff_pp_ci_low"] < p["recall_diff_pp"] < p["recall_diff_pp_ci_high"]
+    spec = build_chart(one, "seeds", M, T, b=B).to_dict()
+    assert "a single training seed (0): one dot per contrast" in title_text(spec)
+    # no tuned contrast: the figure says so instead of failing; an unknown model still fails in one line
+    untrained = cells[cells["variant"].isin(["baseline", "pause-prompt"])]
+    assert seeds_data(untrained, M, T, b=B)[1].empty
+    assert "no tuned contrast" in title_text(build_chart(untrained, "seeds", M, T, b=B).to_dict())
+    with pytest.raises(PausetuneError, match="no scored cells for model=nope"):
+        seeds_data(seeded, "nope", T, b=B)
+
+
+def layer_rows(spec: dict, mark: str) -> list[dict]:
+    layer = next(l for l in spec["layer"] if (l["mark"]["type"] if isinstance(l["mark"], dict) else l["mark"]) == mark)
+    return spec["datasets"][layer["data"]["name"]]
+
+
+def test_seeds_spec(seeded):
+    spec = build_chart(seeded, "seeds", M, T, b=B, seed=0, primary=PRIMARY).to_dict()
+    assert spec["title"]["text"] == f"{M} · {T}: recall difference per training seed"
+    sub = title_text(spec)
+    assert "2 training seeds (0, 1)" in sub and "5-12 matched cells per seed" in sub
+    assert "resampling runs (training seeds), then (length, depth) points, then cells" in sub
+    assert f"B = {B}, seed 0" in sub
+    dots = layer_rows(spec, "circle")
+    assert len(dots) == 7 * 2 and sorted({r["train_seed"] for r in dots}) == [0, 1]
+    assert sorted(r["recall_diff_pp"] for r in dots if r["contrast"].startswith("pause-tuned − plain-tuned ")) == \
+        pytest.approx([20, 100])
+    pooled = layer_rows(spec, "point")
+    assert len(pooled) == 7
+    x = layer_enc(spec, "x")
+    assert "percentage points" in next(l["encoding"]["x"]["axis"]["title"] for l in spec["layer"]
+                                       if "axis" in l["encoding"]["x"])
+    assert x["scale"]["domain"][0] == -x["scale"]["domain"][1] and x["scale"]["domain"][1] >= 100
+    y = next(l["encoding"]["y"] for l in spec["layer"] if "y" in l["encoding"])
+    assert y["scale"]["domain"][0] == "pause-tuned − plain-tuned (primary)" and len(y["scale"]["domain"]) == 7
+    # the zero line and the pooled interval from its low to its high end
+    assert [l for l in spec["layer"] if l["mark"]["type"] == "rule" and "y" not in l["encoding"]]
+    ci = next(l for l in spec["layer"] if l["mark"]["type"] == "rule" and "x2" in l["encoding"])
+    assert ci["encoding"]["x"]["field"] == "recall_diff_pp_ci_low" and ci["encoding"]["x2"]["field"] == \
+        "recall_diff_pp_ci_high"
+    colors = layer_enc(spec, "color")["scale"]
+    assert colors["domain"] == ["pause-tuned", "plain-tuned", "plain-tuned-on-paused"]
+    assert "#000" not in colors["range"]  # every variant, crossed ones included, has its colour
+
+
+def test_cli_seeds_figure(seeded, tmp_path):
+    table = tmp_path / "cells.parquet"
+    seeded.to_parquet(table, index=False)
+    out = tmp_path / "seeds"
+    # the aggregate stage's keys (seed, report.bootstrap, report.primary) as the rule passes them
+    proc = run_cli("figures", "--cells-table", str(table), "--kind", "seeds", "--model", M, "--task", T,
+                   "--output", str(out),
+                   "--config-json", json.dumps({"seed": 3, "report": {"bootstrap": B, "primary": PRIMARY}}))
+    assert "figures: seeds smollm2/single" in proc.stdout
+    assert all((tmp_path / f"seeds.{e}").stat().st_size > 1000 for e in ("html", "png", "svg"))
+    svg = (tmp_path / "seeds.svg").read_text()
+    assert "pause-tuned − plain-tuned (primary)" in svg and "2 training seeds" in svg
+    html = (tmp_path / "seeds.html").read_text()
+    spec = json.JSONDecoder().raw_decode(html, html.index('vegaEmbed("#vis", ') + len('vegaEmbed("#vis", '))[0]
+    drawn = {(r["variant"], r["reference"]): (r["recall_diff_pp_ci_low"], r["recall_diff_pp_ci_high"])
+             for r in layer_rows(spec, "point")}
+    table_rows = deltas(seeded, b=B, seed=3, primary=PRIMARY).set_index(["variant", "reference"])
+    assert len(drawn) == 7
+    for key, (lo, hi) in drawn.items():  # deltas.csv's interval, drawn
+        assert (lo, hi) == (table_rows.loc[key, "recall_diff_pp_ci_low"], table_rows.loc[key, "recall_diff_pp_ci_high"])
+    # --bootstrap / --bootstrap-seed override the config, as for `pausetune aggregate`
+    proc = run_cli("figures", "--cells-table", str(table), "--kind", "seeds", "--model", M, "--task", T,
+                   "--bootstrap", "0", "--output", str(out), check=False)
+    assert proc.returncode == 1 and "--bootstrap 0" in proc.stderr
 
 
 # ------------------------------------------------------------------------------------------- mechanism
@@ -266,6 +438,7 @@ import glob
 from snakemake.utils import validate
 
 configfile: "config/config.yaml"
+configfile: "config/fixture.yaml"
 
 include: "workflow/rules/common.smk"
 
@@ -286,10 +459,20 @@ rule all:
 """
 
 
-def make_report_project(dest: Path) -> Path:
+# the fixture cells' variants (config/config.yaml may configure more, which these cells do not have)
+FIXTURE_CONFIG = "eval:\n  variants: [baseline, pause-prompt, pause-tuned, plain-tuned]\n"
+
+
+def copy_project(dest: Path) -> Path:
     for name in ["workflow", "config", "envs"]:
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (dest / "config" / "fixture.yaml").write_text(FIXTURE_CONFIG)
     (dest / "Snakefile").write_text(SNAKEFILE)
+    return dest
+
+
+def make_report_project(dest: Path) -> Path:
+    copy_project(dest)
     shutil.copytree(FIXTURE, dest / "results" / "eval", ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     return dest
 
@@ -320,7 +503,7 @@ def test_snakemake_report_rules_and_report(tmp_path):
     rerun = job_counts((lambda p: p.stdout + p.stderr)(snakemake(project, "-n")))
     assert rerun == {"aggregate": 1, "figure_heatmap": 4, "figure_delta": 3, "figure_delta_vs": 1,
                      "figure_profile": 2, "figure_logprob": 4, "figure_logprob_delta": 3,
-                     "figure_logprob_delta_vs": 1, "figure_mechanism": 3, "all": 1}, rerun
+                     "figure_logprob_delta_vs": 1, "figure_mechanism": 3, "figure_seeds": 1, "all": 1}, rerun
 
     snakemake(project, "--report", "results/report.html")
     html = (project / "results/report.html").read_text(errors="replace")
@@ -328,7 +511,7 @@ def test_snakemake_report_rules_and_report(tmp_path):
     for needle in ["NIAH heatmaps", "Delta heatmaps", "Score vs length and depth", "Tables", "summary.csv",
                    "deltas.csv", "pause-tuned_vs_plain-tuned.png", "single.png", "plain-tuned.png",
                    "lost-in-the-middle", "paired bootstrap", "Answer log-prob maps",
-                   "Attention on the needle and the pauses"]:
+                   "Attention on the needle and the pauses", "Training runs", "Each coloured dot is one training seed"]:
         assert needle in html, needle
 
 
@@ -336,10 +519,7 @@ def test_snakemake_report_rules_and_report(tmp_path):
 def test_snakemake_aggregate_grid_longer_than_a_command_line(tmp_path):
     # 1,600 cells with ~125-character paths: {input} alone is ~200 KB, over Linux's 128 KB limit for one
     # argument; the rule passes the list through a file and Snakemake runs the long command from a script.
-    project = tmp_path / "project"
-    for name in ["workflow", "config", "envs"]:
-        shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (project / "Snakefile").write_text(SNAKEFILE)
+    project = copy_project(tmp_path / "project")
     model = "a-model-with-a-rather-long-name-so-that-every-cell-path-is-long"
     n = 0
     for variant in ("baseline", "pause-tuned"):

@@ -272,6 +272,13 @@ def test_grid_expansion_and_paths():
     assert parse_depth("12.5") == 12.5
     assert cell_path("m", "baseline", "single", 0, 1000, 50.0) == \
         "results/eval/m/baseline/single/seed0/len1000/depth50.json"
+    # a tuned variant's cell names its adapter's training seed, one folder below the variant; exactly those do
+    assert cell_path("m", "plain-tuned-on-paused", "single", 0, 1000, 50.0, tseed=1) == \
+        "results/eval/m/plain-tuned-on-paused/tseed1/single/seed0/len1000/depth50.json"
+    with pytest.raises(PausetuneError, match="a tuned variant's cell needs its training seed"):
+        cell_path("m", "pause-tuned", "single", 0, 1000, 50.0)
+    with pytest.raises(PausetuneError, match="an untrained variant has no training seed"):
+        cell_path("m", "pause-prompt", "single", 0, 1000, 50.0, tseed=0)
 
 
 def test_blocks_by_mode(config):
@@ -287,6 +294,26 @@ def test_blocks_by_mode(config):
     paths = eval_targets(cfg)
     assert len(paths) == len(set(paths)) == n_cells
     assert Block("m", "baseline", 0, (("single", (600,), (12.5,)),)).paths()[0].endswith("len600/depth12.5.json")
+
+
+def test_tuned_blocks_per_training_seed_untrained_once(config):
+    """train.seeds [0, 1]: each tuned variant (the crossed ones too) has a block set per training seed, the untrained
+    variants one; every cell path once."""
+    cfg = copy.deepcopy(config)
+    cfg["train"].update(models=["tiny"], seeds=[0, 1])
+    cfg["eval"].update(models=["tiny"], variants=["baseline", "pause-prompt", "pause-tuned", "plain-tuned-on-paused"],
+                       tasks=["single"], lengths=[600, 1200], depths=[0, 50], seeds=[0], block="length")
+    check_eval(cfg, prepared_root=None)
+    bl = blocks(cfg)
+    assert sorted((b.variant, b.tseed) for b in bl) == sorted(
+        [(v, None) for v in ("baseline", "pause-prompt") for _ in (600, 1200)]
+        + [(v, n) for v in ("pause-tuned", "plain-tuned-on-paused") for n in (0, 1) for _ in (600, 1200)])
+    paths = eval_targets(cfg)
+    assert len(paths) == len(set(paths)) == (2 + 2 * 2) * 2 * 2
+    assert "results/eval/tiny/baseline/single/seed0/len600/depth0.json" in paths
+    assert "results/eval/tiny/plain-tuned-on-paused/tseed1/single/seed0/len1200/depth50.json" in paths
+    assert not any("/baseline/tseed" in p or "/pause-prompt/tseed" in p for p in paths)
+    assert {p.split("/")[4] for p in paths if "-tuned" in p} == {"tseed0", "tseed1"}
 
 
 def test_task_grid(config):

@@ -129,8 +129,8 @@ def test_every_placeholder_in_a_shell_command_is_quoted(project, block):
                           text=True, env=dict(os.environ, PYTHONPATH=str(project / "workflow")))
     assert proc.returncode == 0, proc.stderr[-3000:]
     shells = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"download", "paragraphs", "prepare_model", "shards", "examples", "train", "eval", "aggregate",
-            "figure_heatmap", "publish"} <= set(shells)
+    assert {"download", "paragraphs", "prepare_model", "shards", "examples", "train", "eval", "eval_tuned",
+            "aggregate", "figure_heatmap", "publish"} <= set(shells)
     unquoted = {rule: field for rule, cmd in shells.items() for _, field, spec, _ in string.Formatter().parse(cmd)
                 if field is not None and not (spec or "").endswith("q")}
     assert unquoted == {}, unquoted

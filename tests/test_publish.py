@@ -36,7 +36,7 @@ def test_page_numbers_come_from_tables(tmp_path):
                 x = float(v)
             except (TypeError, ValueError):
                 continue
-            table_numbers |= {f"{x:.2f}", f"{x:+.1f}", f"{x:.0f}", str(v)}
+            table_numbers |= {f"{x:.2f}", f"{x:+.1f}", f"{x:.1f}", f"{100 * x:.1f}", f"{x:.2g}", f"{x:.0f}", str(v)}
     rows = [line for line in text.splitlines() if line.startswith("| smollm2")]
     assert rows, text
     for line in rows:
@@ -91,18 +91,27 @@ def test_figure_order_and_what_was_not_recorded(tmp_path):
 
 
 def test_verdict_rules():
-    base = {"mean_variant": "6", "mean_reference": "5", "n": "40"}
-    assert "excludes zero" in verdict({**base, "pct": "20", "pct_ci_low": "5", "pct_ci_high": "35"}, "x")
-    assert "degradation" in verdict({**base, "pct": "-20", "pct_ci_low": "-35", "pct_ci_high": "-5"}, "x")
-    v = verdict({**base, "pct": "10", "pct_ci_low": "-10", "pct_ci_high": "30"}, "x")
-    assert "no detectable effect" in v and "160 matched cells" in v  # (20/10)^2 * 40
-    # asymmetric (percentile) interval: the side that reaches zero decides; never fewer cells than we have
-    v = verdict({**base, "pct": "6", "pct_ci_low": "-3", "pct_ci_high": "8"}, "x")
-    assert "90 matched cells" in v, v  # (9/6)^2 * 40
-    v = verdict({**base, "pct": "6", "pct_ci_low": "0", "pct_ci_high": "10"}, "x")
-    assert "no detectable effect" in v and "near end sits at zero" in v and "matched cells to resolve" not in v, v
-    v = verdict({**base, "pct": "-2.7", "pct_ci_low": "-8.9", "pct_ci_high": "0"}, "x")
-    assert "near end sits at zero" in v, v
+    """Recall in points decides on its hierarchical interval; the exact test is quoted beside it; where nothing is
+    detected the design's minimum detectable effect is, a lower bound with one training run; a degenerate bootstrap
+    is named."""
+    base = {"mean_variant": "6", "mean_reference": "5", "n": "40", "pct": "20", "pct_ci_low": "5", "pct_ci_high": "35",
+            "recall_variant_pp": "60", "recall_reference_pp": "45", "recall_diff_pp": "15", "exact_wins": "7",
+            "exact_losses": "1", "p_exact": "0.0703125", "p_holm": "0.2", "runs": "3", "mde_pp": "18.4",
+            "bootstrap_degenerate": "False", "primary": "False"}
+    v = verdict({**base, "recall_diff_pp_ci_low": "4", "recall_diff_pp_ci_high": "26"}, "x")
+    assert "improvement whose 95% interval excludes zero" in v and "+15.0 [+4.0, +26.0] pp recall" in v, v
+    assert "7 wins vs 1 losses, p = 0.07 (Holm 0.2)" in v and "3 training runs" in v and "±" not in v, v
+    v = verdict({**base, "recall_diff_pp": "-15", "recall_diff_pp_ci_low": "-26", "recall_diff_pp_ci_high": "-4"}, "x")
+    assert "degradation" in v, v
+    v = verdict({**base, "recall_diff_pp_ci_low": "-4", "recall_diff_pp_ci_high": "30"}, "x")
+    assert "no detectable effect" in v and "about ±18.4 pp" in v and "runs, points and cells" in v, v
+    v = verdict({**base, "runs": "1", "recall_diff_pp_ci_low": "-4", "recall_diff_pp_ci_high": "30"}, "x")
+    assert "1 training run;" in v and "not measured, so the true figure is larger" in v, v
+    v = verdict({**base, "bootstrap_degenerate": "True", "recall_diff_pp_ci_low": "0", "recall_diff_pp_ci_high": "30"},
+                "x")
+    assert "ends at exactly 0 by construction: read the exact test" in v, v
+    v = verdict({**base, "primary": "True", "recall_diff_pp_ci_low": "4", "recall_diff_pp_ci_high": "26"}, "x")
+    assert "Holm" not in v, v  # the primary endpoint is tested alone
 
 
 def test_stage_times_and_essays(tmp_path):
@@ -255,3 +264,29 @@ def test_committed_publish_folders_are_publishs(monkeypatch):
         check_output_dirs(config)
         for folder in output_dirs(config).values():
             assert not Path(folder).exists() or (Path(folder) / OUTPUT_MARKER).is_file(), folder
+
+
+def test_primary_section_first_with_runs_and_wall_time():
+    """The primary endpoint's section: what was declared, its verdict, each training run's own contrast and the
+    spread between runs, the run's wall time; without a primary row it says every contrast is secondary."""
+    from pausetune.core.report.page import primary_section
+
+    row = {"model": "smollm2", "task": "bank", "variant": "pause-tuned", "reference": "plain-tuned", "primary": "True",
+           "n": "66", "pct": "12", "recall_variant_pp": "60", "recall_reference_pp": "50", "recall_diff_pp": "10",
+           "recall_diff_pp_ci_low": "-2", "recall_diff_pp_ci_high": "21", "exact_wins": "9", "exact_losses": "3",
+           "p_exact": "0.146", "p_holm": "0.146", "runs": "2", "sigma_runs_pp": "7.5", "mde_pp": "25",
+           "bootstrap_degenerate": "False"}
+    seeds = [{"model": "smollm2", "task": "bank", "variant": "pause-tuned", "reference": "plain-tuned",
+              "train_seed": s, "n": "33", "recall_diff_pp": d} for s, d in (("0", "15.2"), ("1", "4.8"))]
+    text = "\n".join(primary_section([row], seeds, {"report": {"primary": None}}, wall_s=5400))
+    assert text.startswith("## Primary result") and "90 min" in text
+    assert "default endpoint (config `report.primary` unset)" in text and "task `bank`" in text
+    assert "+10.0 [-2.0, +21.0] pp recall" in text and "no detectable effect" in text and "±25.0 pp" in text
+    assert "seed 0 +15.2 pp (n = 33), seed 1 +4.8 pp (n = 33)" in text and "between runs 7.5 pp" in text
+    assert "2 of 2 runs favour pause-tuned, 0 favour plain-tuned." in text
+    declared = {"report": {"primary": {"variant": "pause-tuned", "reference": "plain-tuned", "task": "bank",
+                                       "lengths": [8000]}}}
+    assert "config `report.primary`" in "\n".join(primary_section([row], seeds, declared)) and \
+        "lengths 8000" in "\n".join(primary_section([row], seeds, declared))
+    none = "\n".join(primary_section([{**row, "primary": "False"}], seeds, {"report": {"primary": None}}))
+    assert "No primary endpoint in this grid" in none and "secondary" in none

@@ -31,7 +31,7 @@ OVERLAY = {
 }
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml", "reruns.yaml"]
 CELL = "results/eval/tiny/baseline/single/seed0/len1000/depth0.json"
-CHECKPOINT = "results/checkpoints/tiny/pause/manifest.json"
+CHECKPOINT = "results/checkpoints/tiny/pause/tseed0/manifest.json"
 FIGURE = "results/figures/heatmap/tiny/single/pause-tuned.png"
 RAW = "data/raw/paul_graham.parquet"
 plan = partial(helpers.plan, configs=CONFIGS)
@@ -106,9 +106,10 @@ def test_one_checkpoint_alone(checkpoint_built, tmp_path):
     assert not (project / "data/shards/tiny/plain").exists()
     assert built(project, "results/eval") == {CELL}
     # Only the recipe (core.training.recipe) retrains: not the run-only keys, nor train.loss_on under objective lm (the loss
-    # is on every token). The job gets exactly the recipe, and the run-only knobs apart.
+    # is on every token). The job gets exactly the recipe and its own training seed, and the run-only knobs apart:
+    # another training seed in train.seeds adds its own jobs, it retrains none of the seeds already trained.
     project = copy_project(checkpoint_built, tmp_path / "project")
-    run_only = {"loss_on": "all", "save_every": 2, "threads": 1, "models": ["tiny", "smollm2"],
+    run_only = {"loss_on": "all", "save_every": 2, "threads": 1, "models": ["tiny", "smollm2"], "seeds": [0, 1],
                 "resources": {"mem_mb": 1000, "runtime": 5}}
     (project / "run_only.yaml").write_text(yaml.safe_dump({"train": run_only}))
     assert plan(project, CHECKPOINT, configs=CONFIGS + ["run_only.yaml"]) == {}
@@ -116,7 +117,8 @@ def test_one_checkpoint_alone(checkpoint_built, tmp_path):
                              "--", CHECKPOINT)
     cmd = shlex.split(next(line for line in (proc.stdout + proc.stderr).splitlines() if "pausetune train " in line))
     job = json.loads(cmd[cmd.index("--config-json") + 1])
-    assert set(job["train"]) == set(RECIPE_KEYS) - {"loss_on"}, sorted(job["train"])
+    assert set(job["train"]) == set(RECIPE_KEYS) - {"loss_on"} | {"seeds"}, sorted(job["train"])
+    assert job["train"]["seeds"] == [0] and cmd[cmd.index("--train-seed") + 1] == "0"  # its seed, not the list
     assert cmd[cmd.index("--save-every") + 1] == "2" and cmd[cmd.index("--threads") + 1] == "1"
     (project / "recipe.yaml").write_text(yaml.safe_dump({"train": {"lr": 1e-3}}))
     assert plan(project, CHECKPOINT, configs=CONFIGS + ["recipe.yaml"]) == {"train": 1}
@@ -126,7 +128,7 @@ def test_one_figure_alone(figure_built):
     # A figure reads the cells table, which is built from every cell of the grid: so the whole grid (both
     # blocks: the lone cell built before is not a whole block), the table, and this one figure; no other figure.
     project, ran = figure_built
-    assert ran == {"eval": 2, "aggregate": 1, "figure_heatmap": 1}, ran
+    assert ran == {"eval": 1, "eval_tuned": 1, "aggregate": 1, "figure_heatmap": 1}, ran
     stem = FIGURE[: -len(".png")]
     assert built(project, "results/figures") == {f"{stem}.{ext}" for ext in ("html", "png", "svg")}
     assert (project / "results/tables/cells.parquet").exists()
@@ -136,10 +138,15 @@ def test_forcerun_one_rule(project):
     # Forcing the shards reruns them, the training on them, the tuned block, the table and the figure; the
     # baseline block reads no shard and stays.
     counts = plan(project, FIGURE, extra=["--forcerun", "shards"])
-    assert counts == {"shards": 1, "train": 1, "eval": 1, "aggregate": 1, "figure_heatmap": 1}, counts
-    # --forcerun of the eval rule: every block of the grid, then the table and the figure; nothing upstream.
+    assert counts == {"shards": 1, "train": 1, "eval_tuned": 1, "aggregate": 1, "figure_heatmap": 1}, counts
+    # --forcerun of the eval rule: the untrained variants' blocks (baseline here), then the table and the figure;
+    # the tuned variants' rule is eval_tuned. Both: every block of the grid. Nothing upstream.
     counts = plan(project, FIGURE, extra=["--forcerun", "eval"])
-    assert counts == {"eval": 2, "aggregate": 1, "figure_heatmap": 1}, counts
+    assert counts == {"eval": 1, "aggregate": 1, "figure_heatmap": 1}, counts
+    counts = plan(project, FIGURE, extra=["--forcerun", "eval_tuned"])
+    assert counts == {"eval_tuned": 1, "aggregate": 1, "figure_heatmap": 1}, counts
+    counts = plan(project, FIGURE, extra=["--forcerun", "eval", "eval_tuned"])
+    assert counts == {"eval": 1, "eval_tuned": 1, "aggregate": 1, "figure_heatmap": 1}, counts
 
 
 def test_touching_the_raw_essays_reruns_their_dependants(project):
@@ -160,7 +167,8 @@ def test_touching_the_raw_essays_reruns_their_dependants(project):
     df.loc[0, "sha256"] = sha256_text(df.loc[0, "text"])
     df.to_parquet(raw, index=False)
     counts = plan(project, FIGURE)
-    assert counts == {"paragraphs": 1, "shards": 1, "train": 1, "eval": 2, "aggregate": 1, "figure_heatmap": 1}, counts
+    assert counts == {"paragraphs": 1, "shards": 1, "train": 1, "eval": 1, "eval_tuned": 1, "aggregate": 1,
+                      "figure_heatmap": 1}, counts
     # Really rerun the data part of it: the paragraphs and the shards, nothing upstream.
     assert build(project, "data/shards/tiny/pause/manifest.json") == {"paragraphs": 1, "shards": 1}
     assert plan(project, CHECKPOINT) == {"train": 1}  # its shards are new now
@@ -179,6 +187,6 @@ def test_seed_block_with_a_task_grid(project):
         multi, CELL, "results/eval/tiny/baseline/single/seed0/len1000/depth100.json"}
     cell = json.loads((project / multi).read_text())
     assert cell["task"] == "multi" and len(cell["needle_positions"]) == 3
-    # the whole grid: one eval job per variant and seed
-    counts = plan(project, "results/tables/cells.parquet", configs=configs, extra=["--forcerun", "eval"])
-    assert counts["eval"] == 2 and counts["aggregate"] == 1, counts
+    # the whole grid: one eval job per variant and seed (the tuned variant's per training seed: one here)
+    counts = plan(project, "results/tables/cells.parquet", configs=configs, extra=["--forcerun", "eval", "eval_tuned"])
+    assert counts["eval"] == 1 and counts["eval_tuned"] == 1 and counts["aggregate"] == 1, counts

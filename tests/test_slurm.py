@@ -122,7 +122,7 @@ def test_profile_dry_run_resources(project):
                 "PAUSETUNE_SLURM_ACCOUNT": "lab42"})
     counts, jobs = dry_run_jobs(project, env, "--profile", "profiles/slurm", "--configfile", *BASE_CONFIGS,
                                 "slurm.yaml", "--", *targets(project))
-    assert counts.get("shards") == 2 and counts.get("train", 0) >= 1 and counts.get("eval") == 1, counts
+    assert counts.get("shards") == 2 and counts.get("train", 0) >= 1 and counts.get("eval_tuned") == 1, counts
     for res in resources_of(jobs, "shards"):
         assert res["slurm_partition"] == "cpu" and res["slurm_account"] == "lab42", res
         assert res["mem_mb"] == "8000" and res["threads"] == "4" and res["runtime"] == "60", res
@@ -131,7 +131,9 @@ def test_profile_dry_run_resources(project):
     for res in resources_of(jobs, "train"):  # mem, runtime, gpu from config train.resources; where from the env
         assert res["slurm_partition"] == "gpu" and res["gpu"] == "1" and res["mem_mb"] == "1500", res
         assert res["threads"] == "8", res
-    for res in resources_of(jobs, "eval"):  # likewise from config eval.resources
+    evals = resources_of(jobs, "eval") + resources_of(jobs, "eval_tuned")  # both eval rules (here: the tuned one)
+    assert evals, counts
+    for res in evals:  # likewise from config eval.resources
         assert res["slurm_partition"] == "gpu" and res["gpu"] == "1" and res["mem_mb"] == "1500", res
         assert res["threads"] == "8", res
     for rule in ("aggregate", "figure_heatmap"):
@@ -288,14 +290,15 @@ def test_tiny_pipeline_through_slurm(cluster, tmp_path_factory):
         assert by_name["data"] == 1, by_name
     if "aggregate" in planned:  # the tables, all figures and the results page: one SLURM job
         assert by_name["report"] == 1, by_name
-    if "eval" in planned:  # blocks bundled group-components at a time
-        assert by_name["eval"] <= -(-planned["eval"] // 16), by_name
+    blocks = planned.get("eval", 0) + planned.get("eval_tuned", 0)
+    if blocks:  # blocks of both eval rules bundled group-components at a time
+        assert by_name["eval"] <= -(-blocks // 16), by_name
     for r in rows:  # train and eval asked for a GPU (config train.resources.gpu) and got the node's one
         if r["comment"].startswith(("rule_train", "rule_eval")):
             assert "gres/gpu=1" in r["tres"], r
 
     # Outputs, and each job's SLURM log.
-    for t in want[1:] + ["data/shards/tiny/pause/manifest.json", "results/checkpoints/tiny/pause/manifest.json"]:
+    for t in want[1:] + ["data/shards/tiny/pause/manifest.json", "results/checkpoints/tiny/pause/tseed0/manifest.json"]:
         assert (project / t).exists(), t
     logs = list((project / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert len(logs) == len(rows), (len(logs), len(rows))

@@ -428,6 +428,29 @@ def test_cli_run_killed_with_sigkill_resumes_to_the_same_adapter(tiny_config, ti
     assert [r["step"] for r in log if "val_loss" in r] == [4, 6]
 
 
+def test_training_seed_sets_the_run_not_the_data(tiny_config, tiny_dir, tiny_shards, tmp_path):
+    """--train-seed (one of train.seeds; default its first) seeds the LoRA init and the data order on the same shards:
+    two seeds, two adapters; no flag is seed 0's very run; a seed outside train.seeds is one line, before training."""
+    train = {**FAST, "max_steps": 2, "seeds": [0, 1]}
+    runs = {"0": tmp_path / "tseed0", "1": tmp_path / "tseed1", None: tmp_path / "default"}
+    for n, out in runs.items():
+        run_cli(*train_args(tiny_config, tiny_dir, tiny_shards["plain"], out, "plain", train),
+                *(["--train-seed", n] if n is not None else []))
+    m = {n: json.loads((out / "manifest.json").read_text()) for n, out in runs.items()}
+    assert [m[n]["train_seed"] for n in ("0", "1", None)] == [0, 1, 0]
+    assert m["0"]["shards"] == m["1"]["shards"]  # the same data ...
+    assert m["0"]["adapter_sha256"] != m["1"]["adapter_sha256"]  # ... another run
+    a, b = adapter_tensors(runs["0"]), adapter_tensors(runs["1"])
+    assert a.keys() == b.keys() and all(not torch.equal(a[k], b[k]) for k in a if "lora_A" in k)  # another init
+    assert m[None]["adapter_sha256"] == m["0"]["adapter_sha256"]
+    out = tmp_path / "tseed2"
+    proc = run_cli(*train_args(tiny_config, tiny_dir, tiny_shards["plain"], out, "plain", train), "--train-seed", "2",
+                   check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "pausetune train: error: --train-seed 2: not in config key 'train.seeds' [0, 1]"], proc.stderr
+    assert not out.exists() and not (tmp_path / "tseed2.state").exists()
+
+
 def _with_other_tokenizer(tiny_dir: Path, dest: Path) -> Path:
     from transformers import AutoTokenizer
 

@@ -41,3 +41,54 @@ def test_param_change_reruns_only_dependants(project):
 def test_lint_reports_no_errors():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ training seeds (#26)
+SEEDS = {"train": {"models": ["tiny"], "seeds": [0, 1]},
+         "eval": {"models": ["tiny"], "tasks": ["single"], "lengths": [1000], "depths": [0, 50], "seeds": [0]}}
+
+
+def test_training_seeds_plan_a_job_per_seed_for_what_they_train(project):
+    """train.seeds [0, 1], the six variants: one examples and one train job per (model, arm, seed), one tuned eval
+    block per (variant, seed); baseline and pause-prompt are evaluated once, whatever the number of seeds."""
+    import yaml
+
+    (project / "seeds.yaml").write_text(yaml.safe_dump(SEEDS))
+    proc = snakemake(project, "--configfile", *TINY_CONFIGS, "seeds.yaml", "-n", "-p")
+    out = proc.stdout + proc.stderr
+    counts = job_counts(out)
+    assert counts["examples"] == counts["train"] == 1 * 2 * 2, counts
+    assert counts["eval"] == 2 and counts["eval_tuned"] == 4 * 2, counts  # one length: one block per variant
+    assert "shards" not in counts  # built by the session: shared by every seed
+    trains = sorted(line.split("--output ")[1].split()[0] for line in out.splitlines() if "pausetune train " in line)
+    assert trains == [f"results/checkpoints/tiny/{v}/tseed{n}" for v in ("pause", "plain") for n in (0, 1)]
+    evals = [line for line in out.splitlines() if "pausetune eval " in line]
+    untrained = [e for e in evals if "--variant baseline" in e or "--variant pause-prompt" in e]
+    assert len(untrained) == 2 and not any("--train-seed" in e or "--checkpoint" in e for e in untrained)
+    for variant, arm in (("pause-tuned-on-plain", "pause"), ("plain-tuned-on-paused", "plain")):
+        for n in (0, 1):
+            job = [e for e in evals if f"--variant {variant} " in e and f"--train-seed {n} " in e]
+            assert len(job) == 1 and f"--checkpoint results/checkpoints/tiny/{arm}/tseed{n} " in job[0], job
+
+
+@pytest.mark.parametrize("overlay, line", [
+    ({"train": {"seeds": []}}, "config error: config key 'train.seeds': [] should be non-empty"),
+    ({"train": {"seeds": [0, 1, 0]}}, "config error: config key 'train.seeds': [0, 1, 0] has non-unique elements"),
+    ({"train": {"models": []}, "eval": {"models": ["tiny"], "variants": ["baseline", "plain-tuned-on-paused"]}},
+     "config error: config key 'eval.variants': 'plain-tuned-on-paused' needs a checkpoint of model 'tiny', which "
+     "train.models does not list"),
+    ({"report": {"primary": {"variant": "pause-tuned", "reference": "plain-tuned", "task": "bank"}}},
+     "config error: config key 'report.primary.task': unknown task 'bank'; eval.tasks: ['single']"),
+    ({"report": {"primary": {"variant": "pause-tuned-on-paused", "reference": "plain-tuned", "task": "single"}}},
+     "config error: config key 'report.primary.variant': unknown variant 'pause-tuned-on-paused'; known: "
+     "['baseline', 'pause-prompt', 'pause-tuned', 'plain-tuned', 'pause-tuned-on-plain', 'plain-tuned-on-paused']"),
+], ids=["seeds-empty", "seeds-duplicate", "crossed-untrained-model", "primary-task", "primary-variant"])
+def test_seed_and_design_errors_stop_before_any_job_in_one_line(project, overlay, line):
+    import yaml
+
+    (project / "bad.yaml").write_text(yaml.safe_dump(overlay))
+    proc = snakemake(project, "--configfile", *TINY_CONFIGS, "bad.yaml", "-n", check=False)
+    out = proc.stdout + proc.stderr
+    errors = [ln for ln in out.splitlines() if "error" in ln.lower()]
+    assert proc.returncode == 1 and errors == [line], out[-3000:]
+    assert "Building DAG of jobs" not in out and "rule " not in out, out[-3000:]

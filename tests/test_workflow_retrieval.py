@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from helpers import copy_project, snakemake
+from helpers import copy_project, job_counts, snakemake
 
 OVERLAY = {
     "train": {"models": ["tiny"], "objective": "retrieval", "max_steps": 2, "warmup_steps": 0, "grad_accum": 1,
@@ -17,7 +17,8 @@ OVERLAY = {
     "eval": {"models": ["tiny"]},
 }
 CONFIGS = ["--configfile", "config/config.yaml", "tests/configs/tiny.yaml", "retrieval.yaml"]
-TARGET = "results/checkpoints/tiny/pause/manifest.json"
+TARGET = "results/checkpoints/tiny/pause/tseed0/manifest.json"
+EXAMPLES = "data/examples/tiny/pause/tseed0"
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +43,10 @@ def test_examples_stage_feeds_a_retrieval_train_job(project, trained):
     assert "rule examples:" in out and "rule train:" in out and "rule shards:" not in out  # no shards needed
     assert not any(f"rule {r}:" in out for r in ("download", "paragraphs", "prepare_model")), out  # shared, up to date
     m = json.loads((project / TARGET).read_text())
-    ex = json.loads((project / "data/examples/tiny/pause/manifest.json").read_text())
+    ex = json.loads((project / EXAMPLES / "manifest.json").read_text())
     assert m["objective"] == "retrieval" and m["loss_on"] == "answer" and m["steps"] == 2
-    assert m["examples"]["path"] == "data/examples/tiny/pause" and m["retrieval"]["banks"] == ex["banks"]
+    assert m["examples"]["path"] == EXAMPLES and m["retrieval"]["banks"] == ex["banks"]
+    assert m["train_seed"] == ex["train_seed"] == 0
     assert ex["splits"]["train"]["rows"] == 6 and ex["variant"] == "pause"
     again = snakemake(project, *CONFIGS, "-n", "--", TARGET)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -71,7 +73,7 @@ def error_lines(proc) -> list[str]:
 def test_example_checks_in_model_tokens_run_while_the_dag_is_built(project, trained):
     """Checks the examples job made only when it ran, after Snakemake had deleted the previous examples: one line
     while the DAG is built, no job, the earlier examples and checkpoint intact (a real run, not -n)."""
-    kept = {p: (project / p).read_bytes() for p in ("data/examples/tiny/pause/manifest.json", TARGET)}
+    kept = {p: (project / p).read_bytes() for p in (f"{EXAMPLES}/manifest.json", TARGET)}
     needle = "The " + "very " * 150 + "old keeper hid the zorbleflax under the stairs."
     cases = {
         # under objective lm the examples are built too (Snakemake's `all`, dvc.yaml): their window is checked
@@ -113,7 +115,7 @@ def test_token_level_checks_run_once_per_input(project):
 
 
 def test_damaged_adapter_noticed_while_the_dag_is_built(project, trained):
-    ckpt, target = "results/checkpoints/tiny/pause", TARGET
+    ckpt, target = "results/checkpoints/tiny/pause/tseed0", TARGET
     assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))
     adapter = project / ckpt / "adapter" / "adapter_model.safetensors"
     good, st = adapter.read_bytes(), adapter.stat()
@@ -136,3 +138,47 @@ def test_damaged_adapter_noticed_while_the_dag_is_built(project, trained):
     finally:
         adapter.write_bytes(good)
     assert "Nothing to be done" in said(snakemake(project, *CONFIGS, "-n", "--", target))
+
+
+# Two training seeds, their pause-tuned cells on a small grid (issue #26).
+SEEDS = {"train": {"seeds": [0, 1]},
+         "eval": {"variants": ["pause-tuned"], "tasks": ["single"], "lengths": [600], "depths": [0, 50],
+                  "seeds": [0], "prefill_chunk": 128}}
+
+
+def seed_cell(tseed: int, depth: int) -> str:
+    return f"results/eval/tiny/pause-tuned/tseed{tseed}/single/seed0/len600/depth{depth}.json"
+
+
+def test_two_training_seeds_train_two_adapters_evaluated_on_one_eval_set(project, trained):
+    """train.seeds [0, 1]: a second seed adds its examples, its checkpoint and its cells and reruns nothing of seed 0;
+    the two adapters differ (so do their training examples), while the eval set is the same: the two seeds' cells
+    at one coordinate have the same prompt, needles and haystack."""
+    import datasets
+
+    (project / "seeds.yaml").write_text(yaml.safe_dump(SEEDS))
+    configs = [*CONFIGS, "seeds.yaml"]
+    targets = [seed_cell(n, d) for n in (0, 1) for d in (0, 50)]
+    counts = job_counts(said(snakemake(project, *configs, "-n", "--", *targets)))
+    assert counts == {"examples": 1, "train": 1, "eval_tuned": 2}, counts  # seed 1's; seed 0 trained before
+    proc = snakemake(project, *configs, "--", *targets)
+    assert job_counts(said(proc)) == counts, said(proc)[-3000:]
+
+    manifests = {n: json.loads((project / f"results/checkpoints/tiny/pause/tseed{n}/manifest.json").read_text())
+                 for n in (0, 1)}
+    assert [manifests[n]["train_seed"] for n in (0, 1)] == [0, 1]
+    assert manifests[0]["adapter_sha256"] != manifests[1]["adapter_sha256"]
+    assert manifests[1]["examples"]["path"] == "data/examples/tiny/pause/tseed1"
+    rows = {n: datasets.load_from_disk(str(project / f"data/examples/tiny/pause/tseed{n}/dataset")) for n in (0, 1)}
+    assert rows[0]["train"]["input_ids"] != rows[1]["train"]["input_ids"]  # other examples drawn per seed
+    assert rows[0]["validation"]["input_ids"] == rows[1]["validation"]["input_ids"]  # the same validation rows
+    for d in (0, 50):
+        a, b = (json.loads((project / seed_cell(n, d)).read_text()) for n in (0, 1))
+        assert (a["train_seed"], b["train_seed"]) == (0, 1)
+        assert a["adapter_sha256"] == manifests[0]["adapter_sha256"]
+        assert b["adapter_sha256"] == manifests[1]["adapter_sha256"]
+        assert a["prompt_sha256"] == b["prompt_sha256"], d  # one eval set for every training seed
+        for key in ("needles", "question", "needle_positions", "haystack", "context_tokens"):
+            assert a[key] == b[key], key
+        assert a["cell_id"] != b["cell_id"]  # another adapter: another cell
+    assert "Nothing to be done" in said(snakemake(project, *configs, "-n", "--", *targets))

@@ -105,8 +105,9 @@ def all_targets():
     targets = []
     for model in config["shards"]["models"]:
         targets += expand(layout.manifest(layout.SHARDS), model=model, variant=SHARD_VARIANTS)
-    targets += expand(layout.manifest(layout.EXAMPLES), model=config["train"]["models"], variant=SHARD_VARIANTS)
-    targets += expand(layout.manifest(layout.CHECKPOINT), model=config["train"]["models"], variant=SHARD_VARIANTS)
+    targets += expand(layout.manifest(layout.EXAMPLES), model=config["train"]["models"], variant=SHARD_VARIANTS,
+                      tseed=config["train"]["seeds"])
+    targets += checkpoint_manifests()
     cells = eval_targets(config)
     targets += cells
     if cells:
@@ -114,17 +115,34 @@ def all_targets():
     return targets
 
 
-def train_data(model, variant, file=""):
-    """What a checkpoint trains on: its examples (train.objective retrieval) or its shards (lm); or a file there."""
-    folder = layout.train_data(model, variant, config["train"]["objective"])
+def train_data(model, variant, file="", tseed="{tseed}"):
+    """What a checkpoint of training seed `tseed` trains on: its examples (train.objective retrieval) or its shards
+    (lm); or a file there."""
+    folder = layout.train_data(model, variant, config["train"]["objective"], tseed)
     return f"{folder}/{file}" if file else folder
 
 
-def tuned_manifests(pattern):
-    """The checkpoint or shard manifests the page reports, when the grid has a tuned variant."""
-    if not any(v.endswith("-tuned") for v in config["eval"]["variants"]):
+def train_seeds_of(wc):
+    """The one training seed a job is for, as the config list its command validates against: a job's params then
+    do not change when another seed joins train.seeds (no rerun of the seeds already trained)."""
+    return [int(wc.tseed)]
+
+
+def checkpoint_manifests():
+    """Every checkpoint's manifest: model x arm x training seed."""
+    return expand(layout.manifest(layout.CHECKPOINT), model=config["train"]["models"], variant=SHARD_VARIANTS,
+                  tseed=config["train"]["seeds"])
+
+
+def tuned_manifests(kind):
+    """The checkpoint (or shard) manifests the page reports, when the grid has a tuned variant."""
+    from pausetune.core.design import TUNED
+
+    if not any(v in TUNED for v in config["eval"]["variants"]):
         return []
-    return expand(pattern, model=config["train"]["models"], variant=SHARD_VARIANTS)
+    if kind == "checkpoints":
+        return checkpoint_manifests()
+    return expand(layout.manifest(layout.SHARDS), model=config["train"]["models"], variant=SHARD_VARIANTS)
 
 
 def code(stage):
@@ -155,7 +173,6 @@ if workflow.is_main_process:
     _args = snakemake_args(sys.argv[1:])
     try:
         if not any(getattr(_args, k, None) for k in ("lint", "unlock", "cleanup_metadata")):
-            check_adapters(c for c in expand(layout.CHECKPOINT, model=config["train"]["models"], variant=SHARD_VARIANTS)
-                           if not forced(layout.manifest(c), _args))
+            check_adapters(c[: -len("/" + layout.MANIFEST)] for c in checkpoint_manifests() if not forced(c, _args))
     except PausetuneError as err:
         sys.exit(f"config error: {err}")

@@ -71,19 +71,20 @@ rule examples:
         variant="pause|plain",
     params:
         cfg=lambda wc: cfg("seed", "shards", "paragraphs", "pause", "banks", "examples", "prompt",
+                           train={"seeds": train_seeds_of(wc)},
                            eval={k: config["eval"][k] for k in ("sentence_end", "needle_prefix")},
                            tasks={t: s for t, s in config["tasks"].items() if s["kind"] in ("single", "multi")},
                            models=model_cfgs(wc.model)),
     conda:
         "../../envs/data.yaml"
     log:
-        layout.log("examples", "{model}/{variant}"),
+        layout.log("examples", "{model}/{variant}/tseed{tseed}"),
     benchmark:
-        layout.benchmark("examples", "{model}/{variant}"),
+        layout.benchmark("examples", "{model}/{variant}/tseed{tseed}"),
     shell:
         "pausetune examples --config-json {params.cfg:q} --inputs {input.paragraphs:q} --model {wildcards.model:q}"
         f" --model-dir {wildcards_of(layout.MODEL)} --variant {{wildcards.variant:q}}"
-        f" --output {wildcards_of(layout.EXAMPLES)} 2>&1 | tee {{log:q}}"
+        f" --train-seed {{wildcards.tseed:q}} --output {wildcards_of(layout.EXAMPLES)} 2>&1 | tee {{log:q}}"
 
 
 rule shards:

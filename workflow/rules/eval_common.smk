@@ -1,4 +1,6 @@
-# Eval: needle-in-a-haystack cells, results/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json.
+# Eval: needle-in-a-haystack cells, results/eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json
+# for the untrained variants (baseline, pause-prompt: once), .../{variant}/tseed{tseed}/{task}/... for the tuned ones
+# (one cell set per training seed, each with its own adapter).
 # One job evaluates a block of cells with one loaded model (config eval.block: cell | length | seed, see
 # pausetune/core/evaluation/grid.py: block_shape); every cell is its own file and its own target. One cell alone:
 #   snakemake results/eval/smollm2/baseline/single/seed0/len1000/depth50.json --config eval='{block: cell}'
@@ -9,7 +11,7 @@ import shlex
 
 from pausetune.core.evaluation.cells import EVAL_RESULT_KEYS
 from pausetune.core.evaluation.grid import block_shape, eval_targets, grid_axes
-from pausetune.core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth
+from pausetune.core.design import CHECKPOINT, PAUSED, TUNED, VARIANTS, format_depth
 from pausetune.core.checks import check_eval, once
 
 try:
@@ -34,8 +36,8 @@ def eval_inputs(wc):
     inputs = {"model": layout.prepared(wc.model), "haystack": eval_haystack(), "code": code("eval")}
     if wc.variant in CHECKPOINT:
         v = CHECKPOINT[wc.variant]
-        inputs["checkpoint"] = layout.manifest(layout.CHECKPOINT.format(model=wc.model, variant=v))
-        inputs["shards"] = train_data(wc.model, v, "manifest.json")  # holdout check: no haystack essay trained
+        inputs["checkpoint"] = layout.manifest(layout.checkpoint(wc.model, v, wc.tseed))
+        inputs["shards"] = train_data(wc.model, v, "manifest.json", wc.tseed)  # holdout: no haystack essay trained
     judge = config["eval"].get("judge")
     if judge and judge["kind"] == "local":
         inputs["judge"] = layout.prepared(judge["model"])
@@ -65,6 +67,8 @@ def eval_params(wc):
     extra = {"pause": config["pause"]} if PAUSED[wc.variant] else {}
     if any(config["tasks"][t].get("bank") for t in eval_tasks(wc)):
         extra["banks"] = config["banks"]  # only blocks that draw needles from the bank rerun when it changes
+    if wc.variant in TUNED:
+        extra["train"] = {"seeds": train_seeds_of(wc)}  # its own seed only: another seed joining reruns nothing
     return cfg("seed", "prompt", eval=ev, models=models, tasks={t: config["tasks"][t] for t in eval_tasks(wc)},
                shards={k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}, **extra)
 
@@ -78,7 +82,8 @@ def eval_extra_args(wc, input):
     if ev.get("device"):
         args += ["--device", ev["device"]]
     if "checkpoint" in input.keys():
-        args += ["--checkpoint", os.path.dirname(input.checkpoint), "--shard-manifest", input.shards]
+        args += ["--train-seed", wc.tseed, "--checkpoint", os.path.dirname(input.checkpoint),
+                 "--shard-manifest", input.shards]
     if "judge" in input.keys():
         args += ["--judge-model-dir", os.path.dirname(input.judge)]
     return args
@@ -88,15 +93,18 @@ def eval_resource(key):
     return lambda wc: config["eval"]["resources"][key]  # the schema fills its defaults
 
 
-EVAL_SHAPE = block_shape(config)  # pausetune.core.evaluation.grid: outputs, log and grid arguments of one job
-EVAL_OUT, EVAL_LOG, EVAL_ARGS = EVAL_SHAPE["out"], EVAL_SHAPE["log"], EVAL_SHAPE["args"]
+# pausetune.core.evaluation.grid: outputs, log and grid arguments of one job; an untrained variant's job and a
+# tuned variant's (one training seed's adapter: its train seed a wildcard more), the two eval rules.
+EVAL_SHAPES = {tuned: block_shape(config, tuned) for tuned in (False, True)}
+EVAL_VARIANTS = {False: "|".join(v for v in VARIANTS if v not in TUNED), True: "|".join(TUNED)}
+EVAL_WILDCARDS = dict(model=NAME, task=NAME, seed="-?[0-9]+", length="[0-9]+", depth="[0-9]+(\\.[0-9]+)?",
+                      tseed="[0-9]+")
 
 
-EVAL_WILDCARDS = dict(model=NAME, variant="|".join(VARIANTS), task=NAME, seed="-?[0-9]+", length="[0-9]+",
-                      depth="[0-9]+(\\.[0-9]+)?")
-EVAL_SHELL = (
-    "pausetune eval --config-json {params.cfg:q} --model {wildcards.model:q} --variant {wildcards.variant:q}"
-    f" --seed {{wildcards.seed:q}} {EVAL_ARGS} --model-dir {wildcards_of(layout.MODEL)}"
-    f" --haystack {{input.haystack:q}} {{params.extra:q}} --threads {{threads:q}}"
-    " 2>&1 | tee {log:q}"
-)
+def eval_shell(tuned):
+    return (
+        "pausetune eval --config-json {params.cfg:q} --model {wildcards.model:q} --variant {wildcards.variant:q}"
+        f" --seed {{wildcards.seed:q}} {EVAL_SHAPES[tuned]['args']} --model-dir {wildcards_of(layout.MODEL)}"
+        f" --haystack {{input.haystack:q}} {{params.extra:q}} --threads {{threads:q}}"
+        " 2>&1 | tee {log:q}"
+    )

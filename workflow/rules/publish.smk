@@ -11,8 +11,8 @@ rule publish:
     input:
         tables=[layout.table(t) for t in ("summary.csv", "deltas.csv", "measures.csv", "measure_deltas.csv")],
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
-        checkpoints=lambda wc: tuned_manifests(layout.manifest(layout.CHECKPOINT)),
-        shards=lambda wc: tuned_manifests(layout.manifest(layout.SHARDS)),
+        checkpoints=lambda wc: tuned_manifests("checkpoints"),
+        shards=lambda wc: tuned_manifests("shards"),
         code=code("publish"),
     output:
         page=config["publish"]["page"],

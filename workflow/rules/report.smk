@@ -22,6 +22,9 @@ rule aggregate:
         measures=layout.table("measures.csv"),
         measure_deltas=layout.table("measure_deltas.csv"),
         layer_attention=layout.table("layer_attention.csv"),
+        seed_summary=layout.table("seed_summary.csv"),
+        seed_deltas=layout.table("seed_deltas.csv"),
+        variance_components=layout.table("variance_components.csv"),
         manifest=layout.table("manifest.json"),
     params:
         cfg=lambda wc: cfg("seed", "report"),
@@ -68,7 +71,9 @@ for _fig in FIGURE_RULES:
             **_fig.constraints,
         params:
             stem=lambda wc, output: output.png[: -len(".png")],
-            args=lambda wc, fig=_fig: fig.args(wc),
+            # the config keys a figure's numbers depend on (the seeds figure: its bootstrap, as aggregate draws it)
+            args=lambda wc, fig=_fig: fig.args(wc) + (["--config-json", cfg(*fig.config_keys)] if fig.config_keys
+                                                      else []),
         conda:
             "../../envs/report.yaml"
         log:

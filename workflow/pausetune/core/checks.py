@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .design import BLOCKS, CHECKPOINT, VARIANTS, format_depth
+from .design import BLOCKS, CHECKPOINT, COMPARISONS, VARIANTS, format_depth
 from .evaluation.grid import expand_depths, expand_lengths, task_axes
 from .io import PausetuneError
 from .data.needles import check_task
@@ -42,6 +42,7 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
     if ev["block"] == "length" and len({tuple(ds) for _, ds in per_task.values()}) > 1:
         raise PausetuneError("config key 'eval.task_grid': tasks with different depths need eval.block seed or cell "
                              "(a length block's outputs are one depth list)")
+    check_primary(config)
     judge = ev.get("judge")
     if judge and judge.get("kind") == "local" and judge.get("model") not in models:
         raise PausetuneError(f"config key 'eval.judge.model': unknown model '{judge.get('model')}'")
@@ -62,6 +63,35 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
             else:
                 unchecked.append(m)
     return unchecked
+
+
+def check_primary(config: dict) -> None:
+    """A declared primary endpoint names a variant, a reference and a task of this grid, a contrast the tables make
+    (core.design.COMPARISONS), and lengths of that task's grid."""
+    declared = (config.get("report") or {}).get("primary")
+    if not declared:
+        return
+    ev = config["eval"]
+    for key in ("variant", "reference"):
+        v = declared[key]
+        if v not in VARIANTS:
+            raise PausetuneError(f"config key 'report.primary.{key}': unknown variant '{v}'; known: {list(VARIANTS)}")
+        if v not in ev["variants"]:
+            raise PausetuneError(f"config key 'report.primary.{key}': variant '{v}' is not in eval.variants "
+                                 f"{ev['variants']}")
+    if (declared["variant"], declared["reference"]) not in COMPARISONS:
+        raise PausetuneError(f"config key 'report.primary': {declared['variant']} vs {declared['reference']} is not a "
+                             f"contrast the tables make; made: {[f'{a} vs {b}' for a, b in COMPARISONS]}")
+    t = declared["task"]
+    if t not in ev["tasks"]:
+        raise PausetuneError(f"config key 'report.primary.task': unknown task '{t}'; eval.tasks: {ev['tasks']}")
+    lengths = declared.get("lengths")
+    if lengths:
+        grid = task_axes(config, t)[0]
+        off = [n for n in lengths if n not in grid]
+        if off:
+            raise PausetuneError(f"config key 'report.primary.lengths': length {off[0]} is not in task '{t}''s grid "
+                                 f"{grid}")
 
 
 def check_block(config: dict, model: str, variant: str, tasks: list[str], lengths: list[int],

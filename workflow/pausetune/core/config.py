@@ -345,6 +345,7 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     PATH = ("train",)
     models: list
+    seeds: list
     lora: LoraConfig
     objective: str
     loss_on: str
@@ -384,6 +385,7 @@ class EvalConfig(Section):
     sentence_end: str
     needle_prefix: str
     max_new_tokens: int
+    closed_book: bool
     measure: list
     block: str
     batch_size: int
@@ -421,6 +423,7 @@ class ReportConfig(Section):
     PATH = ("report",)
     bootstrap: int
     skip_bad_cells: bool
+    primary: Optional[dict]
 
 
 @dataclass(frozen=True)
@@ -469,6 +472,16 @@ class PromptConfig(Section):
 
 VIEWS = (LoraConfig, TrainConfig, EvalConfig, ShardsConfig, PublishConfig, ReportConfig, ExamplesConfig, BanksConfig,
          PauseConfig, ParagraphsConfig, PromptConfig)
+
+
+def train_seed_of(config: dict, train_seed: int | None) -> int:
+    """The run's training seed: one of train.seeds (default its first), one line otherwise."""
+    seeds = TrainConfig.of(config).seeds
+    if train_seed is None:
+        return int(seeds[0])
+    if int(train_seed) not in seeds:
+        raise PausetuneError(f"--train-seed {train_seed}: not in config key 'train.seeds' {seeds}")
+    return int(train_seed)
 
 
 def source_spec(config: dict, name: str) -> dict:

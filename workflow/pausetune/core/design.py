@@ -5,13 +5,19 @@ import math
 
 from .io import PausetuneError
 
-VARIANTS = ("baseline", "pause-prompt", "pause-tuned", "plain-tuned")
+# The 2x3 design: weights (none | pause-tuned | plain-tuned) x haystack (plain | paused). The crossed variants
+# (a tuned adapter on the other arm's haystack) tell the weights from the markers in the input.
+VARIANTS = ("baseline", "pause-prompt", "pause-tuned", "plain-tuned", "pause-tuned-on-plain", "plain-tuned-on-paused")
 
 
-PAUSED = {"baseline": False, "pause-prompt": True, "pause-tuned": True, "plain-tuned": False}
+PAUSED = {"baseline": False, "pause-prompt": True, "pause-tuned": True, "plain-tuned": False,
+          "pause-tuned-on-plain": False, "plain-tuned-on-paused": True}
 
 
-CHECKPOINT = {"pause-tuned": "pause", "plain-tuned": "plain"}  # tuned variant -> checkpoint variant
+# tuned variant -> the checkpoint variant whose weights it loads
+CHECKPOINT = {"pause-tuned": "pause", "plain-tuned": "plain", "pause-tuned-on-plain": "pause",
+              "plain-tuned-on-paused": "plain"}
+TUNED = tuple(v for v in VARIANTS if v in CHECKPOINT)  # the variants with one cell set per training seed
 TRAIN_VARIANTS = ("pause", "plain")  # the two kinds of shards and checkpoints
 
 
@@ -39,21 +45,46 @@ def parse_depth(text: str) -> float:
     return d
 
 
-KEY = ["model", "variant", "task", "seed", "length", "depth"]
+# A cell's coordinates. train_seed: the training run of a tuned variant's adapter (-1 for the untrained variants,
+# which do not depend on it: their cells pair with every run's).
+KEY = ["model", "variant", "train_seed", "task", "seed", "length", "depth"]
+UNTRAINED = -1
 
 
-MATCH = ["model", "task", "seed", "length", "depth"]
+MATCH = ["model", "task", "seed", "length", "depth"]  # what pairs two variants' cells (and train_seed, both tuned)
 
 
-# (variant, reference): every variant against baseline, then the tuning controls.
+# (variant, reference): every variant against baseline, then the tuning controls, then the crossed design's
+# contrasts: weights at a fixed haystack, haystack at fixed weights.
 COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
     ("pause-tuned", "plain-tuned"),
     ("pause-tuned", "pause-prompt"),
+    ("pause-tuned", "plain-tuned-on-paused"),        # weights, paused haystack
+    ("pause-tuned-on-plain", "plain-tuned"),         # weights, plain haystack
+    ("pause-tuned", "pause-tuned-on-plain"),         # haystack, pause weights
+    ("plain-tuned-on-paused", "plain-tuned"),        # haystack, plain weights
 ]
 
 
+# The primary endpoint where config report.primary is null (and the grid has it): the issue-#26 question.
+DEFAULT_PRIMARY = {"variant": "pause-tuned", "reference": "plain-tuned", "task": "bank", "lengths": None}
+
+
+def primary_endpoint(config: dict) -> dict | None:
+    """The declared primary endpoint: report.primary, else DEFAULT_PRIMARY when the grid has its variants and task,
+    else None (every contrast secondary). Checked at DAG time (core.checks.check_primary)."""
+    declared = (config.get("report") or {}).get("primary")
+    if declared:
+        return {"lengths": None, **declared}
+    ev = config["eval"]
+    p = DEFAULT_PRIMARY
+    ok = {p["variant"], p["reference"]} <= set(ev["variants"]) and p["task"] in ev["tasks"]
+    return dict(p) if ok else None
+
+
 TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv",
-          "measures.csv", "measure_deltas.csv", "layer_attention.csv", "manifest.json"]
+          "measures.csv", "measure_deltas.csv", "layer_attention.csv", "seed_summary.csv", "seed_deltas.csv",
+          "variance_components.csv", "manifest.json"]
 
 
 def fmt_tokens(n: float) -> str:

@@ -15,14 +15,18 @@ PARAGRAPHS_STATS = "data/paragraphs/{source}/{method}.stats.json"
 MODELS = "data/models"
 MODEL = "data/models/{model}"
 SHARDS = "data/shards/{model}/{variant}"
-EXAMPLES = "data/examples/{model}/{variant}"
+EXAMPLES = "data/examples/{model}/{variant}/tseed{tseed}"  # retrieval examples: drawn per training seed
 
 # results/: checkpoints, cells, tables, figures
 RESULTS = "results"
-CHECKPOINT = "results/checkpoints/{model}/{variant}"
-TRAIN_METRICS = "results/metrics/train/{model}/{variant}.json"
-TRAIN_LOSS = "results/metrics/train/{model}/{variant}_loss.csv"
-CELL = "eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json"  # under a results root
+# {tseed}: the training seed (train.seeds): LoRA init, data order and which training examples are drawn
+CHECKPOINT = "results/checkpoints/{model}/{variant}/tseed{tseed}"
+TRAIN_METRICS = "results/metrics/train/{model}/{variant}/tseed{tseed}.json"
+TRAIN_LOSS = "results/metrics/train/{model}/{variant}/tseed{tseed}_loss.csv"
+# A cell, under a results root: an untrained variant's (baseline, pause-prompt) once, a tuned variant's per
+# training seed (core.design.TUNED), its adapter's seed one folder below the variant.
+CELL = "eval/{model}/{variant}/{task}/seed{seed}/len{length}/depth{depth}.json"
+TUNED_CELL = "eval/{model}/{variant}/tseed{tseed}/{task}/seed{seed}/len{length}/depth{depth}.json"
 CELLS = "results/eval"
 CELLS_CACHE = "results/.cells"  # finished cells by id: not an output, so a failed block keeps its work
 TABLES = "results/tables"
@@ -78,10 +82,17 @@ def prepared(model: str = "{model}") -> str:
     return f"{MODEL.format(model=model)}/{PREPARED}"
 
 
-def train_data(model: str, variant: str, objective: str) -> str:
-    """What a checkpoint trains on: retrieval examples (train.objective retrieval) or LM shards (lm)."""
+def train_data(model: str, variant: str, objective: str, tseed="{tseed}") -> str:
+    """What a checkpoint trains on: retrieval examples of its training seed (train.objective retrieval) or LM
+    shards (lm: the same shards for every seed, which sets only the init and the data order there)."""
     check_name(model, "model")
-    return (EXAMPLES if objective == "retrieval" else SHARDS).format(model=model, variant=variant)
+    return EXAMPLES.format(model=model, variant=variant, tseed=tseed) if objective == "retrieval" else \
+        SHARDS.format(model=model, variant=variant)
+
+
+def checkpoint(model: str, variant: str, tseed) -> str:
+    check_name(model, "model")
+    return CHECKPOINT.format(model=model, variant=variant, tseed=int(tseed))
 
 
 def timing(cell_path: str, root: str = RESULTS) -> str:
@@ -95,9 +106,10 @@ def table(name: str, root: str = TABLES) -> str:
     return f"{root}/{name}"
 
 
-def cell(root: str = RESULTS) -> str:
-    """The cell template under a results root ('' for none)."""
-    return f"{root.rstrip('/')}/{CELL}" if root else CELL
+def cell(root: str = RESULTS, tuned: bool = False) -> str:
+    """The cell template (a tuned variant's: TUNED_CELL) under a results root ('' for none)."""
+    template = TUNED_CELL if tuned else CELL
+    return f"{root.rstrip('/')}/{template}" if root else template
 
 
 def log(step: str, name: str) -> str:

@@ -2,8 +2,10 @@
 
 Reads the grid's cells (a damaged one is named, or left out under report.skip_bad_cells), computes every table
 and writes each atomically into --out-dir: cells.parquet, summary.csv, deltas.csv, depth_profile.csv,
-length_profile.csv, measures.csv, measure_deltas.csv, layer_attention.csv, summary.json (DVC metrics) and
-manifest.json (the code that made them). What each table holds and how its intervals are drawn: core/report/tables.py.
+length_profile.csv, measures.csv, measure_deltas.csv, layer_attention.csv, seed_summary.csv, seed_deltas.csv,
+variance_components.csv, summary.json (DVC metrics) and manifest.json (the code that made them). The primary
+endpoint (config report.primary, else core.design.DEFAULT_PRIMARY where the cells have it) is deltas.csv's first
+row, `primary` true. What each table holds and how its intervals are drawn: core/report/tables.py.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from ..core.evaluation.grid import eval_targets
 from ..core.io import PausetuneError, write_json, write_parquet, write_text
 from ..core.report.stats import DEFAULT_BOOTSTRAP
 from ..core.report.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
-                           measures_table, profile, summarize, summary_json)
+                                  measures_table, primary_of, profile, seed_deltas, seed_summary, summarize,
+                                  summary_json, variance_table)
 
 
 def find_cells(cells_dir: str | os.PathLike) -> list[str]:
@@ -53,15 +56,21 @@ def tables_manifest(df, skipped: list | None = None) -> dict:
 
 
 def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-              skip_bad: bool = False) -> dict:
+              skip_bad: bool = False, report: dict | None = None) -> dict:
     """Read the cells, write every table into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
     skipped: list[dict] = []
     df = cells_frame(load_cells(paths, skip_bad, skipped))
+    primary = primary_of(report)
     summary = summarize(df)
-    delta = deltas(df, b=b, seed=seed)
+    delta = deltas(df, b=b, seed=seed, primary=primary)
+    if (report or {}).get("primary") and not delta["primary"].any():
+        p = primary
+        raise PausetuneError(f"config key 'report.primary': the cells hold no {p['variant']} vs {p['reference']} "
+                             f"pair on task '{p['task']}'")
     meas, mdelta, layers = measures_table(df), measure_deltas(df, b=b, seed=seed), layer_attention(df)
+    per_seed, seed_sum, variance = seed_deltas(df, primary), seed_summary(df), variance_table(df, primary)
     metrics = summary_json(summary, delta, meas, mdelta)
     out = Path(out_dir)
     write_parquet(out / "cells.parquet", df)
@@ -73,9 +82,13 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_text(out / "measures.csv", csv_text(meas))
     write_text(out / "measure_deltas.csv", csv_text(mdelta))
     write_text(out / "layer_attention.csv", csv_text(layers))
+    write_text(out / "seed_summary.csv", csv_text(seed_sum))
+    write_text(out / "seed_deltas.csv", csv_text(per_seed))
+    write_text(out / "variance_components.csv", csv_text(variance))
     write_json(out / "manifest.json", tables_manifest(df, skipped))
     return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "measures": meas,
-            "measure_deltas": mdelta, "layer_attention": layers, "skipped": skipped}
+            "measure_deltas": mdelta, "layer_attention": layers, "seed_summary": seed_sum, "seed_deltas": per_seed,
+            "variance": variance, "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -120,7 +133,8 @@ def main(args, config: dict) -> int:
     report = ReportConfig.of(config)
     b = args.bootstrap if args.bootstrap is not None else report.bootstrap
     seed = args.bootstrap_seed if args.bootstrap_seed is not None else config["seed"]
-    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed), skip_bad=report.skip_bad_cells)
+    res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed), skip_bad=report.skip_bad_cells,
+                    report=report.to_dict())
     for s in res["skipped"]:
         print(f"aggregate: left out {s['reason']} (report.skip_bad_cells)", file=sys.stderr)
     n_delta = len(res["deltas"])

@@ -1,12 +1,17 @@
 """Stage `eval`: one block of needle-in-a-haystack cells with one loaded model.
 
 `pausetune eval --model M --variant V --tasks T.. --seed S --lengths N.. --depths D.. --model-dir data/models/M
---haystack data/paragraphs/{source}/{method}.parquet.. [--checkpoint results/checkpoints/M/{pause|plain}]`
-writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` for every (task, length, depth) of the block.
+--haystack data/paragraphs/{source}/{method}.parquet.. [--train-seed R --checkpoint results/checkpoints/M/{pause|plain}/tseedR]`
+writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` (a tuned variant: `results/eval/{M}/{V}/tseed{R}/
+{task}/...`) for every (task, length, depth) of the block.
 
 - The model loads once. Variants: `baseline` (base model, plain haystack), `pause-prompt` (base model, the pause
   token added with an exact-mean embedding row, paused haystack), `pause-tuned` / `plain-tuned` (the pause /
-  plain LoRA checkpoint merged into the base, paused / plain haystack).
+  plain LoRA checkpoint of training seed R merged into the base, paused / plain haystack), and the crossed
+  `pause-tuned-on-plain` (pause weights, plain haystack) / `plain-tuned-on-paused` (plain weights, paused haystack,
+  the pause token added as for pause-prompt).
+- `eval.closed_book`: each cell also answers its question with the document left empty (no haystack, no needle),
+  scored as the cell is: `closed_book` {answer, answer_tokens, recall, exact, score}, the guess rate.
 - Each cell is written atomically as soon as it is answered, and also kept in `results/.cells/{cell_id}.json`
   (`cell_id`: sha256 of everything that determines the cell: coordinates, task, prompt, eval settings that change
   answers, pause and split settings, the model's prepared.json/config.json, the adapter's sha256, the haystack
@@ -40,8 +45,8 @@ from ..core import layout
 from ..core.evaluation.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_record
 from ..core.training.checkpoints import load_variant
 from ..core.checks import check_block, check_budgets, check_judge
-from ..core.config import EvalConfig, ShardsConfig
-from ..core.design import CHECKPOINT, PAUSED, format_depth, parse_depth
+from ..core.config import EvalConfig, ShardsConfig, train_seed_of
+from ..core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth, parse_depth
 from ..core.evaluation.grid import task_axes
 from ..core.data.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
 from ..core.io import PausetuneError, read_json, write_json
@@ -66,7 +71,7 @@ def _check_holdout(hay_ids: list[str], shard_manifest: str | None, config: dict)
 def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, int, float]], seed: int,
               model_dir, haystack: list[str], checkpoint=None, shard_manifest=None,
               judge_model_dir=None, results: str = layout.RESULTS, cells_cache: str | None = None,
-              device: str | None = None, force: bool = False, log=print) -> dict:
+              device: str | None = None, force: bool = False, log=print, train_seed: int | None = None) -> dict:
     """Evaluate one block, cells (task, length, depth) of one haystack seed: plan (what is done) -> load -> prompts
     -> generate -> store. Returns {computed, cached, skipped, rescored}."""
     from ..core.evaluation.engine import Engine, Request, eos_ids_of  # torch: imported when a block runs
@@ -77,16 +82,20 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                 sorted({d for _, _, d in cells}))
     set_threads(evc.threads)
     cache_root = Path(cells_cache or Path(results) / Path(layout.CELLS_CACHE).name)
+    if (variant in CHECKPOINT) != (train_seed is not None):
+        raise PausetuneError(f"eval {variant}: " + ("a tuned variant needs --train-seed (one of config train.seeds)"
+                                                    if variant in CHECKPOINT else "--train-seed is for tuned variants"))
+    name = f"{model}/{variant}" + (f"/tseed{train_seed}" if train_seed is not None else "")
     plan = plan_block(config, model=model, variant=variant, cells=cells, seed=seed, model_dir=model_dir,
                       haystack=haystack, checkpoint=checkpoint, results=results, cache_root=cache_root,
-                      device=device, force=force)
+                      device=device, force=force, train_seed=train_seed)
     counts = plan.counts
     if plan.restale or plan.todo:
         check_judge(ev.get("judge"))  # before any model loads
     _rescore(plan, config, judge_model_dir, cache_root, results)
     rescored = f", {counts['rescored']} rescored" if counts["rescored"] else ""
     if not plan.todo:
-        log(f"eval {model}/{variant} seed{seed}: nothing to do ({counts['skipped']} done, {counts['cached']} "
+        log(f"eval {name} seed{seed}: nothing to do ({counts['skipped']} done, {counts['cached']} "
             f"from the cell cache{rescored})")
         return counts
 
@@ -103,8 +112,9 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     order = essay_order(hay_ids, seed)
     stream = build_stream(tok, dict(essays), order, max(n for _, n, _, _, _ in plan.todo), pause_ids)
     hmeta = stream_meta(haystack, order, Path(haystack[0]).stem, PAUSED[variant], config["pause"], pause_ids)
+    closed: list | None = [] if evc.closed_book else None
     fmt, prompts = build_prompts(tok, config, model, stream, seed, [(t, n, d) for t, n, d, _, _ in plan.todo],
-                                 pause_ids)
+                                 pause_ids, closed)
     todo = {cid: (t, n, d, out, inst, cp) for (t, n, d, cid, out), (inst, cp) in zip(plan.todo, prompts)}
     requests = [Request(cid, cp.ids, cp.shareable, cell_measure(tok, inst, cp, pause_ids, evc.measure, fmt == "plain"))
                 for cid, (_, _, _, _, inst, cp) in todo.items()]
@@ -115,23 +125,39 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                     linear=plan.ident["kernels"].get("linear_fp32"))
     judge_call = make_judge(config, judge_model_dir, plan.dtype, plan.device)
     t_block = time.perf_counter()
+    closed_answers = _closed_book(engine, tok, closed) if closed is not None else {}
+    closed_of = dict(zip(todo, map(tuple, closed or [])))  # cell id -> its closed-book prompt
     with _out_of_memory_as_error(engine, plan, {n for _, n, *_ in todo.values()}) as done_lengths:
         for res in engine.run(requests):
             t, n, d, out, inst, cp = todo[res.key]
             answer = tok.decode(res.new_ids, skip_special_tokens=True).strip()
-            cell = cell_record(plan, res, answer, inst, cp, t, n, d, config, fmt, hmeta)
+            cb = closed_answers[closed_of[res.key]] if closed is not None else None
+            cell = cell_record(plan, res, answer, inst, cp, t, n, d, config, fmt, hmeta, cb)
             if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
                 write_json(layout.cached_cell(cache_root, res.key), cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)
             store(cell, out, cache_root, results, timing_record(plan.device, res.timing))
             counts["computed"] += 1
             done_lengths.add(n)
-            log(f"eval {model}/{variant}/{t} seed{seed} len{n} depth{format_depth(d)}: score {cell['score']:g} "
+            log(f"eval {name}/{t} seed{seed} len{n} depth{format_depth(d)}: score {cell['score']:g} "
                 f"({cell['context_tokens']} tokens, prefill {res.timing['prefill_s']:.2f}s, "
                 f"reused {res.timing['shared_prefix_tokens']})")
-    log(f"eval {model}/{variant} seed{seed}: {counts['computed']} computed, {counts['cached']} from cache{rescored}, "
+    log(f"eval {name} seed{seed}: {counts['computed']} computed, {counts['cached']} from cache{rescored}, "
         f"{counts['skipped']} already done, {time.perf_counter() - t_block:.1f}s")
     return counts
+
+
+def _closed_book(engine, tok, prompts: list[list[int]]) -> dict:
+    """Each distinct closed-book prompt answered once (a question shared by cells is asked once): {ids: {answer,
+    answer_tokens}}; unscored (scoring.score_cell scores it with the cell's facts)."""
+    from ..core.evaluation.engine import Request
+
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    out = {}
+    for res in engine.run([Request(i, list(p)) for i, p in enumerate(distinct)]):
+        out[distinct[res.key]] = {"answer": tok.decode(res.new_ids, skip_special_tokens=True).strip(),
+                                  "answer_tokens": len(res.new_ids), "prompt_tokens": len(distinct[res.key])}
+    return out
 
 
 def _rescore(plan, config: dict, judge_model_dir, cache_root: Path, results: str) -> None:
@@ -165,7 +191,7 @@ def _out_of_memory_as_error(engine, plan, lengths: set[int]):
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
-    p.add_argument("--variant", required=True, help="baseline | pause-prompt | pause-tuned | plain-tuned")
+    p.add_argument("--variant", required=True, help=" | ".join(VARIANTS))
     p.add_argument("--seed", type=int, required=True, help="haystack seed (essay order)")
     p.add_argument("--tasks", nargs="+", default=None, help="names of config 'tasks' entries (default: eval.tasks)")
     p.add_argument("--lengths", nargs="+", type=int, default=None,
@@ -176,10 +202,12 @@ def add_arguments(p) -> None:
     p.add_argument("--haystack", nargs="+", default=None,
                    help="paragraph parquet(s) (default: data/paragraphs/{source}/{paragraphs.method}.parquet of "
                         "eval.haystack_sources)")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="tuned variants: the training seed of the adapter (one of config train.seeds; default its first)")
     p.add_argument("--checkpoint", default=None,
-                   help="tuned variants (default results/checkpoints/{model}/{pause|plain})")
+                   help=f"tuned variants (default {layout.CHECKPOINT}, variant pause | plain)")
     p.add_argument("--shard-manifest", default=None,
-                   help="holdout check (default, tuned variants: data/shards/{model}/{pause|plain}/manifest.json)")
+                   help="holdout check (default, tuned variants: the manifest of the data the checkpoint trained on)")
     p.add_argument("--judge-model-dir", default=None, help="data/models/{judge} (eval.judge kind local)")
     p.add_argument("--results", default=layout.RESULTS, help="results root (cells go to RESULTS/eval/...)")
     p.add_argument("--cells-cache", default=None, help="finished-cell cache (default RESULTS/.cells)")
@@ -218,13 +246,17 @@ def main(args, config: dict) -> int:
     method = ev.get("paragraph_method") or config["paragraphs"]["method"]
     haystack = args.haystack or [layout.PARAGRAPHS.format(source=s, method=method) for s in ev["haystack_sources"]]
     checkpoint, shard_manifest = args.checkpoint, args.shard_manifest
+    tseed = None
     if v in CHECKPOINT:
+        tseed = train_seed_of(config, args.train_seed)
         if not checkpoint:
-            checkpoint = layout.CHECKPOINT.format(model=m, variant=CHECKPOINT[v])
+            checkpoint = layout.checkpoint(m, CHECKPOINT[v], tseed)
             if not (Path(checkpoint) / "manifest.json").exists():
                 raise PausetuneError(f"eval {v}: no checkpoint at {checkpoint} (train it first, or pass --checkpoint DIR)")
-        default_shards = Path(layout.manifest(layout.train_data(m, CHECKPOINT[v], config["train"]["objective"])))
+        default_shards = Path(layout.manifest(layout.train_data(m, CHECKPOINT[v], config["train"]["objective"], tseed)))
         shard_manifest = shard_manifest or (str(default_shards) if default_shards.exists() else None)
+    elif args.train_seed is not None:
+        raise PausetuneError(f"eval {v}: --train-seed is for tuned variants (an untrained variant has no adapter)")
     judge = ev.get("judge")
     judge_dir = args.judge_model_dir or (layout.MODEL.format(model=judge["model"]) if judge and judge["kind"] == "local"
                                          else None)
@@ -233,5 +265,5 @@ def main(args, config: dict) -> int:
               model_dir=args.model_dir or layout.MODEL.format(model=m), haystack=haystack, checkpoint=checkpoint,
               shard_manifest=shard_manifest, judge_model_dir=judge_dir, results=args.results,
               cells_cache=args.cells_cache, device=args.device, force=args.force,
-              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+              log=lambda msg: print(msg, file=sys.stderr, flush=True), train_seed=tseed)
     return 0

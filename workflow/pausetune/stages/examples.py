@@ -1,4 +1,8 @@
-"""Stage `examples`: retrieval training examples, data/examples/{model}/{variant}/ (variant pause | plain).
+"""Stage `examples`: retrieval training examples, data/examples/{model}/{variant}/tseed{seed}/ (variant pause | plain).
+
+The training seed (`--train-seed`, one of config `train.seeds`) draws the training examples; the validation
+examples, the essay split and the banks come from the root `seed`, the same for every training seed. The pause and
+plain folders of one training seed hold the same examples, pause markers aside.
 
 Built from the TRAINING essays only (pausetune.core.data.splits.essay_split, the split the shards use: the eval's
 haystack essays are never in an example; validation examples come from the validation essays) and the training
@@ -12,8 +16,9 @@ models already prepared: pausetune.core.data.examples.check_examples_fit).
 """
 from __future__ import annotations
 
+from ..core import layout
 from ..core.data.banks import bank_hash, check_banks
-from ..core.config import ExamplesConfig, ShardsConfig
+from ..core.config import ExamplesConfig, ShardsConfig, train_seed_of
 from ..core.design import TRAIN_VARIANTS
 from ..core.data.examples import ExampleBuilder, check_config, check_window, example_rng
 from ..core.fingerprint import code_record
@@ -27,7 +32,7 @@ COLUMNS = ("input_ids", "answer_start", "answer_end", "length", "depth", "needle
 
 
 def build_examples(paragraph_files: list[str], model_dir: str, model: str, variant: str, config: dict,
-                   out_dir: str) -> dict:
+                   out_dir: str, train_seed: int | None = None) -> dict:
     import datasets
 
     from ..core.models import load_tokenizer, max_context, model_entry
@@ -38,6 +43,7 @@ def build_examples(paragraph_files: list[str], model_dir: str, model: str, varia
     entry = model_entry(config, model)
     train_bank, eval_bank = check_banks(config)
     ex, seed = ExamplesConfig.of(config), config["seed"]
+    tseed = train_seed_of(config, train_seed)
     window = max_context(model_dir, entry)
     check_window(config, model, window)
     essays = dict(load_essays(paragraph_files))
@@ -51,7 +57,8 @@ def build_examples(paragraph_files: list[str], model_dir: str, model: str, varia
     counts = {}
     for name, n in (("train", ex.count), ("validation", ex.validation_count)):
         ids = split[name]
-        built = [builder.build(example_rng(seed, name, i), essays, ids, train_bank) for i in range(n if ids else 0)]
+        draw = tseed if name == "train" else seed  # validation: the same rows for every training seed
+        built = [builder.build(example_rng(draw, name, i), essays, ids, train_bank) for i in range(n if ids else 0)]
         too_long = [b for b in built if len(b["input_ids"]) > window]
         if too_long:
             raise PausetuneError(f"config key 'examples.lengths.max': an example has {len(too_long[0]['input_ids'])} "
@@ -67,6 +74,7 @@ def build_examples(paragraph_files: list[str], model_dir: str, model: str, varia
         "model": model,
         "variant": variant,
         "seed": seed,
+        "train_seed": tseed,
         "template": ex.template,
         "layout": builder.layout,
         "answer": ex.answer,
@@ -110,11 +118,13 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--model-dir", required=True, help="data/models/{model}")
     p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
-    p.add_argument("--output", required=True, help="data/examples/{model}/{variant}")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="the training seed, one of config train.seeds (default: its first)")
+    p.add_argument("--output", required=True, help=layout.EXAMPLES)
 
 
 def main(args, config: dict) -> int:
-    m = build_examples(args.inputs, args.model_dir, args.model, args.variant, config, args.output)
+    m = build_examples(args.inputs, args.model_dir, args.model, args.variant, config, args.output, args.train_seed)
     s = m["splits"]
     print(f"examples {args.variant}: train {s['train']['rows']} ({s['train']['essays']} essays), validation "
           f"{s['validation']['rows']}, lengths {m['lengths']['min']}-{m['lengths']['max']} tokens, layout "

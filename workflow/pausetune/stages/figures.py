@@ -30,6 +30,14 @@ results/figures/pause_depth/{model}/{task}.{ext}
 results/figures/attention_layer/{model}/{task}.{ext}
     share per layer (needle, pause, sink), one line per variant: where in the network the pauses change anything.
 
+Training runs (issue #26: tuned variants carry the training seed of their adapter):
+results/figures/seeds/{model}/{task}.{ext}
+    the per-seed dot plot: one row per tuned contrast of core.design.COMPARISONS the cells have, x = recall
+    difference (variant - reference, percentage points); a dot per training seed (its own contrast, as in
+    seed_deltas.csv), the pooled mean with its 95% hierarchical bootstrap interval (runs, then points, then
+    cells: deltas.csv's recall_diff_pp_ci_low/high, from the same resamples and seed: config report.bootstrap and
+    seed, or --bootstrap / --bootstrap-seed as for `pausetune aggregate`) and a zero line.
+
 Tooltips (HTML) carry length, depth, mean score, n and, on the heatmaps, the answers. What a figure draws is
 core/report/figdata.py, how: core/report/charts.py; this step reads the table, builds the chart and writes its files.
 """
@@ -39,15 +47,25 @@ import json
 from html import escape as html_escape
 from pathlib import Path
 
+from ..core.config import ReportConfig
 from ..core.report.charts import build_chart
 from ..core.design import KEY
 from ..core.report.figdata import LAYER_PARTS, MEASURE_FIELD
 from ..core.io import PausetuneError, atomic_path, cache_dir, read_parquet, write_text
+from ..core.report.tables import primary_of
 from ..core.report.targets import FORMATS, KINDS
+
+
+SEEDS_COLUMNS = ("recall", "exact")  # recall: the contrast; exact: the per-seed exact test in the tooltips
 
 
 def load_table(path: str, kind: str = "heatmap"):
     """The columns a figure of `kind` reads (the mechanism's only where the table has them)."""
+    if kind == "seeds":
+        import pyarrow.parquet as pq
+
+        have = set(pq.read_schema(path).names)
+        return read_parquet(path, columns=KEY + ["score"] + [c for c in SEEDS_COLUMNS if c in have])
     if kind in MEASURE_FIELD or kind == "attention_layer":
         import pyarrow.parquet as pq
 
@@ -148,6 +166,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--variant", default=None, help="heatmap / delta / logprob / logprob_delta: the variant drawn")
     parser.add_argument("--reference", default="baseline", help="delta: the variant subtracted (default baseline)")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
+                        help="seeds: bootstrap resamples of the pooled interval (default: config report.bootstrap)")
+    parser.add_argument("--bootstrap-seed", type=int, default=None, metavar="SEED",
+                        help="seeds: bootstrap seed (default: config seed)")
     parser.add_argument("--output", required=True, metavar="STEM",
                         help="output path without extension; writes STEM.html, STEM.png, STEM.svg")
 
@@ -158,7 +180,14 @@ def main(args, config: dict) -> int:
         if stem.endswith("." + ext):
             stem = stem[: -len(ext) - 1]
     df = load_table(args.cells_table, args.kind)
-    chart = build_chart(df, args.kind, args.model, args.task, args.variant, args.reference)
+    # the seeds figure's interval: the aggregate stage's resamples, seed and primary endpoint (so deltas.csv's)
+    report = ReportConfig.of(config)
+    b = args.bootstrap if args.bootstrap is not None else report.bootstrap
+    seed = args.bootstrap_seed if args.bootstrap_seed is not None else config["seed"]
+    if b < 1:
+        raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
+    chart = build_chart(df, args.kind, args.model, args.task, args.variant, args.reference, b=int(b), seed=int(seed),
+                        primary=primary_of(report.to_dict()))
     written = save_chart(chart, stem, config=config)
     print(f"figures: {args.kind} {args.model}/{args.task}" + (f"/{args.variant}" if args.variant else "")
           + f" -> {', '.join(str(p) for p in written)}")

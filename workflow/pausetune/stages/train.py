@@ -1,6 +1,9 @@
-"""Stage `train`: LoRA / QLoRA pause-tuning of one (model, variant) checkpoint.
+"""Stage `train`: LoRA / QLoRA pause-tuning of one (model, variant, training seed) checkpoint.
 
-results/checkpoints/{model}/{variant}/ holds
+The training seed (`--train-seed`, one of config `train.seeds`) sets the LoRA init, the data order and (retrieval)
+which examples were drawn (stage `examples` of the same seed); nothing of the evaluation depends on it.
+
+results/checkpoints/{model}/{variant}/tseed{seed}/ holds
 - `adapter/`: the peft LoRA adapter (safetensors; in the `pause` variant with the trained pause-token row),
 - `tokenizer/`: the tokenizer the shards were made with (pause token included): eval loads exactly it,
 - `train_log.jsonl`: one line per optimizer step (loss, lr, grad norm, tokens/s, peak memory) and one per
@@ -40,7 +43,7 @@ from pathlib import Path
 
 from ..core import layout
 from ..core.training.checkpoints import dir_hashes, training_metrics
-from ..core.config import TrainConfig
+from ..core.config import TrainConfig, train_seed_of
 from ..core.design import TRAIN_VARIANTS
 from ..core.fingerprint import code_record, fingerprint, package_versions
 from ..core.io import PausetuneError, atomic_dir, read_json, sha256_file, write_json, write_text
@@ -190,14 +193,18 @@ def _fresh_model(run_args: dict, cfg: TrainConfig, seed: int):
 
 
 def setup(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
-          config: dict, device: str | None = None, threads: int | None = None) -> Run:
+          config: dict, device: str | None = None, threads: int | None = None, train_seed: int | None = None) -> Run:
     """Check the inputs, load the data and the model, and restore the saved state of this exact run if any."""
     t_start = time.time()
     cfg = TrainConfig.of(config)
     set_threads(threads or cfg.threads)
-    seed, device = int(config["seed"]), device or default_device()
+    seed, device = train_seed_of(config, train_seed), device or default_device()
     output, data_dir, model_dir = Path(output), Path(data_dir), Path(model_dir)
     checked = check_inputs(model_name, variant, model_dir, data_dir, config)
+    drawn_with = checked["shard_manifest"].get("train_seed")
+    if cfg.objective == "retrieval" and drawn_with is not None and int(drawn_with) != seed:
+        raise PausetuneError(f"{data_dir}/manifest.json: examples drawn for training seed {drawn_with}, this run's "
+                             f"is {seed} (--train-seed): pass the examples of seed {seed}")
     if cfg.dtype == "auto":  # like eval: the model entry's dtype, then the machine's rule
         cfg = cfg.replace(dtype=checked["entry"]["dtype"])
     tok, pause_ids = checked["tokenizer"], checked["pause_ids"]
@@ -305,6 +312,7 @@ def finalize(run: Run, config: dict) -> dict:
             "model": run.name,
             "variant": run.variant,
             "seed": run.seed,
+            "train_seed": run.seed,
             "train": cfg.to_dict(),
             "pause": config.get("pause"),
             "model_entry": run.checked["entry"],
@@ -350,9 +358,9 @@ def finalize(run: Run, config: dict) -> dict:
 
 def train(model_name: str, variant: str, model_dir: str | Path, data_dir: str | Path, output: str | Path,
           config: dict, device: str | None = None, threads: int | None = None, progress: bool = True,
-          return_model: bool = False):
+          return_model: bool = False, train_seed: int | None = None):
     """Train one checkpoint into `output` (atomically); return its manifest (and the peft model if asked)."""
-    run = setup(model_name, variant, model_dir, data_dir, output, config, device, threads)
+    run = setup(model_name, variant, model_dir, data_dir, output, config, device, threads, train_seed)
     loop(run, progress)
     manifest = finalize(run, config)
     return (manifest, run.model) if return_model else manifest
@@ -371,6 +379,8 @@ def write_metrics(checkpoint_dir, metrics_path, curve_path) -> None:
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="name of an entry of config 'models'")
     p.add_argument("--variant", required=True, choices=TRAIN_VARIANTS)
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="the training seed, one of config train.seeds (default: its first)")
     p.add_argument("--model-dir", required=True, help=layout.MODEL)
     p.add_argument("--shards", default=None, help=f"{layout.SHARDS} (train.objective lm)")
     p.add_argument("--examples", default=None, help=f"{layout.EXAMPLES} (train.objective retrieval)")
@@ -393,10 +403,10 @@ def main(args, config: dict) -> int:
         want = f"--examples {layout.EXAMPLES}" if objective == "retrieval" else f"--shards {layout.SHARDS}"
         raise PausetuneError(f"config key 'train.objective' is '{objective}': pass {want}")
     m = train(args.model, args.variant, args.model_dir, data, args.output, config, device=args.device,
-              threads=args.threads, progress=not args.no_progress)
+              threads=args.threads, progress=not args.no_progress, train_seed=args.train_seed)
     write_metrics(args.output, args.metrics, args.loss_curve)
     val = f"{m['final_val_loss']:.4f}" if m["final_val_loss"] is not None else "n/a"
-    print(f"train {args.model}/{args.variant}: {m['steps']} steps, {m['tokens_seen']} tokens, "
+    print(f"train {args.model}/{args.variant} tseed{m['train_seed']}: {m['steps']} steps, {m['tokens_seen']} tokens, "
           f"loss {m['first_train_loss']:.4f} -> {m['final_train_loss']:.4f}, validation loss {val}, "
           f"{m['trainable_params']} trainable params, {m['train_time_s']:.0f} s -> {args.output}")
     return 0

@@ -35,7 +35,7 @@ def code_identity() -> dict:
 # (core.evaluation.engine). reuse_prefix and block are not. Threads and the device type change the numbers too: they enter
 # the identity through `kernels`, as the job finds them, not as config keys.
 EVAL_RESULT_KEYS = ("buffer", "sentence_end", "needle_prefix", "max_new_tokens", "dtype", "judge", "haystack_sources",
-                    "measure", "prefill_chunk", "batch_size")
+                    "measure", "prefill_chunk", "batch_size", "closed_book")
 
 
 def cell_measure(tok, inst, cp, pause_ids, what, plain: bool):
@@ -104,13 +104,13 @@ def _entry(entry: dict | None) -> dict | None:
 
 
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
-                   dtype: str, device_type: str) -> dict:
+                   dtype: str, device_type: str, train_seed: int | None = None) -> dict:
     from ..design import PAUSED
     from ..kernels import cell_kernels
 
     ev = config["eval"]
     ident = {
-        "model": model, "variant": variant, "model_entry": _entry(config["models"][model]),
+        "model": model, "variant": variant, "train_seed": train_seed, "model_entry": _entry(config["models"][model]),
         "model_sha256": model_fingerprint(model_dir), "adapter_sha256": adapter_sha,
         "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS}, "prompt": config["prompt"],
         "pause": config["pause"] if PAUSED[variant] else None,
@@ -141,7 +141,7 @@ def timing_path(cell: Path, results: str) -> Path:
 
 
 def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, seed: int, results: str,
-         cache_root: Path, force: bool = False) -> tuple[list, list, dict]:
+         cache_root: Path, force: bool = False, train_seed: int | None = None) -> tuple[list, list, dict]:
     """Which cells of a block are done. A cell in place or in the cache made by the same generation code counts; one
     whose scoring code changed since keeps its answer and is rescored. Returns (todo [(task, length, depth, cell_id,
     path)], restale [(cell, path)], counts {computed, cached, skipped, rescored}); cached cells are put in place."""
@@ -152,7 +152,7 @@ def scan(cells: list, ident: dict, config: dict, *, model: str, variant: str, se
     score_code = code_identity()["score"]
     for t, n, d in cells:
         cid = cell_id(ident, config["tasks"][t], t, seed, n, d)
-        out = Path(cell_path(model, variant, t, seed, n, d, results))
+        out = Path(cell_path(model, variant, t, seed, n, d, results, train_seed))
         cached = Path(layout.cached_cell(cache_root, cid))
         if not force and out.exists():
             try:
@@ -187,6 +187,7 @@ class BlockPlan:
     model: str
     variant: str
     seed: int
+    train_seed: int | None  # a tuned variant's adapter's training seed
     device: str
     dtype: str  # what the model loads with: eval.dtype, or the model entry's (kernels.load_dtype)
     dtype_resolved: str  # what that is here, part of every cell's identity (kernels.dtype_name)
@@ -208,7 +209,8 @@ class BlockPlan:
 
 
 def plan_block(config: dict, *, model: str, variant: str, cells: list, seed: int, model_dir, haystack: list[str],
-               checkpoint, results: str, cache_root: Path, device: str | None, force: bool) -> BlockPlan:
+               checkpoint, results: str, cache_root: Path, device: str | None, force: bool,
+               train_seed: int | None = None) -> BlockPlan:
     """The block's device and dtype, its identity, and which of its cells are done (in place or in the cache)."""
     import torch
 
@@ -224,18 +226,20 @@ def plan_block(config: dict, *, model: str, variant: str, cells: list, seed: int
     resolved, device_type = dtype_name(dtype, device), torch.device(device).type
     adapter = None
     if variant in CHECKPOINT and checkpoint:
-        check_checkpoint(checkpoint, variant, config)
+        check_checkpoint(checkpoint, variant, config, train_seed)
         adapter = checkpoint_adapter_hash(checkpoint)
-    ident = block_identity(config, model, variant, model_dir, haystack, adapter, resolved, device_type)
+    ident = block_identity(config, model, variant, model_dir, haystack, adapter, resolved, device_type, train_seed)
     todo, restale, counts = scan(cells, ident, config, model=model, variant=variant, seed=seed, results=results,
-                                 cache_root=cache_root, force=force)
-    return BlockPlan(model, variant, seed, device, dtype, resolved, device_type, adapter, ident, todo, restale, counts)
+                                 cache_root=cache_root, force=force, train_seed=train_seed)
+    return BlockPlan(model, variant, seed, train_seed, device, dtype, resolved, device_type, adapter, ident, todo,
+                     restale, counts)
 
 
-def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, cells: list, pause_ids=None
-                  ) -> tuple[str, list]:
+def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, cells: list, pause_ids=None,
+                  closed: list | None = None) -> tuple[str, list]:
     """The prompt format and the (task instance, prompt) of each (task, length, depth) cell on a haystack stream:
-    the one way eval and the benches build them (a bank task's needles come from the eval bank)."""
+    the one way eval and the benches build them (a bank task's needles come from the eval bank). `closed`, a list,
+    receives each cell's closed-book prompt (closed_book_prompt)."""
     from ..data.haystack import PromptBuilder
     from ..data.needles import build_task
 
@@ -249,16 +253,19 @@ def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, c
     for t, n, d in cells:
         inst = build_task(t, config["tasks"][t], config["seed"], seed, n, d, bank=bank)
         out.append((inst, builder.build(stream, n, d, inst.needles, inst.question, task=t)))
+        if closed is not None:
+            closed.append(closed_book_prompt(builder, inst.question))
     return builder.format, out
 
 
 def cell_record(plan: "BlockPlan", res, answer: str, inst, cp, task: str, length: int, depth: float, config: dict,
-                prompt_format: str, haystack: dict) -> dict:
+                prompt_format: str, haystack: dict, closed: dict | None = None) -> dict:
     """The cell file's fields (unscored): coordinates, prompt facts, answer, provenance, measures. res: the engine's
     Result for this cell."""
     spec, ident = config["tasks"][task], plan.ident
     cell = {
-        "cell_id": res.key, "model": plan.model, "variant": plan.variant, "task": task, "kind": inst.kind,
+        "cell_id": res.key, "model": plan.model, "variant": plan.variant, "train_seed": plan.train_seed, "task": task,
+        "kind": inst.kind,
         "seed": plan.seed, "length": int(length), "depth": _depth_value(depth),
         "context_tokens": len(cp.ids), "haystack_tokens": cp.haystack_tokens,
         "needle_tokens": cp.needle_tokens, "needle_positions": cp.needle_positions,
@@ -276,7 +283,16 @@ def cell_record(plan: "BlockPlan", res, answer: str, inst, cp, task: str, length
     if inst.keys:
         cell["ruler"] = inst.keys
     cell.update(measure_fields(inst, res.measures))
+    if closed is not None:  # the same question with no haystack (scored with the cell: scoring.score_cell)
+        cell["closed_book"] = closed
     return cell
+
+
+def closed_book_prompt(builder, question: str) -> list[int]:
+    """The cell's prompt with an empty document: the template's head and tail around nothing, no haystack token
+    and no needle: what the model answers from its weights alone."""
+    head, tail = builder.parts(question)
+    return head + tail
 
 
 def timing_record(device: str, timing: dict) -> dict:

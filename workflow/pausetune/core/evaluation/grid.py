@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .. import layout
 from ..config import filled
-from ..design import format_depth
+from ..design import TUNED, format_depth
 from ..io import PausetuneError
 
 
@@ -86,10 +86,15 @@ def expand_depths(spec) -> list[float]:
 
 
 def cell_path(model: str, variant: str, task: str, seed: int, length: int, depth: float,
-              root: str = layout.RESULTS) -> str:
-    return layout.cell(root).format(model=layout.check_name(model, "model"), variant=variant,
-                                    task=layout.check_name(task, "task"), seed=seed, length=int(length),
-                                    depth=format_depth(depth))
+              root: str = layout.RESULTS, tseed: int | None = None) -> str:
+    """A cell's file; a tuned variant's names its training seed `tseed` (required for those, refused otherwise)."""
+    tuned = variant in TUNED
+    if tuned != (tseed is not None):
+        raise PausetuneError(f"cell of variant '{variant}': " + (
+            "a tuned variant's cell needs its training seed" if tuned else "an untrained variant has no training seed"))
+    return layout.cell(root, tuned).format(model=layout.check_name(model, "model"), variant=variant,
+                                           task=layout.check_name(task, "task"), seed=seed, length=int(length),
+                                           depth=format_depth(depth), tseed=tseed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -103,6 +108,7 @@ class Block:
     variant: str
     seed: int
     grid: tuple[tuple[str, tuple[int, ...], tuple[float, ...]], ...]  # (task, lengths, depths)
+    tseed: int | None = None  # the training seed of a tuned variant's adapter
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -112,7 +118,7 @@ class Block:
         return [(t, n, d) for t, ls, ds in self.grid for n in ls for d in ds]
 
     def paths(self, root: str = layout.RESULTS) -> list[str]:
-        return [cell_path(self.model, self.variant, t, self.seed, n, d, root) for t, n, d in self.cells()]
+        return [cell_path(self.model, self.variant, t, self.seed, n, d, root, self.tseed) for t, n, d in self.cells()]
 
 
 def task_axes(config: dict, task: str) -> tuple[list[int], list[float]]:
@@ -132,19 +138,21 @@ def grid_axes(config: dict) -> dict:
     ev = config["eval"]
     per_task = {t: task_axes(config, t) for t in ev["tasks"]}
     return {"models": list(ev["models"]), "variants": list(ev["variants"]), "tasks": list(ev["tasks"]),
-            "seeds": list(ev["seeds"]), "per_task": per_task,
+            "seeds": list(ev["seeds"]), "per_task": per_task, "train_seeds": list(config["train"]["seeds"]),
             "lengths": sorted({n for ls, _ in per_task.values() for n in ls}),
             "depths": sorted({d for _, ds in per_task.values() for d in ds})}
 
 
-def block_shape(config: dict) -> dict:
-    """What one eval job is, as Snakemake patterns: its outputs, log, benchmark file and the CLI's grid arguments.
+def block_shape(config: dict, tuned: bool = False) -> dict:
+    """What one eval job is, as Snakemake patterns: its outputs, log, benchmark file and the CLI's grid arguments
+    (`tuned`: a tuned variant's job, one training seed's adapter, `{tseed}` a wildcard more).
 
     Wildcards stay as `{model}` etc.; a job's other cells are spelled out (all depths of a length block, every
     task's grid of a seed block), so each cell stays its own requestable target."""
     ax, mode = grid_axes(config), config["eval"]["block"]
-    cell = layout.cell()
-    job = "{model}/{variant}/{task}/seed{seed}/len{length}"
+    cell = layout.cell(tuned=tuned)
+    run = "/tseed{tseed}" if tuned else ""
+    job = "{model}/{variant}" + run + "/{task}/seed{seed}/len{length}"
     depths = [format_depth(d) for d in ax["depths"]]
 
     def spell(task: str, lengths, ds) -> list[str]:
@@ -159,7 +167,7 @@ def block_shape(config: dict) -> dict:
         args = f"--tasks {{wildcards.task:q}} --lengths {{wildcards.length:q}} --depths {shlex.join(depths)}"
     else:
         out = [p for t, (ls, ds) in ax["per_task"].items() for p in spell(t, ls, [format_depth(d) for d in ds])]
-        name, args = "{model}/{variant}/seed{seed}", f"--tasks {shlex.join(ax['tasks'])}"
+        name, args = "{model}/{variant}" + run + "/seed{seed}", f"--tasks {shlex.join(ax['tasks'])}"
     return {"out": out, "log": layout.log("eval", name), "benchmark": layout.benchmark("eval", name), "args": args}
 
 
@@ -169,17 +177,18 @@ def blocks(config: dict) -> list[Block]:
     out = []
     for m in ax["models"]:
         for v in ax["variants"]:
-            for s in ax["seeds"]:
-                grid = tuple((t, tuple(ls), tuple(ds)) for t, (ls, ds) in ax["per_task"].items())
-                if mode == "seed":
-                    out.append(Block(m, v, s, grid))
-                    continue
-                for t, ls, ds in grid:
-                    for n in ls:
-                        if mode == "length":
-                            out.append(Block(m, v, s, ((t, (n,), ds),)))
-                        else:
-                            out.extend(Block(m, v, s, ((t, (n,), (d,)),)) for d in ds)
+            for ts in (ax["train_seeds"] if v in TUNED else [None]):
+                for s in ax["seeds"]:
+                    grid = tuple((t, tuple(ls), tuple(ds)) for t, (ls, ds) in ax["per_task"].items())
+                    if mode == "seed":
+                        out.append(Block(m, v, s, grid, ts))
+                        continue
+                    for t, ls, ds in grid:
+                        for n in ls:
+                            if mode == "length":
+                                out.append(Block(m, v, s, ((t, (n,), ds),), ts))
+                            else:
+                                out.extend(Block(m, v, s, ((t, (n,), (d,)),), ts) for d in ds)
     return out
 
 

@@ -165,6 +165,10 @@ def score_cell(cell: dict, judge_cfg: dict | None = None, judge_call=None) -> di
     out = {k: v for k, v in cell.items() if k != "judge"}
     out.update(recall=sc["recall"], exact=sc["exact"], facts_found=sc["facts_found"], score=sc["score"],
                score_rule="recall", score_recall=sc["score"])
+    if isinstance(cell.get("closed_book"), dict):  # the guess rate: the same facts, no haystack (never judged)
+        cb = score_answer(cell["closed_book"]["answer"], cell["facts"])
+        out["closed_book"] = {**cell["closed_book"], "recall": cb["recall"], "exact": cb["exact"],
+                              "score": cb["score"]}
     if judge_call is not None:
         reference = cell.get("reference") or " ".join(cell["needles"])
         j = judge_score(judge_cfg, judge_call, cell["question"], reference, cell["answer"])

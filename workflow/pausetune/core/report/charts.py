@@ -5,14 +5,17 @@ build_chart picks the family of a `--kind`; the data each chart draws comes from
 """
 from __future__ import annotations
 
-from ..design import VARIANTS
+from ..design import UNTRAINED, VARIANTS
 from .figdata import (LAYER_PARTS, MEASURE_FIELD, attention_depth_data, attention_layer_data, delta_data,
-                      depth_labels, heatmap_data, length_labels, logprob_map_data, measured, profile_data, select)
+                      depth_labels, heatmap_data, length_labels, logprob_map_data, measured, profile_data, seeds_data,
+                      select)
 from ..io import PausetuneError
+from .stats import DEFAULT_BOOTSTRAP
 from .targets import KINDS, MAP_KINDS
 
+# the crossed variants in lighter shades of the weights they load (pause: blue, plain: green)
 VARIANT_COLORS = {"baseline": "#7f7f7f", "pause-prompt": "#f58518", "pause-tuned": "#4c78a8",
-                  "plain-tuned": "#54a24b"}
+                  "plain-tuned": "#54a24b", "pause-tuned-on-plain": "#9ecae9", "plain-tuned-on-paused": "#88d27a"}
 SCORE_DOMAIN = [1, 10]
 # The original NIAH harness's colour map (red -> yellow -> green), pinned to the rubric's 1..10.
 SCORE_SCALE = {"domain": [1, 5.5, 10], "range": ["#F0496E", "#EBB839", "#0CD79F"], "clamp": True}
@@ -166,14 +169,18 @@ def profile_chart(df, model: str, task: str, by: str):
     return chart.configure_axis(gridColor="#eee")
 
 
-def _empty(title: str, what: str):
-    """A figure for a grid without the measure: says so instead of failing (cells without measures are valid)."""
+def _note(title: str, text: str):
+    """A figure that only says why it has nothing to draw."""
     import altair as alt
     import pandas as pd
 
-    text = f"no cells carry {what} (eval.measure off, or cells made before it)"
     return alt.Chart(pd.DataFrame({"t": [text]})).mark_text(fontSize=13).encode(text="t:N").properties(
         title=_title(title, [text]), width=480, height=80)
+
+
+def _empty(title: str, what: str):
+    """A figure for a grid without the measure: says so instead of failing (cells without measures are valid)."""
+    return _note(title, f"no cells carry {what} (eval.measure off, or cells made before it)")
 
 
 def logprob_map_chart(df, model: str, task: str, variant: str, reference: str | None = None):
@@ -272,7 +279,85 @@ def attention_layer_chart(df, model: str, task: str):
     return chart.properties(title=_title(title, sub)).configure_axis(gridColor="#eee")
 
 
-def build_chart(df, kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline"):
+def seeds_chart(df, model: str, task: str, b: int = DEFAULT_BOOTSTRAP, seed: int = 0, primary: dict | None = None):
+    """The per-seed dot plot: one row per tuned contrast, x = recall difference (percentage points); a dot per
+    training seed (that run's own contrast), the pooled mean (black) with its hierarchical 95% interval, a zero
+    line."""
+    import math
+
+    import altair as alt
+
+    title = f"{model} · {task}: recall difference per training seed"
+    dots, pooled = seeds_data(df, model, task, b, seed, primary)
+    if pooled.empty:
+        return _note(title, "no tuned contrast has matched cells with recall (a tuned variant and its reference "
+                            "both evaluated)")
+    seeds = sorted(dots["train_seed"].unique())
+    n_seeds = len(seeds)
+    lo, hi = int(dots["n"].min()), int(dots["n"].max())
+    cells = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    named = ", ".join(str(s) for s in seeds) if n_seeds <= 8 else f"{seeds[0]}..{seeds[-1]}"
+    if seeds == [UNTRAINED]:  # tuned cells made before training seeds were recorded
+        named = "not recorded in the cells"
+    how = ("black: pooled mean with its 95% hierarchical bootstrap interval, resampling runs (training seeds), then "
+           f"(length, depth) points, then cells; B = {b}, seed {seed}, as deltas.csv")
+    if n_seeds > 1:
+        runs = f"{n_seeds} training seeds ({named}); {cells} matched cells per seed and contrast"
+    else:
+        runs = (f"a single training seed ({named}): one dot per contrast, {cells} matched cells each; the interval "
+                f"then varies points and cells only (no run-to-run variance in it)")
+    sub = ["dots: each training seed's own contrast, mean recall difference (variant − reference) over its matched "
+           "cells, in percentage points", runs, how]
+    order = list(pooled["contrast"])
+    ends = [abs(x) for x in list(dots["recall_diff_pp"]) + list(pooled["recall_diff_pp_ci_low"])
+            + list(pooled["recall_diff_pp_ci_high"]) if not math.isnan(x)]
+    span = min(100.0, max(5.0, 5 * math.ceil(max(ends, default=0) * 1.1 / 5)))
+    x_scale = alt.Scale(domain=[-span, span], nice=False)
+    x_axis = alt.Axis(title="recall difference (percentage points, variant − reference)", grid=True)
+    y = alt.Y("contrast:N", sort=order, scale=alt.Scale(domain=order),
+              axis=alt.Axis(title=None, labelLimit=320))
+    colors = [c for c in VARIANTS if c in set(dots["variant"])] + sorted(set(dots["variant"]) - set(VARIANTS))
+    color = alt.Color("variant:N", scale=alt.Scale(domain=colors, range=[VARIANT_COLORS.get(v, "#000")
+                                                                           for v in colors]),
+                      legend=alt.Legend(title="seed dots: variant", orient="right"))
+    seed_tip = [alt.Tooltip("contrast:N"), alt.Tooltip("train_seed:Q", title="training seed"),
+                alt.Tooltip("recall_diff_pp:Q", title="Δ recall (pp)", format="+.1f"),
+                alt.Tooltip("recall_variant_pp:Q", title="recall variant (%)", format=".1f"),
+                alt.Tooltip("recall_reference_pp:Q", title="recall reference (%)", format=".1f"),
+                alt.Tooltip("n:Q", title="n (matched cells)"),
+                alt.Tooltip("exact_wins:Q", title="exact wins"), alt.Tooltip("exact_losses:Q", title="exact losses"),
+                alt.Tooltip("p_exact:Q", title="p (exact McNemar)", format=".3g")]
+    pool_tip = [alt.Tooltip("contrast:N"), alt.Tooltip("recall_diff_pp:Q", title="pooled Δ recall (pp)",
+                                                       format="+.2f"),
+                alt.Tooltip("recall_diff_pp_ci_low:Q", title="95% low (hierarchical)", format="+.2f"),
+                alt.Tooltip("recall_diff_pp_ci_high:Q", title="95% high (hierarchical)", format="+.2f"),
+                alt.Tooltip("recall_diff_pp_cell_ci_low:Q", title="95% low (cells only)", format="+.2f"),
+                alt.Tooltip("recall_diff_pp_cell_ci_high:Q", title="95% high (cells only)", format="+.2f"),
+                alt.Tooltip("runs:Q", title="training seeds"), alt.Tooltip("points:Q", title="(length, depth) points"),
+                alt.Tooltip("n:Q", title="n (matched cells)"),
+                alt.Tooltip("sigma_runs_pp:Q", title="SD between seeds (pp)", format=".2f")]
+    x = alt.X("recall_diff_pp:Q", scale=x_scale, axis=x_axis)
+    zero = alt.Chart(pooled.iloc[:1].assign(zero=0.0)).mark_rule(color="#444", strokeDash=[4, 3]).encode(
+        x=alt.X("zero:Q", scale=x_scale, axis=x_axis))
+    interval = alt.Chart(pooled).mark_rule(color="black", strokeWidth=2.5).encode(
+        x=alt.X("recall_diff_pp_ci_low:Q", scale=x_scale, axis=x_axis), x2="recall_diff_pp_ci_high:Q", y=y,
+        tooltip=pool_tip)
+    mean = alt.Chart(pooled).mark_point(shape="diamond", filled=True, color="black", size=110).encode(
+        x=x, y=y, tooltip=pool_tip)
+    # the seeds' dots just above their row's pooled interval, so neither hides the other
+    points = alt.Chart(dots).mark_circle(size=70, opacity=0.8, stroke="white", strokeWidth=0.8, yOffset=-8).encode(
+        x=x, y=y, color=color, tooltip=seed_tip)
+    chart = alt.layer(zero, interval, mean, points).properties(
+        title=_title(title, sub), width=480, height=max(120, 44 * len(order)))
+    return chart.configure_axis(gridColor="#eee")
+
+
+def build_chart(df, kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline",
+                b: int = DEFAULT_BOOTSTRAP, seed: int = 0, primary: dict | None = None):
+    """The chart of one `--kind`; b, seed and primary (the bootstrap's resamples and seed, the primary endpoint)
+    only for `seeds`, whose interval is deltas.csv's when they are the aggregate stage's."""
+    if kind == "seeds":
+        return seeds_chart(df, model, task, b, seed, primary)
     if kind in MAP_KINDS and not variant:
         raise PausetuneError(f"--kind {kind} needs --variant")
     if kind == "logprob":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..design import PAUSED, fmt_tokens
+from ..design import COMPARISONS, PAUSED, TUNED, fmt_tokens
 from ..io import PausetuneError
 
 # measured cell field per mechanism figure
@@ -180,3 +180,67 @@ def attention_layer_data(df, model: str, task: str):
             for layer, v in enumerate(arr.mean(axis=0)):
                 rows.append({"variant": variant, "part": part, "layer": layer, "share": float(v), "n": len(g)})
     return pd.DataFrame(rows, columns=["variant", "part", "layer", "share", "n"])
+
+
+SEED_DOT_COLUMNS = ["contrast", "variant", "reference", "primary", "train_seed", "n", "recall_variant_pp",
+                    "recall_reference_pp", "recall_diff_pp", "exact_wins", "exact_losses", "p_exact"]
+SEED_POOLED_COLUMNS = ["contrast", "variant", "reference", "primary", "n", "runs", "points", "cells_per_seed",
+                       "recall_variant_pp", "recall_reference_pp", "recall_diff_pp", "recall_diff_pp_ci_low",
+                       "recall_diff_pp_ci_high", "recall_diff_pp_cell_ci_low", "recall_diff_pp_cell_ci_high",
+                       "sigma_runs_pp", "bootstrap_b", "bootstrap_seed"]
+
+
+def tuned_contrasts() -> list[tuple[str, str]]:
+    """The comparisons of core.design.COMPARISONS with a tuned arm (those that vary with the training seed)."""
+    return [(v, r) for v, r in COMPARISONS if v in TUNED or r in TUNED]
+
+
+def seeds_data(df, model: str, task: str, b: int, seed: int = 0, primary: dict | None = None):
+    """The per-seed dot plot of one model x task: for every tuned contrast whose cells exist, (dots) one row per
+    training seed with that seed's own recall difference (tables.seed_deltas), and (pooled) one row with the pooled
+    difference and its hierarchical 95% interval (tables.recall_points: resamples runs, then (length, depth) points,
+    then cells), seeded as deltas.csv seeds it (stats.comparison_seed with the bootstrap seed), so with the same
+    `b`, `seed` and `primary` (the aggregate stage's) the interval is deltas.csv's recall_diff_pp_ci_low/high.
+    Contrasts in design order, the primary endpoint first; a contrast without matched cells carrying recall is
+    left out (none left: both frames empty, and the chart says so)."""
+    import pandas as pd
+
+    from .stats import comparison_seed
+    from .tables import contrasts, recall_points, seed_deltas
+
+    sel = select(df, model, task)
+    wanted = tuned_contrasts()
+    per_seed = seed_deltas(sel, primary)
+    dots, pooled = [], []
+    for (_, _, variant, reference), m, _, _, prim in contrasts(sel, primary):
+        if (variant, reference) not in wanted or "recall_v" not in m or m.empty:
+            continue
+        # the matched frame deltas() hands recall_points, with its seed: the same numbers as deltas.csv
+        pts = recall_points(m, b, comparison_seed(seed, model, task, variant, reference))
+        if math.isnan(pts["recall_diff_pp"]):
+            continue
+        label = f"{variant} − {reference}" + (" (primary)" if prim else "")
+        counts = m.groupby("run").size()
+        pooled.append({"contrast": label, "variant": variant, "reference": reference, "primary": bool(prim),
+                       "n": int(len(m)), "runs": int(pts["runs"]), "points": int(pts["points"]),
+                       "cells_per_seed": f"{counts.min()}" if counts.min() == counts.max()
+                       else f"{counts.min()}-{counts.max()}",
+                       **{k: pts[k] for k in ("recall_variant_pp", "recall_reference_pp", "recall_diff_pp",
+                                              "recall_diff_pp_ci_low", "recall_diff_pp_ci_high",
+                                              "recall_diff_pp_cell_ci_low", "recall_diff_pp_cell_ci_high",
+                                              "sigma_runs_pp")},
+                       "bootstrap_b": int(b), "bootstrap_seed": int(seed)})
+        rows = per_seed[(per_seed["variant"] == variant) & (per_seed["reference"] == reference)]
+        for r in rows.itertuples(index=False):
+            dots.append({"contrast": label, "variant": variant, "reference": reference, "primary": bool(prim),
+                         "train_seed": int(r.train_seed), "n": int(r.n), "recall_variant_pp": r.recall_variant_pp,
+                         "recall_reference_pp": r.recall_reference_pp, "recall_diff_pp": r.recall_diff_pp,
+                         "exact_wins": int(r.exact_wins), "exact_losses": int(r.exact_losses),
+                         "p_exact": r.p_exact})
+    pooled = pd.DataFrame(pooled, columns=SEED_POOLED_COLUMNS)
+    order = {c: i for i, c in enumerate(pooled.sort_values("primary", ascending=False, kind="stable")["contrast"])}
+    pooled = pooled.sort_values("contrast", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    dots = pd.DataFrame(dots, columns=SEED_DOT_COLUMNS)
+    dots = dots.sort_values(["contrast", "train_seed"], key=lambda s: s.map(order) if s.name == "contrast" else s,
+                            kind="stable").reset_index(drop=True)
+    return dots, pooled

@@ -42,24 +42,51 @@ def interval(row: dict, key: str = "pct", digits: int = 1) -> str:
     return f"{signed(row[key], digits)} [{signed(row[key + '_ci_low'], digits)}, {signed(row[key + '_ci_high'], digits)}]"
 
 
+def pvalue(x) -> str:
+    if x in (None, "", "nan", "NaN"):
+        return "–"
+    p = float(x)
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+
+
+def runs_text(row: dict) -> str:
+    runs = int(float(row.get("runs") or 1))
+    return f"{runs} training run{'s' if runs != 1 else ''}"
+
+
 def verdict(row: dict, what: str) -> str:
-    """One sentence from a paired comparison: the interval decides, not the point estimate."""
-    lo, hi = float(row["pct_ci_low"]), float(row["pct_ci_high"])
-    head = (f"{what}: {interval(row)}% mean score ({num(row['mean_variant'])} vs {num(row['mean_reference'])}, "
-            f"n = {row['n']} matched cells)")
+    """One sentence from a paired comparison, on recall in percentage points: the interval that resamples training
+    runs, then (length, depth) points, then cells decides, not the point estimate; the exact test beside it, and what
+    this design could have detected where it finds nothing."""
+    lo, hi = float(row["recall_diff_pp_ci_low"]), float(row["recall_diff_pp_ci_high"])
+    head = (f"{what}: {interval(row, 'recall_diff_pp')} pp recall ({num(row['recall_variant_pp'], 1)}% vs "
+            f"{num(row['recall_reference_pp'], 1)}%, n = {row['n']} matched cells, {runs_text(row)}; score "
+            f"{signed(row['pct'])}%); exact test {row['exact_wins']} wins vs {row['exact_losses']} losses, "
+            f"p = {pvalue(row['p_exact'])}" + (f" (Holm {pvalue(row['p_holm'])})" if not is_true(row.get("primary"))
+                                               else ""))
+    degenerate = (" Every discordant pair went one way, so the bootstrap interval ends at exactly 0 by "
+                  "construction: read the exact test." if is_true(row.get("bootstrap_degenerate")) else "")
     if lo > 0:
-        return head + " — an improvement whose 95% interval excludes zero."
+        return head + " — an improvement whose 95% interval excludes zero." + degenerate
     if hi < 0:
-        return head + " — a degradation whose 95% interval excludes zero."
-    pct, need = float(row["pct"]), ""
-    # the side of the interval that reaches zero decides (percentile intervals are not symmetric)
-    near = pct - lo if pct > 0 else hi - pct
-    if pct != 0 and near > 0:
-        cells = math.ceil((near / abs(pct)) ** 2 * int(row["n"]))
-        need = (f" At this spread, an effect of the observed size would need roughly {cells} matched cells to "
-                f"resolve (the interval shrinks as 1/sqrt(n))." if cells > int(row["n"]) else
-                " The interval's near end sits at zero: a few more matched cells (or seeds) would settle it.")
-    return head + " — no detectable effect: the interval contains zero." + need
+        return head + " — a degradation whose 95% interval excludes zero." + degenerate
+    return head + " — no detectable effect: the interval contains zero." + degenerate + mde_text(row)
+
+
+def is_true(x) -> bool:
+    return str(x).strip().lower() in ("true", "1")
+
+
+def mde_text(row: dict) -> str:
+    """What this design could detect (core.report.stats.minimum_detectable_effect, from the measured variance
+    components); with one training run the run-to-run part is unmeasured, so it is a lower bound."""
+    if row.get("mde_pp") in (None, "", "nan", "NaN"):
+        return ""
+    one = int(float(row.get("runs") or 1)) < 2
+    return (f" This design detects differences of about ±{num(row['mde_pp'], 1)} pp (80% power, α = 0.05, from the "
+            f"variance between {'points and cells' if one else 'runs, points and cells'} measured here)"
+            + ("; with one training run the run-to-run variance is not measured, so the true figure is larger."
+               if one else "."))
 
 
 def band_changes(summary: list[dict], model: str, task: str, variant: str, kind: str, min_diff: float) -> list[str]:
@@ -287,8 +314,12 @@ def intro(config: dict, tables: Path) -> list[str]:
     """The title, what the scores and intervals are, and the cells left out as unreadable (if any)."""
     L = [f"# {PublishConfig.of(config).title}", "",
          "Written by the pipeline (`pausetune publish`, from `results/tables/`); do not edit by hand. "
-         "Scores are the NIAH 1–10 scale (1 + 9 × recall of the needle's facts); intervals are 95% paired "
-         "bootstrap intervals over matched cells (same model, task, seed, length, depth).", ""]
+         "The primary scale is recall of the needle's facts in percentage points (pp); the NIAH 1–10 score "
+         "(1 + 9 × recall) is kept as a secondary column. A contrast pairs cells of the same model, task, haystack "
+         "seed, length and depth (and training seed, when both arms are tuned); its 95% interval resamples training "
+         "runs, then (length, depth) points, then cells within a point (a hierarchical bootstrap), so it carries "
+         "the run-to-run variance; beside it the exact McNemar test on the paired found / missed outcomes, "
+         "Holm-adjusted over the secondary contrasts.", ""]
     manifest = tables / "manifest.json"
     skipped = read_json(manifest).get("skipped_cells", []) if manifest.exists() else []
     if skipped:
@@ -297,28 +328,100 @@ def intro(config: dict, tables: Path) -> list[str]:
     return L
 
 
+def primary_section(deltas: list[dict], seeds: list[dict], config: dict, wall_s: float | None = None) -> list[str]:
+    """The declared primary endpoint first: its contrast, interval, exact test, each training run's own contrast,
+    the spread between runs and what the design could detect; the reading generated from the numbers; and what the
+    whole run took (`wall_s`: the summed wall time of its jobs, when Snakemake measured them)."""
+    prim = [d for d in deltas if is_true(d.get("primary"))]
+    L = ["## Primary result", ""]
+    if wall_s:
+        L += [f"Measured wall time of the run that made this page: {wall_s / 60:.0f} min (the sum of its jobs' wall "
+              f"times, training included; per stage under \"How this was made\").", ""]
+    if not prim:
+        return L + ["No primary endpoint in this grid: config `report.primary` is unset and the default (pause-tuned "
+                    "vs plain-tuned, recall, task `bank`, all lengths) is not among these cells. Every contrast "
+                    "below is secondary.", ""]
+    declared = (config.get("report") or {}).get("primary")
+    for d in prim:
+        lengths = (declared or {}).get("lengths")
+        L += [f"Declared in {'config `report.primary`' if declared else 'the default endpoint (config `report.primary` unset)'}: "
+              f"**{d['variant']} vs {d['reference']}**, recall in percentage points, task `{d['task']}`, model "
+              f"`{d['model']}`, {'lengths ' + ', '.join(map(str, lengths)) if lengths else 'all lengths'}.", "",
+              f"- {verdict(d, 'Primary contrast')}"]
+        own = [s for s in seeds if (s["model"], s["task"], s["variant"], s["reference"]) ==
+               (d["model"], d["task"], d["variant"], d["reference"])]
+        if len(own) > 1:
+            L.append(f"- Each training run's own contrast: " + ", ".join(
+                f"seed {s['train_seed']} {signed(s['recall_diff_pp'])} pp (n = {s['n']})" for s in own)
+                + f"; standard deviation between runs {num(d['sigma_runs_pp'], 1)} pp.")
+            ups = sum(float(s["recall_diff_pp"]) > 0 for s in own)
+            downs = sum(float(s["recall_diff_pp"]) < 0 for s in own)
+            L.append(f"- {ups} of {len(own)} runs favour {d['variant']}, {downs} favour {d['reference']}"
+                     + (f", {len(own) - ups - downs} tie." if len(own) - ups - downs else "."))
+        else:
+            L.append("- One training run per arm: the interval answers \"another haystack, same adapters?\", not "
+                     "\"another training run?\" (set `train.seeds` to several seeds for that).")
+        L.append("")
+    return L
+
+
 def summary_section(summary: list[dict], deltas: list[dict]) -> list[str]:
-    """Per model x task x variant: the means and the change against the baseline; then the other comparisons."""
+    """Per model x task x variant: recall, the closed-book guess rate, the change against the baseline; then the
+    other comparisons (secondary, Holm-adjusted)."""
     L = ["## Summary", "",
-         "| model | task | variant | n | mean score | mean recall | exact | % vs baseline [95% CI] |",
-         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+         "Closed book: the same questions with the document left empty (no haystack, no needle), the guess rate "
+         "every recall is read against ('–' where eval.closed_book was off).", "",
+         "| model | task | variant | runs | n | recall % | closed-book recall % | exact | mean score | "
+         "recall vs baseline, pp [95% CI] | score % vs baseline [95% CI] |",
+         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     by_cmp = {(d["model"], d["task"], d["variant"], d["reference"]): d for d in deltas}
     overall = sorted((r for r in summary if r["kind"] == "overall"),
                      key=lambda r: (r["model"], r["task"], variant_rank(r["variant"])))
+    pct = lambda x: num(float(x) * 100, 1) if x not in (None, "", "nan", "NaN") else "–"
     for r in overall:
         d = by_cmp.get((r["model"], r["task"], r["variant"], "baseline"))
-        L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {num(r['mean_score'])} | "
-                 f"{num(r['mean_recall'])} | {num(r['exact_rate'])} | {interval(d) + '%' if d else '–'} |")
+        L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r.get('runs') or 1} | {r['n']} | "
+                 f"{pct(r['mean_recall'])} | {pct(r.get('closed_book_recall'))} | {num(r['exact_rate'])} | "
+                 f"{num(r['mean_score'])} | {interval(d, 'recall_diff_pp') if d else '–'} | "
+                 f"{interval(d) + '%' if d else '–'} |")
     L += ["", f"For reference (not the same model, data or grid), the paper reports +{PAPER['3B']}% (Llama-3.2-3B) and +{PAPER['8B']}% (Llama-3.1-8B) "
           "average single-needle score for pause-tuning over the untuned baseline.", ""]
     other = [d for d in deltas if d["reference"] != "baseline"]
     if other:
-        L += ["| model | task | comparison | n | mean | mean (reference) | % change [95% CI] |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
-        L += [f"| {d['model']} | {d['task']} | {d['variant']} vs {d['reference']} | {d['n']} | "
-              f"{num(d['mean_variant'])} | {num(d['mean_reference'])} | {interval(d)}% |" for d in other]
+        L += ["| model | task | comparison | runs | n | recall pp [95% CI] | σ runs (pp) | exact wins:losses | "
+              "p (exact) | p (Holm) | score % [95% CI] |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        L += [f"| {d['model']} | {d['task']} | {d['variant']} vs {d['reference']}"
+              f"{' (primary)' if is_true(d.get('primary')) else ''} | {d.get('runs') or 1} | {d['n']} | "
+              f"{interval(d, 'recall_diff_pp')} | {num(d.get('sigma_runs_pp'), 1)} | "
+              f"{d['exact_wins']}:{d['exact_losses']} | {pvalue(d['p_exact'])} | "
+              f"{'–' if is_true(d.get('primary')) else pvalue(d['p_holm'])} | {interval(d)}% |" for d in other]
         L.append("")
     return L
+
+
+def variance_section(variance: list[dict]) -> list[str]:
+    """Where the variance of each tuned contrast comes from, what this design detects, and how many training runs
+    an effect needs (variance_components.csv)."""
+    rows = [v for v in variance if v.get("runs_for_10pp") not in (None, "", "nan") or int(float(v["runs"])) > 1]
+    if not rows:
+        return []
+    sd = lambda x: num(math.sqrt(max(0.0, float(x))), 1)
+    L = ["## Where the variance comes from", "",
+         "Per contrast with a tuned arm: the standard deviation of the paired recall difference between training "
+         "runs, between (length, depth) points within a run, and between cells within a point (method of moments), "
+         "the minimum detectable effect of the design run (80% power, α = 0.05), and the training runs per arm an "
+         "effect of the observed size, and one of 10 pp, would need on this grid.", "",
+         "| model | task | contrast | runs | points / run | cells / point | σ runs | σ points | σ cells | MDE (pp) | "
+         "observed (pp) | runs for observed | runs for 10 pp |",
+         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for v in rows:
+        need = lambda x: "–" if x in (None, "", "nan", "NaN") else (str(int(float(x))))
+        L.append(f"| {v['model']} | {v['task']} | {v['variant']} vs {v['reference']} | {v['runs']} | "
+                 f"{num(v['points_per_run'], 0)} | {num(v['cells_per_point'], 1)} | {sd(v['var_run_pp2'])} | "
+                 f"{sd(v['var_point_pp2'])} | {sd(v['var_cell_pp2'])} | {num(v['mde_pp'], 1)} | "
+                 f"{num(v['effect_pp'], 1)} | {need(v['runs_for_effect'])} | {need(v['runs_for_10pp'])} |")
+    return L + [""]
 
 
 READINGS = [  # (variant, reference, what the comparison tests), in the order the page reads them
@@ -326,6 +429,10 @@ READINGS = [  # (variant, reference, what the comparison tests), in the order th
     ("pause-tuned", "baseline", "Pause-tuning (pause-tuned vs baseline)"),
     ("pause-tuned", "plain-tuned", "Pause-tuning against tuning on the same essays without pauses (pause-tuned vs plain-tuned)"),
     ("plain-tuned", "baseline", "Tuning on the essays alone (plain-tuned vs baseline)"),
+    ("pause-tuned", "plain-tuned-on-paused", "The weights, on the paused haystack (pause-tuned vs plain-tuned-on-paused)"),
+    ("pause-tuned-on-plain", "plain-tuned", "The weights, on the plain haystack (pause-tuned-on-plain vs plain-tuned)"),
+    ("pause-tuned", "pause-tuned-on-plain", "The markers in the input, for pause-tuned weights (pause-tuned vs pause-tuned-on-plain)"),
+    ("plain-tuned-on-paused", "plain-tuned", "The markers in the input, for plain-tuned weights (plain-tuned-on-paused vs plain-tuned)"),
 ]
 
 

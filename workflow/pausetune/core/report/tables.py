@@ -79,11 +79,12 @@ import math
 import os
 from typing import Iterable
 
-from ..design import COMPARISONS, KEY, MATCH, PAUSED, VARIANTS, fmt_tokens
+from ..design import COMPARISONS, DEFAULT_PRIMARY, KEY, MATCH, PAUSED, TUNED, UNTRAINED, VARIANTS, fmt_tokens
 from ..io import PausetuneError, read_json
-from .stats import DEFAULT_BOOTSTRAP, comparison_seed, holm, mcnemar_exact, paired_bootstrap
+from .stats import (DEFAULT_BOOTSTRAP, comparison_seed, hierarchical_bootstrap, holm, mcnemar_exact,
+                    minimum_detectable_effect, paired_bootstrap, runs_needed, variance_components)
 
-REQUIRED = KEY + ["score"]
+REQUIRED = [k for k in KEY if k != "train_seed"] + ["score"]  # train_seed: absent in untrained (and older) cells
 # metric name in the measure tables -> the cell field it averages
 MEASURE_COLUMNS = {"logprob": "answer_logprob_mean", "needle_attention": "needle_attention",
                    "pause_attention": "pause_attention", "sink_attention": "sink_attention",
@@ -153,14 +154,19 @@ def cells_frame(cells: list[dict]):
     df = pd.DataFrame(cells)
     for col in ("model", "variant", "task"):
         df[col] = df[col].astype(str)
+    if "train_seed" not in df:
+        df["train_seed"] = None
     try:
+        df["train_seed"] = df["train_seed"].map(lambda x: UNTRAINED if x is None or (isinstance(x, float) and
+                                                                                     math.isnan(x)) else x)
+        df["train_seed"] = df["train_seed"].astype("int64")
         df["seed"] = df["seed"].astype("int64")
         df["length"] = df["length"].astype("int64")
         df["depth"] = df["depth"].astype("float64")
         df["score"] = pd.to_numeric(df["score"], errors="raise").astype("float64")
     except (TypeError, ValueError) as e:
         raise PausetuneError(f"eval cells: a key field is not numeric ({e})") from None
-    for col in ("recall",) + tuple(MEASURE_COLUMNS.values()):
+    for col in ("recall", "closed_book.recall") + tuple(MEASURE_COLUMNS.values()):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     if "exact" in df:
@@ -169,7 +175,8 @@ def cells_frame(cells: list[dict]):
     dup = df[df.duplicated(KEY, keep=False)]
     if len(dup):
         first = dup.sort_values(KEY).head(2)["path"].tolist()
-        raise PausetuneError(f"two eval cells share model/variant/task/seed/length/depth: {first[0]} and {first[1]}")
+        raise PausetuneError(f"two eval cells share model/variant/train_seed/task/seed/length/depth: {first[0]} and "
+                             f"{first[1]}")
     # Columns of mixed types (int in one cell, str in another) would not go into parquet: store them as JSON.
     for col in df.columns:
         if df[col].dtype == object:
@@ -211,12 +218,20 @@ def length_band(length: int) -> tuple[str, float, float]:
 # ----------------------------------------------------------------------------------------------- summary
 
 SUMMARY_COLUMNS = ["kind", "model", "variant", "task", "band", "band_lo", "band_hi", "n", "mean_score",
-                   "score_sem", "mean_recall", "exact_rate"]
-DELTA_COLUMNS = ["model", "task", "variant", "reference", "n", "n_variant", "n_reference", "mean_variant",
+                   "score_sem", "mean_recall", "exact_rate", "runs", "closed_book_n", "closed_book_recall"]
+DELTA_COLUMNS = ["model", "task", "variant", "reference", "primary", "n", "n_variant", "n_reference", "mean_variant",
                  "mean_reference", "diff", "diff_ci_low", "diff_ci_high", "pct", "pct_ci_low", "pct_ci_high",
                  "bootstrap_b", "bootstrap_seed", "exact_wins", "exact_losses", "p_exact", "p_holm",
                  "bootstrap_degenerate", "recall_variant_pp", "recall_reference_pp", "recall_diff_pp",
-                 "recall_diff_pp_ci_low", "recall_diff_pp_ci_high"]
+                 "recall_diff_pp_ci_low", "recall_diff_pp_ci_high", "recall_diff_pp_cell_ci_low",
+                 "recall_diff_pp_cell_ci_high", "runs", "points", "sigma_runs_pp", "mde_pp"]
+SEED_DELTA_COLUMNS = ["model", "task", "variant", "reference", "train_seed", "n", "recall_variant_pp",
+                      "recall_reference_pp", "recall_diff_pp", "exact_wins", "exact_losses", "p_exact"]
+SEED_SUMMARY_COLUMNS = ["model", "variant", "task", "train_seed", "n", "mean_recall", "exact_rate",
+                        "closed_book_recall"]
+VARIANCE_COLUMNS = ["model", "task", "variant", "reference", "runs", "points_per_run", "cells_per_point",
+                    "var_run_pp2", "var_point_pp2", "var_cell_pp2", "sigma_runs_pp", "mde_pp", "effect_pp",
+                    "runs_for_effect", "runs_for_10pp"]
 
 
 def _group_stats(g) -> dict:
@@ -226,12 +241,16 @@ def _group_stats(g) -> dict:
     n = int(len(s))
     rec = g["recall"].dropna() if "recall" in g else []
     ex = g["exact"].dropna() if "exact" in g else []
+    cb = g["closed_book.recall"].dropna() if "closed_book.recall" in g else []
     return {
         "n": n,
         "mean_score": float(s.mean()) if n else math.nan,
         "score_sem": float(s.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan,
         "mean_recall": float(np.mean(rec)) if len(rec) else math.nan,
         "exact_rate": float(np.mean(ex.astype(float))) if len(ex) else math.nan,
+        "runs": int(g["train_seed"].nunique()) if "train_seed" in g else 1,
+        "closed_book_n": int(len(cb)),
+        "closed_book_recall": float(np.mean(cb)) if len(cb) else math.nan,
     }
 
 
@@ -272,50 +291,166 @@ def profile(df, axis: str):
 
 
 def matched(df, model: str, task: str, variant: str, reference: str):
-    """Matched cells of two variants: a frame with MATCH columns + score_v, score_r (sorted, deterministic)."""
+    """Matched cells of two variants: a frame with MATCH columns, `run` (the training seed the pair belongs to) and
+    score_v, score_r (sorted, deterministic). Two tuned variants pair within a training seed; a tuned variant and an
+    untrained one pair each run's cell with the one untrained cell (which does not depend on the run)."""
     sel = df[(df["model"] == model) & (df["task"] == task) & df["score"].notna()]
-    cols = MATCH + ["score"] + [c for c in ("exact", "recall") if c in df]
+    cols = MATCH + ["train_seed", "score"] + [c for c in ("exact", "recall") if c in df]
     a = sel[sel["variant"] == variant][cols]
     r = sel[sel["variant"] == reference][cols]
-    m = a.merge(r, on=MATCH, suffixes=("_v", "_r"), how="inner")
-    return m.sort_values(MATCH, kind="stable").reset_index(drop=True), len(a), len(r)
+    both = bool((a["train_seed"] != UNTRAINED).any() and (r["train_seed"] != UNTRAINED).any())
+    on = MATCH + ["train_seed"] if both else MATCH
+    m = a.merge(r, on=on, suffixes=("_v", "_r"), how="inner")
+    if both:
+        m = m.rename(columns={"train_seed": "run"})
+    else:  # the tuned arm's seed (neither tuned: -1 for all)
+        m["run"] = m[["train_seed_v", "train_seed_r"]].max(axis=1)
+        m = m.drop(columns=["train_seed_v", "train_seed_r"])
+    return m.sort_values(["run"] + MATCH, kind="stable").reset_index(drop=True), len(a), len(r)
 
 
-def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
-    """deltas.csv as a DataFrame (see the module docstring)."""
-    import pandas as pd
+def primary_of(report: dict | None) -> dict:
+    """The declared primary endpoint (report.primary), else the default one (core.design.DEFAULT_PRIMARY): the
+    tables mark its row where the cells have it."""
+    declared = (report or {}).get("primary")
+    return {"lengths": None, **(declared or DEFAULT_PRIMARY)}
 
-    rows = []
+
+def contrasts(df, primary: dict | None = None):
+    """Every comparison the cells allow: ((model, task, variant, reference), matched frame, n_variant,
+    n_reference, is_primary); the primary endpoint's frame keeps only its lengths."""
     present = df[df["score"].notna()].groupby(["model", "task"])["variant"].agg(set)
+    named = (primary["task"], primary["variant"], primary["reference"]) if primary else None
     for (model, task), variants in present.items():
         for variant, reference in COMPARISONS:
             if variant not in variants or reference not in variants:
                 continue
             m, n_v, n_r = matched(df, model, task, variant, reference)
-            cseed = comparison_seed(seed, model, task, variant, reference)
-            stats = paired_bootstrap(m["score_v"].to_numpy(), m["score_r"].to_numpy(), b=b, seed=cseed)
-            rows.append({"model": model, "task": task, "variant": variant, "reference": reference, "n": len(m),
-                         "n_variant": n_v, "n_reference": n_r,
-                         "mean_variant": float(m["score_v"].mean()) if len(m) else math.nan,
-                         "mean_reference": float(m["score_r"].mean()) if len(m) else math.nan,
-                         **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed), **exact_test(m),
-                         **recall_points(m, b, cseed)})
+            prim = (task, variant, reference) == named
+            if prim and primary.get("lengths"):
+                m = m[m["length"].isin(primary["lengths"])].reset_index(drop=True)
+            yield (model, task, variant, reference), m, n_v, n_r, prim
+
+
+def deltas(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0, primary: dict | None = None):
+    """deltas.csv as a DataFrame (see the module docstring)."""
+    import pandas as pd
+
+    rows = []
+    for (model, task, variant, reference), m, n_v, n_r, prim in contrasts(df, primary):
+        cseed = comparison_seed(seed, model, task, variant, reference)
+        stats = paired_bootstrap(m["score_v"].to_numpy(), m["score_r"].to_numpy(), b=b, seed=cseed)
+        rows.append({"model": model, "task": task, "variant": variant, "reference": reference, "primary": prim,
+                     "n": len(m), "n_variant": n_v, "n_reference": n_r,
+                     "mean_variant": float(m["score_v"].mean()) if len(m) else math.nan,
+                     "mean_reference": float(m["score_r"].mean()) if len(m) else math.nan,
+                     **stats, "bootstrap_b": int(b), "bootstrap_seed": int(seed), **exact_test(m),
+                     **recall_points(m, b, cseed)})
     out = pd.DataFrame(rows, columns=DELTA_COLUMNS)
-    out["p_holm"] = holm(out["p_exact"].tolist())
+    # Holm over the secondary contrasts (the family); the primary endpoint is tested alone, unadjusted.
+    secondary = ~out["primary"].astype(bool)
+    out["p_holm"] = math.nan
+    out.loc[secondary, "p_holm"] = holm(out.loc[secondary, "p_exact"].tolist())
+    out.loc[~secondary, "p_holm"] = out.loc[~secondary, "p_exact"]
+    if len(out):
+        out["_p"] = (~out["primary"].astype(bool)).astype(int)
+        out = out.sort_values("_p", kind="stable").drop(columns="_p").reset_index(drop=True)
     return out
 
 
+def _points(m) -> list:
+    return list(zip(m["length"].astype(int), m["depth"].astype(float)))
+
+
 def recall_points(m, b: int, cseed) -> dict:
-    """Mean recall of both arms and their paired difference in percentage points, with the paired bootstrap
-    interval (the same resampled cells as the score's: one generator seed per comparison)."""
+    """Mean recall of both arms and their paired difference in percentage points: the interval resamples training
+    runs, then (length, depth) points, then cells (stats.hierarchical_bootstrap), so it carries run-to-run and
+    point-to-point variance; the cell-level paired bootstrap's interval beside it (`_cell_`) for comparison. Then
+    the run-level facts: runs, points, sigma_runs_pp (SD of the runs' own contrasts) and mde_pp (the effect this
+    design detects with 80% power at alpha 0.05, from the measured variance components)."""
+    keys = ("recall_variant_pp", "recall_reference_pp", "recall_diff_pp", "recall_diff_pp_ci_low",
+            "recall_diff_pp_ci_high", "recall_diff_pp_cell_ci_low", "recall_diff_pp_cell_ci_high", "runs", "points",
+            "sigma_runs_pp", "mde_pp")
     if "recall_v" not in m or not len(m):
-        return {k: math.nan for k in ("recall_variant_pp", "recall_reference_pp", "recall_diff_pp",
-                                      "recall_diff_pp_ci_low", "recall_diff_pp_ci_high")}
+        return {k: math.nan for k in keys}
+    import numpy as np
+
     v, r = 100 * m["recall_v"].to_numpy(dtype=float), 100 * m["recall_r"].to_numpy(dtype=float)
-    st = paired_bootstrap(v, r, b=b, seed=cseed)
+    cell = paired_bootstrap(v, r, b=b, seed=cseed)
+    runs, points = m["run"].tolist(), _points(m)
+    hb = hierarchical_bootstrap(runs, points, v - r, b=b, seed=cseed)
+    per_run = [float(np.mean((v - r)[m["run"].to_numpy() == k])) for k in dict.fromkeys(runs)]
+    comp = variance_components(runs, points, v - r)
     return {"recall_variant_pp": float(v.mean()), "recall_reference_pp": float(r.mean()),
-            "recall_diff_pp": st["diff"], "recall_diff_pp_ci_low": st["diff_ci_low"],
-            "recall_diff_pp_ci_high": st["diff_ci_high"]}
+            "recall_diff_pp": cell["diff"], "recall_diff_pp_ci_low": hb["ci_low"],
+            "recall_diff_pp_ci_high": hb["ci_high"], "recall_diff_pp_cell_ci_low": cell["diff_ci_low"],
+            "recall_diff_pp_cell_ci_high": cell["diff_ci_high"], "runs": hb["runs"],
+            "points": len(set(points)),
+            "sigma_runs_pp": float(np.std(per_run, ddof=1)) if len(per_run) > 1 else math.nan,
+            "mde_pp": minimum_detectable_effect(comp)}
+
+
+def seed_deltas(df, primary: dict | None = None):
+    """seed_deltas.csv: every contrast per training run (a tuned arm's training seed; -1 where neither arm is
+    tuned): the per-seed dot plot's data, and what the run-to-run spread is made of."""
+    import pandas as pd
+
+    rows = []
+    for (model, task, variant, reference), m, _, _, _ in contrasts(df, primary):
+        if "recall_v" not in m:
+            continue
+        for run, g in m.groupby("run", sort=True):
+            t = exact_test(g)
+            rows.append({"model": model, "task": task, "variant": variant, "reference": reference,
+                         "train_seed": int(run), "n": len(g), "recall_variant_pp": 100 * float(g["recall_v"].mean()),
+                         "recall_reference_pp": 100 * float(g["recall_r"].mean()),
+                         "recall_diff_pp": 100 * float((g["recall_v"] - g["recall_r"]).mean()),
+                         "exact_wins": t["exact_wins"], "exact_losses": t["exact_losses"], "p_exact": t["p_exact"]})
+    return pd.DataFrame(rows, columns=SEED_DELTA_COLUMNS)
+
+
+def seed_summary(df):
+    """seed_summary.csv: each variant's recall per training seed (untrained variants: one row, train_seed -1)."""
+    import pandas as pd
+
+    sel = df[df["score"].notna()]
+    rows = []
+    for (model, variant, task, run), g in sel.groupby(["model", "variant", "task", "train_seed"], sort=True):
+        st = _group_stats(g)
+        rows.append({"model": model, "variant": variant, "task": task, "train_seed": int(run), "n": st["n"],
+                     "mean_recall": st["mean_recall"], "exact_rate": st["exact_rate"],
+                     "closed_book_recall": st["closed_book_recall"]})
+    out = pd.DataFrame(rows, columns=SEED_SUMMARY_COLUMNS)
+    out["_v"] = out["variant"].map(variant_rank)
+    return out.sort_values(["model", "task", "_v", "variant", "train_seed"], kind="stable").drop(
+        columns="_v").reset_index(drop=True)
+
+
+def variance_table(df, primary: dict | None = None):
+    """variance_components.csv: per contrast, the recall difference's variance between training runs, between
+    (length, depth) points within a run and between cells within a point (pp^2, method of moments), the minimum
+    detectable effect of the design run, and how many runs per arm the observed effect and a 10-point one need."""
+    import pandas as pd
+
+    rows = []
+    for (model, task, variant, reference), m, _, _, _ in contrasts(df, primary):
+        if "recall_v" not in m or not len(m):
+            continue
+        d = 100 * (m["recall_v"].to_numpy(dtype=float) - m["recall_r"].to_numpy(dtype=float))
+        comp = variance_components(m["run"].tolist(), _points(m), d)
+        effect = abs(float(d.mean()))
+        tuned = variant in TUNED or reference in TUNED
+        rows.append({"model": model, "task": task, "variant": variant, "reference": reference,
+                     "runs": comp["runs"], "points_per_run": comp["points_per_run"],
+                     "cells_per_point": comp["cells_per_point"], "var_run_pp2": comp["run"],
+                     "var_point_pp2": comp["point"], "var_cell_pp2": comp["cell"],
+                     "sigma_runs_pp": math.sqrt(comp["run"]), "mde_pp": minimum_detectable_effect(comp),
+                     "effect_pp": effect,
+                     # with one run the between-run variance is not measured: no run count follows from it
+                     "runs_for_effect": runs_needed(comp, effect) if tuned and effect > 0 and comp["runs"] > 1
+                     else None,
+                     "runs_for_10pp": runs_needed(comp, 10.0) if tuned and comp["runs"] > 1 else None})
+    return pd.DataFrame(rows, columns=VARIANCE_COLUMNS)
 
 
 def exact_test(m) -> dict:

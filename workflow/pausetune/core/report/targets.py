@@ -6,17 +6,18 @@ from dataclasses import dataclass
 
 from .. import layout
 from ..config import EvalConfig
-from ..design import VARIANTS
+from ..design import COMPARISONS, TUNED, VARIANTS
 from ..io import PausetuneError, check_ours
 
 KINDS = ("heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
-         "attention_layer")
+         "attention_layer", "seeds")
 MAP_KINDS = ("heatmap", "delta", "logprob", "logprob_delta")  # one figure per variant
 MECHANISM_PROFILES = ("attention_depth", "pause_depth", "attention_layer")
 FORMATS = ("html", "png", "svg")
 TABLE_FILES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
 SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "measures.csv",
-                 "measure_deltas.csv", "layer_attention.csv", "manifest.json")
+                 "measure_deltas.csv", "layer_attention.csv", "seed_summary.csv", "seed_deltas.csv",
+                 "variance_components.csv", "manifest.json")
 ANY_VARIANT = "|".join(VARIANTS)
 NOT_BASELINE = "|".join(v for v in VARIANTS if v != "baseline")
 
@@ -33,6 +34,9 @@ class FigureRule:
     caption: str  # workflow/report/{caption}.rst: the figure's text in `snakemake --report`
     category: str  # its section there
     reference: str | None = None  # --reference: a variant, "{reference}" (a wildcard), or None (not passed)
+    # config keys the figure reads (to pass as --config-json, and rerun on): the seeds figure's bootstrap is
+    # deltas.csv's only with the aggregate stage's seed and report.bootstrap / report.primary
+    config_keys: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -86,6 +90,8 @@ FIGURE_RULES = (
                caption="mechanism", category="Answer log-prob delta maps", reference="{reference}"),
     FigureRule("figure_mechanism", "{mechanism}", "{model}/{task}", {"mechanism": "|".join(sorted(MECHANISM_PROFILES))},
                caption="mechanism", category="Attention on the needle and the pauses"),
+    FigureRule("figure_seeds", "seeds", "{model}/{task}", {}, caption="seeds", category="Training runs",
+               config_keys=("seed", "report")),
 )
 
 
@@ -113,7 +119,14 @@ def report_targets(config: dict, tables: str = layout.TABLES, figures: str = lay
                 stems.append(figure_stem("delta", model, task, "pause-tuned", "plain-tuned", root=figures))
             stems += [figure_stem(k, model, task, root=figures) for k in ("length", "depth")]
             stems += mechanism_stems(ev.measure, variants, model, task, figures)
+            if tuned_contrast(variants):
+                stems.append(figure_stem("seeds", model, task, root=figures))
     return [layout.table(t, tables) for t in TABLE_FILES] + [f"{s}.{ext}" for s in stems for ext in FORMATS]
+
+
+def tuned_contrast(variants) -> bool:
+    """Can the grid's variants make a contrast with a tuned arm (the per-seed dot plot's rows)?"""
+    return any((v in TUNED or r in TUNED) and v in variants and r in variants for v, r in COMPARISONS)
 
 
 def mechanism_stems(measure: list[str], variants: list[str], model: str, task: str, figures: str) -> list[str]:

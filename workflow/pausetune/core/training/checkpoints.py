@@ -84,7 +84,8 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
     tok = AutoTokenizer.from_pretrained(ckpt_dir / "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    if tokenizer_fingerprint(tok) != manifest["shards"]["tokenizer_fingerprint"]:
+    data = manifest["examples" if manifest.get("objective") == "retrieval" else "shards"]  # what it trained on
+    if tokenizer_fingerprint(tok) != data["tokenizer_fingerprint"]:
         raise PausetuneError(f"{ckpt_dir}/tokenizer: fingerprint does not match the checkpoint manifest")
     device = device or default_device()
     base = load_model(model_dir, dtype, device, quantization)
@@ -96,7 +97,7 @@ def load_checkpoint(model_dir, ckpt_dir, dtype: str = "auto", device: str | None
     return model, tok, manifest
 
 
-def check_checkpoint(checkpoint, variant: str, config: dict) -> dict:
+def check_checkpoint(checkpoint, variant: str, config: dict, train_seed: int | None = None) -> dict:
     """A tuned variant's checkpoint, before anything loads: its manifest's variant is the one the eval variant needs,
     and (paused variants) its pause settings are the config's: the markers the haystack gets must be those the
     adapter was trained with. One line otherwise; returns the manifest."""
@@ -107,6 +108,10 @@ def check_checkpoint(checkpoint, variant: str, config: dict) -> dict:
     if mf.get("variant") != CHECKPOINT[variant]:
         raise PausetuneError(f"{checkpoint}: a '{mf.get('variant')}' checkpoint, variant {variant} needs "
                              f"'{CHECKPOINT[variant]}'")
+    made = mf.get("train_seed", mf.get("seed"))
+    if train_seed is not None and made is not None and int(made) != int(train_seed):
+        raise PausetuneError(f"{checkpoint}: trained with training seed {made}, these cells are of training seed "
+                             f"{train_seed} (--train-seed)")
     if PAUSED[variant]:
         check_pause_settings(mf.get("pause"), config, checkpoint, "retrain it, or set config 'pause' back")
     return mf

@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from ..config import TrainConfig
 
-RUN_ONLY_KEYS = ("models", "threads", "resources", "save_every")
+RUN_ONLY_KEYS = ("models", "seeds", "threads", "resources", "save_every")  # seeds: each run its own --train-seed
 RECIPE_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in RUN_ONLY_KEYS)
 ONLY_UNDER = {"loss_on": "retrieval"}  # read by one objective only (the lm loss is on every token)
 
