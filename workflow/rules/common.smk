@@ -1,3 +1,4 @@
+import os
 import sys
 
 from pausetune.core import layout
@@ -173,6 +174,6 @@ if workflow.is_main_process:
     _args = snakemake_args(sys.argv[1:])
     try:
         if not any(getattr(_args, k, None) for k in ("lint", "unlock", "cleanup_metadata")):
-            check_adapters(c[: -len("/" + layout.MANIFEST)] for c in checkpoint_manifests() if not forced(c, _args))
+            check_adapters(os.path.dirname(c) for c in checkpoint_manifests() if not forced(c, _args))
     except PausetuneError as err:
         sys.exit(f"config error: {err}")

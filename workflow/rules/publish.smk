@@ -9,7 +9,8 @@ except PausetuneError as e:
 
 rule publish:
     input:
-        tables=[layout.table(t) for t in ("summary.csv", "deltas.csv", "measures.csv", "measure_deltas.csv")],
+        tables=[layout.table(t) for t in ("summary.csv", "deltas.csv", "measures.csv", "measure_deltas.csv",
+                                          "seed_deltas.csv", "variance_components.csv")],
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
         checkpoints=lambda wc: tuned_manifests("checkpoints"),
         shards=lambda wc: tuned_manifests("shards"),
