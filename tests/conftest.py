@@ -28,6 +28,23 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subproce
     return proc
 
 
+def cli_in_process(*args: str, config_json=None) -> tuple[int, str]:
+    """Run `pausetune SUBCOMMAND ...` in-process on the default + tiny config (the same code path as the CLI,
+    without paying for a fresh import of torch each time); (rc, stderr)."""
+    import contextlib
+    import io
+    import json
+
+    from pausetune.cli import main
+
+    err = io.StringIO()
+    cfg = ["--config", str(DEFAULT_CONFIG), str(TINY_CONFIG)]
+    argv = [*args[:1], *cfg, *(["--config-json", json.dumps(config_json)] if config_json else []), *args[1:]]
+    with contextlib.redirect_stderr(err):
+        rc = main(list(argv))
+    return rc, err.getvalue()
+
+
 @pytest.fixture(scope="session")
 def tiny_config() -> list[str]:
     return ["--config", str(DEFAULT_CONFIG), str(TINY_CONFIG)]

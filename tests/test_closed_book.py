@@ -2,30 +2,20 @@
 cell is: the guess rate every retrieval number is read against. On the tiny model through the eval stage."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, TINY_CONFIG
+from conftest import DEFAULT_CONFIG, TINY_CONFIG, cli_in_process
 
 torch = pytest.importorskip("torch")
 
-CFG = ["--config", str(DEFAULT_CONFIG), str(TINY_CONFIG)]
 GRID = {"eval": {"models": ["tiny"], "lengths": [600], "depths": [0, 100], "prefill_chunk": 128,
                  "closed_book": True}}
 
 
-def cli(*args, config_json=None) -> tuple[int, str]:
-    from pausetune.cli import main
-
-    err = io.StringIO()
-    argv = [*args[:1], *CFG, *(["--config-json", json.dumps(config_json)] if config_json else []), *args[1:]]
-    with contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, err.getvalue()
+cli = cli_in_process
 
 
 @pytest.fixture(scope="module")

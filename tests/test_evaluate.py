@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, run_cli
+from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG, cli_in_process, run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -33,18 +33,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def cli(*args, config_json=None) -> tuple[int, str]:
-    """Run `pausetune ...` in-process; (rc, stderr)."""
-    import contextlib
-    import io
-
-    from pausetune.cli import main
-
-    err = io.StringIO()
-    argv = [*args[:1], *CFG, *(["--config-json", json.dumps(config_json)] if config_json else []), *args[1:]]
-    with contextlib.redirect_stderr(err):
-        rc = main(list(argv))
-    return rc, err.getvalue()
+cli = cli_in_process  # `pausetune ...` in-process on CFG; (rc, stderr)
 
 
 def eval_args(tiny_dir, pg_paragraphs, results, variant="baseline", lengths=("600",), depths=("0", "50", "100"),

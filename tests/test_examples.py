@@ -28,14 +28,17 @@ def build(tiny_config, pg_paragraphs, tiny_dir, out: Path, variant: str, over: d
                    *extra, check=check)
 
 
-@pytest.fixture(scope="module")
-def examples(tmp_path_factory, tiny_config, pg_paragraphs, tiny_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("examples")
+def both_arms(root: Path, tiny_config, pg_paragraphs, tiny_dir, over: dict, extra=()) -> dict[str, Path]:
     out = {}
     for variant in ("pause", "plain"):
         out[variant] = root / variant
-        build(tiny_config, pg_paragraphs, tiny_dir, out[variant], variant, SMALL)
+        build(tiny_config, pg_paragraphs, tiny_dir, out[variant], variant, over, extra=extra)
     return out
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory, tiny_config, pg_paragraphs, tiny_dir) -> dict[str, Path]:
+    return both_arms(tmp_path_factory.mktemp("examples"), tiny_config, pg_paragraphs, tiny_dir, SMALL)
 
 
 # Training seeds (issue #26): seed 1 of train.seeds [0, 1], both arms (the `examples` fixture is seed 0, the first).
@@ -44,12 +47,8 @@ SEEDS = {**SMALL, "train": {"seeds": [0, 1]}}
 
 @pytest.fixture(scope="module")
 def seed1(tmp_path_factory, tiny_config, pg_paragraphs, tiny_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("examples_tseed1")
-    out = {}
-    for variant in ("pause", "plain"):
-        out[variant] = root / variant
-        build(tiny_config, pg_paragraphs, tiny_dir, out[variant], variant, SEEDS, extra=["--train-seed", "1"])
-    return out
+    return both_arms(tmp_path_factory.mktemp("examples_tseed1"), tiny_config, pg_paragraphs, tiny_dir, SEEDS,
+                     extra=["--train-seed", "1"])
 
 
 def rows(folder: Path, split: str = "train") -> list[dict]:
