@@ -49,7 +49,7 @@ def test_changed_cell_changes_page(tmp_path):
     before, _ = publish(tmp_path, FIXTURE, "before")
     cells = tmp_path / "cells"
     shutil.copytree(FIXTURE, cells)
-    f = next(cells.rglob("pause-tuned/single/seed0/len1000/depth50.json"))
+    f = next(cells.rglob("pause-tuned/tseed0/single/seed0/len1000/depth50.json"))
     cell = json.loads(f.read_text())
     cell["score"], cell["recall"], cell["exact"] = (1.0, 0.0, False) if cell["score"] > 5 else (10.0, 1.0, True)
     f.write_text(json.dumps(cell))
