@@ -66,20 +66,9 @@ COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
 ]
 
 
-# The primary endpoint where config report.primary is null (and the grid has it): the issue-#26 question.
+# The primary endpoint where config report.primary is null (core.report.tables.primary_of; marked where the cells
+# have it): the issue-#26 question.
 DEFAULT_PRIMARY = {"variant": "pause-tuned", "reference": "plain-tuned", "task": "bank", "lengths": None}
-
-
-def primary_endpoint(config: dict) -> dict | None:
-    """The declared primary endpoint: report.primary, else DEFAULT_PRIMARY when the grid has its variants and task,
-    else None (every contrast secondary). Checked at DAG time (core.checks.check_primary)."""
-    declared = (config.get("report") or {}).get("primary")
-    if declared:
-        return {"lengths": None, **declared}
-    ev = config["eval"]
-    p = DEFAULT_PRIMARY
-    ok = {p["variant"], p["reference"]} <= set(ev["variants"]) and p["task"] in ev["tasks"]
-    return dict(p) if ok else None
 
 
 TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv",
