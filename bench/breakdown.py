@@ -167,6 +167,8 @@ def train_main(args) -> int:
     print(f"LoRA r{rank} step, {args.objective} objective, rows of {lengths} tokens, autocast {amp_dtype}, {torch.get_num_threads()} threads, "
           f"{what}; {torch.backends.cpu.get_cpu_capability()}")
     print_table("train step", breakdown(prof, rank, vocab), wall, "step", args.steps, plain)
+    if args.top:
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.top))
     return 0
 
 
@@ -258,6 +260,7 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=3)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--old", action="store_true", help="the path before issue #25")
+    t.add_argument("--top", type=int, default=0, help="also print the N ops of most self time, by input shape")
     t.add_argument("--objective", default="retrieval", choices=["retrieval", "lm"],
                    help="retrieval: loss on the last 8 tokens of each row (the LM head there only); lm: every token")
     e = sub.add_parser("eval")

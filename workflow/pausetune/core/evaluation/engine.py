@@ -49,7 +49,17 @@ the decode, so no second prefill:
   bit afterwards), as the first token of the first answer's teacher-forced chunk (or alone, a q = 1 step, without
   `logprob`): the share of mass on the needles' tokens, on pause tokens, on the first `sink` tokens (the
   attention sink), and on the rest (disjoint, in that order of precedence, summing to 1).
-  Full-attention decoders only (supports_buffer_cache): a sliding-window model's cells get no attention fields.
+  In a model with sliding-window layers the row of a sliding layer is zero before its window, the cell records each
+  layer's type and the window, and the cell's summary shares read the full-attention layers only.
+
+Hybrid attention (Gemma-3: five sliding-window layers, then one full layer). The buffer keeps every layer's keys,
+so a prefix cropped for reuse is exact for sliding layers too; a sliding layer applies its window in attention
+(query p sees keys p - window < k <= p, transformers' rule): decode steps read the last `window` keys, and a chunk
+goes in query blocks that end at multiples of gcd(grain, window), each over its band of keys with an explicit mask
+(_window_attention), so a query's numbers depend on its position alone. Equality with `generate`, full forwards
+and eager attention is tested on a small random Gemma-3 (tests/test_gemma_engine.py) and the real Gemma-3-270M
+(tests/test_gemma_real.py). Decoders with other layer kinds (chunked, linear attention) run each prompt alone
+through transformers' own cache (_run_plain).
 Cost: one short chunk per expected answer (one token longer for the first), about a decode step per token. Equal to a plain
 full forward of prompt + answer and to an eager-attention forward's weights (tests/test_engine.py).
 
@@ -59,6 +69,7 @@ tiny random model in fp32 on the CPU.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -68,7 +79,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
 from ..kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
-from .kvcache import BufferCache, crop_to, num_layers, prefill_plan, supports_buffer_cache
+from .kvcache import BufferCache, crop_to, layer_windows, num_layers, prefill_plan, supports_buffer_cache
 
 ATTN_NAME = "pausetune"
 SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
@@ -76,6 +87,7 @@ SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw 
 _PROBE: list | None = None  # while a list: pausetune_attention appends (layer, head-mean row of query _PROBE_ROW)
 _PROBE_ROW = 0
 _ROWS: list | None = None  # during a batched decode step: (slot, first valid key) of each live row
+_GRAIN: int | None = None  # during an engine run: the prefill grain (sliding layers' query blocks divide it)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,18 +125,50 @@ def _split_lower_right_cpu(query, key, value, scaling):
     return out.copy_(o2.float().lerp_(o1.float(), s))  # fp32 merge, one rounding (a bf16 weight costs an ulp)
 
 
-def _rows_attention(query, key, value, scaling):
-    """A batched decode step's attention, row by row: each live row (_ROWS) attends over its own valid keys only,
-    exactly as it would alone, so no row's numbers depend on the others; idle rows get zeros. [b, 1, h, d] out."""
+def _rows_attention(query, key, value, scaling, window=None):
+    """A batched decode step's attention, row by row: each live row (_ROWS) attends over its own valid keys only
+    (the last `window` of them in a sliding layer), exactly as it would alone, so no row's numbers depend on the
+    others; idle rows get zeros. [b, 1, h, d] out."""
     b, h, _, d = query.shape
     kvh = key.shape[1]
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu if query.device.type == "cpu" else None
     out = query.new_zeros((b, 1, h, d))
+    first = key.shape[2] - window if window else 0
     for slot, off in _ROWS:
+        off = max(off, first)
         q = query[slot:slot + 1].reshape(1, kvh, h // kvh, d)  # the GQA group on the query axis: no K/V copy
         k, v = key[slot:slot + 1, :, off:], value[slot:slot + 1, :, off:]
         o = flash(q, k, v, scale=scaling)[0] if flash else F.scaled_dot_product_attention(q, k, v, scale=scaling)
         out[slot, 0] = o.reshape(h, d)
+    return out
+
+
+def _window_attention(query, key, value, scaling, window: int, block: int):
+    """Sliding-window causal attention of q new tokens on past cached ones: query p sees keys p - window < k <= p.
+
+    The queries go in blocks that end at the multiples of `block` (absolute positions; the engine makes it divide
+    the prefill grain), each over the keys [block start - window + 1, block end) with an explicit band mask, so a
+    query's numbers depend on its position alone, not on where its chunk began. A block computes at most
+    (block + window - 1) / window times the needed scores. Returns [b, q, h, d] (contiguous)."""
+    b, h, q_len, d = query.shape
+    kvh = key.shape[1]
+    g = h // kvh
+    kv_len = key.shape[2]
+    past = kv_len - q_len
+    out = torch.empty((b, q_len, h, d), dtype=query.dtype, device=query.device)
+    p = past
+    while p < kv_len:
+        start = p // block * block
+        e = min(kv_len, start + block)
+        k0 = max(0, start - window + 1)
+        diff = torch.arange(p, e, device=query.device)[:, None] - torch.arange(k0, e, device=query.device)[None, :]
+        mask = (diff >= 0) & (diff < window)
+        nq = e - p
+        qf = query[:, :, p - past:e - past].reshape(b, kvh, g * nq, d)  # the GQA group on the query axis
+        o = F.scaled_dot_product_attention(qf, key[:, :, k0:e], value[:, :, k0:e], attn_mask=mask.repeat(g, 1),
+                                           scale=scaling)
+        out[:, p - past:e - past] = o.reshape(b, h, nq, d).transpose(1, 2)
+        p = e
     return out
 
 
@@ -139,15 +183,30 @@ def decode_rows(rows: list[tuple[int, int]]):
         _ROWS = old
 
 
-def _query_row(query, key, scaling, i: int):
-    """Causal softmax attention of new query i (of q new tokens on the cache) over the keys it sees, mean over heads."""
+def _query_row(query, key, scaling, i: int, window: int | None = None):
+    """Causal softmax attention of new query i (of q new tokens on the cache) over the keys it sees (the last
+    `window` in a sliding layer; zeros before them), mean over heads."""
     b, h, q_len, d = query.shape
     kvh = key.shape[1]
+    end = key.shape[2] - q_len + i + 1
+    lo = max(0, end - window) if window else 0
     q = query[:, :, i].float().reshape(b, kvh, h // kvh, d)
-    k = key[:, :, :key.shape[2] - q_len + i + 1].float()
+    k = key[:, :, lo:end].float()
     scale = scaling if scaling is not None else d ** -0.5
     scores = torch.einsum("bkgd,bknd->bkgn", q, k) * scale
-    return scores.softmax(-1).mean(dim=(1, 2))[0]
+    row = scores.softmax(-1).mean(dim=(1, 2))[0]
+    return F.pad(row, (lo, 0)) if lo else row
+
+
+@contextlib.contextmanager
+def prefill_grain(grain: int):
+    """Within: sliding layers cut their query blocks at multiples of gcd(grain, window) (see _window_attention)."""
+    global _GRAIN
+    old, _GRAIN = _GRAIN, grain
+    try:
+        yield
+    finally:
+        _GRAIN = old
 
 
 @contextlib.contextmanager
@@ -162,17 +221,29 @@ def probing(row: int = 0):
         _PROBE, _PROBE_ROW = old
 
 
-def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def pausetune_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+                        **kwargs):
     """Registered as attn_implementation 'pausetune'. Mask None means 'unpadded causal' (see module doc); the path
-    a call takes is core.kernels.attention_path's."""
+    a call takes is core.kernels.attention_path's. A sliding layer (`sliding_window`, which transformers passes to
+    the attention function) whose keys reach further back than its window takes the window's own paths."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
+    window = sliding_window if sliding_window and kv_len > sliding_window else None
     if _PROBE is not None:
-        _PROBE.append((getattr(module, "layer_idx", len(_PROBE)), _query_row(query, key, scaling, _PROBE_ROW)))
+        _PROBE.append((getattr(module, "layer_idx", len(_PROBE)),
+                       _query_row(query, key, scaling, _PROBE_ROW, window)))
     path = attention_path(query.device.type, q_len, kv_len, attention_mask is not None, dropout, _ROWS is not None)
     if path == "rows":
-        return _rows_attention(query, key, value, scaling), None
+        return _rows_attention(query, key, value, scaling, window), None
+    if window is not None:
+        if attention_mask is not None or dropout:
+            raise NotImplementedError("pausetune attention: a sliding-window layer with a padding mask or dropout")
+        if q_len == 1:  # a decode step: the last `window` keys, no mask
+            key, value = key[:, :, kv_len - window:], value[:, :, kv_len - window:]
+            return sdpa_attention_forward(module, query, key, value, None, scaling=scaling, **kwargs)
+        grain = _GRAIN or window
+        return _window_attention(query, key, value, scaling, window, math.gcd(grain, window)), None
     if path == "split_cpu":
         return _split_lower_right_cpu(query, key, value, scaling).transpose(1, 2).contiguous(), None
     if path == "lower_right":
@@ -258,8 +329,10 @@ def pause_mask(ids: list[int], marker: list[int]) -> torch.Tensor:
     return out
 
 
-def attention_shares(rows: torch.Tensor, ids: list[int], m: Measure) -> dict:
-    """Per-layer shares of the last prompt token's attention (rows: [layers, len(ids)], each summing to 1)."""
+def attention_shares(rows: torch.Tensor, ids: list[int], m: Measure, windows: list | None = None) -> dict:
+    """Per-layer shares of the last prompt token's attention (rows: [layers, len(ids)], each summing to 1). With
+    sliding-window layers among `windows` (core.evaluation.kvcache.layer_windows), each layer's type and the window
+    are recorded too: a sliding layer's row is zero before its window."""
     n = len(ids)
     needle = torch.zeros(n, dtype=torch.bool)
     for s, e in m.needles:
@@ -281,6 +354,8 @@ def attention_shares(rows: torch.Tensor, ids: list[int], m: Measure) -> dict:
         "needle_ratio": [_r(x / token_share) if token_share else None for x in nd],
         "needle_token_share": _r(token_share), "pause_token_share": _r(float(pause.sum()) / n),
         "needle_each": [_r(rows[:, s:e].sum(-1).mean()) for s, e in m.needles],
+        **({"layer_types": ["full" if w is None else "sliding" for w in windows],
+            "window": max(w for w in windows if w is not None)} if windows and any(windows) else {}),
     }
 
 
@@ -395,11 +470,12 @@ class Engine:
             if not self.buffer:
                 yield from self._run_plain(requests)
                 return
-            with attention_impl(self.model, self.attn):
+            with attention_impl(self.model, self.attn), prefill_grain(self.chunk):
                 yield from self._run_buffer(requests)
 
     def _run_plain(self, requests):
-        """Models without a buffer cache (sliding-window layers): each prompt prefilled alone, decoded alone."""
+        """Models without a buffer cache (chunked or linear attention layers): each prompt prefilled alone, decoded
+        alone."""
         from transformers import DynamicCache
 
         for r in requests:
@@ -498,7 +574,7 @@ class Engine:
         if attention:
             if rows is None:
                 rows = self._probe_forward(r.ids[n - 1:], cache, n)[1]
-            out["attention"] = attention_shares(rows, r.ids, m)
+            out["attention"] = attention_shares(rows, r.ids, m, layer_windows(self.model))
         return out
 
     def _probe_forward(self, ids: list[int], cache, n: int):

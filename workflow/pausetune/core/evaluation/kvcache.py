@@ -94,13 +94,29 @@ def num_layers(model) -> int:
     return int(cfg.num_hidden_layers)
 
 
-def supports_buffer_cache(model) -> bool:
-    """Full-attention decoders only (no sliding-window or linear-attention layers)."""
+def layer_windows(model) -> list[int | None] | None:
+    """Each decoder layer's attention window (None: full causal attention), or None where some layer is of a kind
+    the engine does not compute (chunked or linear attention). A sliding layer's query at position p sees the keys
+    at p - window < k <= p (transformers' sliding_window_overlay), so its cache keeps every key and the window is
+    applied in attention: a prefix cropped for reuse is exact for sliding layers too."""
     cfg = model.config.get_text_config(decoder=True)
+    n = int(cfg.num_hidden_layers)
+    window = getattr(cfg, "sliding_window", None)
     types = getattr(cfg, "layer_types", None)
-    if types and any(t != "full_attention" for t in types):
-        return False
-    return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
+    if types:
+        if any(t not in ("full_attention", "sliding_attention") for t in types):
+            return None
+        if any(t == "sliding_attention" for t in types) and not window:
+            return None
+        return [int(window) if t == "sliding_attention" else None for t in types[:n]]
+    if window and getattr(cfg, "use_sliding_window", True) is not False:
+        return [int(window)] * n  # Mistral-style: every layer slides
+    return [None] * n
+
+
+def supports_buffer_cache(model) -> bool:
+    """Decoders whose layers are full or sliding-window causal attention (what the engine's attention computes)."""
+    return layer_windows(model) is not None
 
 
 def crop_to(cache, n: int) -> None:

@@ -215,20 +215,21 @@ def sparse_token_rows(model) -> int:
         base = layer.base_layer
         if len(layer.active_adapters) != 1 or not isinstance(base, (nn.Embedding, nn.Linear)):
             continue
-        if isinstance(base, nn.Embedding) and layer._get_embed_scale() is not None:
-            continue  # scaled embeddings (Gemma): peft's own path
+        # Scaled embeddings (Gemma's sqrt(hidden) factor) scale after the lookup, as peft does.
+        scale = layer._get_embed_scale() if isinstance(base, nn.Embedding) else None
         name = layer.active_adapters[0]
         index = torch.tensor(layer.token_indices[name], device=base.weight.device)
         low: dict = {}
 
-        def forward(x, *args, layer=layer, base=base, name=name, index=index, low=low, **kwargs):
+        def forward(x, *args, layer=layer, base=base, name=name, index=index, low=low, scale=scale, **kwargs):
             delta = layer.trainable_tokens_delta[name]
             if isinstance(base, nn.Embedding):
                 out = F.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type,
                                   base.scale_grad_by_freq, base.sparse)
                 hit = x.unsqueeze(-1) == index  # [..., k]
                 rows = delta.to(out.dtype)[hit.to(torch.long).argmax(-1)]
-                return torch.where(hit.any(-1, keepdim=True), rows, out)
+                out = torch.where(hit.any(-1, keepdim=True), rows, out)
+                return out if scale is None else out * scale.to(out.dtype)
             w = base.weight
             if torch.is_autocast_enabled(x.device.type) and w.dtype == torch.float32:
                 dt = torch.get_autocast_dtype(x.device.type)
