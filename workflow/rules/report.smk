@@ -25,9 +25,10 @@ rule aggregate:
         seed_summary=layout.table("seed_summary.csv"),
         seed_deltas=layout.table("seed_deltas.csv"),
         variance_components=layout.table("variance_components.csv"),
+        u_shape=layout.table("u_shape.csv"),
         manifest=layout.table("manifest.json"),
     params:
-        cfg=lambda wc: cfg("seed", "report"),
+        cfg=lambda wc: cfg("seed", "report", "models"),  # models: each window (max_context), for u_shape's scopes
         cells_list="logs/aggregate/cells.txt",
     conda:
         "../../envs/report.yaml"

@@ -22,7 +22,7 @@ from ..core.io import PausetuneError, write_json, write_parquet, write_text
 from ..core.report.stats import DEFAULT_BOOTSTRAP
 from ..core.report.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
                                   measures_table, primary_of, profile, seed_deltas, seed_summary, summarize,
-                                  summary_json, variance_table)
+                                  summary_json, u_shape, variance_table)
 
 
 def find_cells(cells_dir: str | os.PathLike) -> list[str]:
@@ -56,7 +56,7 @@ def tables_manifest(df, skipped: list | None = None) -> dict:
 
 
 def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-              skip_bad: bool = False, report: dict | None = None) -> dict:
+              skip_bad: bool = False, report: dict | None = None, max_context: dict | None = None) -> dict:
     """Read the cells, write every table into out_dir; return {name: DataFrame or dict}."""
     if b < 1:
         raise PausetuneError(f"--bootstrap {b}: expected at least 1 resample")
@@ -71,6 +71,7 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
                              f"pair on task '{p['task']}'")
     meas, mdelta, layers = measures_table(df), measure_deltas(df, b=b, seed=seed), layer_attention(df)
     per_seed, seed_sum, variance = seed_deltas(df, primary), seed_summary(df), variance_table(df, primary)
+    ushape = u_shape(df, max_context, b=b, seed=seed)
     metrics = summary_json(summary, delta, meas, mdelta)
     out = Path(out_dir)
     write_parquet(out / "cells.parquet", df)
@@ -85,10 +86,11 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_text(out / "seed_summary.csv", csv_text(seed_sum))
     write_text(out / "seed_deltas.csv", csv_text(per_seed))
     write_text(out / "variance_components.csv", csv_text(variance))
+    write_text(out / "u_shape.csv", csv_text(ushape))
     write_json(out / "manifest.json", tables_manifest(df, skipped))
     return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "measures": meas,
             "measure_deltas": mdelta, "layer_attention": layers, "seed_summary": seed_sum, "seed_deltas": per_seed,
-            "variance": variance, "skipped": skipped}
+            "variance": variance, "u_shape": ushape, "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -133,8 +135,9 @@ def main(args, config: dict) -> int:
     report = ReportConfig.of(config)
     b = args.bootstrap if args.bootstrap is not None else report.bootstrap
     seed = args.bootstrap_seed if args.bootstrap_seed is not None else config["seed"]
+    windows = {name: m.get("max_context") for name, m in (config.get("models") or {}).items()}
     res = aggregate(paths, args.out_dir, b=int(b), seed=int(seed), skip_bad=report.skip_bad_cells,
-                    report=report.to_dict())
+                    report=report.to_dict(), max_context=windows)
     for s in res["skipped"]:
         print(f"aggregate: left out {s['reason']} (report.skip_bad_cells)", file=sys.stderr)
     n_delta = len(res["deltas"])

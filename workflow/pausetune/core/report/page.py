@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..config import EvalConfig, PromptConfig, PublishConfig
-from ..design import VARIANTS
+from ..design import VARIANTS, fmt_tokens
 from ..io import PausetuneError, read_json, read_parquet
 from .tables import variant_rank
 from .targets import KINDS
@@ -421,6 +421,64 @@ def variance_section(variance: list[dict]) -> list[str]:
                  f"{num(v['points_per_run'], 0)} | {num(v['cells_per_point'], 1)} | {sd(v['var_run_pp2'])} | "
                  f"{sd(v['var_point_pp2'])} | {sd(v['var_cell_pp2'])} | {num(v['mde_pp'], 1)} | "
                  f"{num(v['effect_pp'], 1)} | {need(v['runs_for_effect'])} | {need(v['runs_for_10pp'])} |")
+    return L + [""]
+
+
+def u_interval(row: dict) -> str:
+    return f"{signed(row['u_pp'])} [{signed(row['u_ci_low'])}, {signed(row['u_ci_high'])}]"
+
+
+def u_verdict(row: dict) -> str:
+    """A U depth (or a difference of two) with its interval, read from the interval alone."""
+    lo, hi = float(row["u_ci_low"]), float(row["u_ci_high"])
+    if lo > 0:
+        return "deeper" if row.get("reference") else "a lost-in-the-middle U"
+    if hi < 0:
+        return "shallower" if row.get("reference") else "an inverted U (the middle recalled best)"
+    return "no detectable change" if row.get("reference") else "no detectable U"
+
+
+def u_section(rows: list[dict]) -> list[str]:
+    """Is the middle lost, at the lengths that fill at most half the window, and what does tuning do to it
+    (u_shape.csv): every sentence from the table, the interval deciding."""
+    if not rows:
+        return []
+    L = ["## Lost in the middle?", "",
+         "The U depth: recall of needles at the edges of the document (depth ≤ 10 or ≥ 90) minus recall in the "
+         "middle (25-75), in points, over the lengths that fill at most half the model's window (where the "
+         "lost-in-the-middle U shows most clearly) and over all lengths; the 95% interval resamples training runs, "
+         "then lengths, then depths (u_shape.csv).", ""]
+    for (model, task) in dict.fromkeys((r["model"], r["task"]) for r in rows):
+        own = [r for r in rows if r["model"] == model and r["task"] == task]
+        scopes = [s for s in ("half_window", "all") if any(r["scope"] == s for r in own)]
+        for scope in scopes[:1]:
+            sel = [r for r in own if r["scope"] == scope]
+            lengths = sel[0]["lengths"].split()
+            span = f"{fmt_tokens(int(lengths[0]))}-{fmt_tokens(int(lengths[-1]))}" if len(lengths) > 1 \
+                else fmt_tokens(int(lengths[0]))
+            fill = f", at most {100 * float(sel[0]['fill_max']):.0f}% of the window" \
+                if sel[0]["fill_max"] not in ("", "nan", "NaN") else ""
+            L.append(f"**{model} / {task}, {span} tokens{fill}:**")
+            L.append("")
+            for r in sel:
+                if r["reference"]:
+                    continue
+                L.append(f"- {r['variant']}: edges {num(r['recall_edge_pp'], 1)}%, middle {num(r['recall_middle_pp'], 1)}% "
+                         f"(n = {r['n_edge']} + {r['n_middle']} cells, {runs_text(r)}): U depth "
+                         f"{u_interval(r)} pp, {u_verdict(r)}.")
+            for r in sel:
+                if r["reference"] and (r["variant"], r["reference"]) in (
+                        ("pause-tuned", "plain-tuned"), ("pause-tuned", "baseline"), ("plain-tuned", "baseline")):
+                    L.append(f"- {r['variant']} against {r['reference']}: the U depth changes by "
+                             f"{u_interval(r)} pp ({runs_text(r)}): {u_verdict(r)}.")
+            L.append("")
+    L += ["| model | task | variant | against | lengths | edges (%) | middle (%) | U depth (pp) [95% CI] | runs |",
+          "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if r["scope"].startswith("len") and not r["reference"]:
+            L.append(f"| {r['model']} | {r['task']} | {r['variant']} | – | {fmt_tokens(int(r['lengths']))} | "
+                     f"{num(r['recall_edge_pp'], 1)} | {num(r['recall_middle_pp'], 1)} | {u_interval(r)} | "
+                     f"{r['runs']} |")
     return L + [""]
 
 

@@ -64,6 +64,17 @@ measure_deltas.csv  (paired comparisons of the measures, the score's design)
 layer_attention.csv  (where in the network attention moves)
     columns: model, task, variant, layer, n, needle, pause, sink, rest: mean over cells of each layer's shares.
 
+u_shape.csv  (is the middle lost? one row per model x task x variant (x reference) x scope)
+    columns: model, task, variant, reference, scope, lengths, fill_max, runs, n_edge, n_middle, recall_edge_pp,
+    recall_middle_pp, u_pp, u_ci_low, u_ci_high, bootstrap_b
+    The U depth: mean recall of the edge cells (needle depth <= 10 or >= 90) minus that of the middle cells
+    (25 <= depth <= 75), in points; > 0 is a lost-in-the-middle U. scope ``half_window``: the lengths that fill at
+    most half the model's window (models.X.max_context; where a U shows most clearly), ``all``, and each length
+    (``len{N}``). A row with a reference holds the difference of the two U depths (variant - reference), paired:
+    two tuned arms within a training seed, a tuned arm and an untrained one each run with the one untrained set.
+    Interval: 95% percentile bootstrap that resamples training runs, then lengths within a run, then the edge and
+    the middle depths within a length (the same draws for both arms of a difference), seeded per row as deltas.csv.
+
 summary.json  (flat keys for DVC metrics; floats rounded to 4 decimals, NaN written as null)
     {model}/{variant}/{task}/mean_score | mean_recall | exact_rate | n
     {model}/{variant}/{task}/pct_vs_baseline | pct_ci_low | pct_ci_high | diff_vs_baseline | n_matched
@@ -572,6 +583,116 @@ def layer_attention(df):
                 rows.append({"model": model, "task": task, "variant": variant, "layer": layer, "n": int(len(g)),
                              **{p: float(means[p][layer]) for p in LAYER_PARTS}})
     return pd.DataFrame(rows, columns=["model", "task", "variant", "layer", "n", *LAYER_PARTS])
+
+
+U_COLUMNS = ["model", "task", "variant", "reference", "scope", "lengths", "fill_max", "runs", "n_edge", "n_middle",
+             "recall_edge_pp", "recall_middle_pp", "u_pp", "u_ci_low", "u_ci_high", "bootstrap_b"]
+
+
+def depth_class(depth: float) -> str | None:
+    """'edge' (<= 10 or >= 90), 'middle' (25..75) or None (between: in neither side of the U)."""
+    if depth <= 10 or depth >= 90:
+        return "edge"
+    if 25 <= depth <= 75:
+        return "middle"
+    return None
+
+
+def _u_grid(g, lengths: list[int], depths: list[float]):
+    """Recall (pp) per run as an array [runs, lengths, depths] (NaN where a cell is missing), and the runs."""
+    import numpy as np
+
+    runs = sorted(g["train_seed"].unique().tolist())
+    arr = np.full((len(runs), len(lengths), len(depths)), np.nan)
+    li, di, ri = ({x: i for i, x in enumerate(v)} for v in (lengths, depths, runs))
+    for r in g[["train_seed", "length", "depth", "recall"]].itertuples(index=False):
+        if r.length in li and r.depth in di:
+            arr[ri[r.train_seed], li[r.length], di[r.depth]] = 100 * float(r.recall)
+    return arr, runs
+
+
+def _u_depth(arr, edge, middle):
+    """U depth of a [..., lengths, depths] recall array: over lengths, mean of (edge mean - middle mean)."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.nanmean(arr[..., edge], -1) - np.nanmean(arr[..., middle], -1), -1)
+
+
+def _u_bootstrap(v, r, edge, middle, b: int, seed) -> tuple[float, float]:
+    """Percentile interval of U(v) - U(r) (r None: of U(v)): runs, then lengths, then edge and middle depths, drawn
+    once and applied to both arrays ([runs, lengths, depths]; r with one run is the untrained reference)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_runs, n_len, _ = v.shape
+    e_idx, m_idx = np.flatnonzero(edge), np.flatnonzero(middle)
+    ri = rng.integers(0, n_runs, size=(b, n_runs))
+    li = rng.integers(0, n_len, size=(b, n_runs, n_len))
+    ei = e_idx[rng.integers(0, len(e_idx), size=(b, n_runs, n_len, len(e_idx)))]
+    mi = m_idx[rng.integers(0, len(m_idx), size=(b, n_runs, n_len, len(m_idx)))]
+
+    def u(a, runs):
+        x = a[runs[..., None, None], li[..., None], ei]
+        y = a[runs[..., None, None], li[..., None], mi]
+        with np.errstate(invalid="ignore"):
+            return np.nanmean(np.nanmean(x, -1) - np.nanmean(y, -1), axis=(-1, -2))
+
+    d = u(v, ri)
+    if r is not None:
+        d = d - u(r, ri if r.shape[0] == n_runs else np.zeros_like(ri))
+    lo, hi = np.nanquantile(d, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def u_shape(df, max_context: dict | None = None, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+    """u_shape.csv (see the module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    if "recall" not in df:
+        return pd.DataFrame(rows, columns=U_COLUMNS)
+    sel = df[df["score"].notna() & df["recall"].notna()]
+    for (model, task), g in sel.groupby(["model", "task"], sort=True):
+        depths = sorted(g["depth"].unique().tolist())
+        classes = [depth_class(d) for d in depths]
+        edge, middle = np.array([c == "edge" for c in classes]), np.array([c == "middle" for c in classes])
+        if not edge.any() or not middle.any():
+            continue
+        all_lengths = sorted(int(x) for x in g["length"].unique())
+        window = (max_context or {}).get(model)
+        scopes = [("all", all_lengths)]
+        if window:
+            half = [n for n in all_lengths if n <= window / 2]
+            if half and half != all_lengths:
+                scopes.insert(0, ("half_window", half))
+        scopes += [(f"len{n}", [n]) for n in all_lengths] if len(all_lengths) > 1 else []
+        grids = {v: _u_grid(h, all_lengths, depths) for v, h in g.groupby("variant")}
+        pairs = [(v, "") for v in sorted(grids, key=variant_rank)]
+        pairs += [(v, r) for v, r in COMPARISONS if v in grids and r in grids]
+        for variant, reference in pairs:
+            (va, vruns), (ra, rruns) = grids[variant], grids.get(reference, (None, None))
+            if ra is not None and ra.shape[0] > 1:  # two tuned arms: the runs both have, paired
+                both = [k for k in vruns if k in rruns]
+                va, ra = va[[vruns.index(k) for k in both]], ra[[rruns.index(k) for k in both]]
+            for scope, lengths in scopes:
+                li = [all_lengths.index(n) for n in lengths]
+                v, r = va[:, li], (ra[:, li] if ra is not None else None)
+                u_v = float(np.mean(_u_depth(v, edge, middle)))
+                u = u_v - float(np.mean(_u_depth(r, edge, middle))) if r is not None else u_v
+                cseed = comparison_seed(seed, model, task, variant, f"{reference}|u|{scope}")
+                lo, hi = _u_bootstrap(v, r, edge, middle, b, cseed)
+                with np.errstate(invalid="ignore"):
+                    rows.append({"model": model, "task": task, "variant": variant, "reference": reference,
+                                 "scope": scope, "lengths": " ".join(map(str, lengths)),
+                                 "fill_max": max(lengths) / window if window else math.nan, "runs": int(v.shape[0]),
+                                 "n_edge": int(np.isfinite(v[..., edge]).sum()),
+                                 "n_middle": int(np.isfinite(v[..., middle]).sum()),
+                                 "recall_edge_pp": float(np.nanmean(v[..., edge])),
+                                 "recall_middle_pp": float(np.nanmean(v[..., middle])),
+                                 "u_pp": u, "u_ci_low": lo, "u_ci_high": hi, "bootstrap_b": int(b)})
+    return pd.DataFrame(rows, columns=U_COLUMNS)
 
 
 def _num(x):
