@@ -14,21 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pausetune.core.evaluation.engine import Engine, Measure, Request, _window_attention, generate_reference
+from pausetune.core.evaluation.engine import Engine, Measure, Request, _window_attention
 from pausetune.core.evaluation.kvcache import layer_windows, supports_buffer_cache
 
-from test_engine import _cells, _reference_measures
+# one_thread: test_engine's module-wide autouse fixture, used here too
+from test_engine import (_cells, _reference_measures, assert_cells_independent, assert_engine_equals_generate,
+                         one_thread)  # noqa: F401
 
 WINDOW = 48
 TYPES = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
@@ -89,18 +83,7 @@ def test_window_attention_equals_masked_sdpa(past, q_len, window, block):
 def test_engine_equals_generate_hybrid(gemma_model, batch_size, reuse, chunk):
     """Cached prefix, chunked prefill (grains below, at and above the window; 97 is coprime with it) and batched
     decode give `generate`'s greedy answers; stock attention is restored after the run."""
-    reqs, _ = _requests(1)
-    eng = Engine(gemma_model, [2], max_new_tokens=12, batch_size=batch_size, reuse_prefix=reuse, prefill_chunk=chunk)
-    got = {r.key: r for r in eng.run(reqs)}
-    answers = set()
-    for r in reqs:
-        ref, _ = generate_reference(gemma_model, r.ids, 12, [2])
-        assert got[r.key].new_ids == ref, r.key
-        answers.add(tuple(ref))
-    assert len(answers) > 5  # the answers really differ between cells
-    if reuse and chunk < 1000:
-        assert sum(got[r.key].timing["shared_prefix_tokens"] for r in reqs) > 0.3 * sum(len(r.ids) for r in reqs)
-    assert gemma_model.config._attn_implementation == "sdpa"
+    assert_engine_equals_generate(gemma_model, _requests(1)[0], batch_size, reuse, chunk)
 
 
 def test_measures_equal_full_forward_hybrid(gemma_model):
@@ -141,23 +124,5 @@ def test_a_hybrid_cells_numbers_do_not_depend_on_its_neighbours(gemma_model, dty
     """As test_engine's #29 test, on hybrid attention: alone, in the full block, resumed, shuffled, without reuse."""
     import copy
 
-    model = gemma_model if dtype == torch.float32 else copy.deepcopy(gemma_model).to(torch.bfloat16)
-    reqs, needle = _requests(5, (300, 700, 1300), (0, 30, 60, 100))
-    reqs = sorted(reqs, key=lambda r: r.key)
-    for r in reqs:
-        r.measure = Measure(answers=[needle, needle[:2]], needles=[(r.shareable, r.shareable + len(needle))])
-
-    def run(rs, **kw):
-        eng = Engine(model, [2], max_new_tokens=10, batch_size=3, prefill_chunk=128, **kw)
-        return {r.key: (r.new_ids, r.measures) for r in eng.run(list(rs))}
-
-    full = run(reqs)
-    assert len({tuple(a) for a, _ in full.values()}) > 4
-    resumed = run(reqs[2:])
-    shuffled = run(random.Random(7).sample(reqs, len(reqs)))
-    noreuse = run(reqs, reuse_prefix=False)
-    for r in reqs:
-        assert resumed.get(r.key, full[r.key]) == full[r.key], r.key
-        assert shuffled[r.key] == full[r.key] == noreuse[r.key], r.key
-    for r in reqs[:3]:
-        assert run([r])[r.key] == full[r.key], r.key
+    assert_cells_independent(gemma_model if dtype == torch.float32 else copy.deepcopy(gemma_model).to(torch.bfloat16),
+                             alone=3)
