@@ -305,9 +305,9 @@ def test_code_edit_marks_exactly_the_stages_that_run_it(repro):
     assert "up to date" in dvc(project, "status").stdout
 
 
-def test_max_context_reruns_only_the_page(repro):
-    """models.X.max_context only gates the DAG-time checks: no stage but publish (whose page shows the whole
-    config's hash) goes stale when it changes."""
+def test_max_context_reruns_only_the_tables_and_the_page(repro):
+    """models.X.max_context gates the DAG-time checks and sets u_shape.csv's half-window scope: aggregate and
+    publish (whose page shows the whole config's hash) go stale when it changes, nothing upstream of them."""
     project = repro["project"]
     cfg_path = project / "config" / "config.yaml"
     before = cfg_path.read_text()
@@ -316,7 +316,7 @@ def test_max_context_reruns_only_the_page(repro):
         cfg["models"]["tiny"]["max_context"] = 3000
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         stale = set(re.findall(r"^(\S+):\s*$", dvc(project, "status").stdout, re.M))
-        assert stale == {"publish"}, sorted(stale)
+        assert stale == {"aggregate", "publish"}, sorted(stale)
     finally:
         cfg_path.write_text(before)
 
