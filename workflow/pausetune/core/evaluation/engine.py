@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
 from ..kernels import attention_path, engine_linear, linear_kernels, warm_math_kernels
-from .kvcache import BufferCache, crop_to, layer_windows, num_layers, prefill_plan, supports_buffer_cache
+from .kvcache import BufferCache, crop_to, layer_windows, num_layers, prefill_plan
 
 ATTN_NAME = "pausetune"
 SINK_TOKENS = 4  # StreamingLLM's attention-sink width: the first 4 tokens draw mass whatever they say
@@ -416,7 +416,8 @@ class Engine:
         self.eos = sorted(set(int(i) for i in eos_ids))
         self.max_new = int(max_new_tokens)
         self.batch_size = max(1, int(batch_size))
-        self.buffer = supports_buffer_cache(model)  # else: DynamicCache, each cell alone, decode batch 1
+        self.windows = layer_windows(model)  # each layer's attention window (None: full); None: unsupported kinds
+        self.buffer = self.windows is not None  # else: DynamicCache, each cell alone, decode batch 1
         self.reuse = bool(reuse_prefix) and self.buffer
         self.chunk = int(prefill_chunk)  # the grain: every chunk of a prompt ends at a multiple of it (or the end)
         if self.chunk < 1:
@@ -578,7 +579,7 @@ class Engine:
             return None
         n = len(r.ids)
         out: dict = {}
-        attention = m.attention and supports_buffer_cache(self.model)
+        attention = m.attention and self.buffer
         rows = None
         if m.logprob:
             lp0 = torch.log_softmax(logits[0].float(), -1)
@@ -608,7 +609,7 @@ class Engine:
         if attention:
             if rows is None:
                 rows = self._probe_forward(r.ids[n - 1:], cache, n)[1]
-            out["attention"] = attention_shares(rows, r.ids, m, layer_windows(self.model))
+            out["attention"] = attention_shares(rows, r.ids, m, self.windows)
         return out
 
     def _probe_forward(self, ids: list[int], cache, n: int):
