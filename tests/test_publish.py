@@ -31,8 +31,10 @@ def test_page_numbers_come_from_tables(tmp_path):
     deltas = list(csv.DictReader(open(tables / "deltas.csv")))
     ushape = list(csv.DictReader(open(tables / "u_shape.csv")))
     assert ushape  # the fixture's depths 0/50/100 make a U: its section is on the page
+    effective = list(csv.DictReader(open(tables / "effective_length.csv")))
+    assert effective
     table_numbers = set()
-    for r in summary + deltas + ushape:
+    for r in summary + deltas + ushape + effective:
         for v in r.values():
             try:
                 x = float(v)

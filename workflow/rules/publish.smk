@@ -10,7 +10,8 @@ except PausetuneError as e:
 rule publish:
     input:
         tables=[layout.table(t) for t in ("summary.csv", "deltas.csv", "measures.csv", "measure_deltas.csv",
-                                          "seed_deltas.csv", "variance_components.csv", "u_shape.csv")],
+                                          "seed_deltas.csv", "variance_components.csv", "u_shape.csv",
+                                          "distance.csv", "effective_length.csv")],
         figures=lambda wc: [f for f in report_targets(config) if f.endswith(".png")],
         checkpoints=lambda wc: tuned_manifests("checkpoints"),
         shards=lambda wc: tuned_manifests("shards"),

@@ -26,6 +26,8 @@ rule aggregate:
         seed_deltas=layout.table("seed_deltas.csv"),
         variance_components=layout.table("variance_components.csv"),
         u_shape=layout.table("u_shape.csv"),
+        distance=layout.table("distance.csv"),
+        effective_length=layout.table("effective_length.csv"),
         manifest=layout.table("manifest.json"),
     params:
         cfg=lambda wc: cfg("seed", "report", "models"),  # models: each window (max_context), for u_shape's scopes

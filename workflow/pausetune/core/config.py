@@ -424,6 +424,7 @@ class ReportConfig(Section):
     bootstrap: int
     skip_bad_cells: bool
     primary: Optional[dict]
+    effective_length: dict
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ DEFAULT_PRIMARY = {"variant": "pause-tuned", "reference": "plain-tuned", "task":
 
 TABLES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json", "depth_profile.csv", "length_profile.csv",
           "measures.csv", "measure_deltas.csv", "layer_attention.csv", "seed_summary.csv", "seed_deltas.csv",
-          "variance_components.csv", "u_shape.csv", "manifest.json"]
+          "variance_components.csv", "u_shape.csv", "distance.csv",
+          "effective_length.csv", "manifest.json"]
 
 
 def fmt_tokens(n: float) -> str:

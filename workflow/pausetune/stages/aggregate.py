@@ -22,7 +22,7 @@ from ..core.io import PausetuneError, write_json, write_parquet, write_text
 from ..core.report.stats import DEFAULT_BOOTSTRAP
 from ..core.report.tables import (cells_frame, csv_text, deltas, layer_attention, load_cells, measure_deltas,
                                   measures_table, primary_of, profile, seed_deltas, seed_summary, summarize,
-                                  summary_json, u_shape, variance_table)
+                                  summary_json, u_shape, variance_table, distance_table, effective_lengths)
 
 
 def find_cells(cells_dir: str | os.PathLike) -> list[str]:
@@ -72,6 +72,8 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     meas, mdelta, layers = measures_table(df), measure_deltas(df, b=b, seed=seed), layer_attention(df)
     per_seed, seed_sum, variance = seed_deltas(df, primary), seed_summary(df), variance_table(df, primary)
     ushape = u_shape(df, max_context, b=b, seed=seed)
+    dist = distance_table(df, b=b, seed=seed)
+    eff = effective_lengths(df, (report or {}).get("effective_length"), b=b, seed=seed)
     metrics = summary_json(summary, delta, meas, mdelta)
     out = Path(out_dir)
     write_parquet(out / "cells.parquet", df)
@@ -87,10 +89,13 @@ def aggregate(paths: list[str], out_dir: str | os.PathLike, b: int = DEFAULT_BOO
     write_text(out / "seed_deltas.csv", csv_text(per_seed))
     write_text(out / "variance_components.csv", csv_text(variance))
     write_text(out / "u_shape.csv", csv_text(ushape))
+    write_text(out / "distance.csv", csv_text(dist))
+    write_text(out / "effective_length.csv", csv_text(eff))
     write_json(out / "manifest.json", tables_manifest(df, skipped))
     return {"cells": df, "summary": summary, "deltas": delta, "metrics": metrics, "measures": meas,
             "measure_deltas": mdelta, "layer_attention": layers, "seed_summary": seed_sum, "seed_deltas": per_seed,
-            "variance": variance, "u_shape": ushape, "skipped": skipped}
+            "variance": variance, "u_shape": ushape, "distance": dist,
+            "effective_length": eff, "skipped": skipped}
 
 
 # ----------------------------------------------------------------------------------------------- CLI

@@ -51,7 +51,7 @@ from ..core.evaluation.grid import task_axes
 from ..core.data.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
 from ..core.io import PausetuneError, read_json, write_json
 from ..core.kernels import set_threads
-from ..core.models import load_tokenizer
+from ..core.models import load_tokenizer, max_context
 from ..core.evaluation.scoring import make_judge, score_cell
 
 
@@ -124,6 +124,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
                     reuse_prefix=evc.reuse_prefix, prefill_chunk=evc.prefill_chunk,
                     linear=plan.ident["kernels"].get("linear_fp32"))
     judge_call = make_judge(config, judge_model_dir, plan.dtype, plan.device)
+    window = max_context(model_dir, config["models"].get(model))
     t_block = time.perf_counter()
     closed_answers = _closed_book(engine, tok, closed) if closed is not None else {}
     closed_of = dict(zip(todo, map(tuple, closed or [])))  # cell id -> its closed-book prompt
@@ -132,7 +133,7 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
             t, n, d, out, inst, cp = todo[res.key]
             answer = tok.decode(res.new_ids, skip_special_tokens=True).strip()
             cb = closed_answers[closed_of[res.key]] if closed is not None else None
-            cell = cell_record(plan, res, answer, inst, cp, t, n, d, config, fmt, hmeta, cb)
+            cell = cell_record(plan, res, answer, inst, cp, t, n, d, config, fmt, hmeta, cb, window)
             if judge_call is not None:  # the answer first, unscored: a judge failure must not lose it (the rerun
                 write_json(layout.cached_cell(cache_root, res.key), cell)  # finds it in the cache and only scores it)
             cell = score_cell(cell, ev.get("judge"), judge_call)

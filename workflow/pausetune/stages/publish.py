@@ -16,7 +16,7 @@ from ..core.config import PublishConfig
 from ..core.io import atomic_path, mark, read_json, write_text
 from ..core.report.page import (answer_kinds_section, figure_order, figure_rel, intro, mechanism_section,
                                 primary_section, read_csv, read_optional_csv, reading_section, summary_section,
-                                u_section, variance_section)
+                                u_section, variance_section, distance_section)
 from ..core.report.provenance import provenance_section, stage_times
 from ..core.report.targets import SHARED_TABLES, check_output_dirs, output_dirs
 
@@ -33,6 +33,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     L += summary_section(summary, deltas)
     L += variance_section(read_optional_csv(tables / "variance_components.csv"))
     L += u_section(read_optional_csv(tables / "u_shape.csv"))
+    L += distance_section(read_optional_csv(tables / "distance.csv"), read_optional_csv(tables / "effective_length.csv"))
     L += mechanism_section(read_optional_csv(tables / "measures.csv"), read_optional_csv(tables / "measure_deltas.csv"))
     L += answer_kinds_section(tables, config)
     tables_dir = PublishConfig.of(config).tables_dir

@@ -201,6 +201,15 @@ class CellPrompt:
     needle_depths: list[float]      # 100 x haystack tokens before the needle / H
     shareable: int                  # prompt prefix before the first needle: head + stream[:p]
     needle_lengths: list[int] = field(default_factory=list)  # tokens of each needle (needle order)
+    question_start: int | None = None  # token index of the question's first token (None: the layout rewrote it)
+
+    @property
+    def needle_distances(self) -> list[int] | None:
+        """Tokens from each needle's end to the question's first token (needle order): what separates the fact
+        from the question, whatever the length and depth that put it there."""
+        if self.question_start is None:
+            return None
+        return [self.question_start - (p + n) for p, n in zip(self.needle_positions, self.needle_lengths)]
 
     @property
     def depth_actual(self) -> float:
@@ -244,6 +253,7 @@ class PromptBuilder:
         self.format = None
         self.bounds = Boundaries(tokenizer, self.ev["sentence_end"], pause_ids) if boundaries else None
         self._parts: dict[str, tuple[list[int], list[int]]] = {}
+        self._question_at: dict[str, int | None] = {}
 
     def _render(self, question: str) -> str:
         system, instr = self.prompt["system"], self.prompt["instruction"]
@@ -289,7 +299,27 @@ class PromptBuilder:
             head = self.tok.encode(pieces[0], add_special_tokens=False)
             tail = self.tok.encode(pieces[1], add_special_tokens=False)
             self._parts[question] = (head, tail)
+            self._question_at[question] = self._token_at(pieces[1], tail, question)
         return self._parts[question]
+
+    def _token_at(self, text: str, ids: list[int], needle: str) -> int | None:
+        """Index (in ids, the encoding of text) of the first token covering needle's first character; None where
+        the text does not hold it (a template that rewrites the question) or the tokenizer gives no offsets."""
+        at = text.find(needle) if needle else -1
+        if at < 0:
+            return None
+        try:
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer: no offsets
+            return None
+        if list(enc["input_ids"]) != list(ids):
+            return None
+        return next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at), None)
+
+    def question_offset(self, question: str) -> int | None:
+        """The question's first token, counted from the tail's start."""
+        self.parts(question)
+        return self._question_at[question]
 
     def overhead(self, question: str) -> int:
         head, tail = self.parts(question)
@@ -313,6 +343,8 @@ class PromptBuilder:
         for i, s in enumerate(starts):
             before = s - sum(len(enc[j]) for j in range(len(enc)) if j != i and starts[j] < s)
             depths.append(round(100 * before / hay_n, 4))
+        q_off = self.question_offset(question)
         return CellPrompt(ids=ids, head_tokens=len(head), haystack_tokens=hay_n, needle_tokens=nt,
                           needle_positions=[len(head) + s for s in starts], needle_depths=depths,
-                          shareable=len(head) + min(starts), needle_lengths=[len(x) for x in enc])
+                          shareable=len(head) + min(starts), needle_lengths=[len(x) for x in enc],
+                          question_start=None if q_off is None else len(head) + len(doc) + q_off)

@@ -266,7 +266,7 @@ def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, c
 
 
 def cell_record(plan: "BlockPlan", res, answer: str, inst, cp, task: str, length: int, depth: float, config: dict,
-                prompt_format: str, haystack: dict, closed: dict | None = None) -> dict:
+                prompt_format: str, haystack: dict, closed: dict | None = None, window: int | None = None) -> dict:
     """The cell file's fields (unscored): coordinates, prompt facts, answer, provenance, measures. res: the engine's
     Result for this cell."""
     spec, ident = config["tasks"][task], plan.ident
@@ -277,6 +277,11 @@ def cell_record(plan: "BlockPlan", res, answer: str, inst, cp, task: str, length
         "context_tokens": len(cp.ids), "haystack_tokens": cp.haystack_tokens,
         "needle_tokens": cp.needle_tokens, "needle_positions": cp.needle_positions,
         "needle_depths": cp.needle_depths, "depth_actual": cp.depth_actual,
+        # the needle's distance to the question (end of needle to the question's first token; the first needle's,
+        # the farthest, and each one's) and the share of the model's window the length fills
+        "needle_distance": cp.needle_distances[0] if cp.needle_distances else None,
+        "needle_distances": cp.needle_distances,
+        "window": window, "window_fill": round(int(length) / window, 6) if window else None,
         "needles": inst.needles, "question": inst.question,
         "expected": [[f] for f in inst.facts] if inst.kind not in ("single", "multi") or spec.get("bank")
         else spec["expected"],

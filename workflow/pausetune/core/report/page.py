@@ -482,6 +482,39 @@ def u_section(rows: list[dict]) -> list[str]:
     return L + [""]
 
 
+def distance_section(dist: list[dict], eff: list[dict]) -> list[str]:
+    """How far from the question a fact can sit and still be found (distance.csv), and the longest context each
+    variant keeps (effective_length.csv): every number from the tables."""
+    d50 = [r for r in dist if r["kind"] == "d50"]
+    if not d50 and not eff:
+        return []
+    L = ["## Distance to the question and effective length", ""]
+    if d50:
+        L += ["D50: the distance (tokens from the needle's end to the question) at which a logistic fit of recall on "
+              "log2 distance crosses 50%, with a 95% interval that resamples training runs, then cells "
+              "(distance.csv; `above`: recall stays above 50% over every distance measured, `below`: under it).", "",
+              "| model | task | variant | cells | runs | recall (%) | D50 (tokens) [95% CI] | slope per doubling |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in d50:
+            val = f"{num(r['d50'], 0)} [{num(r['d50_ci_low'], 0)}, {num(r['d50_ci_high'], 0)}]" \
+                if r["status"] == "crosses" else f"{r['status']} [{num(r['d50_ci_low'], 0)}, {num(r['d50_ci_high'], 0)}]"
+            L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['n']} | {r['runs']} | "
+                     f"{num(r['recall_pp'], 1)} | {val} | {num(r['slope'], 2)} |")
+        L.append("")
+    if eff:
+        L += ["Effective length: the longest length up to which mean recall stays at or above the threshold at every "
+              "shorter length (effective_length.csv; 0: below it already at the shortest length), by a fixed "
+              "threshold and by a share of the variant's own recall at the shortest length; the interval from "
+              "resampled runs and cells.", "",
+              "| model | task | variant | rule | threshold (recall) | shortest-length recall (%) | effective length [95% CI] |",
+              "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+        for r in eff:
+            L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['rule']} | {num(r['threshold'], 2)} | "
+                     f"{num(r['short_recall_pp'], 1)} | {r['effective_length']} [{r['el_ci_low']}, {r['el_ci_high']}] |")
+        L.append("")
+    return L
+
+
 READINGS = [  # (variant, reference, what the comparison tests), in the order the page reads them
     ("pause-prompt", "baseline", "The pause marker alone (pause-prompt vs baseline)"),
     ("pause-tuned", "baseline", "Pause-tuning (pause-tuned vs baseline)"),

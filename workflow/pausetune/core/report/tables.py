@@ -75,6 +75,24 @@ u_shape.csv  (is the middle lost? one row per model x task x variant (x referenc
     Interval: 95% percentile bootstrap that resamples training runs, then lengths within a run, then the edge and
     the middle depths within a length (the same draws for both arms of a difference), seeded per row as deltas.csv.
 
+distance.csv  (how far the fact sits from the question; one row per model x task x variant x kind)
+    columns: model, task, variant, kind, bin_lo, bin_hi, n, runs, recall_pp, d50, d50_ci_low, d50_ci_high, slope,
+    status, bootstrap_b
+    kind ``bin``: mean recall of the cells whose needle_distance (tokens from the needle's end to the question's
+    first token; cells record it) lies in [bin_lo, bin_hi), bins [0, 512), then doubling. kind ``d50``: the distance
+    at which a logistic fit of recall on log2(1 + distance) crosses 50% (d50), its 95% interval from a bootstrap
+    that resamples training runs, then cells within a run, and the fit's slope per doubling; ``status`` says
+    ``crosses`` (inside the distances measured), ``above`` / ``below`` (recall stays on one side of 50% over
+    them: no d50) or ``flat`` (recall does not fall with distance). Cells made before the field are left out.
+
+effective_length.csv  (the longest context a variant keeps; one row per model x task x variant x rule)
+    columns: model, task, variant, rule, threshold, short_recall_pp, effective_length, el_ci_low, el_ci_high, runs,
+    lengths, bootstrap_b
+    The largest length L of the grid such that mean recall stays at or above the threshold at every length up to
+    L (0: already below at the shortest). rule ``threshold``: report.effective_length.threshold; rule ``fraction``:
+    that share of the variant's own recall at the shortest length (short_recall_pp). Interval: the same rule on
+    bootstrap resamples of training runs, then cells within a (run, length), percentiles of the lengths it gives.
+
 summary.json  (flat keys for DVC metrics; floats rounded to 4 decimals, NaN written as null)
     {model}/{variant}/{task}/mean_score | mean_recall | exact_rate | n
     {model}/{variant}/{task}/pct_vs_baseline | pct_ci_low | pct_ci_high | diff_vs_baseline | n_matched
@@ -693,6 +711,145 @@ def u_shape(df, max_context: dict | None = None, b: int = DEFAULT_BOOTSTRAP, see
                                  "recall_middle_pp": float(np.nanmean(v[..., middle])),
                                  "u_pp": u, "u_ci_low": lo, "u_ci_high": hi, "bootstrap_b": int(b)})
     return pd.DataFrame(rows, columns=U_COLUMNS)
+
+
+DISTANCE_COLUMNS = ["model", "task", "variant", "kind", "bin_lo", "bin_hi", "n", "runs", "recall_pp", "d50",
+                    "d50_ci_low", "d50_ci_high", "slope", "status", "bootstrap_b"]
+EFFECTIVE_COLUMNS = ["model", "task", "variant", "rule", "threshold", "short_recall_pp", "effective_length",
+                     "el_ci_low", "el_ci_high", "runs", "lengths", "bootstrap_b"]
+
+
+def logistic_fit(x, y, ridge: float = 1e-3, iters: int = 50) -> tuple[float, float]:
+    """(a, b) of recall ~ sigmoid(a + b x) by Newton's method on the cross-entropy (fractional recall allowed), a
+    small ridge on b so that perfectly separated data still give a finite, steep fit."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    a, b = 0.0, 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(a + b * x)))
+        w = p * (1 - p) + 1e-12
+        g = np.array([np.sum(p - y), np.sum((p - y) * x) + ridge * b])
+        h = np.array([[np.sum(w), np.sum(w * x)], [np.sum(w * x), np.sum(w * x * x) + ridge]])
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return float(a), float(b)
+
+
+def d50_of(distance, recall) -> tuple[float, float, str]:
+    """(d50 in tokens, slope per doubling, status) from cells' distances and recalls (module docstring)."""
+    import numpy as np
+
+    x = np.log2(1 + np.asarray(distance, dtype=float))
+    y = np.asarray(recall, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:
+        return math.nan, math.nan, "flat"
+    a, b = logistic_fit(x, y)
+    if b >= 0:
+        return math.nan, b, "flat"
+    x50 = -a / b
+    if x50 < x.min():
+        return math.nan, b, "below"
+    if x50 > x.max():
+        return math.nan, b, "above"
+    return float(2 ** x50 - 1), b, "crosses"
+
+
+def distance_table(df, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+    """distance.csv (see the module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    if "needle_distance" not in df or "recall" not in df:
+        return pd.DataFrame(rows, columns=DISTANCE_COLUMNS)
+    sel = df[df["score"].notna() & df["recall"].notna() & df["needle_distance"].notna()]
+    for (model, task, variant), g in sel.groupby(["model", "task", "variant"], sort=True):
+        dist, rec = g["needle_distance"].to_numpy(dtype=float), g["recall"].to_numpy(dtype=float)
+        runs = g["train_seed"].to_numpy()
+        edges = [0, 512]
+        while edges[-1] <= dist.max():
+            edges.append(edges[-1] * 2)
+        for lo, hi in zip(edges, edges[1:]):
+            m = (dist >= lo) & (dist < hi)
+            if m.any():
+                rows.append({"model": model, "task": task, "variant": variant, "kind": "bin", "bin_lo": lo,
+                             "bin_hi": hi, "n": int(m.sum()), "runs": len(set(runs[m])),
+                             "recall_pp": 100 * float(rec[m].mean())})
+        d50, slope, status = d50_of(dist, rec)
+        rng = np.random.default_rng(comparison_seed(seed, model, task, variant, "d50"))
+        by_run = [np.flatnonzero(runs == r) for r in sorted(set(runs))]
+        draws = []
+        for _ in range(b):
+            idx = np.concatenate([rng.choice(by_run[k], size=len(by_run[k]))
+                                  for k in rng.integers(0, len(by_run), size=len(by_run))])
+            d, _, st = d50_of(dist[idx], rec[idx])
+            draws.append(d if st == "crosses" else (np.inf if st == "above" else 0.0 if st == "below" else np.nan))
+        draws = np.asarray(draws, dtype=float)
+        ok = draws[~np.isnan(draws)]
+        ci = np.quantile(ok, [0.025, 0.975]) if len(ok) else [math.nan, math.nan]
+        rows.append({"model": model, "task": task, "variant": variant, "kind": "d50", "n": int(len(g)),
+                     "runs": len(by_run), "recall_pp": 100 * float(rec.mean()), "d50": d50,
+                     "d50_ci_low": float(ci[0]), "d50_ci_high": float(ci[1]), "slope": slope, "status": status,
+                     "bootstrap_b": int(b)})
+    return pd.DataFrame(rows, columns=DISTANCE_COLUMNS)
+
+
+def effective_length_of(lengths, recalls, threshold: float) -> int:
+    """The largest length whose recall, and every shorter length's, is at or above threshold (0: none)."""
+    best = 0
+    for n, r in sorted(zip(lengths, recalls)):
+        if r < threshold:
+            break
+        best = int(n)
+    return best
+
+
+def effective_lengths(df, rules: dict | None = None, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+    """effective_length.csv (see the module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    rules = {"threshold": 0.5, "fraction": 0.85, **(rules or {})}
+    rows = []
+    if "recall" not in df:
+        return pd.DataFrame(rows, columns=EFFECTIVE_COLUMNS)
+    sel = df[df["score"].notna() & df["recall"].notna()]
+    for (model, task, variant), g in sel.groupby(["model", "task", "variant"], sort=True):
+        lengths = sorted(int(x) for x in g["length"].unique())
+        runs = sorted(g["train_seed"].unique().tolist())
+        cells = {(r, n): g[(g["train_seed"] == r) & (g["length"] == n)]["recall"].to_numpy(dtype=float)
+                 for r in runs for n in lengths}
+
+        def curve(run_draw, cell_draw):
+            out = []
+            for j, n in enumerate(lengths):
+                vals = [cells[(runs[k], n)][cell_draw[i][j]] if cell_draw is not None else cells[(runs[k], n)]
+                        for i, k in enumerate(run_draw)]
+                vals = [v for v in vals if len(v)]
+                out.append(float(np.mean(np.concatenate(vals))) if vals else math.nan)
+            return out
+
+        point = curve(range(len(runs)), None)
+        rng = np.random.default_rng(comparison_seed(seed, model, task, variant, "effective_length"))
+        boots = []
+        for _ in range(b):
+            rd = rng.integers(0, len(runs), size=len(runs))
+            cd = [[rng.integers(0, max(1, len(cells[(runs[k], n)])), size=len(cells[(runs[k], n)]))
+                   for n in lengths] for k in rd]
+            boots.append(curve(rd, cd))
+        for rule in ("threshold", "fraction"):
+            thr = (lambda c: rules["threshold"]) if rule == "threshold" else (lambda c: rules["fraction"] * c[0])
+            el = effective_length_of(lengths, point, thr(point))
+            dist = [effective_length_of(lengths, c, thr(c)) for c in boots]
+            lo, hi = np.quantile(dist, [0.025, 0.975], method="inverted_cdf")
+            rows.append({"model": model, "task": task, "variant": variant, "rule": rule,
+                         "threshold": thr(point), "short_recall_pp": 100 * point[0], "effective_length": el,
+                         "el_ci_low": int(lo), "el_ci_high": int(hi), "runs": len(runs),
+                         "lengths": " ".join(map(str, lengths)), "bootstrap_b": int(b)})
+    return pd.DataFrame(rows, columns=EFFECTIVE_COLUMNS)
 
 
 def _num(x):

@@ -17,7 +17,8 @@ FORMATS = ("html", "png", "svg")
 TABLE_FILES = ["cells.parquet", "summary.csv", "deltas.csv", "summary.json"]
 SHARED_TABLES = ("summary.csv", "deltas.csv", "depth_profile.csv", "length_profile.csv", "measures.csv",
                  "measure_deltas.csv", "layer_attention.csv", "seed_summary.csv", "seed_deltas.csv",
-                 "variance_components.csv", "u_shape.csv", "manifest.json")
+                 "variance_components.csv", "u_shape.csv", "distance.csv",
+                 "effective_length.csv", "manifest.json")
 ANY_VARIANT = "|".join(VARIANTS)
 NOT_BASELINE = "|".join(v for v in VARIANTS if v != "baseline")
 
