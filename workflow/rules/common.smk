@@ -2,7 +2,7 @@ import os
 import sys
 
 from pausetune.core import layout
-from pausetune.core.data.banks import check_banks
+from pausetune.core.data.banks import check_banks, check_template_split
 from pausetune.core.checks import once
 from pausetune.core.training.checkpoints import check_adapters
 from pausetune.core.config import snakemake_args, subset, validate as validate_config
@@ -41,6 +41,7 @@ def total_cores():
 # prepared models' own tokens too (seconds: job steps, which re-parse this file, keep the cheap checks).
 try:
     check_banks(config)
+    check_template_split(config)  # the out-of-template bank: no training shape, no training answer
     check_examples(config)
     if workflow.is_main_process:
         once(layout.CHECKS, "examples fit", config, layout.MODELS, check_examples_fit, config, layout.MODELS)

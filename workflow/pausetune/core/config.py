@@ -446,6 +446,7 @@ class BanksConfig(Section):
     eval_fraction: float
     train: dict
     eval: dict
+    eval_ood: dict
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,31 @@ TEMPLATES = [
     ("The stone set in {s}'s ring is a {a}.", "What stone is set in {s}'s ring?", (NAMES,), GEMS),
 ]
 
+# The out-of-template evaluation bank (issue #28): sentence shapes no training template has, subjects and answer
+# words of their own. A model tuned on TEMPLATES that finds these has learnt to retrieve, not to fill a template.
+TOOLS = ["chisel", "trowel", "awl", "spokeshave", "plane", "mallet", "rasp", "bradawl", "hacksaw", "pliers",
+         "spanner", "scythe", "sickle", "adze", "gimlet", "vise", "crowbar", "pickaxe", "hatchet", "level"]
+BIRDS = ["heron", "kestrel", "curlew", "wren", "plover", "egret", "lapwing", "osprey", "bittern", "siskin",
+         "goldcrest", "dipper", "nuthatch", "redstart", "avocet", "shrike", "linnet", "fieldfare", "merlin", "twite"]
+VESSELS = ["schooner", "ketch", "dinghy", "trawler", "barge", "sloop", "catamaran", "junk", "dhow", "coracle",
+           "felucca", "yawl", "gondola", "punt", "tug", "clipper", "galleon", "canoe", "kayak", "ferry"]
+YEARS = ["1783", "1812", "1847", "1869", "1891", "1904", "1923", "1938", "1951", "1966", "1972", "1988", "1759",
+         "1801", "1835", "1858", "1877", "1912", "1944", "1979"]
+CLUBS = ["poetry circle", "stamp club", "glee club", "kite society", "beekeepers' guild", "film society",
+         "walking group", "model railway club", "choir", "knitting circle", "astronomy society", "chess circle",
+         "rambling club", "pottery guild", "book club", "garden club", "radio club", "folk dance troupe",
+         "photography club", "quiz team"]
+OOD_TEMPLATES = [
+    ("Whenever the shed door sticks, {s} reaches for a {a}.", "Which tool does {s} grab when the shed door sticks?",
+     (NAMES,), TOOLS),
+    ("According to the logbook, the first bird {s} ever ringed was a {a}.",
+     "What kind of bird did {s} ring first, according to the logbook?", (NAMES,), BIRDS),
+    ("It was aboard an old {a} that {s} learnt to sail.", "On what sort of boat did {s} learn to sail?",
+     (NAMES,), VESSELS),
+    ("Records kept by the {s} show it was founded in {a}.", "In which year was the {s} founded?", (CLUBS,), YEARS),
+]
+
+
 # The NIAH harness's needles and answers (config/config.yaml tasks single, multi): evaluation-only.
 CLASSIC = [
     {"needle": "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.",
@@ -120,7 +145,7 @@ CLASSIC = [
 ]
 CLASSIC_ANSWERS = ("sandwich", "dolores park", "sunny", "figs", "prosciutto", "goat cheese", "pizza")
 
-SIDES = ("train", "eval")
+SIDES = ("train", "eval", "eval_ood")
 
 
 def _norm(text: str) -> str:
@@ -134,15 +159,20 @@ def side(word: str, eval_fraction: float) -> str:
 
 
 def _candidates(which: str, eval_fraction: float) -> list[list[tuple[str, str, str]]]:
-    """Per template, every (needle, question, answer) of one side, one answer per question (seed-free order)."""
+    """Per template, every (needle, question, answer) of one side, one answer per question (seed-free order). The
+    out-of-template bank draws from OOD_TEMPLATES: any subject (names are not what it holds out), answer words of
+    its own."""
     out = []
-    for needle, question, subjects, answers in TEMPLATES:
-        mine = [a for a in answers if side(a, eval_fraction) == which and _norm(a) not in CLASSIC_ANSWERS]
+    templates = OOD_TEMPLATES if which == "eval_ood" else TEMPLATES
+    own = which
+    for needle, question, subjects, answers in templates:
+        mine = [a for a in answers if (which == "eval_ood" or side(a, eval_fraction) == own)
+                and _norm(a) not in CLASSIC_ANSWERS]
+        keep = (lambda w: True) if which == "eval_ood" else (lambda w: side(w, eval_fraction) == own)
         if len(subjects) == 1:
-            subs = [(s,) for s in subjects[0] if side(s, eval_fraction) == which]
+            subs = [(s,) for s in subjects[0] if keep(s)]
         else:
-            subs = [(s, d) for s in subjects[0] for d in subjects[1]
-                    if side(s, eval_fraction) == which and side(d, eval_fraction) == which]
+            subs = [(s, d) for s in subjects[0] for d in subjects[1] if keep(s) and keep(d)]
         rows = []
         for i, sub in enumerate(subs):
             if not mine:
@@ -220,6 +250,33 @@ def _eval_only(config: dict) -> list[tuple[str, str, str]]:
                 out += [(n, "", f"task '{name}'")]
             out += [("", alt, f"task '{name}'") for f in facts for alt in str(f).split("|")]
     return out
+
+
+def template_pattern(needle_template: str):
+    """A training template as a regex over needles: its fixed words literal, each {slot} any words."""
+    import re
+
+    parts = re.split(r"\{[a-z]\}", needle_template)
+    return re.compile("^" + "(.+?)".join(re.escape(_norm(p)) for p in parts) + "$")
+
+
+def check_template_split(config: dict) -> list[dict]:
+    """The out-of-template bank shares no sentence shape and no answer word with training: no needle of it fits a
+    training template, no answer of it is a training answer. One line naming the key; returns the bank."""
+    ood = bank(config, "eval_ood")
+    patterns = [(t[0], template_pattern(t[0])) for t in TEMPLATES]
+    train_answers = {_norm(r["answer"]) for r in bank(config, "train")} | {_norm(a) for t in TEMPLATES for a in t[3]}
+    n_extra = len(_extra(config, "eval_ood"))
+    for i, r in enumerate(ood):
+        key = f"banks.eval_ood.extra[{i - (len(ood) - n_extra)}]" if i >= len(ood) - n_extra else "banks.eval_ood"
+        for text, pat in patterns:
+            if pat.match(_norm(r["needle"])):
+                raise PausetuneError(f"config key '{key}': needle {quote(r['needle'])} has the shape of training "
+                                     f"template {quote(text)}; the out-of-template bank must not")
+        if _norm(r["answer"]) in train_answers:
+            raise PausetuneError(f"config key '{key}': answer {quote(r['answer'])} is a training answer word; the "
+                                 f"out-of-template bank must not share one")
+    return ood
 
 
 def check_banks(config: dict) -> tuple[list[dict], list[dict]]:
