@@ -43,3 +43,20 @@ def test_an_injected_overlap_is_one_line(extra, says):
         check_template_split(cfg({"banks": {"eval_ood": {"extra": [extra]}}}))
     msg = str(e.value)
     assert "\n" not in msg and "banks.eval_ood.extra[0]" in msg and says in msg
+
+
+@pytest.mark.parametrize("which, n", [(True, 60), ("eval", 60), ("eval_ood", 60), ("associations", 100)])
+def test_bank_tasks_draw_from_the_named_bank(which, n):
+    """A `single` task with `bank: X` draws every cell's needle, question and answer from bank X, seeded by the
+    cell: the out-of-template and low-overlap banks become tasks of their own beside the in-template one."""
+    from pausetune.core.data.banks import task_bank
+    from pausetune.core.data.needles import build_task
+
+    config = cfg({"tasks": {"t": {"kind": "single", "bank": which}}})
+    rows = task_bank(config, which)
+    assert len(rows) == n
+    inst = [build_task("t", config["tasks"]["t"], 0, 0, 2000, d, bank=rows) for d in (0, 50, 100)]
+    for i in inst:
+        row = next(r for r in rows if r["needle"] == i.needles[0])
+        assert i.question == row["question"] and i.facts == [row["answer"]]
+    assert len({i.needles[0] for i in inst}) > 1  # cells draw different facts

@@ -178,9 +178,9 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
         fixed = spec["kind"] in ("single", "multi") and not spec.get("bank")  # the same needles: count them once
         bank = None
         if spec.get("bank"):
-            from .data.banks import bank as eval_bank
+            from .data.banks import task_bank
 
-            bank = eval_bank(config, "eval")
+            bank = task_bank(config, spec["bank"])
         for s in ev["seeds"][:1] if fixed else ev["seeds"]:
             for n in lengths:
                 for d in depths[:1] if fixed else depths:

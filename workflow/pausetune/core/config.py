@@ -447,6 +447,7 @@ class BanksConfig(Section):
     train: dict
     eval: dict
     eval_ood: dict
+    associations: dict
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,21 @@ def check_template_split(config: dict) -> list[dict]:
     return ood
 
 
+def task_bank(config: dict, which) -> list[dict]:
+    """The bank a task with `bank: which` draws its cells from (true means the in-template evaluation bank), checked."""
+    if which is True or which == "eval":
+        return check_banks(config)[1]
+    if which == "eval_ood":
+        check_banks(config)
+        return check_template_split(config)
+    if which == "associations":
+        from .associations import association_items
+
+        return [{k: r[k] for k in ("needle", "question", "answer")}
+                for r in association_items(BanksConfig.of(config).associations["size"], config["seed"])]
+    raise PausetuneError(f"task bank '{which}': expected true, eval, eval_ood or associations")
+
+
 def check_banks(config: dict) -> tuple[list[dict], list[dict]]:
     """Both banks, after the checks: non-empty, and no training triple shares a needle or an answer with anything
     the evaluation asks. One line naming the key; returns (train bank, eval bank)."""

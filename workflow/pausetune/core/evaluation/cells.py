@@ -250,15 +250,18 @@ def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, c
     from ..data.haystack import PromptBuilder
     from ..data.needles import build_task
 
-    bank = None
-    if any(config["tasks"][t].get("bank") for t, _, _ in cells):
-        from ..data.banks import check_banks
+    from ..data.banks import task_bank
 
-        bank = check_banks(config)[1]
+    banks = {}  # the bank each bank task draws from (true: the in-template evaluation bank)
+    for t in dict.fromkeys(t for t, _, _ in cells):
+        which = config["tasks"][t].get("bank")
+        if which and which not in banks:
+            banks[which] = task_bank(config, which)
     builder = PromptBuilder(tok, config, model, pause_ids)
     out = []
     for t, n, d in cells:
-        inst = build_task(t, config["tasks"][t], config["seed"], seed, n, d, bank=bank)
+        inst = build_task(t, config["tasks"][t], config["seed"], seed, n, d,
+                          bank=banks.get(config["tasks"][t].get("bank")))
         out.append((inst, builder.build(stream, n, d, inst.needles, inst.question, task=t)))
         if closed is not None:
             closed.append(closed_book_prompt(builder, inst.question))
