@@ -80,6 +80,55 @@ def test_effective_length_interval_widens_with_run_noise():
 
 
 @pytest.mark.parametrize("layout", ["chat", "plain"])
+def _two_variants():
+    near = _cells(lambda r, n, dp, dist: float(dist < 1500))
+    far = _cells(lambda r, n, dp, dist: float(dist < 5000)).assign(variant="w")
+    return pd.concat([near, far], ignore_index=True)
+
+
+def _rows(spec: dict, mark: str) -> list[dict]:
+    layer = next(l for l in spec["layer"] if (l["mark"]["type"] if isinstance(l["mark"], dict) else l["mark"]) == mark)
+    return spec["datasets"][layer["data"]["name"]]
+
+
+def test_distance_figure_draws_the_table():
+    """The figure's points and D50 diamonds are distance.csv's rows (same resamples and seed), one line per variant."""
+    from pausetune.core.report.charts import build_chart
+
+    df = _two_variants()
+    spec = build_chart(df, "distance", "m", "bank", b=100, seed=4).to_dict()
+    table = distance_table(df, b=100, seed=4)
+    drawn = {(r["variant"], r["bin_lo"]): r["recall_pp"] for r in _rows(spec, "line")}
+    want = {(r.variant, r.bin_lo): r.recall_pp for r in table[table.kind == "bin"].itertuples()}
+    assert drawn == want and {v for v, _ in drawn} == {"v", "w"}
+    d50 = {r["variant"]: (r["d50"], r["d50_ci_low"], r["d50_ci_high"]) for r in _rows(spec, "point")}
+    rows = table[table.kind == "d50"].set_index("variant")
+    assert d50 == {v: (rows.loc[v, "d50"], rows.loc[v, "d50_ci_low"], rows.loc[v, "d50_ci_high"]) for v in "vw"}
+    assert d50["v"][0] < 2048 < d50["w"][0]  # the later step crosses later
+    sub = " ".join(spec["title"]["subtitle"])
+    assert "B = 100, seed 4" in sub and f"v: D50 {rows.loc['v', 'd50']:,.0f}" in sub
+
+
+def test_distance_figure_without_the_field_says_so():
+    from pausetune.core.report.charts import build_chart
+
+    spec = build_chart(_cells(lambda *a: 1.0).drop(columns="needle_distance"), "distance", "m", "bank").to_dict()
+    assert "no cells carry needle_distance" in " ".join(spec["title"]["subtitle"])
+
+
+def test_cli_distance_figure(tmp_path):
+    """`pausetune figures --kind distance` as the rule calls it: the aggregate stage's seed and report.bootstrap."""
+    from conftest import run_cli
+
+    table = tmp_path / "cells.parquet"
+    _two_variants().to_parquet(table, index=False)
+    proc = run_cli("figures", "--cells-table", str(table), "--kind", "distance", "--model", "m", "--task", "bank",
+                   "--output", str(tmp_path / "d"), "--config-json", json.dumps({"seed": 4, "report": {"bootstrap": 100}}))
+    assert "figures: distance m/bank" in proc.stdout
+    assert all((tmp_path / f"d.{e}").stat().st_size > 1000 for e in ("html", "png", "svg"))
+    assert "B = 100, seed 4" in (tmp_path / "d.svg").read_text()
+
+
 def test_cells_distance_is_the_tokens_between_needle_and_question(smollm2_dir, pg_paragraphs, layout):
     """On a real prompt (SmolLM2's tokenizer, real haystack; its chat template and the plain layout): the recorded
     question start is the token where the question's text begins, and the distance counts exactly the tokens from

@@ -38,6 +38,11 @@ results/figures/seeds/{model}/{task}.{ext}
     cells: deltas.csv's recall_diff_pp_ci_low/high, from the same resamples and seed: config report.bootstrap and
     seed, or --bootstrap / --bootstrap-seed as for `pausetune aggregate`) and a zero line.
 
+results/figures/distance/{model}/{task}.{ext}
+    recall against the needle's distance to the question (log axis), one line per variant over distance.csv's
+    bins, D50 with its bootstrap interval on the 50% line (the same resamples and seed as distance.csv's, with
+    config report.bootstrap and seed or --bootstrap / --bootstrap-seed).
+
 Tooltips (HTML) carry length, depth, mean score, n and, on the heatmaps, the answers. What a figure draws is
 core/report/figdata.py, how: core/report/charts.py; this step reads the table, builds the chart and writes its files.
 """
@@ -57,15 +62,17 @@ from ..core.report.targets import FORMATS, KINDS
 
 
 SEEDS_COLUMNS = ("recall", "exact")  # recall: the contrast; exact: the per-seed exact test in the tooltips
+DISTANCE_COLUMNS = ("recall", "needle_distance")
 
 
 def load_table(path: str, kind: str = "heatmap"):
     """The columns a figure of `kind` reads (the mechanism's only where the table has them)."""
-    if kind == "seeds":
+    if kind in ("seeds", "distance"):
         import pyarrow.parquet as pq
 
         have = set(pq.read_schema(path).names)
-        return read_parquet(path, columns=KEY + ["score"] + [c for c in SEEDS_COLUMNS if c in have])
+        want = SEEDS_COLUMNS if kind == "seeds" else DISTANCE_COLUMNS
+        return read_parquet(path, columns=KEY + ["score"] + [c for c in want if c in have])
     if kind in MEASURE_FIELD or kind == "attention_layer":
         import pyarrow.parquet as pq
 
@@ -167,9 +174,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--variant", default=None, help="heatmap / delta / logprob / logprob_delta: the variant drawn")
     parser.add_argument("--reference", default="baseline", help="delta: the variant subtracted (default baseline)")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="B",
-                        help="seeds: bootstrap resamples of the pooled interval (default: config report.bootstrap)")
+                        help="seeds, distance: bootstrap resamples of the interval (default: config report.bootstrap)")
     parser.add_argument("--bootstrap-seed", type=int, default=None, metavar="SEED",
-                        help="seeds: bootstrap seed (default: config seed)")
+                        help="seeds, distance: bootstrap seed (default: config seed)")
     parser.add_argument("--output", required=True, metavar="STEM",
                         help="output path without extension; writes STEM.html, STEM.png, STEM.svg")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..design import UNTRAINED, VARIANTS
 from .figdata import (LAYER_PARTS, MEASURE_FIELD, attention_depth_data, attention_layer_data, delta_data,
-                      depth_labels, heatmap_data, length_labels, logprob_map_data, measured, profile_data, seeds_data,
+                      depth_labels, distance_data, heatmap_data, length_labels, logprob_map_data, measured, profile_data, seeds_data,
                       select)
 from ..io import PausetuneError
 from .stats import DEFAULT_BOOTSTRAP
@@ -352,12 +352,75 @@ def seeds_chart(df, model: str, task: str, b: int = DEFAULT_BOOTSTRAP, seed: int
     return chart.configure_axis(gridColor="#eee")
 
 
+def distance_chart(df, model: str, task: str, b: int = DEFAULT_BOOTSTRAP, seed: int = 0):
+    """Recall against the needle's distance to the question (log axis), one line per variant over distance.csv's
+    bins; D50 (the logistic fit's 50% crossing) as a diamond on the 50% line with its bootstrap interval."""
+    import math
+
+    import altair as alt
+
+    title = f"{model} · {task}: recall vs the needle's distance to the question"
+    bins, d50 = distance_data(df, model, task, b, seed)
+    if bins.empty:
+        return _empty(title, "needle_distance")
+    variants = [v for v in VARIANTS if v in set(bins["variant"])] + sorted(set(bins["variant"]) - set(VARIANTS))
+    color = alt.Color("variant:N", scale=alt.Scale(domain=variants, range=[VARIANT_COLORS.get(v, "#000")
+                                                                            for v in variants]),
+                      legend=alt.Legend(title="variant", orient="right"))
+    top = float(bins["bin_hi"].max())
+    x_scale = alt.Scale(type="log", base=2, domain=[float(bins["x"].min()) / 1.5, top], nice=False)
+    x_axis = alt.Axis(title="needle end to question start (tokens, log scale)", grid=True,
+                      labelExpr="datum.value >= 1000 ? format(datum.value / 1000, '.3~g') + 'K' "
+                                ": format(datum.value, 'd')")
+    y_scale = alt.Scale(domain=[0, 100], nice=False)
+    y = alt.Y("recall_pp:Q", scale=y_scale, axis=alt.Axis(title="mean recall (%)"))
+    texts = []
+    for r in d50.itertuples(index=False):
+        if r.status == "crosses":
+            texts.append(f"{r.variant}: D50 {r.d50:,.0f} [{r.d50_ci_low:,.0f}, "
+                         f"{'beyond' if math.isinf(r.d50_ci_high) else format(r.d50_ci_high, ',.0f')}]")
+        else:
+            texts.append(f"{r.variant}: no D50 ({r.status})")
+    runs = int(d50["runs"].max()) if not d50.empty else 0
+    sub = ["bins [0, 512) then doubling; points: mean recall of the cells in the bin",
+           f"D50: where a logistic fit of recall on log2(1 + distance) crosses 50%; 95% bootstrap over training runs "
+           f"({runs} at most), then cells; B = {b}, seed {seed}, as distance.csv", "; ".join(texts)]
+    bin_tip = [alt.Tooltip("variant:N"), alt.Tooltip("bin_lo:Q", title="from (tokens)", format=","),
+               alt.Tooltip("bin_hi:Q", title="to (tokens)", format=","),
+               alt.Tooltip("recall_pp:Q", title="recall (%)", format=".1f"), alt.Tooltip("n:Q", title="n (cells)"),
+               alt.Tooltip("runs:Q", title="training runs")]
+    lines = alt.Chart(bins).mark_line(point=alt.OverlayMarkDef(size=45, filled=True), strokeWidth=2).encode(
+        x=alt.X("x:Q", scale=x_scale, axis=x_axis), y=y, color=color, tooltip=bin_tip)
+    half = alt.Chart(bins.iloc[:1].assign(half=50.0)).mark_rule(color="#444", strokeDash=[4, 3]).encode(
+        y=alt.Y("half:Q", scale=y_scale))
+    layers = [half, lines]
+    cross = d50[d50["status"] == "crosses"].copy()
+    if not cross.empty:
+        cross["lo"] = cross["d50_ci_low"].clip(lower=float(bins["x"].min()) / 1.5)
+        cross["hi"] = cross["d50_ci_high"].clip(upper=top)
+        cross["y"] = 50.0
+        tip = [alt.Tooltip("variant:N"), alt.Tooltip("d50:Q", title="D50 (tokens)", format=",.0f"),
+               alt.Tooltip("d50_ci_low:Q", title="95% low", format=",.0f"),
+               alt.Tooltip("d50_ci_high:Q", title="95% high", format=",.0f"),
+               alt.Tooltip("slope:Q", title="slope per doubling", format=".2f"), alt.Tooltip("n:Q", title="n (cells)")]
+        layers.append(alt.Chart(cross).mark_rule(strokeWidth=2.5, opacity=0.7).encode(
+            x=alt.X("lo:Q", scale=x_scale, axis=x_axis), x2="hi:Q", y=alt.Y("y:Q", scale=y_scale), color=color,
+            tooltip=tip))
+        layers.append(alt.Chart(cross).mark_point(shape="diamond", filled=True, size=110, stroke="black").encode(
+            x=alt.X("d50:Q", scale=x_scale, axis=x_axis), y=alt.Y("y:Q", scale=y_scale), color=color, tooltip=tip))
+    chart = alt.layer(*layers).properties(title=_title(title, sub), width=480, height=300)
+    return chart.configure_axis(gridColor="#eee")
+
+
 def build_chart(df, kind: str, model: str, task: str, variant: str | None = None, reference: str = "baseline",
                 b: int = DEFAULT_BOOTSTRAP, seed: int = 0, primary: dict | None = None):
-    """The chart of one `--kind`; b, seed and primary (the bootstrap's resamples and seed, the primary endpoint)
-    only for `seeds`, whose interval is deltas.csv's when they are the aggregate stage's."""
+    """The chart of one `--kind`; b and seed (the bootstrap's resamples and seed) only for `seeds` and `distance`,
+    primary (the primary endpoint) only for `seeds`: their intervals are deltas.csv's / distance.csv's when these are
+    the aggregate stage's."""
     if kind == "seeds":
         return seeds_chart(df, model, task, b, seed, primary)
+    if kind == "distance":
+        return distance_chart(df, model, task, b, seed)
     if kind in MAP_KINDS and not variant:
         raise PausetuneError(f"--kind {kind} needs --variant")
     if kind == "logprob":

@@ -244,3 +244,18 @@ def seeds_data(df, model: str, task: str, b: int, seed: int = 0, primary: dict |
     dots = dots.sort_values(["contrast", "train_seed"], key=lambda s: s.map(order) if s.name == "contrast" else s,
                             kind="stable").reset_index(drop=True)
     return dots, pooled
+
+
+def distance_data(df, model: str, task: str, b: int, seed: int = 0):
+    """Recall against the needle's distance to the question, per variant: (bins, d50) from tables.distance_table on
+    this model x task's cells, so with the aggregate stage's `b` and `seed` the numbers are distance.csv's. bins gets
+    `x`, the bin's geometric centre (256 for [0, 512)) where the chart puts its point. Cells without a recorded
+    distance are left out (none left: both frames empty)."""
+    from .tables import distance_table
+
+    sel = select(df, model, task)
+    table = distance_table(sel, b=b, seed=seed)
+    bins = table[table["kind"] == "bin"].copy()
+    bins["x"] = [math.sqrt(lo * hi) if lo > 0 else hi / 2 for lo, hi in zip(bins["bin_lo"], bins["bin_hi"])]
+    d50 = table[table["kind"] == "d50"].copy()
+    return bins.reset_index(drop=True), d50.reset_index(drop=True)

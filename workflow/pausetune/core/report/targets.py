@@ -10,7 +10,7 @@ from ..design import COMPARISONS, TUNED, VARIANTS
 from ..io import PausetuneError, check_ours
 
 KINDS = ("heatmap", "delta", "length", "depth", "logprob", "logprob_delta", "attention_depth", "pause_depth",
-         "attention_layer", "seeds")
+         "attention_layer", "seeds", "distance")
 MAP_KINDS = ("heatmap", "delta", "logprob", "logprob_delta")  # one figure per variant
 MECHANISM_PROFILES = ("attention_depth", "pause_depth", "attention_layer")
 FORMATS = ("html", "png", "svg")
@@ -93,6 +93,8 @@ FIGURE_RULES = (
                caption="mechanism", category="Attention on the needle and the pauses"),
     FigureRule("figure_seeds", "seeds", "{model}/{task}", {}, caption="seeds", category="Training runs",
                config_keys=("seed", "report")),
+    FigureRule("figure_distance", "distance", "{model}/{task}", {}, caption="distance",
+               category="Distance to the question", config_keys=("seed", "report")),
 )
 
 
@@ -118,7 +120,7 @@ def report_targets(config: dict, tables: str = layout.TABLES, figures: str = lay
                 stems += [figure_stem("delta", model, task, v, root=figures) for v in variants if v != "baseline"]
             if "pause-tuned" in variants and "plain-tuned" in variants:
                 stems.append(figure_stem("delta", model, task, "pause-tuned", "plain-tuned", root=figures))
-            stems += [figure_stem(k, model, task, root=figures) for k in ("length", "depth")]
+            stems += [figure_stem(k, model, task, root=figures) for k in ("length", "depth", "distance")]
             stems += mechanism_stems(ev.measure, variants, model, task, figures)
             if tuned_contrast(variants):
                 stems.append(figure_stem("seeds", model, task, root=figures))
