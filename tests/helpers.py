@@ -81,3 +81,30 @@ def build(project: Path, *targets: str, configs: list[str]) -> dict[str, int]:
     """Run Snakemake for these targets; the jobs per rule it ran (its own job table)."""
     proc = snakemake(project, "--configfile", *configs, "--", *targets)
     return job_counts(proc.stdout + proc.stderr)
+
+
+def linked_workdir(work: Path, pg_raw: Path, pg_paragraphs: Path, models: dict[str, Path], cfg: dict) -> Path:
+    """A Snakemake working folder (run with `-s ROOT/Snakefile -d work`) whose upstream is the session fixtures':
+    the parquets copied with their mtimes (raw older than paragraphs, so nothing reruns), the model folders linked
+    (prepared.json read through the link, with its own mtime), the data rules' code stamps older than the outputs,
+    and `cfg` as config/config.yaml. Seconds, where a project copy costs a build."""
+    import yaml
+
+    from pausetune.core import layout
+    from pausetune.core.fingerprint import code_stamp
+
+    (work / "config").mkdir(parents=True)
+    for src, dst in ((pg_raw, "data/raw/paul_graham.parquet"),
+                     (pg_paragraphs, "data/paragraphs/paul_graham/heuristic.parquet"),
+                     (pg_paragraphs.with_suffix(".stats.json"), "data/paragraphs/paul_graham/heuristic.stats.json")):
+        (work / dst).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, work / dst)
+    (work / "data/models").mkdir(parents=True)
+    for name, path in models.items():
+        os.symlink(path, work / "data/models" / name)
+    for stage in ("download", "paragraphs", "prepare_model"):
+        stamp = code_stamp(f"pausetune.stages.{stage}", work / layout.CODE.format(stage=stage),
+                           ROOT / "workflow" / "pausetune")
+        os.utime(stamp, (0, 0))
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return work

@@ -31,7 +31,7 @@ import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, TINY_CONFIG
 from pausetune.core.config import deep_merge
-from pausetune.core.design import VARIANTS
+from pausetune.core.design import DESIGN
 from helpers import make_project
 
 pytestmark = [pytest.mark.integration]
@@ -139,6 +139,16 @@ def assert_same_dag(smk: dict[str, str], outs: dict[str, list[str]]) -> None:
     problems += [f"DVC output {o} (stage {owner[o]}) holds none of Snakemake's files" for o, fs in covered.items()
                  if not fs]
     assert not problems, "\n".join(problems)
+
+
+def test_matrix_is_the_design():
+    """dvc.yaml's variant lists are core.design's (a matrix cannot be filtered: the reference arms stay out)."""
+    from pausetune.core.design import CHECKPOINT, REFERENCE_ARMS
+
+    v = yaml.safe_load((ROOT / "dvc.yaml").read_text())["vars"][1]
+    assert tuple(v["variants"]) == DESIGN and v["untuned"] + [t["name"] for t in v["tuned"]] == list(DESIGN)
+    assert {t["name"]: t["checkpoint"] for t in v["tuned"]} == CHECKPOINT
+    assert v["delta_variants"] == [x for x in DESIGN if x != "baseline"] and not set(REFERENCE_ARMS) & set(DESIGN)
 
 
 def test_dag_matches_snakemake_default_config(tmp_path):
@@ -405,7 +415,7 @@ def test_metrics_show(repro):
     summary = files["results/tables/summary.json"]["data"]
     cells = json.loads((project / "results/tables/summary.json").read_text())
     assert summary == cells  # DVC shows exactly what aggregate wrote
-    for v in VARIANTS:  # DVC evaluates the whole design
+    for v in DESIGN:  # DVC evaluates the whole design (its matrix)
         assert isinstance(summary[f"tiny/{v}/single/mean_score"], (int, float))
         assert summary[f"tiny/{v}/single/n"] == 1
     for key in ("pct_vs_baseline", "pct_ci_low", "pct_ci_high", "pct_vs_plain-tuned", "pct_vs_plain-tuned_ci_low"):
@@ -425,7 +435,7 @@ def test_plots_show(repro, tmp_path):
     depth = shown["results/tables/depth_profile.csv"][0]["content"]
     assert depth["spec"]["encoding"]["x"]["field"] == "depth" and depth["facet"]["column"]["field"] == "panel"
     rows = depth["data"]["values"]
-    assert {r["series"] for r in rows} == set(VARIANTS)
+    assert {r["series"] for r in rows} == set(DESIGN)
     loss = shown["results/metrics/train/tiny/pause/tseed0_loss.csv"][0]["content"]["data"]["values"]
     assert [r["series"] for r in loss].count("train") == 2 and [r["series"] for r in loss].count("validation") == 1
     out = tmp_path / "plots"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -450,31 +449,12 @@ def test_snakemake_one_cell_target_runs_alone(tmp_path, pg_raw, pg_paragraphs, t
 
     from pausetune.core.config import deep_merge
 
-    work = tmp_path / "wf"
-    (work / "config").mkdir(parents=True)
-    # Upstream outputs from the session fixtures: the parquets copied with their mtimes (raw older than paragraphs,
-    # so nothing is rerun), the model folders linked (prepared.json is read through the link, with its own mtime).
-    for src, dst in ((pg_raw, "data/raw/paul_graham.parquet"),
-                     (pg_paragraphs, "data/paragraphs/paul_graham/heuristic.parquet"),
-                     (pg_paragraphs.with_suffix(".stats.json"), "data/paragraphs/paul_graham/heuristic.stats.json")):
-        (work / dst).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, work / dst)
-    (work / "data/models").mkdir(parents=True)
-    os.symlink(smollm2_dir, work / "data/models/smollm2")
-    os.symlink(tiny_dir, work / "data/models/tiny")
-    # The data rules' code stamps as a project that built these outputs has them: older than the outputs, so the
-    # code input reruns nothing (the stamps are rewritten only when the code changes).
-    from pausetune.core import layout
-    from pausetune.core.fingerprint import code_stamp
+    from helpers import linked_workdir
 
-    for stage in ("download", "paragraphs", "prepare_model"):
-        stamp = code_stamp(f"pausetune.stages.{stage}", work / layout.CODE.format(stage=stage),
-                           ROOT / "workflow" / "pausetune")
-        os.utime(stamp, (0, 0))
     cfg = deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(TINY_CONFIG.read_text()))
     cfg["eval"] = {"models": ["tiny"], "variants": ["baseline"], "tasks": ["single"], "lengths": [600],
                    "depths": [0, 50, 100], "seeds": [0], "threads": 1, "dtype": "bfloat16", "prefill_chunk": 128}
-    (work / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    work = linked_workdir(tmp_path / "wf", pg_raw, pg_paragraphs, {"smollm2": smollm2_dir, "tiny": tiny_dir}, cfg)
     cell = "results/eval/tiny/baseline/single/seed0/len600/depth{}.json"
     smk = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "-c1"]
 

@@ -156,14 +156,25 @@ def check_block(config: dict, model: str, variant: str, tasks: list[str], length
                                  f"{ev['max_new_tokens']} exceeds models.{model}.max_context {limit}")
 
 
-def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None) -> None:
-    """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens."""
+def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=None, answer_pauses: bool | None = None
+                  ) -> None:
+    """Every cell of the grid fits: window, needles and prompt inside each length, counted in the model's tokens.
+    answer_pauses: count eval.answer_pauses markers after the question (default: where a variant of eval.variants
+    puts them)."""
+    import copy
+
     from .data.haystack import PromptBuilder, budget
+    from .design import ANSWER_PAUSES
     from .models import max_context, prepared_tokenizer
     from .data.needles import build_task
+    from .tokens import setup_pause
 
     ev = config["eval"]
     tokenizer = tokenizer or prepared_tokenizer(model_dir)
+    if answer_pauses is None:
+        answer_pauses = any(v in ANSWER_PAUSES for v in ev.get("variants", []))
+    # the markers as that variant's tokenizer encodes them (a copy: special mode adds the token)
+    after = setup_pause(copy.deepcopy(tokenizer), config["pause"]) * ev["answer_pauses"] if answer_pauses else None
     check_max_context(config, model, model_dir)
     limit = max_context(model_dir, config["models"][model])
     per_task = {t: task_axes(config, t) for t in ev["tasks"]}
@@ -171,7 +182,7 @@ def check_budgets(config: dict, model: str, model_dir: str | Path, tokenizer=Non
         if n + ev["max_new_tokens"] > limit:
             raise PausetuneError(f"config key 'eval.lengths': length {n} + eval.max_new_tokens "
                                  f"{ev['max_new_tokens']} exceeds the context window of model '{model}' ({limit})")
-    builder = PromptBuilder(tokenizer, config, model, boundaries=False)
+    builder = PromptBuilder(tokenizer, config, model, boundaries=False, answer_pauses=after)
     for t in ev["tasks"]:
         spec = config["tasks"][t]
         lengths, depths = per_task[t]

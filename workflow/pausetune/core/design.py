@@ -6,12 +6,24 @@ import math
 from .io import PausetuneError
 
 # The 2x3 design: weights (none | pause-tuned | plain-tuned) x haystack (plain | paused). The crossed variants
-# (a tuned adapter on the other arm's haystack) tell the weights from the markers in the input.
-VARIANTS = ("baseline", "pause-prompt", "pause-tuned", "plain-tuned", "pause-tuned-on-plain", "plain-tuned-on-paused")
+# (a tuned adapter on the other arm's haystack) tell the weights from the markers in the input. Reference arm:
+# pause-before-answer, the base model given eval.answer_pauses markers after the question and nothing else (the
+# cheapest "time to think" control, inference only).
+DESIGN = ("baseline", "pause-prompt", "pause-tuned", "plain-tuned", "pause-tuned-on-plain", "plain-tuned-on-paused")
+REFERENCE_ARMS = ("pause-before-answer",)  # switched on in eval.variants (Snakemake); dvc.yaml's matrix is DESIGN
+VARIANTS = DESIGN + REFERENCE_ARMS
 
 
+# does the variant's haystack carry pause markers after each paragraph?
 PAUSED = {"baseline": False, "pause-prompt": True, "pause-tuned": True, "plain-tuned": False,
-          "pause-tuned-on-plain": False, "plain-tuned-on-paused": True}
+          "pause-tuned-on-plain": False, "plain-tuned-on-paused": True, "pause-before-answer": False}
+ANSWER_PAUSES = ("pause-before-answer",)  # variants with eval.answer_pauses markers right after the question
+
+
+def uses_pause(variant: str) -> bool:
+    """Does the variant's prompt hold a pause marker anywhere (so its tokenizer needs the token and its cells the
+    pause config)?"""
+    return PAUSED[variant] or variant in ANSWER_PAUSES
 
 
 # tuned variant -> the checkpoint variant whose weights it loads
@@ -63,6 +75,7 @@ COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
     ("pause-tuned-on-plain", "plain-tuned"),         # weights, plain haystack
     ("pause-tuned", "pause-tuned-on-plain"),         # haystack, pause weights
     ("plain-tuned-on-paused", "plain-tuned"),        # haystack, plain weights
+    ("pause-tuned", "pause-before-answer"),          # trained pauses against inference-only ones
 ]
 
 

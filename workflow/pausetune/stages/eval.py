@@ -9,7 +9,8 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` (a tuned varia
   token added with an exact-mean embedding row, paused haystack), `pause-tuned` / `plain-tuned` (the pause /
   plain LoRA checkpoint of training seed R merged into the base, paused / plain haystack), and the crossed
   `pause-tuned-on-plain` (pause weights, plain haystack) / `plain-tuned-on-paused` (plain weights, paused haystack,
-  the pause token added as for pause-prompt).
+  the pause token added as for pause-prompt); the reference arm `pause-before-answer` (base model, plain haystack,
+  eval.answer_pauses pause markers spliced in right after the question: time to think, no training).
 - `eval.closed_book`: each cell also answers its question with the document left empty (no haystack, no needle),
   scored as the cell is: `closed_book` {answer, answer_tokens, recall, exact, score}, the guess rate.
 - Each cell is written atomically as soon as it is answered, and also kept in `results/.cells/{cell_id}.json`
@@ -46,7 +47,7 @@ from ..core.evaluation.cells import build_prompts, cell_measure, cell_record, pl
 from ..core.training.checkpoints import load_variant
 from ..core.checks import check_block, check_budgets, check_judge
 from ..core.config import EvalConfig, ShardsConfig, train_seed_of
-from ..core.design import CHECKPOINT, PAUSED, VARIANTS, format_depth, parse_depth
+from ..core.design import ANSWER_PAUSES, CHECKPOINT, PAUSED, VARIANTS, format_depth, parse_depth
 from ..core.evaluation.grid import task_axes
 from ..core.data.haystack import build_stream, essay_order, haystack_ids, load_essays, stream_meta
 from ..core.io import PausetuneError, read_json, write_json
@@ -102,19 +103,22 @@ def run_block(config: dict, *, model: str, variant: str, cells: list[tuple[str, 
     # 2. Load: sizes first (tokenizer only: one-line errors before any weights load), then haystack and model.
     pending = plan.pending_grid()
     check_budgets(config | {"eval": {**ev, "tasks": list(pending), "task_grid": pending, "seeds": [seed]}}, model,
-                  model_dir, tokenizer=load_tokenizer(model_dir))
+                  model_dir, tokenizer=load_tokenizer(model_dir), answer_pauses=variant in ANSWER_PAUSES)
     essays = load_essays(haystack)
     hay_ids = haystack_ids([e for e, _ in essays], config)
     _check_holdout(hay_ids, shard_manifest, config)
     net, tok, pause_ids = load_variant(variant, config, model, model_dir, checkpoint, plan.dtype, plan.device)
 
     # 3. Prompts: one token stream per seed, each cell's needles and question placed in it.
+    # (pause-before-answer: the markers after the question only, the haystack plain)
     order = essay_order(hay_ids, seed)
-    stream = build_stream(tok, dict(essays), order, max(n for _, n, _, _, _ in plan.todo), pause_ids)
-    hmeta = stream_meta(haystack, order, Path(haystack[0]).stem, PAUSED[variant], config["pause"], pause_ids)
+    hay_pauses = pause_ids if PAUSED[variant] else None
+    stream = build_stream(tok, dict(essays), order, max(n for _, n, _, _, _ in plan.todo), hay_pauses)
+    hmeta = stream_meta(haystack, order, Path(haystack[0]).stem, PAUSED[variant], config["pause"], hay_pauses)
     closed: list | None = [] if evc.closed_book else None
+    after = pause_ids * int(ev["answer_pauses"]) if variant in ANSWER_PAUSES else None
     fmt, prompts = build_prompts(tok, config, model, stream, seed, [(t, n, d) for t, n, d, _, _ in plan.todo],
-                                 pause_ids, closed)
+                                 hay_pauses, closed, answer_pauses=after)
     todo = {cid: (t, n, d, out, inst, cp) for (t, n, d, cid, out), (inst, cp) in zip(plan.todo, prompts)}
     requests = [Request(cid, cp.ids, cp.shareable, cell_measure(tok, inst, cp, pause_ids, evc.measure, fmt == "plain"))
                 for cid, (_, _, _, _, inst, cp) in todo.items()]

@@ -241,8 +241,11 @@ class PromptBuilder:
     """Head/tail token ids around the document, needle encoding, and full cell prompts for one tokenizer."""
 
     def __init__(self, tokenizer, config: dict, model: str, pause_ids: list[int] | None = None,
-                 boundaries: bool = True):
+                 boundaries: bool = True, answer_pauses: list[int] | None = None):
+        """pause_ids: the marker in the haystack (a needle never splits it); answer_pauses: ids put right after the
+        question (the pause-before-answer variant), spliced into the template's own tokens, none re-encoded."""
         self.tok = tokenizer
+        self.answer_pauses = list(answer_pauses or [])
         self.ev = config["eval"]
         self.prompt = config["prompt"]
         entry = config["models"][model]
@@ -298,13 +301,20 @@ class PromptBuilder:
                 raise PausetuneError("prompt template: the document must appear exactly once")
             head = self.tok.encode(pieces[0], add_special_tokens=False)
             tail = self.tok.encode(pieces[1], add_special_tokens=False)
-            self._parts[question] = (head, tail)
             self._question_at[question] = self._token_at(pieces[1], tail, question)
+            if self.answer_pauses:
+                end = self._token_at(pieces[1], tail, question, end=True)
+                if end is None:
+                    raise PausetuneError(f"eval.answer_pauses: the question is not found in the prompt's tokens (a "
+                                         f"template that rewrites it, or a tokenizer without offsets): '{question}'")
+                tail = tail[:end] + self.answer_pauses + tail[end:]
+            self._parts[question] = (head, tail)
         return self._parts[question]
 
-    def _token_at(self, text: str, ids: list[int], needle: str) -> int | None:
-        """Index (in ids, the encoding of text) of the first token covering needle's first character; None where
-        the text does not hold it (a template that rewrites the question) or the tokenizer gives no offsets."""
+    def _token_at(self, text: str, ids: list[int], needle: str, end: bool = False) -> int | None:
+        """Index (in ids, the encoding of text) of the first token covering needle's first character (end: the
+        first token after the one covering its last); None where the text does not hold it (a template that
+        rewrites the question) or the tokenizer gives no offsets."""
         at = text.find(needle) if needle else -1
         if at < 0:
             return None
@@ -314,7 +324,11 @@ class PromptBuilder:
             return None
         if list(enc["input_ids"]) != list(ids):
             return None
-        return next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > at), None)
+        spans = enc["offset_mapping"]
+        if end:
+            last = at + len(needle)
+            return next((i for i, (start, _) in enumerate(spans) if start >= last), len(ids))
+        return next((i for i, (_, stop) in enumerate(spans) if stop > at), None)
 
     def question_offset(self, question: str) -> int | None:
         """The question's first token, counted from the tail's start."""

@@ -112,7 +112,7 @@ def _entry(entry: dict | None) -> dict | None:
 
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
                    dtype: str, device_type: str, train_seed: int | None = None) -> dict:
-    from ..design import PAUSED
+    from ..design import ANSWER_PAUSES, uses_pause
     from ..kernels import cell_kernels
 
     ev = config["eval"]
@@ -120,12 +120,14 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
         "model": model, "variant": variant, "train_seed": train_seed, "model_entry": _entry(config["models"][model]),
         "model_sha256": model_fingerprint(model_dir), "adapter_sha256": adapter_sha,
         "eval": {k: ev.get(k) for k in EVAL_RESULT_KEYS}, "prompt": config["prompt"],
-        "pause": config["pause"] if PAUSED[variant] else None,
+        "pause": config["pause"] if uses_pause(variant) else None,
         "split": {"seed": config["seed"], **{k: config["shards"][k] for k in ("holdout_haystack", "haystack_fraction")}},
         "haystack": {str(Path(p).parent.name) + "/" + Path(p).stem: sha256_file(p) for p in haystack_files},
         "dtype": dtype, "device_type": device_type, "versions": versions(),
         "code_generate": code_identity()["generate"], "kernels": cell_kernels(device_type, dtype),
     }
+    if variant in ANSWER_PAUSES:  # only this variant's cells depend on the count (the others' ids stay as they were)
+        ident["answer_pauses"] = int(ev["answer_pauses"])
     if ev.get("judge") and ev["judge"].get("kind") == "local":
         ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
     return ident
@@ -243,10 +245,11 @@ def plan_block(config: dict, *, model: str, variant: str, cells: list, seed: int
 
 
 def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, cells: list, pause_ids=None,
-                  closed: list | None = None) -> tuple[str, list]:
+                  closed: list | None = None, answer_pauses: list[int] | None = None) -> tuple[str, list]:
     """The prompt format and the (task instance, prompt) of each (task, length, depth) cell on a haystack stream:
     the one way eval and the benches build them (a bank task's needles come from the eval bank). `closed`, a list,
-    receives each cell's closed-book prompt (closed_book_prompt)."""
+    receives each cell's closed-book prompt (closed_book_prompt); answer_pauses: ids after the question
+    (pause-before-answer)."""
     from ..data.haystack import PromptBuilder
     from ..data.needles import build_task
 
@@ -257,7 +260,7 @@ def build_prompts(tok, config: dict, model: str, stream: list[int], seed: int, c
         which = config["tasks"][t].get("bank")
         if which and which not in banks:
             banks[which] = task_bank(config, which)
-    builder = PromptBuilder(tok, config, model, pause_ids)
+    builder = PromptBuilder(tok, config, model, pause_ids, answer_pauses=answer_pauses)
     out = []
     for t, n, d in cells:
         inst = build_task(t, config["tasks"][t], config["seed"], seed, n, d,

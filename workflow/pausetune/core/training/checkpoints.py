@@ -118,11 +118,12 @@ def check_checkpoint(checkpoint, variant: str, config: dict, train_seed: int | N
 
 
 def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, dtype: str, device: str):
-    """An eval variant's model and tokenizer: the base (`baseline`; `pause-prompt` with the pause token added, its
-    embedding row the exact mean), or the base with the variant's checkpoint merged (`pause-tuned`, `plain-tuned`).
+    """An eval variant's model and tokenizer: the base (`baseline`; `pause-prompt` and `pause-before-answer` with the
+    pause token added, its embedding row the exact mean), or the base with the variant's checkpoint merged (the
+    tuned variants).
     Returns (model, tokenizer, pause_ids or None); the checkpoint was checked when the block was planned
     (check_checkpoint, checkpoint_adapter_hash)."""
-    from ..design import CHECKPOINT, PAUSED
+    from ..design import CHECKPOINT, uses_pause
     from ..models import load_model, load_tokenizer
     from ..tokens import fit_embeddings, setup_pause
 
@@ -135,9 +136,9 @@ def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, 
         tok = load_tokenizer(model_dir)
         net = load_model(model_dir, dtype, device)
     pause_ids = None
-    if PAUSED[variant]:
+    if uses_pause(variant):
         pause_ids = setup_pause(tok, config["pause"])
-        fit_embeddings(net, tok)  # no-op unless the tokenizer grew (pause-prompt, special mode)
+        fit_embeddings(net, tok)  # no-op unless the tokenizer grew (an untuned variant, special mode)
     if net.get_input_embeddings().weight.shape[0] < len(tok):
         raise PausetuneError(f"model '{model}': embedding has fewer rows than the tokenizer ({len(tok)})")
     return net, tok, pause_ids
