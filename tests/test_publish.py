@@ -294,3 +294,26 @@ def test_primary_section_first_with_runs_and_wall_time():
         "lengths 8000" in "\n".join(primary_section([row], seeds, declared))
     none = "\n".join(primary_section([{**row, "primary": "False"}], seeds, {"report": {"primary": None}}))
     assert "No primary endpoint in this grid" in none and "secondary" in none
+
+
+def test_transfer_section_sets_the_needle_kinds_side_by_side():
+    """In-template, out-of-template and low-overlap tasks as columns, each variant's recall and each tuned contrast
+    per task from the tables; no section for a grid without a transfer bank."""
+    from pausetune.core.report.page import transfer_section
+
+    config = {"eval": {"tasks": ["bank", "ood", "assoc", "single"]},
+              "tasks": {"bank": {"bank": True}, "ood": {"bank": "eval_ood"}, "assoc": {"bank": "associations"},
+                        "single": {}}}
+    summary = [{"kind": "overall", "model": "m", "task": t, "variant": v, "mean_recall": str(r), "n": "12"}
+               for t, rs in {"bank": (0.5, 0.9), "ood": (0.4, 0.45), "assoc": (0.1, 0.2), "single": (0.3, 0.3)}.items()
+               for v, r in zip(("plain-tuned", "pause-tuned"), rs)]
+    deltas = [{"model": "m", "task": "ood", "variant": "pause-tuned", "reference": "plain-tuned", "n": "12",
+               "recall_diff_pp": "5.0", "recall_diff_pp_ci_low": "-3.0", "recall_diff_pp_ci_high": "12.5"}]
+    text = "\n".join(transfer_section(summary, deltas, config))
+    assert "| model | variant | bank (in-template) | ood (out-of-template) | assoc (low-overlap) | single (fixed needle) |" \
+        in text
+    assert "| m | pause-tuned | 90.0 (12) | 45.0 (12) | 20.0 (12) | 30.0 (12) |" in text
+    assert text.index("| m | pause-tuned |") < text.index("| m | plain-tuned |")  # design order (core.design)
+    assert "| m | pause-tuned vs plain-tuned | – | +5.0 [-3.0, +12.5] (n 12) | – | – |" in text
+    config["tasks"] = {t: {"bank": True} for t in config["eval"]["tasks"]}
+    assert transfer_section(summary, deltas, config) == []

@@ -16,7 +16,7 @@ from ..core.config import PublishConfig
 from ..core.io import atomic_path, mark, read_json, write_text
 from ..core.report.page import (answer_kinds_section, figure_order, figure_rel, intro, mechanism_section,
                                 primary_section, read_csv, read_optional_csv, reading_section, summary_section,
-                                u_section, variance_section, distance_section)
+                                u_section, variance_section, distance_section, transfer_section)
 from ..core.report.provenance import provenance_section, stage_times
 from ..core.report.targets import SHARED_TABLES, check_output_dirs, output_dirs
 
@@ -31,6 +31,7 @@ def render(config: dict, tables: Path, figures: list[str], checkpoints: list[str
     L += primary_section(deltas, read_optional_csv(tables / "seed_deltas.csv"), config, wall)
     L += provenance_section(config, run_info, bench_dir, checkpoints, shard_manifests)
     L += summary_section(summary, deltas)
+    L += transfer_section(summary, deltas, config)
     L += variance_section(read_optional_csv(tables / "variance_components.csv"))
     L += u_section(read_optional_csv(tables / "u_shape.csv"))
     L += distance_section(read_optional_csv(tables / "distance.csv"), read_optional_csv(tables / "effective_length.csv"))

@@ -524,7 +524,57 @@ READINGS = [  # (variant, reference, what the comparison tests), in the order th
     ("pause-tuned-on-plain", "plain-tuned", "The weights, on the plain haystack (pause-tuned-on-plain vs plain-tuned)"),
     ("pause-tuned", "pause-tuned-on-plain", "The markers in the input, for pause-tuned weights (pause-tuned vs pause-tuned-on-plain)"),
     ("plain-tuned-on-paused", "plain-tuned", "The markers in the input, for plain-tuned weights (plain-tuned-on-paused vs plain-tuned)"),
+    ("pause-before-answer", "baseline", "Time to think without training: pauses after the question (pause-before-answer vs baseline)"),
+    ("pause-tuned", "pause-before-answer", "Trained pauses against inference-only ones (pause-tuned vs pause-before-answer)"),
 ]
+
+
+BANK_KINDS = {True: "in-template", "eval": "in-template", "eval_ood": "out-of-template", "associations": "low-overlap"}
+TRANSFER_CONTRASTS = [("pause-tuned", "plain-tuned"), ("pause-tuned", "baseline"), ("plain-tuned", "baseline"),
+                      ("pause-before-answer", "baseline"), ("pause-tuned", "pause-before-answer")]
+
+
+def task_kind(spec: dict) -> str:
+    """What a task's needles test: its bank's kind (tasks.X.bank), or the fixed needle(s) of the config."""
+    bank = spec.get("bank")
+    return BANK_KINDS.get(bank, str(bank)) if bank else "fixed needle"
+
+
+def transfer_section(summary: list[dict], deltas: list[dict], config: dict) -> list[str]:
+    """In-template vs out-of-template vs low-overlap needles side by side: recall per variant and task, then the
+    tuned contrasts per task (deltas.csv). Only for a grid with a transfer bank (eval_ood or associations)."""
+    tasks = [t for t in config["eval"]["tasks"] if t in config["tasks"]]
+    kinds = {t: task_kind(config["tasks"][t]) for t in tasks}
+    if not {"out-of-template", "low-overlap"} & set(kinds.values()):
+        return []
+    overall = {(r["model"], r["task"], r["variant"]): r for r in summary if r["kind"] == "overall"}
+    by_cmp = {(d["model"], d["task"], d["variant"], d["reference"]): d for d in deltas}
+    head = " | ".join(f"{t} ({kinds[t]})" for t in tasks)
+    rule = " | ".join("---:" for _ in tasks)
+    L = ["## Transfer: in-template, out-of-template and low-overlap needles", "",
+         "The same variants on needles shaped like the training facts (in-template: only the words held out), on "
+         "sentence shapes no training template has (out-of-template), and on facts the question shares no content "
+         "word with (low-overlap: a landmark's city). Recall % (n cells) per variant and task (summary.csv):", "",
+         f"| model | variant | {head} |", f"| --- | --- | {rule} |"]
+    models = sorted({m for m, _, _ in overall})
+    for model in models:
+        for v in sorted({v for m, _, v in overall if m == model}, key=variant_rank):
+            cells = []
+            for t in tasks:
+                r = overall.get((model, t, v))
+                cells.append(f"{num(float(r['mean_recall']) * 100, 1)} ({r['n']})" if r else "–")
+            L.append(f"| {model} | {v} | " + " | ".join(cells) + " |")
+    L += ["", "Recall difference in percentage points [95% CI, runs then points then cells] per task (deltas.csv):",
+          "", f"| model | comparison | {head} |", f"| --- | --- | {rule} |"]
+    for model in models:
+        for v, ref in TRANSFER_CONTRASTS:
+            row = [by_cmp.get((model, t, v, ref)) for t in tasks]
+            if any(row):
+                L.append(f"| {model} | {v} vs {ref} | "
+                         + " | ".join(interval(d, "recall_diff_pp") + f" (n {d['n']})" if d else "–" for d in row)
+                         + " |")
+    L.append("")
+    return L
 
 
 def reading_section(summary: list[dict], deltas: list[dict], tables: Path) -> list[str]:
