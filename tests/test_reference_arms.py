@@ -1,5 +1,6 @@
 """Reference arms (issue #28): pause-before-answer, the base model given pause markers right after the question and
-nothing else: the prompt it gets on a real tokenizer, and the arm through Snakemake on the tiny model."""
+nothing else (the prompt it gets on a real tokenizer), and both arms, with ms-poe, through Snakemake on the tiny
+model (Ms-PoE's own tests: tests/test_positional.py)."""
 from __future__ import annotations
 
 import json
@@ -70,16 +71,17 @@ def test_answer_pauses_need_the_question_in_the_prompt(smollm2_dir):
 
 
 @pytest.mark.integration
-def test_pause_before_answer_through_snakemake(tmp_path, pg_raw, pg_paragraphs, tiny_dir, smollm2_dir):
-    """The arm switched on in eval.variants beside baseline: its cells carry the count in their identity, their
-    prompts the markers; aggregate contrasts it with baseline; a new count reruns its block and nothing else."""
+def test_reference_arms_through_snakemake(tmp_path, pg_raw, pg_paragraphs, tiny_dir, smollm2_dir):
+    """Both arms switched on in eval.variants beside baseline. pause-before-answer: its cells carry the count in
+    their identity, their prompts the markers. ms-poe at ratio 1: the baseline's answers and measures exactly, under
+    its own cell ids. Aggregate contrasts each with baseline; a new count or ratio reruns that arm's block only."""
     from helpers import job_counts, linked_workdir
     from pausetune.core.config import deep_merge
 
     cfg = deep_merge(yaml.safe_load(DEFAULT_CONFIG.read_text()), yaml.safe_load(TINY_CONFIG.read_text()))
-    cfg["eval"] = {"models": ["tiny"], "variants": ["baseline", "pause-before-answer"], "tasks": ["single"],
+    cfg["eval"] = {"models": ["tiny"], "variants": ["baseline", "pause-before-answer", "ms-poe"], "tasks": ["single"],
                    "lengths": [600], "depths": [0, 50, 100], "seeds": [0], "threads": 1, "prefill_chunk": 128,
-                   "answer_pauses": 4}
+                   "answer_pauses": 4, "ms_poe": {"ratio_min": 1.0, "ratio_max": 1.0, "from_layer": 0}}
     work = linked_workdir(tmp_path / "wf", pg_raw, pg_paragraphs, {"smollm2": smollm2_dir, "tiny": tiny_dir}, cfg)
     smk = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "-c1"]
 
@@ -95,14 +97,22 @@ def test_pause_before_answer_through_snakemake(tmp_path, pg_raw, pg_paragraphs, 
     assert arm["context_tokens"] == base["context_tokens"] + 4 and arm["haystack_tokens"] == base["haystack_tokens"]
     assert arm["needle_positions"] == base["needle_positions"] and arm["needle_distance"] == base["needle_distance"]
     assert arm["cell_id"] != base["cell_id"]
+    for d in (0, 50, 100):
+        base, poe = (json.loads((work / f"results/eval/tiny/{v}/single/seed0/len600/depth{d}.json").read_text())
+                     for v in ("baseline", "ms-poe"))
+        assert poe["cell_id"] != base["cell_id"]
+        for key in ("answer", "answer_logprob", "needle_attention", "context_tokens"):
+            assert poe[key] == base[key], key
     import pandas as pd
 
     deltas = pd.read_csv(work / "results/tables/deltas.csv")
-    row = deltas[(deltas.variant == "pause-before-answer") & (deltas.reference == "baseline")]
-    assert len(row) == 1 and row.iloc[0]["n"] == 3
-    (work / "six.yaml").write_text("eval: {answer_pauses: 6}\n")
-    plan = job_counts(run("-n", "--configfile", "config/config.yaml", "six.yaml", "--", "results/tables/summary.csv"))
-    assert plan.get("eval") == 1 and plan.get("aggregate") == 1, plan  # its block only, not baseline's
+    for arm in ("pause-before-answer", "ms-poe"):
+        row = deltas[(deltas.variant == arm) & (deltas.reference == "baseline")]
+        assert len(row) == 1 and row.iloc[0]["n"] == 3
+    for name, text in (("six.yaml", "eval: {answer_pauses: 6}"), ("ratio.yaml", "eval: {ms_poe: {ratio_max: 1.5}}")):
+        (work / name).write_text(text + "\n")
+        plan = job_counts(run("-n", "--configfile", "config/config.yaml", name, "--", "results/tables/summary.csv"))
+        assert plan.get("eval") == 1 and plan.get("aggregate") == 1, (name, plan)  # that arm's block only
 
 
 def test_budget_check_counts_the_answer_pauses(smollm2_dir):

@@ -11,7 +11,7 @@ import shlex
 
 from pausetune.core.evaluation.cells import EVAL_RESULT_KEYS
 from pausetune.core.evaluation.grid import block_shape, eval_targets, grid_axes
-from pausetune.core.design import ANSWER_PAUSES, CHECKPOINT, TUNED, VARIANTS, format_depth, uses_pause
+from pausetune.core.design import ANSWER_PAUSES, CHECKPOINT, POSITIONAL, TUNED, VARIANTS, format_depth, uses_pause
 from pausetune.core.checks import check_eval, once
 
 try:
@@ -67,6 +67,8 @@ def eval_params(wc):
     extra = {"pause": config["pause"]} if uses_pause(wc.variant) else {}
     if wc.variant in ANSWER_PAUSES:  # only its blocks rerun when the count changes
         ev["answer_pauses"] = config["eval"]["answer_pauses"]
+    if wc.variant in POSITIONAL:
+        ev["ms_poe"] = config["eval"]["ms_poe"]
     if any(config["tasks"][t].get("bank") for t in eval_tasks(wc)):
         extra["banks"] = config["banks"]  # only blocks that draw needles from the bank rerun when it changes
     if wc.variant in TUNED:

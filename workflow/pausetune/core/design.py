@@ -6,18 +6,20 @@ import math
 from .io import PausetuneError
 
 # The 2x3 design: weights (none | pause-tuned | plain-tuned) x haystack (plain | paused). The crossed variants
-# (a tuned adapter on the other arm's haystack) tell the weights from the markers in the input. Reference arm:
+# (a tuned adapter on the other arm's haystack) tell the weights from the markers in the input. Reference arms:
 # pause-before-answer, the base model given eval.answer_pauses markers after the question and nothing else (the
-# cheapest "time to think" control, inference only).
+# cheapest "time to think" control, inference only); ms-poe, the base model with Ms-PoE's per-head position
+# scaling (eval.ms_poe; core.evaluation.positional), the training-free long-context method the paper names.
 DESIGN = ("baseline", "pause-prompt", "pause-tuned", "plain-tuned", "pause-tuned-on-plain", "plain-tuned-on-paused")
-REFERENCE_ARMS = ("pause-before-answer",)  # switched on in eval.variants (Snakemake); dvc.yaml's matrix is DESIGN
+REFERENCE_ARMS = ("pause-before-answer", "ms-poe")  # switched on in eval.variants (Snakemake); dvc.yaml's matrix is DESIGN
 VARIANTS = DESIGN + REFERENCE_ARMS
 
 
 # does the variant's haystack carry pause markers after each paragraph?
 PAUSED = {"baseline": False, "pause-prompt": True, "pause-tuned": True, "plain-tuned": False,
-          "pause-tuned-on-plain": False, "plain-tuned-on-paused": True, "pause-before-answer": False}
+          "pause-tuned-on-plain": False, "plain-tuned-on-paused": True, "pause-before-answer": False, "ms-poe": False}
 ANSWER_PAUSES = ("pause-before-answer",)  # variants with eval.answer_pauses markers right after the question
+POSITIONAL = ("ms-poe",)  # variants whose base model gets eval.ms_poe's position scaling
 
 
 def uses_pause(variant: str) -> bool:
@@ -76,6 +78,7 @@ COMPARISONS = [(v, "baseline") for v in VARIANTS if v != "baseline"] + [
     ("pause-tuned", "pause-tuned-on-plain"),         # haystack, pause weights
     ("plain-tuned-on-paused", "plain-tuned"),        # haystack, plain weights
     ("pause-tuned", "pause-before-answer"),          # trained pauses against inference-only ones
+    ("pause-tuned", "ms-poe"),                       # pause-tuning against a training-free positional method
 ]
 
 

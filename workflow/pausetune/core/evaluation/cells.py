@@ -112,7 +112,7 @@ def _entry(entry: dict | None) -> dict | None:
 
 def block_identity(config: dict, model: str, variant: str, model_dir, haystack_files, adapter_sha: str | None,
                    dtype: str, device_type: str, train_seed: int | None = None) -> dict:
-    from ..design import ANSWER_PAUSES, uses_pause
+    from ..design import ANSWER_PAUSES, POSITIONAL, uses_pause
     from ..kernels import cell_kernels
 
     ev = config["eval"]
@@ -128,6 +128,8 @@ def block_identity(config: dict, model: str, variant: str, model_dir, haystack_f
     }
     if variant in ANSWER_PAUSES:  # only this variant's cells depend on the count (the others' ids stay as they were)
         ident["answer_pauses"] = int(ev["answer_pauses"])
+    if variant in POSITIONAL:
+        ident["ms_poe"] = dict(ev["ms_poe"])
     if ev.get("judge") and ev["judge"].get("kind") == "local":
         ident["judge_model"] = _entry(config["models"].get(ev["judge"]["model"]))
     return ident

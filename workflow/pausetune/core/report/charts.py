@@ -16,7 +16,7 @@ from .targets import KINDS, MAP_KINDS
 # the crossed variants in lighter shades of the weights they load (pause: blue, plain: green)
 VARIANT_COLORS = {"baseline": "#7f7f7f", "pause-prompt": "#f58518", "pause-tuned": "#4c78a8",
                   "plain-tuned": "#54a24b", "pause-tuned-on-plain": "#9ecae9", "plain-tuned-on-paused": "#88d27a",
-                  "pause-before-answer": "#b279a2"}
+                  "pause-before-answer": "#b279a2", "ms-poe": "#e45756"}
 SCORE_DOMAIN = [1, 10]
 # The original NIAH harness's colour map (red -> yellow -> green), pinned to the rubric's 1..10.
 SCORE_SCALE = {"domain": [1, 5.5, 10], "range": ["#F0496E", "#EBB839", "#0CD79F"], "clamp": True}

@@ -526,12 +526,15 @@ READINGS = [  # (variant, reference, what the comparison tests), in the order th
     ("plain-tuned-on-paused", "plain-tuned", "The markers in the input, for plain-tuned weights (plain-tuned-on-paused vs plain-tuned)"),
     ("pause-before-answer", "baseline", "Time to think without training: pauses after the question (pause-before-answer vs baseline)"),
     ("pause-tuned", "pause-before-answer", "Trained pauses against inference-only ones (pause-tuned vs pause-before-answer)"),
+    ("ms-poe", "baseline", "A training-free positional method: Ms-PoE's per-head position scaling (ms-poe vs baseline)"),
+    ("pause-tuned", "ms-poe", "Pause-tuning against the training-free method (pause-tuned vs ms-poe)"),
 ]
 
 
 BANK_KINDS = {True: "in-template", "eval": "in-template", "eval_ood": "out-of-template", "associations": "low-overlap"}
 TRANSFER_CONTRASTS = [("pause-tuned", "plain-tuned"), ("pause-tuned", "baseline"), ("plain-tuned", "baseline"),
-                      ("pause-before-answer", "baseline"), ("pause-tuned", "pause-before-answer")]
+                      ("pause-before-answer", "baseline"), ("pause-tuned", "pause-before-answer"), ("ms-poe", "baseline"),
+                      ("pause-tuned", "ms-poe")]
 
 
 def task_kind(spec: dict) -> str:

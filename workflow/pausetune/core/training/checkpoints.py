@@ -119,11 +119,11 @@ def check_checkpoint(checkpoint, variant: str, config: dict, train_seed: int | N
 
 def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, dtype: str, device: str):
     """An eval variant's model and tokenizer: the base (`baseline`; `pause-prompt` and `pause-before-answer` with the
-    pause token added, its embedding row the exact mean), or the base with the variant's checkpoint merged (the
-    tuned variants).
+    pause token added, its embedding row the exact mean; `ms-poe` with its position scaling hooked in), or the base
+    with the variant's checkpoint merged (the tuned variants).
     Returns (model, tokenizer, pause_ids or None); the checkpoint was checked when the block was planned
     (check_checkpoint, checkpoint_adapter_hash)."""
-    from ..design import CHECKPOINT, uses_pause
+    from ..design import CHECKPOINT, POSITIONAL, uses_pause
     from ..models import load_model, load_tokenizer
     from ..tokens import fit_embeddings, setup_pause
 
@@ -139,6 +139,10 @@ def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, 
     if uses_pause(variant):
         pause_ids = setup_pause(tok, config["pause"])
         fit_embeddings(net, tok)  # no-op unless the tokenizer grew (an untuned variant, special mode)
+    if variant in POSITIONAL:
+        from ..evaluation.positional import apply_ms_poe
+
+        apply_ms_poe(net, config["eval"]["ms_poe"])
     if net.get_input_embeddings().weight.shape[0] < len(tok):
         raise PausetuneError(f"model '{model}': embedding has fewer rows than the tokenizer ({len(tok)})")
     return net, tok, pause_ids
