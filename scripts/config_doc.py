@@ -33,6 +33,7 @@ The schema is the one home of defaults: a key left out of a config file takes th
 | `config.yaml` | the embedded default: the whole DAG on a 2-core CPU (Snakemake's `configfile`, DVC's only params file) |
 | `study.yaml` | overlay: the study behind docs/results.md (retrieval objective, 1K-8K, three seeds) |
 | `study-long.yaml` | overlay: the long-context study behind docs/results-long.md (Gemma 3 270M from its PyPI chunk wheels, 1K-32K, three seeds) |
+| `study-transfer.yaml` | overlay on study.yaml: the transfer study behind docs/results-transfer.md (in-template, out-of-template and low-overlap needles, multi-key and multi-hop, the reference arms pause-before-answer and ms-poe; not run yet) |
 | `study-lm.yaml` | overlay: the raw-text ablation behind docs/results-lm.md (causal-LM loss on paused essays) |
 | `paper.yaml` | overlay: the paper's grid (Llama-3.2-3B / 3.1-8B, 1K-128K; GPUs and the HF hub) |
 
