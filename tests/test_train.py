@@ -203,6 +203,29 @@ def test_sparse_pause_row_and_fused_lora_train_as_peft_does(tiny_dir, tiny_shard
     assert not [n for n, m in model.named_modules() if "forward" in m.__dict__]
 
 
+def test_pause_row_gradient_is_the_same_bits_every_run(tiny_dir, tiny_shards):
+    """The pause row's gradient under sparse_token_rows, on 2 threads, repeated: the same bits each time (its gather
+    once summed every token's gradient with atomic adds, so a pause arm's adapter differed between runs by ~1e-9)."""
+    from pausetune.core.training.lora import build_model, sparse_token_rows
+
+    torch.set_num_threads(THREADS)
+    tok = shard_tok(tiny_shards["pause"])
+    batch, manifest = fixed_batch(tiny_shards["pause"], n=4)
+    pid = manifest["pause_ids"][0]
+    assert (batch == pid).sum() > 4
+    cfg = load_cfg()["train"]
+    torch.manual_seed(0)
+    model, _ = build_model(tiny_dir, tok, cfg, [pid], "special", "cpu")
+    assert sparse_token_rows(model) == 2
+    delta = [p for n, p in model.named_parameters() if "trainable_tokens_delta" in n and "embed_tokens" in n][0]
+    grads = set()
+    for _ in range(25):
+        model.zero_grad(set_to_none=True)
+        model(input_ids=batch, labels=batch).loss.backward()
+        grads.add(delta.grad.numpy().tobytes())
+    assert len(grads) == 1 and any(delta.grad.flatten() != 0)
+
+
 def test_pause_row_trains_frozen_rows_stay_tied_head_follows_and_reload_gives_same_logits(tiny_dir, tiny_shards,
                                                                                         tmp_path):
     from pausetune.core.models import load_model

@@ -203,7 +203,7 @@ def sparse_token_rows(model) -> int:
     for the embedding, one for a tied head) and, for the head, the gradient of all of it: a third or more of a
     SmolLM2 step (bench/breakdown.py, docs/benchmarks.md). The same values come from the frozen matrix with the trained rows put in where their ids
     occur (embedding) and the trained rows' logits computed apart (head); the delta's gradient is the same sum in
-    another order. Under autocast the tied head uses a bf16 copy of the frozen matrix made once (the same rounding
+    another order, the same order every run. Under autocast the tied head uses a bf16 copy of the frozen matrix made once (the same rounding
     autocast made at every forward). The module, its parameters and what it saves are peft's; `peft_forwards`
     gives the forward back."""
     import torch
@@ -227,7 +227,9 @@ def sparse_token_rows(model) -> int:
                 out = F.embedding(x, base.weight, base.padding_idx, base.max_norm, base.norm_type,
                                   base.scale_grad_by_freq, base.sparse)
                 hit = x.unsqueeze(-1) == index  # [..., k]
-                rows = delta.to(out.dtype)[hit.to(torch.long).argmax(-1)]
+                # a one-hot product, not delta[argmax]: that gather's backward adds every token's gradient into row
+                # 0 with atomic adds across threads (a different sum each run); this one is a GEMM, the same bits
+                rows = hit.to(out.dtype) @ delta.to(out.dtype)
                 out = torch.where(hit.any(-1, keepdim=True), rows, out)
                 return out if scale is None else out * scale.to(out.dtype)
             w = base.weight
