@@ -228,8 +228,9 @@ def sparse_token_rows(model) -> int:
                                   base.scale_grad_by_freq, base.sparse)
                 hit = x.unsqueeze(-1) == index  # [..., k]
                 # a one-hot product, not delta[argmax]: that gather's backward adds every token's gradient into row
-                # 0 with atomic adds across threads (a different sum each run); this one is a GEMM, the same bits
-                rows = hit.to(out.dtype) @ delta.to(out.dtype)
+                # 0 with atomic adds across threads (a different sum each run); this one's is a plain reduction, the
+                # same bits every run. Elementwise, so autocast leaves the rows in fp32 (a matmul would round them)
+                rows = (hit.unsqueeze(-1).to(delta.dtype) * delta).sum(-2).to(out.dtype)
                 out = torch.where(hit.any(-1, keepdim=True), rows, out)
                 return out if scale is None else out * scale.to(out.dtype)
             w = base.weight
