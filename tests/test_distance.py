@@ -79,7 +79,6 @@ def test_effective_length_interval_widens_with_run_noise():
     assert row.el_ci_low <= row.effective_length <= row.el_ci_high and row.el_ci_low < row.el_ci_high
 
 
-@pytest.mark.parametrize("layout", ["chat", "plain"])
 def _two_variants():
     near = _cells(lambda r, n, dp, dist: float(dist < 1500))
     far = _cells(lambda r, n, dp, dist: float(dist < 5000)).assign(variant="w")
@@ -129,6 +128,7 @@ def test_cli_distance_figure(tmp_path):
     assert "B = 100, seed 4" in (tmp_path / "d.svg").read_text()
 
 
+@pytest.mark.parametrize("layout", ["chat", "plain"])
 def test_cells_distance_is_the_tokens_between_needle_and_question(smollm2_dir, pg_paragraphs, layout):
     """On a real prompt (SmolLM2's tokenizer, real haystack; its chat template and the plain layout): the recorded
     question start is the token where the question's text begins, and the distance counts exactly the tokens from

@@ -459,7 +459,7 @@ def test_experiment_one_param(repro, tmp_path):
                                                     "figure_delta", "figure_delta_vs", "figure_profile",
                                                     "figure_logprob", "figure_logprob_delta",
                                                     "figure_logprob_delta_vs", "figure_mechanism", "figure_seeds",
-                                                    "publish")}
+                                                    "figure_distance", "publish")}
     assert len({s for s in readers if stage_rule(s) == "eval_tuned"}) == 4  # pause, plain and both crossed
     assert ran == readers, (sorted(ran ^ readers), exp.stdout[-3000:])
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)

@@ -36,7 +36,7 @@ RULES = {"data": ["download", "paragraphs", "prepare_model", "shards", "examples
          "eval": ["eval", "eval_tuned"],
          "report": ["aggregate", "figure_heatmap", "figure_delta", "figure_delta_vs", "figure_profile",
                     "figure_logprob", "figure_logprob_delta", "figure_logprob_delta_vs", "figure_mechanism",
-                    "figure_seeds", "publish"]}
+                    "figure_seeds", "figure_distance", "publish"]}
 LOOPED = {"eval.smk": {"eval", "eval_tuned"}, "report.smk": {f.name for f in FIGURE_RULES}}  # made by a `rule:` loop
 DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm", "dvc"}
 

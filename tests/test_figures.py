@@ -192,12 +192,13 @@ def test_report_targets_names():
     assert "results/figures/attention_layer/m/single.png" in t and "results/figures/pause_depth/m/multi.html" in t
     assert {f"results/figures/seeds/m/{task}.{ext}" for task in ("single", "multi")
             for ext in ("html", "png", "svg")} <= set(t)
-    # per task: 4 heatmaps + 3 deltas + 1 delta-vs + 2 profiles + 1 per-seed dot plot = 11 score figures, and with
-    # eval.measure (default on) 4 log-prob maps + 3 log-prob deltas + 1 delta-vs + 3 attention profiles = 11 more;
-    # x 3 formats
-    assert len(t) == 4 + 2 * 22 * 3 and len(set(t)) == len(t)
+    assert "results/figures/distance/m/multi.png" in t
+    # per task: 4 heatmaps + 3 deltas + 1 delta-vs + 2 profiles + 1 distance + 1 per-seed dot plot = 12 score
+    # figures, and with eval.measure (default on) 4 log-prob maps + 3 log-prob deltas + 1 delta-vs + 3 attention
+    # profiles = 11 more; x 3 formats
+    assert len(t) == 4 + 2 * 23 * 3 and len(set(t)) == len(t)
     off = report_targets({"eval": {**config["eval"], "measure": []}})
-    assert len(off) == 4 + 2 * 11 * 3
+    assert len(off) == 4 + 2 * 12 * 3
     plain = report_targets({"eval": {**config["eval"], "variants": ["baseline", "plain-tuned"]}})
     assert not [p for p in plain if "pause_depth" in p] and [p for p in plain if "attention_depth" in p]
     only_base = report_targets({"eval": {"models": ["m"], "tasks": ["single"], "variants": ["baseline"]}})
@@ -503,7 +504,8 @@ def test_snakemake_report_rules_and_report(tmp_path):
     rerun = job_counts((lambda p: p.stdout + p.stderr)(snakemake(project, "-n")))
     assert rerun == {"aggregate": 1, "figure_heatmap": 4, "figure_delta": 3, "figure_delta_vs": 1,
                      "figure_profile": 2, "figure_logprob": 4, "figure_logprob_delta": 3,
-                     "figure_logprob_delta_vs": 1, "figure_mechanism": 3, "figure_seeds": 1, "all": 1}, rerun
+                     "figure_logprob_delta_vs": 1, "figure_mechanism": 3, "figure_seeds": 1, "figure_distance": 1,
+                     "all": 1}, rerun
 
     snakemake(project, "--report", "results/report.html")
     html = (project / "results/report.html").read_text(errors="replace")
@@ -511,7 +513,8 @@ def test_snakemake_report_rules_and_report(tmp_path):
     for needle in ["NIAH heatmaps", "Delta heatmaps", "Score vs length and depth", "Tables", "summary.csv",
                    "deltas.csv", "pause-tuned_vs_plain-tuned.png", "single.png", "plain-tuned.png",
                    "lost-in-the-middle", "paired bootstrap", "Answer log-prob maps",
-                   "Attention on the needle and the pauses", "Training runs", "Each coloured dot is one training seed"]:
+                   "Attention on the needle and the pauses", "Training runs", "Each coloured dot is one training seed",
+                   "Distance to the question", "D50"]:
         assert needle in html, needle
 
 

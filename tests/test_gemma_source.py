@@ -228,7 +228,10 @@ def test_authors_layout_must_be_the_plain_eval_prompt_for_a_model_without_chat_t
     check_eval(config({**tuned, "train": {**tuned["train"], "objective": "lm"}}), prepared_root=None)
     # a model with a chat template is evaluated in it: no such constraint
     check_eval(config({**tuned, "train": {"models": ["smollm2"], "objective": "retrieval"},
-                       "eval": {"models": ["smollm2"]}}), prepared_root=None)
+                       "eval": {"models": ["smollm2"], "lengths": [1000, 4000]}}), prepared_root=None)
+
+
+OVERLAY_BASES = {"study-transfer.yaml": ["study.yaml"]}  # an overlay on another overlay, as its header says
 
 
 @pytest.mark.parametrize("overlay_file", sorted(p.name for p in (ROOT / "config").glob("*.yaml"))
@@ -238,7 +241,8 @@ def test_every_shipped_config_passes_the_prompt_and_wheel_checks(overlay_file):
     from pausetune.core.data.examples import check_config as check_examples
     from pausetune.core.wheels import check_wheel_hashes
 
-    cfg = load_config([str(DEFAULT_CONFIG), str(ROOT / "config" / overlay_file)])
+    base = [str(ROOT / "config" / b) for b in OVERLAY_BASES.get(overlay_file, [])]
+    cfg = load_config([str(DEFAULT_CONFIG), *base, str(ROOT / "config" / overlay_file)])
     check_eval(cfg, prepared_root=None)
     check_examples(cfg)
     check_wheel_hashes(cfg)

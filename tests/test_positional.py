@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from pausetune.core.evaluation.positional import apply_ms_poe, group_ratios
+from pausetune.core.positional import apply_ms_poe, group_ratios
 from pausetune.core.io import PausetuneError
 
 from test_engine import _cells, assert_cells_independent, assert_engine_equals_generate

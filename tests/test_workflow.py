@@ -81,7 +81,8 @@ def test_training_seeds_plan_a_job_per_seed_for_what_they_train(project):
      "config error: config key 'report.primary.task': unknown task 'bank'; eval.tasks: ['single']"),
     ({"report": {"primary": {"variant": "pause-tuned-on-paused", "reference": "plain-tuned", "task": "single"}}},
      "config error: config key 'report.primary.variant': unknown variant 'pause-tuned-on-paused'; known: "
-     "['baseline', 'pause-prompt', 'pause-tuned', 'plain-tuned', 'pause-tuned-on-plain', 'plain-tuned-on-paused']"),
+     "['baseline', 'pause-prompt', 'pause-tuned', 'plain-tuned', 'pause-tuned-on-plain', 'plain-tuned-on-paused', "
+     "'pause-before-answer', 'ms-poe']"),
 ], ids=["seeds-empty", "seeds-duplicate", "crossed-untrained-model", "primary-task", "primary-variant"])
 def test_seed_and_design_errors_stop_before_any_job_in_one_line(project, overlay, line):
     import yaml

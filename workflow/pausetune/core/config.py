@@ -396,6 +396,8 @@ class EvalConfig(Section):
     threads: Optional[int]
     resources: dict
     judge: Optional[dict]
+    answer_pauses: int  # the pause-before-answer arm's markers
+    ms_poe: dict  # the ms-poe arm's ratios and first layer
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from .io import PausetuneError
 # (a tuned adapter on the other arm's haystack) tell the weights from the markers in the input. Reference arms:
 # pause-before-answer, the base model given eval.answer_pauses markers after the question and nothing else (the
 # cheapest "time to think" control, inference only); ms-poe, the base model with Ms-PoE's per-head position
-# scaling (eval.ms_poe; core.evaluation.positional), the training-free long-context method the paper names.
+# scaling (eval.ms_poe; core.positional), the training-free long-context method the paper names.
 DESIGN = ("baseline", "pause-prompt", "pause-tuned", "plain-tuned", "pause-tuned-on-plain", "plain-tuned-on-paused")
 REFERENCE_ARMS = ("pause-before-answer", "ms-poe")  # switched on in eval.variants (Snakemake); dvc.yaml's matrix is DESIGN
 VARIANTS = DESIGN + REFERENCE_ARMS

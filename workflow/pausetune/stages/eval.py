@@ -11,7 +11,7 @@ writes `results/eval/{M}/{V}/{task}/seed{S}/len{N}/depth{D}.json` (a tuned varia
   `pause-tuned-on-plain` (pause weights, plain haystack) / `plain-tuned-on-paused` (plain weights, paused haystack,
   the pause token added as for pause-prompt); the reference arm `pause-before-answer` (base model, plain haystack,
   eval.answer_pauses pause markers spliced in right after the question: time to think, no training) and `ms-poe`
-  (base model, plain haystack, Ms-PoE's per-head RoPE position scaling, eval.ms_poe; core.evaluation.positional).
+  (base model, plain haystack, Ms-PoE's per-head RoPE position scaling, eval.ms_poe; core.positional).
 - `eval.closed_book`: each cell also answers its question with the document left empty (no haystack, no needle),
   scored as the cell is: `closed_book` {answer, answer_tokens, recall, exact, score}, the guess rate.
 - Each cell is written atomically as soon as it is answered, and also kept in `results/.cells/{cell_id}.json`

@@ -140,7 +140,7 @@ def load_variant(variant: str, config: dict, model: str, model_dir, checkpoint, 
         pause_ids = setup_pause(tok, config["pause"])
         fit_embeddings(net, tok)  # no-op unless the tokenizer grew (an untuned variant, special mode)
     if variant in POSITIONAL:
-        from ..evaluation.positional import apply_ms_poe
+        from ..positional import apply_ms_poe
 
         apply_ms_poe(net, config["eval"]["ms_poe"])
     if net.get_input_embeddings().weight.shape[0] < len(tok):

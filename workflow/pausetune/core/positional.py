@@ -20,7 +20,7 @@ elementwise arithmetic on the same cos / sin, and the model's own rotation then 
 """
 from __future__ import annotations
 
-from ..io import PausetuneError
+from .io import PausetuneError
 
 SUPPORTED = ("llama",)  # model types whose attention rotates the raw q / k projections
 
