@@ -24,18 +24,23 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(scope="module")
-def rand_model():
+def small_llama(layers: int = 2, seed: int = 0):
+    """A small random Llama (grouped-query attention: 4 query heads, 2 key-value heads), stock sdpa attention."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
                       initializer_range=0.2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
                       pad_token_id=2)
     model = LlamaForCausalLM(cfg).eval()
     model.set_attn_implementation("sdpa")
     return model
+
+
+@pytest.fixture(scope="module")
+def rand_model():
+    return small_llama()
 
 
 def _cells(rng: random.Random, stream: list[int], lengths, depths, head, tail, needle):

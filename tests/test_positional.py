@@ -11,20 +11,11 @@ import torch
 from pausetune.core.positional import apply_ms_poe, group_ratios
 from pausetune.core.io import PausetuneError
 
-from test_engine import _cells, assert_cells_independent, assert_engine_equals_generate
+from test_engine import _cells, assert_cells_independent, assert_engine_equals_generate, small_llama
 
 
-def _llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                      initializer_range=0.2, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=2)
-    model = LlamaForCausalLM(cfg).eval()
-    model.set_attn_implementation("sdpa")
-    return model
+def _llama():
+    return small_llama(layers=3)
 
 
 @pytest.fixture(scope="module")
