@@ -26,6 +26,8 @@ def test_default_config_is_valid_and_defaults_fill():
     ('{"sources": {"x": {"kind": "ftp"}}}', "config key 'sources.x.kind': expected one of"),
     ('{"shards": {"models": ["nope"]}}', "config key 'shards.models': unknown model 'nope'"),
     ('{"pause": {"mode": "reserved"}}', "config key 'pause.reserved_token'"),
+    ('{"tasks": {"x": {"kind": "single", "bank": "nonsense"}}}',
+     'config key \'tasks.x.bank\': expected one of [true, false, "eval", "eval_ood", "associations"], got "nonsense"'),
 ])
 def test_bad_config_one_line(override, message):
     with pytest.raises(PausetuneError) as e:

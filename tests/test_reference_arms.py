@@ -133,3 +133,26 @@ def test_budget_check_counts_the_answer_pauses(smollm2_dir):
     with pytest.raises(PausetuneError, match=r"config key 'eval.buffer'"):
         check_budgets(arm, "smollm2", smollm2_dir)
     check_budgets(arm, "smollm2", smollm2_dir, answer_pauses=False)  # the baseline's blocks of that grid fit
+
+
+def test_ms_poe_settings_are_checked_while_the_dag_is_built(data_project):
+    """A from_layer past the prepared model's last layer, or a model type Ms-PoE cannot hook, is one line from
+    check_eval (read from config.json, no torch), not a failure inside the eval job after the model has loaded."""
+    from pausetune.core.checks import check_eval
+    from pausetune.core.config import load_config
+    from pausetune.core.io import PausetuneError
+
+    root = data_project.path / "data" / "models"
+    layers = json.loads((root / "smollm2" / "config.json").read_text())["num_hidden_layers"]
+
+    def config(from_layer, variants=("baseline", "ms-poe"), model="smollm2"):
+        ev = {"models": [model], "tasks": ["single"], "variants": list(variants),
+              "ms_poe": {"ratio_min": 1.2, "ratio_max": 1.8, "from_layer": from_layer}}
+        return load_config([str(DEFAULT_CONFIG)], json.dumps({"eval": ev}))
+
+    check_eval(config(layers - 1), root)
+    with pytest.raises(PausetuneError) as e:
+        check_eval(config(layers), root)
+    assert str(e.value) == (f"config key 'eval.ms_poe.from_layer': {layers}, model 'smollm2' has {layers} layers "
+                            f"(none would change); expected 0 to {layers - 1}")
+    check_eval(config(layers, variants=("baseline",)), root)  # only where the arm runs

@@ -61,6 +61,7 @@ def check_eval(config: dict, prepared_root: str | Path | None = "data/models") -
         for m in ev["models"]:
             mdir = Path(prepared_root) / m
             if (mdir / "prepared.json").exists():
+                check_positional(config, m, mdir)
                 check_budgets(config, m, mdir)
             else:
                 unchecked.append(m)
@@ -226,6 +227,22 @@ def check_judge(judge: dict | None, timeout: float = 10.0) -> None:
         reason = getattr(e, "reason", e)
         raise PausetuneError(f"judge endpoint {judge['base_url']}: unreachable ({reason}); check eval.judge.base_url "
                              f"and the network, or set eval.judge to null") from None
+
+
+def check_positional(config: dict, model: str, model_dir: str | Path) -> None:
+    """The ms-poe arm on a prepared model, from its config.json (cheap: no torch): a model type it cannot hook, or
+    eval.ms_poe.from_layer past the last layer, fails while the DAG is built instead of in the eval job."""
+    import json
+
+    from .design import POSITIONAL
+    from .models import resolve_path
+    from .positional import check_model
+
+    if not set(POSITIONAL) & set(config["eval"]["variants"]):
+        return
+    path, _ = resolve_path(model_dir)
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    check_model(model, cfg.get("model_type", "?"), int(cfg.get("num_hidden_layers", 0)), config["eval"]["ms_poe"])
 
 
 def check_max_context(config: dict, model: str, model_dir: str | Path) -> None:

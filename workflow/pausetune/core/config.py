@@ -66,7 +66,7 @@ def _one_line(error) -> str:
         return f"config key '{path or '<top>'}': {error.message}"
     expected = {
         "type": lambda: f"expected {error.validator_value}, got {quote(error.instance)}",
-        "enum": lambda: f"expected one of {error.validator_value}, got {quote(error.instance)}",
+        "enum": lambda: f"expected one of {json.dumps(error.validator_value)}, got {quote(error.instance)}",
         "const": lambda: f"expected {json.dumps(error.validator_value)}, got {quote(error.instance)}",
         "pattern": lambda: f"expected a string matching {error.validator_value}, got {quote(error.instance)}",
     }.get(error.validator, lambda: cut(error.message))()

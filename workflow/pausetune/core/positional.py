@@ -25,6 +25,18 @@ from .io import PausetuneError
 SUPPORTED = ("llama",)  # model types whose attention rotates the raw q / k projections
 
 
+def check_model(model: str, model_type: str, layers: int, settings: dict) -> None:
+    """Ms-PoE's settings against a model's config, one line naming the key: while the DAG is built (from the prepared
+    model's config.json) and again when the eval job hooks it in."""
+    if model_type not in SUPPORTED:
+        raise PausetuneError(f"eval variant ms-poe: model '{model}' is of type '{model_type}', not supported (Llama-"
+                             f"family models only: {', '.join(SUPPORTED)}); drop ms-poe from eval.variants or the "
+                             f"model from eval.models")
+    if int(settings["from_layer"]) >= layers:
+        raise PausetuneError(f"config key 'eval.ms_poe.from_layer': {settings['from_layer']}, model '{model}' has "
+                             f"{layers} layers (none would change); expected 0 to {layers - 1}")
+
+
 def group_ratios(groups: int, ratio_min: float, ratio_max: float) -> list[float]:
     """The ratio of each key-value group, evenly spaced from ratio_min to ratio_max."""
     if groups == 1:
@@ -45,16 +57,11 @@ def apply_ms_poe(model, settings: dict) -> list:
     import torch
 
     cfg = model.config
-    if cfg.model_type not in SUPPORTED:
-        raise PausetuneError(f"eval variant ms-poe: model type '{cfg.model_type}' is not supported (Llama-family "
-                             f"models only: {', '.join(SUPPORTED)})")
+    check_model(getattr(cfg, "name_or_path", "") or "?", cfg.model_type, len(model.model.layers), settings)
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     ratios = group_ratios(kv, float(settings["ratio_min"]), float(settings["ratio_max"]))
     rotary = model.model.rotary_emb
-    if int(settings["from_layer"]) >= len(model.model.layers):
-        raise PausetuneError(f"config key 'eval.ms_poe.from_layer': {settings['from_layer']}, the model has "
-                             f"{len(model.model.layers)} layers (none would change)")
     layers = model.model.layers[int(settings["from_layer"]):]
     handles = []
 

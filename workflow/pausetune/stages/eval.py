@@ -45,7 +45,7 @@ from pathlib import Path
 
 from ..core import layout
 from ..core.evaluation.cells import build_prompts, cell_measure, cell_record, plan_block, store, timing_record
-from ..core.training.checkpoints import load_variant
+from ..core.evaluation.variants import load_variant
 from ..core.checks import check_block, check_budgets, check_judge
 from ..core.config import EvalConfig, ShardsConfig, train_seed_of
 from ..core.design import ANSWER_PAUSES, CHECKPOINT, PAUSED, VARIANTS, format_depth, parse_depth
