@@ -70,6 +70,22 @@ def test_effective_length_known_values():
     assert own.short_recall_pp == 100 and own.threshold == pytest.approx(0.85) and own.effective_length == 2000
 
 
+def test_fraction_of_no_recall_is_undefined_not_every_length():
+    """No recall at the shortest length: the fixed threshold gives 0, the share of the variant's own short-context
+    recall is undefined (empty in the table, said so on the page), never the longest length."""
+    from pausetune.core.report.page import distance_section
+
+    t = effective_lengths(_cells(lambda r, n, dp, dist: 0.0), None, b=50, seed=0)
+    fixed = t[t.rule == "threshold"].iloc[0]
+    own = t[t.rule == "fraction"].iloc[0]
+    assert fixed.effective_length == 0 and own.short_recall_pp == 0
+    assert pd.isna(own.effective_length) and pd.isna(own.el_ci_low) and pd.isna(own.el_ci_high)
+    rows = [{k: ("" if pd.isna(v) else v) for k, v in r.items()} for r in t.to_dict("records")]
+    page = "\n".join(distance_section([], rows))
+    assert "| fraction | 0.00 | 0.0 | – (no recall at the shortest length) |" in page
+    assert "| threshold | 0.50 | 0.0 | 0 [0, 0] |" in page
+
+
 def test_effective_length_interval_widens_with_run_noise():
     rng = np.random.default_rng(0)
     shift = {0: 0.2, 1: -0.2, 2: 0.0}

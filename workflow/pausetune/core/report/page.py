@@ -509,8 +509,10 @@ def distance_section(dist: list[dict], eff: list[dict]) -> list[str]:
               "| model | task | variant | rule | threshold (recall) | shortest-length recall (%) | effective length [95% CI] |",
               "| --- | --- | --- | --- | ---: | ---: | ---: |"]
         for r in eff:
+            val = (f"{r['effective_length']} [{r['el_ci_low']}, {r['el_ci_high']}]" if r["effective_length"] != ""
+                   else "– (no recall at the shortest length)")
             L.append(f"| {r['model']} | {r['task']} | {r['variant']} | {r['rule']} | {num(r['threshold'], 2)} | "
-                     f"{num(r['short_recall_pp'], 1)} | {r['effective_length']} [{r['el_ci_low']}, {r['el_ci_high']}] |")
+                     f"{num(r['short_recall_pp'], 1)} | {val} |")
         L.append("")
     return L
 

@@ -842,14 +842,22 @@ def effective_lengths(df, rules: dict | None = None, b: int = DEFAULT_BOOTSTRAP,
             boots.append(curve(rd, cd))
         for rule in ("threshold", "fraction"):
             thr = (lambda c: rules["threshold"]) if rule == "threshold" else (lambda c: rules["fraction"] * c[0])
-            el = effective_length_of(lengths, point, thr(point))
-            dist = [effective_length_of(lengths, c, thr(c)) for c in boots]
-            lo, hi = np.quantile(dist, [0.025, 0.975], method="inverted_cdf")
+            # A share of nothing is no threshold: with no recall at the shortest length (in the data or in a draw)
+            # the fraction rule is undefined, not "every length" (it used to report the longest length).
+            defined = (lambda c: True) if rule == "threshold" else (lambda c: c[0] > 0)
+            el, lo, hi = None, None, None
+            if defined(point):
+                el = effective_length_of(lengths, point, thr(point))
+                dist = [effective_length_of(lengths, c, thr(c)) for c in boots if defined(c)]
+                lo, hi = (int(q) for q in np.quantile(dist, [0.025, 0.975], method="inverted_cdf"))
             rows.append({"model": model, "task": task, "variant": variant, "rule": rule,
                          "threshold": thr(point), "short_recall_pp": 100 * point[0], "effective_length": el,
-                         "el_ci_low": int(lo), "el_ci_high": int(hi), "runs": len(runs),
+                         "el_ci_low": lo, "el_ci_high": hi, "runs": len(runs),
                          "lengths": " ".join(map(str, lengths)), "bootstrap_b": int(b)})
-    return pd.DataFrame(rows, columns=EFFECTIVE_COLUMNS)
+    out = pd.DataFrame(rows, columns=EFFECTIVE_COLUMNS)
+    for col in ("effective_length", "el_ci_low", "el_ci_high"):
+        out[col] = out[col].astype("Int64")  # integers, empty where undefined
+    return out
 
 
 def _num(x):
