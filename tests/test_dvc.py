@@ -447,13 +447,15 @@ def test_plots_show(repro, tmp_path):
 def test_experiment_one_param(repro, tmp_path):
     """`dvc exp run -S` of train.max_steps: training and what follows rerun (every tuned variant's cells, the crossed
     ones too), the data stages and untuned evals not.
+    Run up to the tables (target `aggregate`): the figures and the page read only the tables, so rerunning them
+    would repeat the repro fixture's work; they must then be exactly what `dvc status` calls stale.
     On a copy of the repro project: an experiment leaves its results in the workspace, which the module's other
     tests (in any order) read as the committed run's."""
     project = shutil.copytree(repro["project"], tmp_path / "project", symlinks=True)
     run([*GIT, "add", "-A"], project)
     run([*GIT, "commit", "-q", "--allow-empty", "-m", "before the experiment"], project)
     outs = dvc_outs(project)
-    exp = dvc(project, "exp", "run", "-n", "three-steps", "-S", "config/config.yaml:train.max_steps=3")
+    exp = dvc(project, "exp", "run", "-n", "three-steps", "-S", "config/config.yaml:train.max_steps=3", "aggregate")
     ran = ran_stages(exp.stdout)
     readers = {s for s in outs if stage_rule(s) in ("train", "eval_tuned", "aggregate", "figure_heatmap",
                                                     "figure_delta", "figure_delta_vs", "figure_profile",
@@ -461,7 +463,10 @@ def test_experiment_one_param(repro, tmp_path):
                                                     "figure_logprob_delta_vs", "figure_mechanism", "figure_seeds",
                                                     "figure_distance", "publish")}
     assert len({s for s in readers if stage_rule(s) == "eval_tuned"}) == 4  # pause, plain and both crossed
-    assert ran == readers, (sorted(ran ^ readers), exp.stdout[-3000:])
+    upstream = {s for s in readers if stage_rule(s) in ("train", "eval_tuned", "aggregate")}
+    assert ran == upstream, (sorted(ran ^ upstream), exp.stdout[-3000:])
+    stale = set(re.findall(r"^(\S+):\s*$", dvc(project, "status").stdout, re.M))
+    assert stale == readers - upstream, sorted(stale ^ (readers - upstream))  # every figure and the page, only they
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     text = json.dumps(shown)
 

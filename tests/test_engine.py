@@ -226,14 +226,23 @@ def smollm2_requests(smollm2_dir, pg_paragraphs, cells):
     return tok, model, reqs
 
 
-def test_engine_equals_generate_smollm2(smollm2_dir, pg_paragraphs):
-    """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
-    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paragraphs, ((600, 0), (600, 50), (600, 100), (1000, 50)))
+@pytest.fixture(scope="module")
+def smollm2_cells(one_thread, smollm2_dir, pg_paragraphs):
+    """fp32 SmolLM2, its tokenizer, the default grid's depths at 600 / 1000 tokens, and each cell's `generate`
+    answer, computed once (before any engine has run on the model) for every engine-vs-generate test here."""
+    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paragraphs, [(n, d) for n in (600, 1000) for d in (0, 50, 100)])
     eos = eos_ids_of(model, tok)
+    return tok, model, eos, reqs, {r.key: generate_reference(model, r.ids, 24, eos)[0] for r in reqs}
+
+
+def test_engine_equals_generate_smollm2(smollm2_cells):
+    """Real model, real haystack prompts (600 and 1000 tokens), batched decode of 2 cells."""
+    tok, model, eos, reqs, refs = smollm2_cells
+    reqs = [r for r in reqs if r.key in ((600, 0), (600, 50), (600, 100), (1000, 50))]
     got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, prefill_chunk=512).run(reqs)}
     hits = 0
     for r in reqs:
-        ref, _ = generate_reference(model, r.ids, 24, eos)
+        ref = refs[r.key]
         assert got[r.key] == ref, (r.key, tok.decode(got[r.key]), tok.decode(ref))
         hits += "sandwich" in tok.decode(ref)
     assert hits >= 3  # the model really retrieves the needle at these lengths
@@ -396,19 +405,17 @@ def test_measures_equal_full_forward_random_model(rand_model, batch_size, reuse,
                                                                             abs=1e-6)
 
 
-def test_measures_equal_full_forward_smollm2(smollm2_dir, pg_paragraphs):
+def test_measures_equal_full_forward_smollm2(smollm2_cells, pg_paragraphs):
     """The real model on a real 600-token haystack prompt: the needle sentence's log-prob and the attention shares
     from the engine (prefix reuse) equal a full forward and eager attention weights."""
     from pausetune.core.config import load_config
     from pausetune.core.evaluation.engine import Measure
     from pausetune.core.data.haystack import PromptBuilder, build_stream, essay_order, haystack_ids, load_essays
-    from pausetune.core.models import load_model, load_tokenizer
 
     from conftest import DEFAULT_CONFIG
 
     config = load_config([str(DEFAULT_CONFIG)])
-    tok = load_tokenizer(smollm2_dir)
-    model = load_model(smollm2_dir, "float32", "cpu")
+    tok, model = smollm2_cells[:2]
     essays = dict(load_essays([str(pg_paragraphs)]))
     stream = build_stream(tok, essays, essay_order(haystack_ids(list(essays), config), 0), 600, None)
     b = PromptBuilder(tok, config, "smollm2")
@@ -465,13 +472,12 @@ def test_onednn_linear_route_runs_onednn_and_restores(rand_model):
 
 @pytest.mark.parametrize("route", ["onednn", {"prefill": "onednn", "decode": "mkl"},
                                    {"prefill": "mkl", "decode": "onednn", "decode1": "mkl"}])
-def test_engine_onednn_equals_generate_smollm2(smollm2_dir, pg_paragraphs, route):
+def test_engine_onednn_equals_generate_smollm2(smollm2_cells, route):
     """fp32 through oneDNN linears: greedy answers against plain fp32 `model.generate` on real haystack prompts
     (the default grid's depths at 600/1000 tokens). oneDNN rounds differently (~1e-4 on logits), so equality is
     what this checks, and the count of cells that differ is printed if any do."""
-    tok, model, reqs = smollm2_requests(smollm2_dir, pg_paragraphs, [(n, d) for n in (600, 1000) for d in (0, 50, 100)])
-    eos = eos_ids_of(model, tok)
+    tok, model, eos, reqs, refs = smollm2_cells
     got = {r.key: r.new_ids for r in Engine(model, eos, 24, batch_size=2, linear=route, prefill_chunk=512).run(reqs)}
-    differ = [r.key for r in reqs if got[r.key] != generate_reference(model, r.ids, 24, eos)[0]]
+    differ = [r.key for r in reqs if got[r.key] != refs[r.key]]
     assert not differ, f"{len(differ)} of {len(reqs)} cells differ: {differ}"
     assert "forward" not in vars(model.lm_head)

@@ -1,7 +1,8 @@
 """Bad input and faults (issue 15), each tried for real: one Snakemake project on the tiny config, and the CLI.
 
-Part 1 drives real Snakemake in one bare project copy, each test building there what it needs (a module fixture
-what two tests share), so none depends on another having run: a local essay source, a typo in a task, recovery
+Part 1 drives real Snakemake in one copy of the session's data project (the tiny config's data stages built),
+each test building there what else it needs (a module fixture what two tests share), so none depends on another
+having run: a local essay source, a typo in a task, recovery
 commands without --cores, a wrong wheel hash in an overlay, max_context, a malformed config. Part 2 runs the real
 `pausetune` CLI on the session's tiny model: damaged training state and adapter, write failures, a failing judge,
 a corrupt cell, stale temp folders.
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from conftest import DEFAULT_CONFIG, ROOT, run_cli
-from helpers import job_counts, make_project
+from helpers import copy_project, job_counts
 
 CONFIGS = ["config/config.yaml", "tests/configs/tiny.yaml"]
 MINE = {"sources": {"mine": {"kind": "local", "path": "essays"}}, "shards": {"sources": ["mine"]},
@@ -54,8 +55,8 @@ def error_lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    p = make_project(tmp_path_factory.mktemp("faults"))
+def project(tmp_path_factory, data_project):
+    p = copy_project(data_project, tmp_path_factory.mktemp("faults"))
     (p / "essays").mkdir()
     for name, text in ESSAYS.items():
         (p / "essays" / f"{name}.txt").write_text(text)

@@ -83,7 +83,7 @@ def test_reference_arms_through_snakemake(tmp_path, pg_raw, pg_paragraphs, tiny_
                    "lengths": [600], "depths": [0, 50, 100], "seeds": [0], "threads": 1, "prefill_chunk": 128,
                    "answer_pauses": 4, "ms_poe": {"ratio_min": 1.0, "ratio_max": 1.0, "from_layer": 0}}
     work = linked_workdir(tmp_path / "wf", pg_raw, pg_paragraphs, {"smollm2": smollm2_dir, "tiny": tiny_dir}, cfg)
-    smk = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "-c1"]
+    smk = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(work), "-c2"]  # 3 one-thread blocks
 
     def run(*args):
         p = subprocess.run([*smk, *args], capture_output=True, text=True, cwd=work)
