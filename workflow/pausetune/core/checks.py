@@ -232,16 +232,13 @@ def check_judge(judge: dict | None, timeout: float = 10.0) -> None:
 def check_positional(config: dict, model: str, model_dir: str | Path) -> None:
     """The ms-poe arm on a prepared model, from its config.json (cheap: no torch): a model type it cannot hook, or
     eval.ms_poe.from_layer past the last layer, fails while the DAG is built instead of in the eval job."""
-    import json
-
     from .design import POSITIONAL
-    from .models import resolve_path
+    from .models import model_config
     from .positional import check_model
 
     if not set(POSITIONAL) & set(config["eval"]["variants"]):
         return
-    path, _ = resolve_path(model_dir)
-    cfg = json.loads((Path(path) / "config.json").read_text())
+    cfg = model_config(model_dir)
     check_model(model, cfg.get("model_type", "?"), int(cfg.get("num_hidden_layers", 0)), config["eval"]["ms_poe"])
 
 

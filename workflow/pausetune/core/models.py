@@ -118,10 +118,15 @@ def load_model(model_dir: str | Path, dtype: str = "auto", device: str | None = 
     return model
 
 
+def model_config(model_dir: str | Path) -> dict:
+    """A model folder's (or hub ID's) config.json as a dict: what the DAG-time checks read, without torch."""
+    path, _ = resolve_path(model_dir)
+    return json.loads((Path(path) / "config.json").read_text())
+
+
 def max_context(model_dir: str | Path, entry: dict | None = None) -> int:
     """The model's window: the config entry's `max_context` if set, else the model config's positions."""
     if entry and entry.get("max_context"):
         return int(entry["max_context"])
-    path, _ = resolve_path(model_dir)
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = model_config(model_dir)
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
